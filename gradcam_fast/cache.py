@@ -1,0 +1,57 @@
+"""Exported models cached on disk, keyed by what makes them differ: export on first use."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from .models import file_identity
+
+__all__ = ["cache_dir", "cached_model"]
+
+
+def cache_dir() -> Path:
+    """$GRADCAM_FAST_CACHE, else $XDG_CACHE_HOME/gradcam_fast, else ~/.cache/gradcam_fast."""
+    if env := os.environ.get("GRADCAM_FAST_CACHE"):
+        return Path(env)
+    base = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
+    return Path(base) / "gradcam_fast"
+
+
+def _weights_key(weights: str | os.PathLike, seed: int) -> str:
+    weights = os.fspath(weights)
+    if weights == "imagenet":
+        return "imagenet"
+    if weights == "random":
+        return f"random{seed}"
+    path = Path(weights)
+    if not path.is_file():
+        raise FileNotFoundError(f"weights file {weights!r} does not exist")
+    return file_identity(path).replace(":", "-")
+
+
+def cached_model(
+    arch: str = "vgg19",
+    weights: str | os.PathLike = "imagenet",
+    *,
+    target_layer: str | None = None,
+    image_size: int = 224,
+    num_targets: int = 1,
+    seed: int = 0,
+) -> Path:
+    """Path of the exported model for these settings, exporting (and validating) it if missing."""
+    from .export import export_onnx
+
+    name = "-".join([arch, _weights_key(weights, seed), target_layer or "default", str(image_size)])
+    path = cache_dir() / f"{name}-k{num_targets}.onnx"
+    if not path.is_file():
+        export_onnx(
+            arch,
+            path,
+            target_layer=target_layer,
+            image_size=image_size,
+            num_targets=num_targets,
+            weights=weights,
+            seed=seed,
+        )
+    return path

@@ -1,0 +1,142 @@
+"""The `gradcam-fast` console script: one parser, a subcommand per job.
+
+Each subcommand module adds its parser with an `add_parser(subparsers)` function and sets
+`func`; errors a user can fix print one line (no traceback unless --verbose) and exit 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+import warnings
+from pathlib import Path
+
+__all__ = ["add_model_options", "main", "open_session"]
+
+EXIT_OK, EXIT_SOME_FAILED, EXIT_ERROR = 0, 1, 2
+
+
+def add_model_options(parser: argparse.ArgumentParser) -> None:
+    """Options that pick the ONNX model: --model FILE, or what to export (and cache) on first use."""
+    from .models import ARCHS
+
+    group = parser.add_argument_group("model")
+    group.add_argument("--model", type=Path, help="an exported gradcam_fast .onnx file")
+    group.add_argument("--arch", default="vgg19", choices=sorted(ARCHS))
+    group.add_argument(
+        "--weights",
+        default="imagenet",
+        help="'imagenet' (torchvision's, downloaded once), a state_dict file, or 'random'",
+    )
+    group.add_argument("--seed", type=int, default=0, help="seed for --weights random")
+    group.add_argument("--target-layer", help="layer of model.features (default: last before pool)")
+    group.add_argument("--image-size", type=int, default=224)
+    group.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
+
+
+def open_session(args: argparse.Namespace, num_targets: int = 1, **session_options):
+    """The session for --model, or for the cached export of --arch/--weights/... (made if missing)."""
+    from .cache import cached_model
+    from .runtime import GradCAMSession
+
+    path = args.model or cached_model(
+        args.arch,
+        args.weights,
+        target_layer=args.target_layer,
+        image_size=args.image_size,
+        num_targets=num_targets,
+        seed=args.seed,
+    )
+    return GradCAMSession(path, device=args.device, **session_options)
+
+
+def _export(args: argparse.Namespace) -> int:
+    from .export import export_onnx
+
+    path = export_onnx(
+        args.arch,
+        args.out,
+        target_layer=args.target_layer,
+        image_size=args.image_size,
+        num_targets=args.num_targets,
+        weights=args.weights,
+        opset=args.opset,
+        validate=not args.no_validate,
+        seed=args.seed,
+    )
+    print(path)
+    return EXIT_OK
+
+
+def _add_export_parser(subparsers) -> None:
+    from .models import ARCHS
+
+    p = subparsers.add_parser(
+        "export",
+        help="export a VGG's Grad-CAM graph to ONNX",
+        description="Export the Grad-CAM graph of a VGG to ONNX, validated against the eager "
+        "implementation in ONNX Runtime unless --no-validate.",
+    )
+    p.add_argument("-o", "--out", type=Path, required=True, help="output .onnx path")
+    p.add_argument("--arch", default="vgg19", choices=sorted(ARCHS))
+    p.add_argument(
+        "--weights",
+        default="imagenet",
+        help="'imagenet' (torchvision's, downloaded once), a state_dict file, or 'random'",
+    )
+    p.add_argument("--seed", type=int, default=0, help="seed for --weights random")
+    p.add_argument("--target-layer", help="layer of model.features (default: last before pool)")
+    p.add_argument("--image-size", type=int, default=224, help="fixed input size S (S x S)")
+    p.add_argument("--num-targets", "-k", type=int, default=1, help="maps per image (K)")
+    p.add_argument("--opset", type=int, help="ONNX opset (default: the exporter's)")
+    p.add_argument("--no-validate", action="store_true", help="skip the check against eager")
+    p.set_defaults(func=_export)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from . import __version__
+
+    parser = argparse.ArgumentParser(
+        prog="gradcam-fast",
+        description="Grad-CAM for VGG-family CNNs at the cost of one forward pass.",
+    )
+    parser.add_argument("--version", action="version", version=f"gradcam_fast {__version__}")
+    parser.add_argument("-v", "--verbose", action="store_true", help="tracebacks and debug logs")
+    subparsers = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    _add_export_parser(subparsers)
+    for module in _SUBCOMMAND_MODULES:
+        __import__(f"gradcam_fast.{module}", fromlist=["add_parser"]).add_parser(subparsers)
+    return parser
+
+
+# Modules that contribute a subcommand through `add_parser(subparsers)`.
+_SUBCOMMAND_MODULES: list[str] = []
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point of the console script; returns the exit status."""
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    logging.basicConfig(
+        level=logging.DEBUG if args.verbose else logging.WARNING,
+        format="gradcam-fast: %(message)s",
+    )
+    if not args.verbose:  # warnings as one line each, without source lines
+        warnings.showwarning = lambda message, category, *rest, **kw: print(
+            f"gradcam-fast: warning: {message}", file=sys.stderr
+        )
+    try:
+        return args.func(args)
+    except KeyboardInterrupt:
+        print("gradcam-fast: interrupted", file=sys.stderr)
+        return 130
+    except Exception as exc:  # one clear line; the traceback only with --verbose
+        if args.verbose:
+            raise
+        print(f"gradcam-fast: error: {exc}", file=sys.stderr)
+        return EXIT_ERROR
+
+
+if __name__ == "__main__":
+    sys.exit(main())

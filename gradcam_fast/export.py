@@ -1,0 +1,171 @@
+"""export_onnx: trace GradCAMGraph to ONNX with metadata, then validate it against the eager way."""
+
+from __future__ import annotations
+
+import logging
+import os
+import time
+import warnings
+from pathlib import Path
+
+import onnx
+import torch
+from torch import nn
+
+from .graph import GradCAMGraph
+from .metadata import INPUT_NAMES, OUTPUT_NAMES, ModelMetadata
+from .models import load_vgg, model_info
+
+__all__ = ["ExportValidationError", "export_onnx", "relative_error", "validate_onnx"]
+
+log = logging.getLogger(__name__)
+
+TRACE_BATCH = 2  # batch size traced; validation runs another one
+VALIDATE_BATCH = 3
+TOLERANCE = 1e-4  # DESIGN.md: relative error of float32 outputs against the eager reference
+
+
+class ExportValidationError(RuntimeError):
+    """The exported model disagrees with the eager reference beyond the tolerance."""
+
+
+def relative_error(actual: torch.Tensor, expected: torch.Tensor) -> float:
+    """max |actual - expected| / max |expected|: the error relative to the tensor's scale."""
+    actual, expected = actual.detach().double().cpu(), expected.detach().double().cpu()
+    scale = expected.abs().max().item()
+    return (actual - expected).abs().max().item() / (scale if scale > 0 else 1.0)
+
+
+def _as_model(model_or_arch: nn.Module | str, weights: str | os.PathLike, seed: int) -> nn.Module:
+    if isinstance(model_or_arch, str):
+        return load_vgg(model_or_arch, weights, seed=seed)
+    if not isinstance(model_or_arch, nn.Module):
+        raise TypeError(
+            f"export_onnx takes an arch name or a torchvision VGG, got {type(model_or_arch).__name__}"
+        )
+    return model_or_arch
+
+
+def _example_inputs(
+    batch: int, image_size: int, num_targets: int, num_classes: int, seed: int = 0
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Seeded images and mixed targets: ranks for the first image, class indices for the rest."""
+    gen = torch.Generator().manual_seed(seed)
+    images = torch.randn(batch, 3, image_size, image_size, generator=gen)
+    targets = torch.randint(0, num_classes, (batch, num_targets), generator=gen)
+    targets[0] = torch.arange(-1, -num_targets - 1, -1)
+    return images, targets
+
+
+def export_onnx(
+    model_or_arch: nn.Module | str,
+    path: str | os.PathLike,
+    *,
+    target_layer: str | None = None,
+    image_size: int = 224,
+    num_targets: int = 1,
+    weights: str | os.PathLike = "imagenet",
+    opset: int | None = None,
+    validate: bool = True,
+    seed: int = 0,
+) -> Path:
+    """Export the Grad-CAM graph of a VGG (an arch name loaded with `weights`, or a model) to
+    `path` and return it. Batch is dynamic; image size and K (`num_targets`) are fixed.
+
+    With `validate`, the file is run in ONNX Runtime at a batch size other than the traced one
+    and compared with `eager_gradcam`; `ExportValidationError` reports the error figures.
+    """
+    model = _as_model(model_or_arch, weights, seed)
+    graph = GradCAMGraph(model, target_layer, num_targets)
+    if graph.num_classes is None:
+        raise ValueError("the model's classifier must end with an nn.Linear layer")
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    info = model_info(model)
+
+    images, targets = _example_inputs(TRACE_BATCH, image_size, num_targets, graph.num_classes)
+    try:
+        with torch.no_grad():
+            graph(images, targets)
+    except RuntimeError as exc:
+        raise ValueError(
+            f"image_size {image_size} does not fit this network with target {graph.target_layer}:"
+            f" {exc}"
+        ) from None
+
+    started = time.perf_counter()
+    batch = torch.export.Dim("batch", min=1, max=1 << 16)
+    with warnings.catch_warnings(), torch.no_grad():
+        warnings.simplefilter("ignore")
+        program = torch.onnx.export(
+            graph,
+            (images, targets),
+            dynamo=True,
+            external_data=False,
+            input_names=list(INPUT_NAMES),
+            output_names=list(OUTPUT_NAMES),
+            dynamic_shapes=({0: batch}, {0: batch}),
+            opset_version=opset,
+            verbose=False,
+        )
+    proto = program.model_proto
+    meta = ModelMetadata(
+        arch=info.arch,
+        target_layer=graph.target_layer,
+        image_size=image_size,
+        num_targets=num_targets,
+        num_classes=graph.num_classes,
+        mean=tuple(info.mean),
+        std=tuple(info.std),
+        weights=info.weights,
+        categories=tuple(info.categories),
+    )
+    _save(proto, meta, path)
+    log.info("exported %s in %.1f s", path, time.perf_counter() - started)
+    if validate:
+        validate_onnx(path, model)
+    return path
+
+
+def _save(proto: onnx.ModelProto, meta: ModelMetadata, path: Path) -> None:
+    """Write with metadata under a temporary name, then rename: no half-written models."""
+    del proto.metadata_props[:]
+    for key, value in meta.to_props().items():
+        proto.metadata_props.add(key=key, value=value)
+    proto.producer_name = "gradcam_fast"
+    tmp = path.with_name(path.name + ".tmp")
+    onnx.save(proto, tmp)
+    os.replace(tmp, path)
+
+
+def validate_onnx(
+    path: str | os.PathLike, model: nn.Module, batch: int = VALIDATE_BATCH, tol: float = TOLERANCE
+) -> dict[str, float]:
+    """Run the exported file on the CPU at `batch` and compare with `eager_gradcam`.
+
+    Returns the relative errors by output; raises `ExportValidationError` when one exceeds `tol`
+    or a resolved target class differs.
+    """
+    from .reference import eager_gradcam
+    from .runtime import GradCAMSession
+
+    session = GradCAMSession(path, device="cpu")
+    meta = session.metadata
+    images, targets = _example_inputs(
+        batch, meta.image_size, meta.num_targets, meta.num_classes, seed=1
+    )
+    got = session(images, targets)
+    ref = eager_gradcam(model, images, targets, meta.target_layer)
+    errors = {
+        name: relative_error(getattr(got, name), getattr(ref, name))
+        for name in ("logits", "activations", "gradients", "cams_lowres")
+    }
+    same_classes = torch.equal(got.target_classes.cpu(), ref.target_classes.cpu())
+    if not same_classes or max(errors.values()) > tol:
+        figures = ", ".join(f"{k} {v:.2e}" for k, v in errors.items())
+        raise ExportValidationError(
+            f"{path} disagrees with the eager reference at batch {batch} (tolerance {tol:.0e}): "
+            f"relative errors {figures}; target classes {'match' if same_classes else 'differ'}"
+        )
+    log.info("validated %s: %s", path, errors)
+    return errors

@@ -1,0 +1,84 @@
+"""GradCAMGraph: one forward call that also returns the target layer's gradients."""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .models import default_target_layer, feature_layer_names
+from .vjp import FLATTEN, forward_saving, vjp
+
+__all__ = ["GradCAMGraph", "resolve_target_layer", "resolve_targets"]
+
+
+def resolve_target_layer(model: nn.Module, target_layer: str | None) -> tuple[str, int]:
+    """Check `target_layer` against `model.features` and return (name, index in features)."""
+    if not isinstance(getattr(model, "features", None), nn.Sequential):
+        raise TypeError(
+            f"{type(model).__name__} has no `features` nn.Sequential; gradcam_fast supports "
+            "torchvision VGG models (and modules laid out like them)"
+        )
+    name = target_layer or default_target_layer(model)
+    valid = feature_layer_names(model)
+    if name not in valid:
+        raise ValueError(
+            f"target layer {name!r} is not a layer of model.features; valid names are "
+            f"{valid[0]} ... {valid[-1]} (default {default_target_layer(model)})"
+        )
+    return name, valid.index(name)
+
+
+def resolve_targets(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    """Class indices [B, K] from targets [B, K]: t >= 0 is a class, -r the r-th highest logit."""
+    ranked = torch.topk(logits, logits.shape[1], dim=1).indices  # sorted, descending
+    rank = (-targets - 1).clamp(min=0)
+    return torch.where(targets >= 0, targets, ranked.gather(1, rank))
+
+
+class GradCAMGraph(nn.Module):
+    """VGG rewritten to return (logits, target_classes, activations, gradients) in one call.
+
+    The network is split at `target_layer`; the part above it runs forward while keeping what
+    its backward needs, and that backward is written out layer by layer (see `vjp.py`), for K
+    target classes at once. No autograd and no hooks, so `torch.onnx.export` can trace it.
+    Shares parameters with `model` and puts it in eval mode (this is an inference graph).
+    """
+
+    def __init__(self, model: nn.Module, target_layer: str | None = None, num_targets: int = 1):
+        super().__init__()
+        if num_targets < 1:
+            raise ValueError(f"num_targets must be at least 1, got {num_targets}")
+        self.target_layer, index = resolve_target_layer(model, target_layer)
+        self.num_targets = num_targets
+        self.body = model.features[: index + 1]
+        self.head = nn.ModuleList(
+            [*model.features[index + 1 :], model.avgpool, FLATTEN, *model.classifier]
+        )
+        last = self.head[-1]
+        self.num_classes = last.out_features if isinstance(last, nn.Linear) else None
+        self.eval()
+
+    def forward(
+        self, images: torch.Tensor, targets: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+        """images [B,3,S,S] float, targets [B,K] int64 -> logits [B,N], target_classes [B,K],
+        activations [B,C,h,w], gradients [B,K,C,h,w] (d logit_target / d activations)."""
+        activations = self.body(images)
+        x, saved = activations, []
+        for layer in self.head:
+            x, s = forward_saving(layer, x)
+            saved.append(s)
+        logits = x
+        classes = resolve_targets(logits, targets)
+
+        layers = list(zip(self.head, saved, strict=False))
+        last, _ = layers[-1]
+        if isinstance(last, nn.Linear):  # d logit_c / d input = row c of W: a gather
+            g = F.embedding(classes, last.weight)
+            layers = layers[:-1]
+        else:
+            g = F.one_hot(classes, logits.shape[1]).to(logits.dtype)
+        for layer, s in reversed(layers):
+            g = vjp(layer, g, s)
+        return logits, classes, activations, g

@@ -1,0 +1,119 @@
+"""Checking and converting what callers pass as images and targets, with errors that say the fix."""
+
+from __future__ import annotations
+
+import numbers
+from collections.abc import Sequence
+
+import numpy as np
+import torch
+
+__all__ = ["as_image_batch", "as_targets"]
+
+
+def as_image_batch(
+    images: torch.Tensor | np.ndarray,
+    image_size: int | None = None,
+    device: str | torch.device = "cpu",
+) -> torch.Tensor:
+    """A contiguous float32 [B, 3, S, S] tensor on `device` from a tensor or array.
+
+    Accepts one image [3, S, S]. float16/bfloat16/float64 are converted to float32; integer and
+    bool images are refused (the model expects pixels normalized with its mean/std).
+    """
+    if isinstance(images, np.ndarray):
+        if images.dtype == object or not (
+            np.issubdtype(images.dtype, np.number) or images.dtype == bool
+        ):
+            raise TypeError(f"images must be a numeric array, got dtype {images.dtype}")
+        images = torch.from_numpy(np.ascontiguousarray(images))
+    elif not isinstance(images, torch.Tensor):
+        raise TypeError(
+            f"images must be a torch.Tensor or numpy.ndarray [B,3,S,S], got {type(images).__name__}"
+        )
+    if not images.is_floating_point():
+        raise TypeError(
+            f"images must be floating point, normalized with the model's mean/std; got {images.dtype}."
+            " Convert decoded pixels with gradcam_fast.images.preprocess (or x / 255 then normalize)."
+        )
+    if images.ndim == 3:
+        images = images.unsqueeze(0)
+    expected = f"[B, 3, {image_size}, {image_size}]" if image_size else "[B, 3, S, S]"
+    if images.ndim != 4 or images.shape[1] != 3:
+        hint = " (channels last? use x.permute(0, 3, 1, 2))" if images.shape[-1] == 3 else ""
+        raise ValueError(f"expected images of shape {expected}, got {list(images.shape)}{hint}")
+    if image_size is not None and tuple(images.shape[-2:]) != (image_size, image_size):
+        raise ValueError(
+            f"expected images of shape {expected} (the model was exported for {image_size}x"
+            f"{image_size}), got {list(images.shape)}: resize/crop the images or export the "
+            "model again with that image_size"
+        )
+    if images.shape[0] == 0:
+        raise ValueError("empty batch: pass at least one image")
+    images = images.to(device=device, dtype=torch.float32).contiguous()
+    finite = torch.isfinite(images)
+    if not bool(finite.all()):
+        bad = int((~finite).sum())
+        raise ValueError(
+            f"images contain {bad} NaN or infinite values; Grad-CAM of such input is undefined"
+        )
+    return images
+
+
+def as_targets(
+    targets: int | Sequence[int] | np.ndarray | torch.Tensor | None,
+    batch: int,
+    num_targets: int | None,
+    num_classes: int,
+) -> torch.Tensor:
+    """Targets as int64 [B, K] (CPU). t >= 0 is a class index, -r the r-th highest logit.
+
+    None means the top K classes; an int the same class for every image (K = 1); a sequence of B
+    ints one class per image (K = 1); a [B, K] array one row per image. `num_targets=None` takes
+    K from the targets (the eager reference has no fixed K).
+    """
+    k = num_targets
+    if targets is None:
+        k = k or 1
+        return torch.arange(-1, -k - 1, -1, dtype=torch.int64).expand(batch, k).contiguous()
+    if isinstance(targets, numbers.Integral) and not isinstance(targets, bool):
+        t = torch.full((batch, 1), int(targets), dtype=torch.int64)
+    else:
+        if isinstance(targets, np.ndarray):
+            targets = torch.from_numpy(np.asarray(targets))
+        elif not isinstance(targets, torch.Tensor):
+            try:
+                targets = torch.as_tensor(targets)
+            except (TypeError, ValueError, RuntimeError) as exc:
+                raise TypeError(
+                    f"targets must be None, an int, B ints or a [B, K] array; got {targets!r}"
+                ) from exc
+        if targets.is_floating_point() or targets.is_complex() or targets.dtype == torch.bool:
+            raise TypeError(
+                f"targets must be integers (class indices or -rank), got {targets.dtype}"
+            )
+        t = targets.detach().to("cpu", torch.int64)
+        if t.ndim == 0:
+            t = t.reshape(1, 1).expand(batch, 1)
+        elif t.ndim == 1:
+            if t.shape[0] != batch:
+                raise ValueError(
+                    f"got {t.shape[0]} targets for a batch of {batch} images: pass one class per "
+                    "image, or a [B, K] array"
+                )
+            t = t.reshape(batch, 1)
+        elif t.ndim != 2 or t.shape[0] != batch:
+            raise ValueError(f"targets must have shape [{batch}, K], got {list(t.shape)}")
+    if k is not None and t.shape[1] != k:
+        raise ValueError(
+            f"this model computes {k} map(s) per image, got {t.shape[1]} target(s) per image: "
+            f"pass targets of shape [{batch}, {k}] (or export with num_targets={t.shape[1]})"
+        )
+    out_of_range = (t >= num_classes) | (t < -num_classes)
+    if bool(out_of_range.any()):
+        bad = int(t[out_of_range][0])
+        raise ValueError(
+            f"target {bad} is out of range for a model with {num_classes} classes: use a class "
+            f"index 0..{num_classes - 1} or a rank -1..-{num_classes} (-1 = predicted class)"
+        )
+    return t.contiguous()

@@ -1,0 +1,68 @@
+"""The metadata a gradcam_fast ONNX model carries, and reading it back with clear refusals."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass, field
+
+__all__ = ["FORMAT_VERSION", "INPUT_NAMES", "OUTPUT_NAMES", "ModelMetadata", "NotAGradCAMModel"]
+
+FORMAT_VERSION = 1
+PREFIX = "gradcam_fast."
+INPUT_NAMES = ("images", "targets")
+OUTPUT_NAMES = ("logits", "target_classes", "activations", "gradients")
+
+
+class NotAGradCAMModel(ValueError):
+    """The file is not an ONNX model exported by gradcam_fast (or of a format this version lacks)."""
+
+
+@dataclass(frozen=True)
+class ModelMetadata:
+    """What `export_onnx` records in `metadata_props` and `GradCAMSession` relies on."""
+
+    arch: str
+    target_layer: str
+    image_size: int
+    num_targets: int
+    num_classes: int
+    mean: tuple[float, ...]
+    std: tuple[float, ...]
+    weights: str
+    categories: tuple[str, ...] = field(default=(), repr=False)
+    precision: str = "float32"  # "float32" or "float16" (inside; inputs and outputs stay float32)
+    input_format: str = "float_nchw"  # or "uint8_nhwc": raw decoded pixels, normalized in-graph
+    format_version: int = FORMAT_VERSION
+
+    def to_props(self) -> dict[str, str]:
+        """String key/values for `ModelProto.metadata_props`."""
+        return {PREFIX + k: json.dumps(v) for k, v in asdict(self).items()}
+
+    @classmethod
+    def from_props(cls, props: dict[str, str], source: str = "model") -> ModelMetadata:
+        """Parse `metadata_props`; refuse files that are not gradcam_fast models of a known format."""
+        ours = {k[len(PREFIX) :]: v for k, v in props.items() if k.startswith(PREFIX)}
+        if "format_version" not in ours:
+            raise NotAGradCAMModel(
+                f"{source} is an ONNX model but not a gradcam_fast model (no gradcam_fast metadata):"
+                " export one with gradcam_fast.export_onnx or `gradcam-fast export`"
+            )
+        try:
+            values = {k: json.loads(v) for k, v in ours.items()}
+        except json.JSONDecodeError as exc:
+            raise NotAGradCAMModel(f"{source} has corrupt gradcam_fast metadata: {exc}") from None
+        version = values["format_version"]
+        if version != FORMAT_VERSION:
+            raise NotAGradCAMModel(
+                f"{source} has gradcam_fast format version {version}; this gradcam_fast reads "
+                f"version {FORMAT_VERSION}: export the model again with this version"
+            )
+        names = set(cls.__dataclass_fields__)
+        missing = sorted(names - set(values) - {"categories", "precision", "input_format"})
+        if missing:
+            raise NotAGradCAMModel(f"{source} lacks gradcam_fast metadata fields {missing}")
+        values = {k: v for k, v in values.items() if k in names}
+        for key in ("mean", "std", "categories"):
+            if key in values:
+                values[key] = tuple(values[key])
+        return cls(**values)

@@ -1,0 +1,39 @@
+"""From activations and gradients to heatmaps: batched torch ops on the tensors' own device."""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+__all__ = ["gradcam_lowres", "upsample_normalize"]
+
+
+def gradcam_lowres(activations: torch.Tensor, gradients: torch.Tensor) -> torch.Tensor:
+    """ReLU(sum_c w_c A_c) with w_c the spatial mean of the gradients.
+
+    activations [B, C, h, w], gradients [B, K, C, h, w] -> [B, K, h, w]; the weighted sum over
+    channels for all K classes is one batched matmul.
+    """
+    b, c, h, w = activations.shape
+    weights = gradients.mean(dim=(-2, -1))  # [B, K, C]
+    cams = torch.bmm(weights, activations.reshape(b, c, h * w))  # [B, K, h*w]
+    return cams.relu_().reshape(b, -1, h, w)
+
+
+def upsample_normalize(cams_lowres: torch.Tensor, size: int | tuple[int, int]) -> torch.Tensor:
+    """Bilinear upsampling (align_corners=False) to `size`, then min-max of each map into [0, 1].
+
+    A flat map (all values equal, e.g. all zero after the ReLU) becomes zeros, never NaN. Flatness
+    is judged on the low-resolution map, where it is exact: interpolating a constant map can leave
+    one-ulp ripples that min-max would blow up into noise.
+    """
+    b, k = cams_lowres.shape[:2]
+    low_flat = cams_lowres.reshape(b, k, -1)
+    is_flat = (low_flat.amax(dim=-1, keepdim=True) - low_flat.amin(dim=-1, keepdim=True)) <= 0
+    up = F.interpolate(cams_lowres, size=size, mode="bilinear", align_corners=False)
+    flat = up.reshape(b, k, -1)
+    low = flat.amin(dim=-1, keepdim=True)
+    span = flat.amax(dim=-1, keepdim=True) - low
+    span = torch.where(is_flat | (span <= 0), torch.full_like(span, float("inf")), span)
+    flat.sub_(low).div_(span)
+    return up

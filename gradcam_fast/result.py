@@ -1,0 +1,32 @@
+"""GradCAMResult: what a session call and the eager reference return."""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+
+import torch
+
+__all__ = ["GradCAMResult"]
+
+
+@dataclass
+class GradCAMResult:
+    """Grad-CAM maps for B images and K target classes each, on the device that computed them."""
+
+    cams: torch.Tensor  # [B, K, S, S] float32 in [0, 1], upsampled and min-max normalized
+    cams_lowres: torch.Tensor  # [B, K, h, w] float32: ReLU(sum_c w_c A_c) at the layer's size
+    target_classes: torch.Tensor  # [B, K] int64, the classes explained
+    logits: torch.Tensor  # [B, num_classes] float32
+    activations: torch.Tensor  # [B, C, h, w] float32, the target layer's output
+    gradients: torch.Tensor  # [B, K, C, h, w] float32, d logit_target / d activations
+
+    def to(self, device: str | torch.device) -> GradCAMResult:
+        """A copy with every tensor on `device` (e.g. "cpu" before converting to NumPy)."""
+        return GradCAMResult(
+            **{f.name: getattr(self, f.name).to(device) for f in dataclasses.fields(self)}
+        )
+
+    def probabilities(self) -> torch.Tensor:
+        """Softmax of the logits, [B, num_classes]."""
+        return torch.softmax(self.logits.float(), dim=1)
