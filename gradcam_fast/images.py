@@ -1,0 +1,260 @@
+"""Reading image files into RGB, preprocessing them as torchvision does, and mapping maps back.
+
+`load_image` turns a path or bytes into an RGB `PIL.Image` (EXIF orientation applied, first frame
+of animations, alpha composited on white, 16-bit and float scaled to 8 bits) or raises
+`ImageError` naming the file and the problem. `preprocess` is torchvision's ImageNet evaluation
+transform (resize the shorter side to 256/224 of S, center crop S, normalize); `model_view` is the
+same crop as uint8 pixels, what overlays are drawn on; `cam_to_image` places a map computed on
+that crop back onto the original image's pixels.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import os
+import threading
+import warnings
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from PIL import Image, ImageOps
+
+from .models import IMAGENET_MEAN, IMAGENET_STD
+
+__all__ = [
+    "IMAGE_EXTENSIONS",
+    "ImageError",
+    "ModelCrop",
+    "cam_to_image",
+    "load_image",
+    "model_crop",
+    "model_view",
+    "preprocess",
+    "to_tensor",
+]
+
+# Extensions a directory scan picks up; files named explicitly are tried whatever their name.
+IMAGE_EXTENSIONS = frozenset(
+    {".jpg", ".jpeg", ".jpe", ".png", ".webp", ".bmp", ".tif", ".tiff", ".gif"}
+)
+
+# What transparent pixels become: white, as a browser shows a transparent PNG on a white page.
+# Dropping alpha instead would expose whatever colors the file stores under transparent pixels.
+ALPHA_BACKGROUND = (255, 255, 255)
+
+# warnings.catch_warnings is process-global; header parsing (cheap) is serialized through this
+# lock so concurrent decoders do not restore each other's filters. Pixel decoding runs unlocked.
+_OPEN_LOCK = threading.Lock()
+
+
+class ImageError(ValueError):
+    """A file that cannot be used as an image: missing, unreadable, empty, truncated, not an
+    image, or a decompression bomb. The message names the file and the problem."""
+
+
+def _label(source: str | os.PathLike | bytes, name: str | None) -> str:
+    if name is not None:
+        return name
+    if isinstance(source, bytes | bytearray | memoryview):
+        return "<bytes>"
+    return os.fspath(source)
+
+
+def _open(source: str | os.PathLike | bytes, label: str) -> Image.Image:
+    """Image.open with PIL's decompression-bomb warning turned into an ImageError."""
+    if isinstance(source, bytes | bytearray | memoryview):
+        data = bytes(source)
+    else:
+        try:
+            with open(source, "rb") as f:
+                data = f.read()
+        except FileNotFoundError:
+            raise ImageError(f"{label}: no such file") from None
+        except IsADirectoryError:
+            raise ImageError(f"{label}: is a directory, not an image file") from None
+        except OSError as exc:
+            raise ImageError(f"{label}: cannot read the file ({exc.strerror or exc})") from None
+    if not data:
+        raise ImageError(f"{label}: empty file (0 bytes), not an image")
+    limit = Image.MAX_IMAGE_PIXELS
+    try:
+        with _OPEN_LOCK, warnings.catch_warnings():
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            return Image.open(io.BytesIO(data))
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
+        raise ImageError(
+            f"{label}: refused as a possible decompression bomb ({exc}); images over {limit} "
+            "pixels are not decoded. If the file is trusted, raise PIL.Image.MAX_IMAGE_PIXELS."
+        ) from None
+    except Image.UnidentifiedImageError:
+        raise ImageError(
+            f"{label}: not an image file PIL can read (unknown or corrupt format; supported: "
+            "JPEG, PNG, WebP, BMP, TIFF, GIF)"
+        ) from None
+    except Exception as exc:  # plugins raise SyntaxError, struct.error, ... on corrupt headers
+        raise ImageError(f"{label}: corrupt image header ({type(exc).__name__}: {exc})") from None
+
+
+def _to_rgb(image: Image.Image) -> Image.Image:
+    """RGB with 8 bits per channel: alpha composited on white, high bit depths scaled down."""
+    mode = image.mode
+    if mode in ("RGBA", "LA", "PA", "RGBa", "La") or (
+        mode in ("P", "L", "RGB", "1") and "transparency" in image.info
+    ):
+        rgba = image.convert("RGBA")
+        background = Image.new("RGBA", rgba.size, (*ALPHA_BACKGROUND, 255))
+        return Image.alpha_composite(background, rgba).convert("RGB")
+    if mode == "RGB":
+        return image
+    if mode.startswith(("I", "F")):  # 16-bit (I;16*), 32-bit int (I) or float (F) single channel
+        values = np.asarray(image, dtype=np.float64)
+        lo, hi = float(values.min()), float(values.max())
+        if mode.startswith("I;16") or (mode == "I" and lo >= 0.0 and 255.0 < hi <= 65535.0):
+            scaled = values / 257.0  # 16-bit range 0..65535 onto 0..255
+        elif mode == "F" and lo >= 0.0 and hi <= 1.0:
+            scaled = values * 255.0
+        elif lo >= 0.0 and hi <= 255.0:
+            scaled = values
+        else:  # an arbitrary range: stretch it to 0..255
+            scaled = (values - lo) * (255.0 / (hi - lo)) if hi > lo else values * 0.0
+        gray = np.clip(np.rint(scaled), 0, 255).astype(np.uint8)
+        return Image.fromarray(np.repeat(gray[..., None], 3, axis=2), "RGB")
+    return image.convert("RGB")  # L, P, 1, CMYK, YCbCr, LAB, HSV
+
+
+def load_image(source: str | os.PathLike | bytes, name: str | None = None) -> Image.Image:
+    """Decode a file path or raw bytes into an 8-bit RGB image, fully loaded.
+
+    EXIF orientation is applied; animated files give their first frame; grayscale, palette, CMYK
+    and 16-bit images are converted to RGB; transparent pixels are composited on white. `name`
+    labels the image in error messages (default: the path). Raises `ImageError` for anything that
+    is not a readable image, including images larger than `PIL.Image.MAX_IMAGE_PIXELS`.
+    """
+    label = _label(source, name)
+    image = _open(source, label)
+    try:
+        image.seek(0)
+        image.load()
+    except Exception as exc:
+        if "truncated" in str(exc):
+            raise ImageError(f"{label}: truncated image file ({exc})") from None
+        raise ImageError(f"{label}: cannot decode ({type(exc).__name__}: {exc})") from None
+    if image.width < 1 or image.height < 1:
+        raise ImageError(f"{label}: image has no pixels ({image.width}x{image.height})")
+    with contextlib.suppress(Exception):  # a malformed EXIF block: keep the pixels as stored
+        image = ImageOps.exif_transpose(image)
+    try:
+        return _to_rgb(image)
+    except Exception as exc:
+        raise ImageError(
+            f"{label}: cannot convert {image.mode} pixels to RGB ({type(exc).__name__}: {exc})"
+        ) from None
+
+
+def _resize_size(width: int, height: int, size: int) -> tuple[int, int]:
+    """torchvision's Resize(round(size * 256 / 224)): the shorter side to that, aspect kept."""
+    short_target = round(size * 256 / 224)
+    if width <= height:
+        return short_target, int(short_target * height / width)
+    return int(short_target * width / height), short_target
+
+
+@dataclass(frozen=True)
+class ModelCrop:
+    """Where the model's S x S input comes from: resize the image to `resized` (w, h), then take
+    the S x S window at (`left`, `top`) of the resized image."""
+
+    size: int
+    original: tuple[int, int]  # (width, height) of the decoded image
+    resized: tuple[int, int]  # (width, height) after the resize
+    left: int
+    top: int
+
+    def box(self) -> tuple[float, float, float, float]:
+        """The window in the original image's pixel coordinates: (x0, y0, x1, y1)."""
+        sx = self.original[0] / self.resized[0]
+        sy = self.original[1] / self.resized[1]
+        return (
+            self.left * sx,
+            self.top * sy,
+            (self.left + self.size) * sx,
+            (self.top + self.size) * sy,
+        )
+
+
+def model_crop(width: int, height: int, size: int = 224, crop: bool = True) -> ModelCrop:
+    """The resize and crop `preprocess` applies to a `width` x `height` image."""
+    if size < 1:
+        raise ValueError(f"size must be a positive number of pixels, got {size}")
+    if not crop:
+        return ModelCrop(size, (width, height), (size, size), 0, 0)
+    rw, rh = _resize_size(width, height, size)
+    # torchvision's center_crop: int(round((dim - size) / 2)).
+    return ModelCrop(
+        size, (width, height), (rw, rh), round((rw - size) / 2), round((rh - size) / 2)
+    )
+
+
+def model_view(image: Image.Image, size: int = 224, crop: bool = True) -> np.ndarray:
+    """The uint8 RGB pixels [S, S, 3] the model sees: torchvision's Resize + CenterCrop, or with
+    `crop=False` the whole image resized to S x S. Bilinear with antialiasing (PIL's resize)."""
+    if image.mode != "RGB":
+        raise ValueError(f"expected an RGB image (use load_image), got mode {image.mode}")
+    c = model_crop(image.width, image.height, size, crop)
+    resized = image.resize(c.resized, Image.Resampling.BILINEAR)
+    if crop:
+        resized = resized.crop((c.left, c.top, c.left + size, c.top + size))
+    return np.array(resized, dtype=np.uint8)  # a writable copy
+
+
+def to_tensor(
+    pixels: np.ndarray,
+    mean: Sequence[float] = IMAGENET_MEAN,
+    std: Sequence[float] = IMAGENET_STD,
+) -> torch.Tensor:
+    """uint8 [H, W, 3] pixels as a float32 [3, H, W] tensor, scaled to [0, 1] and normalized."""
+    x = (
+        torch.from_numpy(np.array(pixels, dtype=np.uint8, copy=not pixels.flags.writeable))
+        .permute(2, 0, 1)
+        .to(torch.float32)
+    )
+    m = torch.tensor(mean, dtype=torch.float32).view(3, 1, 1)
+    s = torch.tensor(std, dtype=torch.float32).view(3, 1, 1)
+    return ((x / 255.0 - m) / s).contiguous()
+
+
+def preprocess(
+    image: Image.Image,
+    size: int = 224,
+    mean: Sequence[float] = IMAGENET_MEAN,
+    std: Sequence[float] = IMAGENET_STD,
+    crop: bool = True,
+) -> torch.Tensor:
+    """The model input [3, S, S] float32 for an RGB image: torchvision's ImageNet evaluation
+    transform (Resize(256) + CenterCrop(224) scaled to S, ToTensor, Normalize(mean, std)), or with
+    `crop=False` the whole image resized to S x S (aspect ratio not kept)."""
+    return to_tensor(model_view(image, size, crop), mean, std)
+
+
+def cam_to_image(cam: np.ndarray | torch.Tensor, crop: ModelCrop) -> np.ndarray:
+    """A map computed on the model's S x S view, placed on the original image's pixels.
+
+    Returns float32 [H, W] of the original image: the map resized (bilinear) onto the region the
+    model saw, NaN outside it (the parts the center crop cut off, which the model never saw).
+    """
+    cam = torch.as_tensor(cam, dtype=torch.float32, device="cpu")
+    if cam.shape != (crop.size, crop.size):
+        raise ValueError(f"expected a [{crop.size}, {crop.size}] map, got {list(cam.shape)}")
+    width, height = crop.original
+    x0, y0, x1, y1 = (round(v) for v in crop.box())
+    x0, y0, x1, y1 = max(x0, 0), max(y0, 0), min(x1, width), min(y1, height)
+    out = np.full((height, width), np.nan, dtype=np.float32)
+    if x1 > x0 and y1 > y0:
+        placed = torch.nn.functional.interpolate(
+            cam[None, None], size=(y1 - y0, x1 - x0), mode="bilinear", align_corners=False
+        )
+        out[y0:y1, x0:x1] = placed[0, 0].clamp_(0.0, 1.0).numpy()
+    return out
