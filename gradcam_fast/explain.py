@@ -166,7 +166,7 @@ class _Item:
     seconds: float = 0.0  # decode + share of the batch's model time + writing
     error: str | None = None
     view: np.ndarray | None = None  # uint8 [S, S, 3], what the model saw
-    tensor: torch.Tensor | None = None  # float32 [3, S, S], normalized
+    tensor: torch.Tensor | None = None  # float32 [3, S, S], normalized (None for raw pixels)
     crop: ModelCrop | None = None
     original: np.ndarray | None = None  # uint8 [H, W, 3], kept for --full-image
     record: dict | None = None
@@ -184,6 +184,7 @@ class _Settings:
     alpha: float
     save_maps: bool
     verbose: bool
+    raw_pixels: bool  # the model takes uint8 [B, S, S, 3] and normalizes inside
 
 
 def _decode(path: Path, s: _Settings) -> _Item:
@@ -194,7 +195,8 @@ def _decode(path: Path, s: _Settings) -> _Item:
         image = load_image(path)
         item.crop = model_crop(image.width, image.height, s.size, s.crop)
         item.view = model_view(image, s.size, s.crop)
-        item.tensor = to_tensor(item.view, s.mean, s.std)
+        if not s.raw_pixels:
+            item.tensor = to_tensor(item.view, s.mean, s.std)
         if s.full_image:
             item.original = np.asarray(image)
     except ImageError as exc:
@@ -317,7 +319,7 @@ def explain(
     names = tuple(meta.categories)
     s = _Settings(
         out, meta.image_size, tuple(meta.mean), tuple(meta.std), crop, full_image, colormap,
-        alpha, save_maps, verbose,
+        alpha, save_maps, verbose, meta.input_format == "uint8_nhwc",
     )  # fmt: skip
     out.mkdir(parents=True, exist_ok=True)
     if on_error is None:
@@ -365,7 +367,10 @@ def explain(
                 good = [item for item in batch if item.error is None]
                 if good:
                     start = time.perf_counter()
-                    x = torch.stack([item.tensor for item in good])
+                    if s.raw_pixels:
+                        x = torch.from_numpy(np.stack([item.view for item in good]))
+                    else:
+                        x = torch.stack([item.tensor for item in good])
                     t = None if targets is None else targets.expand(len(good), -1)
                     result = session(x, t).to("cpu")
                     share = (time.perf_counter() - start) / len(good)
