@@ -1,0 +1,153 @@
+"""Timing of every contender, grouped by batch size; each is checked against the eager reference
+first (a fast wrong answer fails). Plus K=5 vs K=1, post-processing alone, and export time.
+
+Rounds come from the profile (benchmarks/config.py); the check call doubles as the warm-up.
+With --benchmark-disable each timed function runs once, checks included.
+"""
+
+from __future__ import annotations
+
+import time
+
+import pytest
+import torch
+
+from benchmarks.config import active_profile
+from benchmarks.contenders import (
+    CONTENDERS,
+    ContenderUnavailable,
+    check_output,
+    open_contender,
+    ort_session_options,
+)
+from gradcam_fast import GradCAMSession, export_onnx
+from gradcam_fast.export import validate_onnx
+from gradcam_fast.postprocess import gradcam_lowres, upsample_normalize
+
+PROFILE = active_profile()
+GROUP = [
+    "eager_hook",
+    "eager_autograd",
+    "pytorch_grad_cam",
+    "captum",
+    "gradcam_fast",
+    "floor_ort",
+    "torch_no_grad",
+]
+POSTPROCESS_ROUNDS = 20
+
+
+def _open(name, setup):
+    try:
+        return open_contender(name, setup)
+    except ContenderUnavailable as exc:
+        pytest.skip(str(exc))
+
+
+def _check_then_time(benchmark, name, setup, images, reference, group, rounds, k=1):
+    contender = _open(name, setup)
+    try:
+        classes = reference.target_classes
+        errors = check_output(name, contender.output(contender.run(images, classes)), reference)
+        benchmark.group = group
+        benchmark.extra_info.update(
+            contender=name,
+            label=CONTENDERS[name].label,
+            batch=images.shape[0],
+            k=k,
+            errors=errors,
+        )
+        benchmark.pedantic(
+            contender.run, args=(images, classes), rounds=rounds, iterations=1, warmup_rounds=0
+        )
+    finally:
+        contender.close()
+
+
+@pytest.mark.parametrize(
+    ("batch", "name"),
+    [(b, n) for b in PROFILE.batches for n in GROUP],
+    ids=[f"b{b}-{n}" for b in PROFILE.batches for n in GROUP],
+)
+def test_contender(benchmark, profile, setup, images_for, reference_for, batch, name):
+    """One contender at one batch size, K=1, explaining the reference's predicted class."""
+    _check_then_time(
+        benchmark,
+        name,
+        setup,
+        images_for(batch),
+        reference_for(batch, 1),
+        f"batch {batch}",
+        profile.rounds[batch],
+    )
+
+
+@pytest.mark.parametrize(
+    ("batch", "k"),
+    [(b, k) for b in PROFILE.k_batches for k in (1, PROFILE.num_targets)],
+    ids=[f"b{b}-k{k}" for b in PROFILE.k_batches for k in (1, PROFILE.num_targets)],
+)
+def test_num_targets(benchmark, profile, setup, images_for, reference_for, batch, k):
+    """The session with K maps per image (the top K classes) against K=1, same batch."""
+    name = "gradcam_fast" if k == 1 else f"gradcam_fast_k{k}"
+    _check_then_time(
+        benchmark,
+        name,
+        setup,
+        images_for(batch),
+        reference_for(batch, k),
+        f"K, batch {batch}",
+        profile.rounds.get(batch, 3),
+        k=k,
+    )
+
+
+def test_postprocess(benchmark, profile, setup, images_for, reference_for):
+    """Post-processing alone (channel weights, weighted sum, ReLU, upsample, min-max) on the
+    session's own outputs at the profile's post-processing batch."""
+    batch = profile.postprocess_batch
+    reference = reference_for(batch, 1)
+    result = GradCAMSession(setup.paths["gradcam_k1"], device="cpu")(
+        images_for(batch), reference.target_classes
+    )
+    activations, gradients = result.activations, result.gradients
+
+    def postprocess():
+        return upsample_normalize(gradcam_lowres(activations, gradients), profile.image_size)
+
+    torch.testing.assert_close(postprocess(), result.cams, rtol=0, atol=0)
+    benchmark.group = "post-processing"
+    benchmark.extra_info.update(stage="postprocess", batch=batch)
+    benchmark.pedantic(postprocess, rounds=POSTPROCESS_ROUNDS, iterations=1, warmup_rounds=1)
+
+
+def test_export(benchmark, profile, setup, tmp_path):
+    """Export time (trace + save) of the K=1 model, and its validation time on its own line."""
+    path = tmp_path / "timed_export.onnx"
+    benchmark.group = "export"
+    benchmark.pedantic(
+        export_onnx,
+        args=(setup.model, path),
+        kwargs={"image_size": profile.image_size, "validate": False},
+        rounds=1,
+        iterations=1,
+    )
+    started = time.perf_counter()
+    errors = validate_onnx(path, setup.model)
+    benchmark.extra_info.update(
+        stage="export", validate_s=time.perf_counter() - started, size_bytes=path.stat().st_size
+    )
+    assert max(errors.values()) < 1e-4
+
+
+def test_floor_uses_the_session_settings(setup):
+    """The floor's ONNX Runtime settings are the session's: same threads, level and mode."""
+    ours = GradCAMSession(setup.paths["gradcam_k1"], device="cpu")._session.get_session_options()
+    floor = ort_session_options()
+    for attr in (
+        "intra_op_num_threads",
+        "inter_op_num_threads",
+        "graph_optimization_level",
+        "execution_mode",
+    ):
+        assert getattr(ours, attr) == getattr(floor, attr), attr

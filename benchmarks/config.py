@@ -1,0 +1,67 @@
+"""Benchmark profiles: "tiny" (the default, seconds: what CI and plain `pytest` run) and "full"
+(VGG19 at 224, minutes: what the report runs). Chosen with $GRADCAM_BENCH_PROFILE."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+
+__all__ = ["PROFILE_ENV", "Profile", "active_profile", "get_profile"]
+
+PROFILE_ENV = "GRADCAM_BENCH_PROFILE"
+
+
+@dataclass(frozen=True)
+class Profile:
+    """What one benchmark run measures and how often."""
+
+    name: str
+    model: str  # "vgg19" (seeded random weights) or "tiny" (a small seeded VGG, for CI)
+    image_size: int
+    batches: tuple[int, ...]  # batch sizes of the contender groups
+    rounds: dict[int, int]  # timed rounds per batch size (the check call is the warm-up)
+    k_batches: tuple[int, ...]  # batch sizes of the K=5 vs K=1 group
+    num_targets: int  # K of the multi-target group
+    memory_batch: int  # batch of the separate-process peak RSS probes
+    postprocess_batch: int  # batch of the post-processing line
+
+
+PROFILES = {
+    "tiny": Profile(
+        name="tiny",
+        model="tiny",
+        image_size=32,
+        batches=(1, 8),
+        rounds={1: 1, 8: 1},
+        k_batches=(8,),
+        num_targets=5,
+        memory_batch=8,
+        postprocess_batch=8,
+    ),
+    "full": Profile(
+        name="full",
+        model="vgg19",
+        image_size=224,
+        batches=(1, 8, 32),
+        rounds={1: 7, 8: 3, 32: 2},
+        k_batches=(1, 8),
+        num_targets=5,
+        memory_batch=8,
+        postprocess_batch=8,
+    ),
+}
+
+
+def get_profile(name: str) -> Profile:
+    """The profile called `name`, with an error listing the valid names."""
+    try:
+        return PROFILES[name]
+    except KeyError:
+        raise ValueError(
+            f"unknown benchmark profile {name!r}; set {PROFILE_ENV} to one of {sorted(PROFILES)}"
+        ) from None
+
+
+def active_profile() -> Profile:
+    """The profile named by $GRADCAM_BENCH_PROFILE, "tiny" when unset."""
+    return get_profile(os.environ.get(PROFILE_ENV, "tiny"))

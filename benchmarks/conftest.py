@@ -1,0 +1,99 @@
+"""Fixtures of the benchmark suite: the profile's model, its exports, seeded inputs, and the eager
+reference every contender is checked against before it is timed.
+
+$GRADCAM_BENCH_PROFILE picks the profile ("tiny" by default: CI-sized; "full": VGG19 at 224).
+$GRADCAM_BENCH_MODELS, when set, is the folder the exports are written to (the report uses it to
+hand them to its memory probes); otherwise a pytest temporary folder.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+import torch
+
+from benchmarks.config import Profile, active_profile
+from benchmarks.contenders import Setup, export_floor, make_model
+from gradcam_fast import eager_gradcam, export_onnx
+from gradcam_fast.models import default_target_layer
+from gradcam_fast.result import GradCAMResult
+from gradcam_fast.runtime import cpu_count
+
+MODELS_ENV = "GRADCAM_BENCH_MODELS"
+
+
+def model_files(folder: Path, num_targets: int) -> dict[str, Path]:
+    """Where the exports of one run live (the memory probes find them by the same names)."""
+    return {
+        "gradcam_k1": folder / "gradcam_k1.onnx",
+        f"gradcam_k{num_targets}": folder / f"gradcam_k{num_targets}.onnx",
+        "floor": folder / "floor.onnx",
+    }
+
+
+def export_all(model: torch.nn.Module, folder: Path, profile: Profile) -> dict[str, Path]:
+    """Export the Grad-CAM graph (K=1 and K=profile.num_targets) and the plain model (the floor).
+
+    Not validated here: every contender is checked against the eager reference before timing."""
+    paths = model_files(folder, profile.num_targets)
+    for k in (1, profile.num_targets):
+        export_onnx(
+            model,
+            paths[f"gradcam_k{k}"],
+            image_size=profile.image_size,
+            num_targets=k,
+            validate=False,
+        )
+    export_floor(model, paths["floor"], profile.image_size)
+    return paths
+
+
+@pytest.fixture(scope="session")
+def profile() -> Profile:
+    torch.set_num_threads(cpu_count())  # the thread count ONNX Runtime sessions use
+    return active_profile()
+
+
+@pytest.fixture(scope="session")
+def setup(profile: Profile, tmp_path_factory: pytest.TempPathFactory) -> Setup:
+    model = make_model(profile.model)
+    folder = Path(os.environ.get(MODELS_ENV) or tmp_path_factory.mktemp("models"))
+    paths = export_all(model, folder, profile)
+    return Setup(model, default_target_layer(model), profile.image_size, paths)
+
+
+@pytest.fixture(scope="session")
+def images_for(profile: Profile) -> Callable[[int], torch.Tensor]:
+    """Seeded normalized-like images [B,3,S,S], the same tensor for every contender."""
+    cache: dict[int, torch.Tensor] = {}
+
+    def get(batch: int) -> torch.Tensor:
+        if batch not in cache:
+            gen = torch.Generator().manual_seed(batch)
+            size = profile.image_size
+            cache[batch] = torch.randn(batch, 3, size, size, generator=gen)
+        return cache[batch]
+
+    return get
+
+
+@pytest.fixture(scope="session")
+def reference_for(
+    setup: Setup, images_for: Callable[[int], torch.Tensor]
+) -> Callable[[int, int], GradCAMResult]:
+    """`eager_gradcam` of the batch for its top K classes: the oracle, and the classes every
+    contender is asked to explain (explicit indices, so no contender re-ranks logits)."""
+    cache: dict[tuple[int, int], GradCAMResult] = {}
+
+    def get(batch: int, k: int = 1) -> GradCAMResult:
+        if (batch, k) not in cache:
+            ranks = torch.arange(-1, -k - 1, -1).expand(batch, k)
+            cache[batch, k] = eager_gradcam(
+                setup.model, images_for(batch), ranks, setup.target_layer
+            )
+        return cache[batch, k]
+
+    return get

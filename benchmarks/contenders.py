@@ -1,0 +1,398 @@
+"""The contenders: every way of getting Grad-CAM maps (or plain logits, for the floor) that the
+suite times, each run the way its own documentation says, plus the check against the eager
+reference that every contender passes before it is timed.
+
+A contender is opened on a `Setup` (model, target layer, exported files), called as
+`run(images, classes)` (the timed call: images [B,3,S,S] float32, classes [B,K] int64 chosen by
+the reference), and converted to an `Output` by `output(raw)` outside the timing.
+"""
+
+from __future__ import annotations
+
+import os
+import warnings
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import onnxruntime as ort
+import torch
+from torch import nn
+
+from gradcam_fast.export import relative_error
+from gradcam_fast.graph import resolve_target_layer
+from gradcam_fast.models import load_vgg
+from gradcam_fast.postprocess import gradcam_lowres, upsample_normalize
+from gradcam_fast.reference import eager_gradcam
+from gradcam_fast.runtime import GradCAMSession, cpu_count
+
+__all__ = [
+    "CAM_ATOL",
+    "CONTENDERS",
+    "LOWRES_RTOL",
+    "ContenderUnavailable",
+    "Output",
+    "Setup",
+    "check_output",
+    "export_floor",
+    "make_model",
+    "open_contender",
+    "ort_session_options",
+    "weights_bytes",
+]
+
+LOWRES_RTOL = 1e-4  # DESIGN.md: relative error of float32 maps against the eager reference
+CAM_ATOL = 1e-3  # upsampled maps in [0, 1]; other libraries resize/normalize in other orders
+TINY_CFG = [16, "M", 32, "M", 64, 64, "M"]  # features of the CI-sized VGG (32 px images)
+
+
+class ContenderUnavailable(RuntimeError):
+    """An optional contender's library is not installed (install the `bench` extra)."""
+
+
+@dataclass
+class Setup:
+    """Everything contenders are built from, shared by one benchmark run."""
+
+    model: nn.Module | None  # None for contenders that run from their ONNX file alone
+    target_layer: str
+    image_size: int
+    paths: dict[str, Path] = field(default_factory=dict)  # "gradcam_k1", "gradcam_k5", "floor"
+
+    @property
+    def layer_index(self) -> int:
+        return resolve_target_layer(self.model, self.target_layer)[1]
+
+
+@dataclass
+class Output:
+    """What a contender produced, in the reference's layout, for the check."""
+
+    cams: torch.Tensor | None = None  # [B, K, S, S] in [0, 1]
+    lowres: torch.Tensor | None = None  # [B, K, h, w], ReLU(sum_c w_c A_c)
+    classes: torch.Tensor | None = None  # [B, K]
+    logits: torch.Tensor | None = None  # [B, N]
+
+
+def make_model(kind: str, seed: int = 0) -> nn.Module:
+    """The benchmarked network: "vgg19" (torchvision's, seeded random weights: weights do not
+    change the cost) or "tiny" (a small seeded VGG with a small classifier, for CI)."""
+    if kind == "vgg19":
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # "random weights explain nothing": known here
+            return load_vgg("vgg19", "random", seed=seed)
+    if kind != "tiny":
+        raise ValueError(f"unknown benchmark model {kind!r}: use 'vgg19' or 'tiny'")
+    from torchvision.models.vgg import VGG, make_layers
+
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        model = VGG(make_layers(TINY_CFG), num_classes=10)
+        model.classifier = nn.Sequential(
+            nn.Linear(64 * 7 * 7, 32),
+            nn.ReLU(inplace=True),
+            nn.Dropout(),
+            nn.Linear(32, 32),
+            nn.ReLU(inplace=True),
+            nn.Dropout(),
+            nn.Linear(32, 10),
+        )
+    return model.eval()
+
+
+def weights_bytes(model: nn.Module) -> int:
+    """Bytes of the model's parameters and buffers: the 'size of the weights'."""
+    tensors = [*model.parameters(), *model.buffers()]
+    return sum(t.numel() * t.element_size() for t in tensors)
+
+
+def ort_session_options(threads: int | None = None) -> ort.SessionOptions:
+    """The SessionOptions `GradCAMSession` uses on the CPU, for the floor (same runtime, same
+    settings; `test_floor_uses_the_session_settings` checks that they agree)."""
+    options = ort.SessionOptions()
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    options.intra_op_num_threads = threads or cpu_count()
+    options.inter_op_num_threads = 1
+    options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+    return options
+
+
+def export_floor(model: nn.Module, path: str | os.PathLike, image_size: int) -> Path:
+    """Export the unmodified model (images -> logits, dynamic batch) to ONNX: the floor."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    example = torch.randn(2, 3, image_size, image_size, generator=torch.Generator().manual_seed(0))
+    batch = torch.export.Dim("batch", min=1, max=1 << 16)
+    with warnings.catch_warnings(), torch.no_grad():
+        warnings.simplefilter("ignore")
+        program = torch.onnx.export(
+            model.eval(),
+            (example,),
+            dynamo=True,
+            external_data=False,
+            input_names=["images"],
+            output_names=["logits"],
+            dynamic_shapes=({0: batch},),
+            verbose=False,
+        )
+    program.save(str(path))
+    return path
+
+
+def _minmax(maps: torch.Tensor) -> torch.Tensor:
+    """Per-map min-max into [0, 1] (flat maps become zeros), as visualizations do."""
+    flat = maps.flatten(2)
+    low = flat.amin(-1, keepdim=True)
+    span = flat.amax(-1, keepdim=True) - low
+    return ((flat - low) / span.clamp_min(1e-12)).reshape(maps.shape)
+
+
+# --- contenders -----------------------------------------------------------------------------
+
+
+class _Contender:
+    """Base: `run` is timed, `output` converts its result for the check, `close` undoes setup."""
+
+    def run(self, images: torch.Tensor, classes: torch.Tensor) -> Any:
+        raise NotImplementedError
+
+    def output(self, raw: Any) -> Output:
+        return raw
+
+    def close(self) -> None:
+        pass
+
+
+class EagerHook(_Contender):
+    """1. `eager_gradcam`: forward hook, parameters requiring grad, a full `backward()`."""
+
+    def __init__(self, setup: Setup):
+        self.setup = setup
+
+    def run(self, images, classes):
+        return eager_gradcam(self.setup.model, images, classes, self.setup.target_layer)
+
+    def output(self, raw):
+        return Output(raw.cams, raw.cams_lowres, raw.target_classes, raw.logits)
+
+
+class EagerAutograd(_Contender):
+    """2. autograd with respect to the target activations only (TorchCAM/Captum style), with
+    the parameters frozen: the layer's output is made a leaf that requires grad, so the backward
+    runs through the head alone and the body builds no graph."""
+
+    def __init__(self, setup: Setup):
+        self.setup = setup
+        self.model = setup.model
+        self.flags = [p.requires_grad for p in self.model.parameters()]
+        for p in self.model.parameters():
+            p.requires_grad_(False)
+        self.activations: torch.Tensor | None = None
+        layer = self.model.features[setup.layer_index]
+        self.handle = layer.register_forward_hook(self._hook)
+
+    def _hook(self, module, inputs, output):
+        self.activations = output.detach().requires_grad_()
+        return self.activations
+
+    def run(self, images, classes):
+        with torch.enable_grad():
+            logits = self.model(images)
+            activations = self.activations
+            scores = logits.gather(1, classes)
+            grads = [
+                torch.autograd.grad(scores[:, k].sum(), activations, retain_graph=True)[0]
+                for k in range(classes.shape[1])
+            ]
+        self.activations = None
+        lowres = gradcam_lowres(activations.detach(), torch.stack(grads, dim=1))
+        cams = upsample_normalize(lowres, self.setup.image_size)
+        return Output(cams, lowres, classes, logits.detach())
+
+    def close(self):
+        self.handle.remove()
+        for p, flag in zip(self.model.parameters(), self.flags, strict=True):
+            p.requires_grad_(flag)
+
+
+class PytorchGradCam(_Contender):
+    """3a. pytorch-grad-cam's `GradCAM` with `ClassifierOutputTarget`, as its README shows
+    (CAM object made once, called per batch; it returns NumPy maps at the input size)."""
+
+    def __init__(self, setup: Setup):
+        try:
+            from pytorch_grad_cam import GradCAM
+            from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget
+        except ImportError as exc:
+            raise ContenderUnavailable(
+                f"pytorch-grad-cam is not installed ({exc}): pip install 'gradcam_fast[bench]'"
+            ) from None
+        self.target_cls = ClassifierOutputTarget
+        layer = setup.model.features[setup.layer_index]
+        self.cam = GradCAM(model=setup.model, target_layers=[layer])
+
+    def run(self, images, classes):
+        targets = [self.target_cls(int(c)) for c in classes[:, 0]]
+        return self.cam(input_tensor=images, targets=targets)
+
+    def output(self, raw):
+        return Output(cams=torch.from_numpy(raw)[:, None])
+
+    def close(self):
+        self.cam.activations_and_grads.release()
+
+
+class CaptumLayerGradCam(_Contender):
+    """3b. Captum's `LayerGradCam(model, layer).attribute(inputs, target=...)` with
+    `relu_attributions=True` (the original Grad-CAM), upsampled with
+    `LayerAttribution.interpolate(..., "bilinear")` and min-max normalized, as in its tutorial."""
+
+    def __init__(self, setup: Setup):
+        try:
+            from captum.attr import LayerAttribution, LayerGradCam
+        except ImportError as exc:
+            raise ContenderUnavailable(
+                f"captum is not installed ({exc}): pip install 'gradcam_fast[bench]'"
+            ) from None
+        self.interpolate = LayerAttribution.interpolate
+        self.size = setup.image_size
+        self.method = LayerGradCam(setup.model, setup.model.features[setup.layer_index])
+
+    def run(self, images, classes):
+        lowres = self.method.attribute(images, target=classes[:, 0], relu_attributions=True)
+        cams = _minmax(self.interpolate(lowres, (self.size, self.size), "bilinear"))
+        return Output(cams, lowres.detach(), classes)
+
+
+class FastSession(_Contender):
+    """4. the gradcam_fast session (ONNX Runtime, CPU), post-processing included."""
+
+    def __init__(self, setup: Setup, key: str = "gradcam_k1"):
+        self.session = GradCAMSession(setup.paths[key], device="cpu")
+
+    def run(self, images, classes):
+        return self.session(images, classes)
+
+    def output(self, raw):
+        return Output(raw.cams, raw.cams_lowres, raw.target_classes, raw.logits)
+
+
+class FloorOrt(_Contender):
+    """5a. the floor: the unmodified model's logits in ONNX Runtime with the session's settings,
+    bound by pointer like the session (IOBinding, output buffer reused per batch size)."""
+
+    def __init__(self, setup: Setup):
+        self.session = ort.InferenceSession(
+            str(setup.paths["floor"]), ort_session_options(), providers=["CPUExecutionProvider"]
+        )
+        self.num_classes = self.session.get_outputs()[0].shape[1]
+        self.bindings: dict[int, tuple[ort.IOBinding, torch.Tensor]] = {}
+
+    def _binding(self, batch: int) -> tuple[ort.IOBinding, torch.Tensor]:
+        if batch not in self.bindings:
+            binding = self.session.io_binding()
+            logits = torch.empty(batch, self.num_classes)
+            binding.bind_output(
+                "logits", "cpu", 0, logits.numpy().dtype, logits.shape, logits.data_ptr()
+            )
+            self.bindings[batch] = (binding, logits)
+        return self.bindings[batch]
+
+    def run(self, images, classes):
+        images = images.contiguous()
+        binding, logits = self._binding(images.shape[0])
+        binding.bind_input(
+            "images", "cpu", 0, images.numpy().dtype, tuple(images.shape), images.data_ptr()
+        )
+        self.session.run_with_iobinding(binding)
+        return Output(logits=logits.clone())
+
+
+class TorchNoGrad(_Contender):
+    """5b. torch inference of the unmodified model under `no_grad`, for reference."""
+
+    def __init__(self, setup: Setup):
+        self.model = setup.model
+
+    def run(self, images, classes):
+        with torch.no_grad():
+            return Output(logits=self.model(images))
+
+
+@dataclass(frozen=True)
+class ContenderSpec:
+    """A contender's name in results, its label in tables, and how to open it."""
+
+    name: str
+    label: str
+    factory: Callable[[Setup], _Contender]
+    kind: str = "gradcam"  # "gradcam" (checked on maps) or "floor" (checked on logits)
+    optional: bool = False
+
+
+CONTENDERS: dict[str, ContenderSpec] = {
+    spec.name: spec
+    for spec in [
+        ContenderSpec("eager_hook", "1. eager hook (full backward)", EagerHook),
+        ContenderSpec("eager_autograd", "2. eager autograd on the activation", EagerAutograd),
+        ContenderSpec(
+            "pytorch_grad_cam", "3a. pytorch-grad-cam GradCAM", PytorchGradCam, optional=True
+        ),
+        ContenderSpec("captum", "3b. Captum LayerGradCam", CaptumLayerGradCam, optional=True),
+        ContenderSpec("gradcam_fast", "4. gradcam_fast session (ORT)", FastSession),
+        ContenderSpec("floor_ort", "5a. floor: plain VGG in ORT", FloorOrt, kind="floor"),
+        ContenderSpec("torch_no_grad", "5b. torch no_grad inference", TorchNoGrad, kind="floor"),
+        ContenderSpec(
+            "gradcam_fast_k5",
+            "6. gradcam_fast session, K=5",
+            lambda setup: FastSession(setup, "gradcam_k5"),
+        ),
+    ]
+}
+
+
+def open_contender(name: str, setup: Setup) -> _Contender:
+    """Build contender `name` on `setup` (raises ContenderUnavailable for a missing library)."""
+    if name not in CONTENDERS:
+        raise ValueError(f"unknown contender {name!r}; choose one of {sorted(CONTENDERS)}")
+    return CONTENDERS[name].factory(setup)
+
+
+def check_output(name: str, got: Output, reference: Any) -> dict[str, float]:
+    """Compare a contender's output with the eager reference (a GradCAMResult); raise
+    AssertionError naming the contender and the figures when it is wrong. Returns the errors."""
+    errors: dict[str, float] = {}
+    if CONTENDERS[name].kind == "floor":
+        errors["logits"] = relative_error(got.logits, reference.logits)
+        if errors["logits"] > LOWRES_RTOL:
+            raise AssertionError(
+                f"{name}: logits differ from the eager model's by {errors['logits']:.2e} "
+                f"(relative, tolerance {LOWRES_RTOL:.0e})"
+            )
+        return errors
+    if got.classes is not None and not torch.equal(
+        got.classes.cpu(), reference.target_classes.cpu()
+    ):
+        raise AssertionError(
+            f"{name}: explained classes {got.classes} != {reference.target_classes}"
+        )
+    if got.lowres is not None:
+        errors["lowres"] = relative_error(got.lowres, reference.cams_lowres)
+    if got.cams is not None:
+        if got.cams.shape != reference.cams.shape:
+            raise AssertionError(
+                f"{name}: maps of shape {list(got.cams.shape)}, reference {list(reference.cams.shape)}"
+            )
+        errors["cams"] = (
+            (got.cams.double().cpu() - reference.cams.double().cpu()).abs().max().item()
+        )
+    if not errors:
+        raise AssertionError(f"{name}: produced neither maps nor low-resolution maps to check")
+    if errors.get("lowres", 0.0) > LOWRES_RTOL or errors.get("cams", 0.0) > CAM_ATOL:
+        raise AssertionError(
+            f"{name}: maps differ from the eager reference (lowres relative error "
+            f"{errors.get('lowres', float('nan')):.2e}, tolerance {LOWRES_RTOL:.0e}; upsampled "
+            f"max abs error {errors.get('cams', float('nan')):.2e}, tolerance {CAM_ATOL:.0e})"
+        )
+    return errors

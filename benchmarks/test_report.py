@@ -1,0 +1,134 @@
+"""Tests of the suite's own machinery: the correctness gate, the report's arithmetic, the memory
+probe. Cheap (tiny model), no timing."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from benchmarks.contenders import Output, check_output
+from benchmarks.report import evaluate_targets, render_markdown, splice, summarize
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def _bench(name, group, median_s, **extra):
+    stats = {"median": median_s, "min": median_s * 0.9, "max": median_s * 1.1, "rounds": 3}
+    return {"name": name, "group": group, "stats": stats, "extra_info": extra}
+
+
+def _suite_json():
+    def contender(name, batch, ms, k=1, group=None):
+        return _bench(
+            f"test_contender[b{batch}-{name}]",
+            group or f"batch {batch}",
+            ms / 1e3,
+            contender=name,
+            label=name,
+            batch=batch,
+            k=k,
+            errors={"cams": 1e-6},
+        )
+
+    return {
+        "benchmarks": [
+            contender("eager_hook", 8, 1000.0),
+            contender("eager_autograd", 8, 400.0),
+            contender("captum", 8, 500.0),
+            contender("gradcam_fast", 8, 200.0),
+            contender("floor_ort", 8, 190.0),
+            contender("gradcam_fast", 8, 200.0, group="K, batch 8"),
+            contender("gradcam_fast_k5", 8, 230.0, k=5, group="K, batch 8"),
+            _bench("test_postprocess", "post-processing", 0.002, stage="postprocess", batch=8),
+            _bench("test_export", "export", 10.0, stage="export", validate_s=3.0, size_bytes=2**20),
+            _bench("test_explain_cli", "explain", 0.5),
+        ]
+    }
+
+
+def test_summarize_computes_ratios_within_the_batch():
+    summary = summarize(_suite_json())
+    rows = {r["contender"]: r for r in summary["contenders"]}
+    assert rows["gradcam_fast"]["speedup_vs_eager"] == pytest.approx(5.0)
+    assert rows["gradcam_fast"]["ratio_to_floor"] == pytest.approx(200 / 190)
+    assert rows["gradcam_fast"]["images_per_s"] == pytest.approx(40.0)
+    k5 = next(r for r in summary["k"] if r["k"] == 5)
+    assert k5["ratio_to_k1"] == pytest.approx(1.15)
+    assert [r["name"] for r in summary["others"]] == ["test_explain_cli"]
+
+
+def test_targets_say_which_are_met():
+    summary = summarize(_suite_json())
+    memory = [{"contender": "gradcam_fast", "batch": 8, "peak_mib": 1000.0, "imports_mib": 1.0}]
+    met = {t["target"]: t["met"] for t in evaluate_targets(summary, memory, weights_mib=500.0)}
+    assert met["speedup over the eager hook, batch 8 (>= 4x)"] is True
+    assert met["ratio to the ORT floor, batch 8 (<= 1.05x)"] is False  # 1.053
+    assert met["speedup over the fastest of 2 and 3 (eager_autograd), batch 8 (>= 2x)"] is True
+    assert met["K=5 / K=1, batch 8 (<= 1.10x)"] is False
+    assert met["post-processing / session call, batch 8 (<= 2%)"] is True  # 1%
+    assert met["peak RSS of a session process at batch 8 / weights (<= 1.3x)"] is False  # 2x
+
+
+def test_markdown_has_every_section_and_the_machine_json():
+    summary = summarize(_suite_json())
+    machine = {"date_utc": "d", "load_average": [0.1, 0.2, 0.3], "profile": "tiny", "cores": 2}
+    text = render_markdown(summary, [], evaluate_targets(summary, [], 1.0), machine, 1.0, "cmd")
+    for heading in (
+        "### Batch 8",
+        "### K target",
+        "### Export",
+        "### Targets",
+        "### Other",
+        "```json",
+    ):
+        assert heading in text
+    assert "| 5.00x |" in text  # the session's speedup over the eager hook
+    assert json.loads(text.split("```json\n")[1].split("```")[0]) == machine
+
+
+def test_splice_keeps_the_text_around_the_markers():
+    first = splice("# Results\n\nanalysis\n", "table 1")
+    assert first.startswith("# Results\n\nanalysis\n") and "table 1" in first
+    second = splice(first + "\nmore analysis\n", "table 2")
+    assert "table 1" not in second and "table 2" in second and second.endswith("more analysis\n")
+
+
+def _reference(batch=2, size=8):
+    gen = torch.Generator().manual_seed(0)
+    lowres = torch.rand(batch, 1, 2, 2, generator=gen)
+    from gradcam_fast.postprocess import upsample_normalize
+    from gradcam_fast.result import GradCAMResult
+
+    cams = upsample_normalize(lowres, size)
+    classes = torch.tensor([[3], [1]])
+    logits = torch.randn(batch, 5, generator=gen)
+    return GradCAMResult(cams, lowres, classes, logits, torch.zeros(0), torch.zeros(0))
+
+
+def test_check_passes_the_right_answer_and_fails_a_wrong_one():
+    ref = _reference()
+    assert check_output("gradcam_fast", Output(ref.cams, ref.cams_lowres, ref.target_classes), ref)
+    with pytest.raises(AssertionError, match="gradcam_fast: maps differ"):
+        check_output("gradcam_fast", Output(ref.cams, ref.cams_lowres * 1.01), ref)
+    with pytest.raises(AssertionError, match="maps differ"):
+        check_output("pytorch_grad_cam", Output(cams=ref.cams.flip(-1)), ref)
+    with pytest.raises(AssertionError, match="explained classes"):
+        check_output("captum", Output(ref.cams, classes=ref.target_classes + 1), ref)
+    with pytest.raises(AssertionError, match="logits differ"):
+        check_output("floor_ort", Output(logits=ref.logits + 1), ref)
+
+
+def test_memory_probe_reports_rss_in_its_own_process(profile, setup):
+    models = setup.paths["gradcam_k1"].parent
+    cmd = [sys.executable, "-m", "benchmarks.memory", "gradcam_fast", "--models", str(models)]
+    cmd += ["--profile", profile.name]
+    done = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, check=True)
+    figures = json.loads(done.stdout.strip().splitlines()[-1])
+    assert figures["contender"] == "gradcam_fast" and figures["batch"] == 8
+    assert 0 < figures["imports_mib"] <= figures["peak_mib"]
+    assert figures["after_run_mib"] <= figures["peak_mib"]
