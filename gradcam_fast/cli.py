@@ -64,6 +64,7 @@ def _export(args: argparse.Namespace) -> int:
         opset=args.opset,
         validate=not args.no_validate,
         seed=args.seed,
+        raw_pixels=args.raw_pixels,
     )
     print(path)
     return EXIT_OK
@@ -91,6 +92,11 @@ def _add_export_parser(subparsers) -> None:
     p.add_argument("--num-targets", "-k", type=int, default=1, help="maps per image (K)")
     p.add_argument("--opset", type=int, help="ONNX opset (default: the exporter's)")
     p.add_argument("--no-validate", action="store_true", help="skip the check against eager")
+    p.add_argument(
+        "--raw-pixels",
+        action="store_true",
+        help="take uint8 [B,S,S,3] decoded RGB pixels as input; normalize inside the model",
+    )
     p.set_defaults(func=_export)
 
 
@@ -111,7 +117,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 # Modules that contribute a subcommand through `add_parser(subparsers)`.
-_SUBCOMMAND_MODULES: list[str] = ["explain"]
+_SUBCOMMAND_MODULES: list[str] = ["explain", "explain_dataset"]
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -1,0 +1,56 @@
+"""`gradcam-fast export`: writes a validated model; user errors are one line and exit 2."""
+
+from __future__ import annotations
+
+from gradcam_fast import GradCAMSession
+from gradcam_fast.cli import main
+
+
+def test_export_writes_a_validated_model(tmp_path, capsys):
+    out = tmp_path / "vgg11.onnx"
+    code = main(
+        [
+            "export",
+            "--arch",
+            "vgg11",
+            "--weights",
+            "random",
+            "--image-size",
+            "64",
+            "-k",
+            "2",
+            "--target-layer",
+            "features.19",
+            "-o",
+            str(out),
+        ]
+    )
+    assert code == 0
+    assert capsys.readouterr().out.strip() == str(out)
+    meta = GradCAMSession(out, "cpu").metadata
+    assert (meta.arch, meta.target_layer, meta.image_size, meta.num_targets) == (
+        "vgg11",
+        "features.19",
+        64,
+        2,
+    )
+
+
+def test_export_error_is_one_line_without_traceback(tmp_path, capsys):
+    code = main(
+        [
+            "export",
+            "--arch",
+            "vgg11",
+            "--weights",
+            "random",
+            "--target-layer",
+            "features.99",
+            "-o",
+            str(tmp_path / "x.onnx"),
+        ]
+    )
+    err = capsys.readouterr().err
+    assert code == 2
+    assert err.startswith("gradcam-fast: error: target layer 'features.99'")
+    assert "Traceback" not in err and len(err.strip().splitlines()) == 1
