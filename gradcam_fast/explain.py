@@ -296,6 +296,7 @@ def explain(
     out: Path,
     *,
     classes: Sequence[int] | None = None,
+    top_k: int | None = None,
     batch_size: int = 16,
     workers: int = 4,
     crop: bool = True,
@@ -309,7 +310,9 @@ def explain(
 ) -> list[dict]:
     """Explain `paths` with `session` into `out`; returns the records written to results.jsonl.
 
-    `classes` (one map each) or None (the model's top K). `workers` decoding/writing threads; 0
+    `classes` (one map each), else the `top_k` most likely classes (default: the model's K); a
+    model with K maps per image serves up to K classes (extra maps are computed, not written).
+    `workers` decoding/writing threads; 0
     decodes and writes in this thread, without overlap. `on_error` gets each failed file's
     message (default: one line on stderr).
     """
@@ -324,7 +327,14 @@ def explain(
     out.mkdir(parents=True, exist_ok=True)
     if on_error is None:
         on_error = lambda message: tqdm.write(f"gradcam-fast: {message}", file=sys.stderr)  # noqa: E731
-    targets = None if classes is None else torch.tensor(list(classes), dtype=torch.int64)
+    k = meta.num_targets
+    maps = len(classes) if classes else top_k or k
+    if maps > k:
+        raise ValueError(f"{session.path} computes {k} map(s) per image, not {maps}")
+    targets = None
+    if classes:  # padded to the model's K with the last class; the padding is not written
+        padded = list(classes) + [classes[-1]] * (k - len(classes))
+        targets = torch.tensor(padded, dtype=torch.int64)
     pool = ThreadPoolExecutor(workers, thread_name_prefix="gradcam-io") if workers > 0 else None
     records: list[dict] = []
     stems: set[str] = set()
@@ -379,17 +389,17 @@ def explain(
                 outputs: list = []
                 for item in batch:
                     if item.error is not None:
-                        outputs.append([])
+                        outputs.append(_submit(None, list))
                         continue
                     b = good.index(item)
                     item.seconds += share
-                    explained = result.target_classes[b].tolist()
+                    explained = result.target_classes[b, :maps].tolist()
                     item.record = {
                         "path": str(item.path),
                         "predictions": _predictions(probs[b], names),
                         "explained": explained,
                     }
-                    job = (item, unique_stem(item.path), cams[b], explained, names, s)
+                    job = (item, unique_stem(item.path), cams[b, :maps], explained, names, s)
                     outputs.append(_submit(pool, _write, *job))
                 written.append((batch, outputs))
                 while written and finish(*written[0], results, block=len(written) > 2):
@@ -487,22 +497,23 @@ def _run(args: argparse.Namespace) -> int:
         return _usage_error(f"no image files found in {' '.join(args.images)}")
     wanted = len(args.classes) if args.classes else args.top_k
     session = open_session(args, wanted or 1)
-    if wanted is not None and wanted != session.num_targets:
-        what = f"{wanted} classes (--class)" if args.classes else f"--top-k {wanted}"
-        return _usage_error(
-            f"{session.path} computes {session.num_targets} map(s) per image, not the {what} "
-            f"asked for: export a model with -k {wanted}, or leave out --model to have one made"
-        )
     meta = session.metadata
     classes = None
     if args.classes:
         classes = resolve_classes(args.classes, meta.categories, meta.num_classes)
+    if wanted is not None and wanted > meta.num_targets:
+        what = f"{wanted} classes (--class)" if args.classes else f"--top-k {wanted}"
+        return _usage_error(
+            f"{session.path} computes {meta.num_targets} map(s) per image, fewer than the {what} "
+            f"asked for: export a model with -k {wanted}, or leave out --model to have one made"
+        )
     start = time.perf_counter()
     records = explain(
         paths,
         session,
         args.out,
         classes=classes,
+        top_k=args.top_k,
         batch_size=args.batch_size,
         workers=args.workers,
         crop=not args.no_crop,
