@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import time
 
+import onnxruntime as ort
 import pytest
 import torch
 
@@ -35,6 +36,16 @@ GROUP = [
     "torch_no_grad",
 ]
 POSTPROCESS_ROUNDS = 20
+# SessionOptions that change speed or memory; the floor must match the session on each
+SETTINGS = (
+    "intra_op_num_threads",
+    "inter_op_num_threads",
+    "graph_optimization_level",
+    "execution_mode",
+    "enable_cpu_mem_arena",
+    "enable_mem_pattern",
+)
+CONFIG_KEYS = ("session.disable_prepacking", "session.intra_op.allow_spinning")
 
 
 def _open(name, setup):
@@ -44,7 +55,12 @@ def _open(name, setup):
         pytest.skip(str(exc))
 
 
+def _requires_grad(setup):
+    return [p.requires_grad for p in setup.model.parameters()]
+
+
 def _check_then_time(benchmark, name, setup, images, reference, group, rounds, k=1):
+    flags = _requires_grad(setup)
     contender = _open(name, setup)
     try:
         classes = reference.target_classes
@@ -62,6 +78,8 @@ def _check_then_time(benchmark, name, setup, images, reference, group, rounds, k
         )
     finally:
         contender.close()
+    # contenders share the model: one that left it changed would skew the next one's timing
+    assert _requires_grad(setup) == flags, f"{name} left the model's requires_grad changed"
 
 
 @pytest.mark.parametrize(
@@ -140,14 +158,34 @@ def test_export(benchmark, profile, setup, tmp_path):
     assert max(errors.values()) < 1e-4
 
 
+def _inference_session(obj, depth=2):
+    """The ort.InferenceSession held by a GradCAMSession (or by one of its attributes)."""
+    values = [v for v in vars(obj).values() if not isinstance(v, (torch.Tensor, type))]
+    for value in values:
+        if isinstance(value, ort.InferenceSession):
+            return value
+    for value in values:
+        if depth and hasattr(value, "__dict__"):
+            found = _inference_session(value, depth - 1)
+            if found is not None:
+                return found
+    return None
+
+
 def test_floor_uses_the_session_settings(setup):
     """The floor's ONNX Runtime settings are the session's: same threads, level and mode."""
-    ours = GradCAMSession(setup.paths["gradcam_k1"], device="cpu")._session.get_session_options()
+    session = _inference_session(GradCAMSession(setup.paths["gradcam_k1"], device="cpu"))
+    assert session is not None, "found no ort.InferenceSession inside GradCAMSession"
+    ours = session.get_session_options()
     floor = ort_session_options()
-    for attr in (
-        "intra_op_num_threads",
-        "inter_op_num_threads",
-        "graph_optimization_level",
-        "execution_mode",
-    ):
+    for attr in SETTINGS:
         assert getattr(ours, attr) == getattr(floor, attr), attr
+    for key in CONFIG_KEYS:
+        assert _config(ours, key) == _config(floor, key), key
+
+
+def _config(options, key):
+    try:
+        return options.get_session_config_entry(key)
+    except RuntimeError:  # not set
+        return None
