@@ -1,0 +1,149 @@
+"""Throughput of `gradcam-fast explain` on a folder of JPEGs, in images/s: decoding overlapped
+with the session (the default, a thread pool decoding ahead and writing behind) against no
+overlap (`--workers 0`: decode, run, write, one after the other), plus decoding alone, in one run.
+
+Each timed round is a whole CLI run through `gradcam_fast.cli.main` (session opening, decoding,
+the model, overlays and results.jsonl), so images/s is what a user sees. The profile comes from
+$GRADCAM_BENCH_PROFILE like the rest of the suite: "tiny" (default, CI: a small seeded VGG at
+32 px, 12 photos of 400 px) or "full" (VGG19 with seeded random weights at 224, 64 photos of
+2048 px, about 3 megapixels each). Self-contained: it uses none of the suite's fixtures.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+from torch import nn
+
+from gradcam_fast import export_onnx, load_vgg
+from gradcam_fast.cli import EXIT_OK, main
+from gradcam_fast.images import load_image, model_view, to_tensor
+
+SAMPLES = Path(__file__).resolve().parent.parent / "examples" / "images"
+
+
+@dataclass(frozen=True)
+class Setting:
+    model: str  # "tiny" or "vgg19"
+    image_size: int
+    images: int  # files in the folder
+    side: int  # their longer side, pixels
+    batch_size: int
+    workers: int  # decoding/writing threads of the overlapped run
+    rounds: int
+
+
+SETTINGS = {
+    "tiny": Setting("tiny", 32, 12, 400, 4, 2, 1),
+    "full": Setting("vgg19", 224, 64, 2048, 16, 4, 3),
+}
+SETTING = SETTINGS[os.environ.get("GRADCAM_BENCH_PROFILE", "tiny")]
+
+
+@pytest.fixture(scope="module")
+def photo_folder(tmp_path_factory) -> Path:
+    """SETTING.images seeded JPEGs (quality 90) made from the sample photos: resized to
+    SETTING.side, each with its own random crop and flip so that no two files are the same."""
+    folder = tmp_path_factory.mktemp("photos")
+    rng = np.random.default_rng(0)
+    sources = [load_image(path) for path in sorted(SAMPLES.glob("*.jpg"))]
+    for i in range(SETTING.images):
+        image = sources[i % len(sources)]
+        w, h = image.size
+        left, top = rng.integers(0, w // 10 + 1), rng.integers(0, h // 10 + 1)
+        image = image.crop((left, top, w - rng.integers(0, w // 10 + 1), h))
+        scale = SETTING.side / max(image.size)
+        image = image.resize((round(image.width * scale), round(image.height * scale)))
+        if rng.random() < 0.5:
+            image = image.transpose(Image.Transpose.FLIP_LEFT_RIGHT)
+        image.save(folder / f"photo{i:03d}.jpg", quality=90)
+    return folder
+
+
+def _tiny_vgg() -> nn.Module:
+    from torchvision.models.vgg import VGG, make_layers
+
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(0)
+        model = VGG(make_layers([16, "M", 32, "M", 32, "M"]), num_classes=10)
+        model.classifier = nn.Sequential(
+            nn.Linear(32 * 7 * 7, 32), nn.ReLU(True), nn.Linear(32, 10)
+        )
+    return model.eval()
+
+
+@pytest.fixture(scope="module")
+def model_file(tmp_path_factory) -> Path:
+    if SETTING.model == "tiny":
+        model = _tiny_vgg()
+    else:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # random weights explain nothing: known here
+            model = load_vgg(SETTING.model, "random")
+    path = tmp_path_factory.mktemp("model") / "model.onnx"
+    return export_onnx(model, path, image_size=SETTING.image_size, validate=False)
+
+
+def _record(benchmark, seconds: float, mode: str) -> None:
+    """images/s from pytest-benchmark's median (or the one untimed call under --benchmark-disable)."""
+    stats = getattr(benchmark, "stats", None)
+    median = stats.stats.median if stats else seconds
+    benchmark.extra_info.update(
+        mode=mode,
+        images=SETTING.images,
+        side=SETTING.side,
+        model=SETTING.model,
+        image_size=SETTING.image_size,
+        batch_size=SETTING.batch_size,
+        cpu_threads=torch.get_num_threads(),
+        images_per_s=round(SETTING.images / median, 2),
+    )
+
+
+@pytest.mark.parametrize("mode", ["overlapped", "serial"])
+def test_explain_folder_throughput(benchmark, photo_folder, model_file, tmp_path, mode):
+    workers = SETTING.workers if mode == "overlapped" else 0
+    out = tmp_path / "out"
+    argv = [
+        "explain", str(photo_folder), "--out", str(out), "--model", str(model_file),
+        "--device", "cpu", "--batch-size", str(SETTING.batch_size), "--workers", str(workers),
+        "--quiet",
+    ]  # fmt: skip
+    seconds = []
+
+    def run_cli():
+        start = time.perf_counter()
+        assert main(argv) == EXIT_OK
+        seconds.append(time.perf_counter() - start)
+
+    benchmark.group = "explain-cli"
+    benchmark.pedantic(run_cli, rounds=SETTING.rounds, iterations=1, warmup_rounds=0)
+    lines = (out / "results.jsonl").read_text().splitlines()
+    records = [json.loads(line) for line in lines]
+    assert len(records) == SETTING.images and all("outputs" in r for r in records)
+    _record(benchmark, min(seconds), mode)
+
+
+def test_decode_alone_throughput(benchmark, photo_folder):
+    """What the CLI's decoding costs without the model: load, resize + crop, normalize."""
+    files = sorted(photo_folder.glob("*.jpg"))
+    seconds = []
+
+    def decode_all():
+        start = time.perf_counter()
+        for path in files:
+            to_tensor(model_view(load_image(path), SETTING.image_size))
+        seconds.append(time.perf_counter() - start)
+
+    benchmark.group = "explain-cli"
+    benchmark.pedantic(decode_all, rounds=SETTING.rounds, iterations=1, warmup_rounds=0)
+    _record(benchmark, min(seconds), "decode-only")
