@@ -179,7 +179,13 @@ def add_parser(subparsers) -> None:
         "error); 2 usage, model or cluster error. " + INSTALL_HINT + ".",
     )
     p.add_argument("source", nargs="+", metavar="SOURCE", help="image folders, files or URIs")
-    p.add_argument("-o", "--out", required=True, metavar="DEST", help="output folder (or URI) for Parquet files")
+    p.add_argument(
+        "-o",
+        "--out",
+        required=True,
+        metavar="DEST",
+        help="output folder (or URI) for Parquet files",
+    )
     targets = p.add_argument_group("classes to explain")
     targets.add_argument(
         "--class",
