@@ -372,7 +372,7 @@ def explain(
 
     try:
         with open(out / "results.jsonl", "w", encoding="utf-8") as results:
-            items = _decoded(paths, lambda p: _decode(p, s), pool, ahead=2 * batch_size + workers)
+            items = _decoded(paths, lambda p: _decode(p, s), pool, ahead=batch_size + workers)
             for batch in _batches(items, batch_size):
                 good = [item for item in batch if item.error is None]
                 if good:
@@ -402,7 +402,7 @@ def explain(
                     job = (item, unique_stem(item.path), cams[b, :maps], explained, names, s)
                     outputs.append(_submit(pool, _write, *job))
                 written.append((batch, outputs))
-                while written and finish(*written[0], results, block=len(written) > 2):
+                while written and finish(*written[0], results, block=len(written) > 1):
                     written.popleft()
             while written:
                 finish(*written.popleft(), results, block=True)
@@ -475,6 +475,13 @@ def _positive(text: str) -> int:
     value = int(text)
     if value < 1:
         raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
+    return value
+
+
+def _non_negative(text: str) -> int:
+    value = int(text)
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must be 0 or more, got {value}")
     return value
 
 
@@ -588,12 +595,14 @@ def add_parser(subparsers) -> None:
         "--save-maps", action="store_true", help="also save each map as .npy (float32, S x S)"
     )
     run = p.add_argument_group("running")
-    run.add_argument("--batch-size", type=_positive, default=16, help="images per session call")
+    run.add_argument(
+        "--batch-size", type=_positive, default=16, help="images per session call (default 16)"
+    )
     run.add_argument(
         "--workers",
-        type=int,
+        type=_non_negative,
         default=4,
-        help="threads decoding and writing alongside the model; 0 = no overlap",
+        help="threads decoding and writing alongside the model (default 4); 0 = no overlap",
     )
     run.add_argument("-q", "--quiet", action="store_true", help="no progress bar or summary")
     add_model_options(p)
