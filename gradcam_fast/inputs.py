@@ -8,7 +8,7 @@ from collections.abc import Sequence
 import numpy as np
 import torch
 
-__all__ = ["as_image_batch", "as_targets"]
+__all__ = ["as_image_batch", "as_pixel_batch", "as_targets"]
 
 
 def as_image_batch(
@@ -58,6 +58,52 @@ def as_image_batch(
             f"images contain {bad} NaN or infinite values; Grad-CAM of such input is undefined"
         )
     return images
+
+
+def as_pixel_batch(
+    images: torch.Tensor | np.ndarray,
+    image_size: int | None = None,
+    device: str | torch.device = "cpu",
+) -> torch.Tensor:
+    """A contiguous uint8 [B, S, S, 3] tensor on `device`, for models exported with raw_pixels.
+
+    Decoded RGB pixels as they come (channels last, 0-255); one image [S, S, 3] is accepted.
+    Other dtypes are refused rather than cast: a float array may already be scaled or normalized.
+    """
+    if not isinstance(images, torch.Tensor | np.ndarray):
+        raise TypeError(
+            f"images must be a uint8 torch.Tensor or numpy.ndarray [B,S,S,3], got {type(images).__name__}"
+        )
+    if images.dtype not in (torch.uint8, np.uint8):
+        raise TypeError(
+            f"this model takes raw uint8 pixels [B, S, S, 3] (exported with raw_pixels=True), got "
+            f"{images.dtype}: pass the decoded pixels as uint8, or use a model exported without "
+            "raw_pixels for normalized float input"
+        )
+    if isinstance(images, np.ndarray):
+        images = torch.from_numpy(np.ascontiguousarray(images))
+    if images.ndim == 3:
+        images = images.unsqueeze(0)
+    size = image_size or "S"
+    expected = f"[B, {size}, {size}, 3]"
+    if images.ndim != 4 or images.shape[-1] != 3:
+        hint = (
+            " (channels first? use x.permute(0, 2, 3, 1))"
+            if images.ndim == 4 and images.shape[1] == 3
+            else ""
+        )
+        raise ValueError(
+            f"expected uint8 images of shape {expected}, got {list(images.shape)}{hint}"
+        )
+    if image_size is not None and tuple(images.shape[1:3]) != (image_size, image_size):
+        raise ValueError(
+            f"expected uint8 images of shape {expected} (the model was exported for {image_size}x"
+            f"{image_size}), got {list(images.shape)}: resize/crop the images or export the "
+            "model again with that image_size"
+        )
+    if images.shape[0] == 0:
+        raise ValueError("empty batch: pass at least one image")
+    return images.to(device=device).contiguous()
 
 
 def as_targets(
