@@ -24,6 +24,7 @@ from collections import deque
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
+from typing import IO
 from urllib.parse import quote
 
 import numpy as np
@@ -282,6 +283,22 @@ def _batches(items: Iterable[_Item], size: int) -> Iterator[list[_Item]]:
         yield batch
 
 
+def _run_batch(session, good: list[_Item], targets: torch.Tensor | None, raw_pixels: bool):
+    """The session on a batch of decoded items (result on the CPU); adds each item's share of
+    the time to its `seconds`."""
+    start = time.perf_counter()
+    if raw_pixels:
+        x = torch.from_numpy(np.stack([item.view for item in good]))
+    else:
+        x = torch.stack([item.tensor for item in good])
+    t = None if targets is None else targets.expand(len(good), -1)
+    result = session(x, t).to("cpu")
+    share = (time.perf_counter() - start) / len(good)
+    for item in good:
+        item.seconds += share
+    return result
+
+
 def _predictions(probs: torch.Tensor, names: Sequence[str]) -> list[dict]:
     top = probs.topk(min(TOP_PREDICTIONS, probs.numel()))
     return [
@@ -312,9 +329,8 @@ def explain(
 
     `classes` (one map each), else the `top_k` most likely classes (default: the model's K); a
     model with K maps per image serves up to K classes (extra maps are computed, not written).
-    `workers` decoding/writing threads; 0
-    decodes and writes in this thread, without overlap. `on_error` gets each failed file's
-    message (default: one line on stderr).
+    `workers` threads decode ahead and write behind the session; 0 does both in this thread,
+    without overlap. `on_error` gets each failed file's message (default: one stderr line).
     """
     from tqdm import tqdm
 
@@ -348,7 +364,7 @@ def explain(
         stems.add(candidate)
         return candidate
 
-    def finish(batch: list[_Item], outputs: list, results: Iterator, block: bool) -> bool:
+    def finish(batch: list[_Item], outputs: list[Future], results: IO[str], block: bool) -> bool:
         if not block and not all(f.done() for f in outputs):
             return False
         for item, files in zip(batch, outputs, strict=True):
@@ -375,32 +391,20 @@ def explain(
             items = _decoded(paths, lambda p: _decode(p, s), pool, ahead=batch_size + workers)
             for batch in _batches(items, batch_size):
                 good = [item for item in batch if item.error is None]
+                jobs: dict[int, Future] = {}
                 if good:
-                    start = time.perf_counter()
-                    if s.raw_pixels:
-                        x = torch.from_numpy(np.stack([item.view for item in good]))
-                    else:
-                        x = torch.stack([item.tensor for item in good])
-                    t = None if targets is None else targets.expand(len(good), -1)
-                    result = session(x, t).to("cpu")
-                    share = (time.perf_counter() - start) / len(good)
-                    probs = result.probabilities()
-                cams = result.cams.numpy() if good else None
-                outputs: list = []
-                for item in batch:
-                    if item.error is not None:
-                        outputs.append(_submit(None, list))
-                        continue
-                    b = good.index(item)
-                    item.seconds += share
-                    explained = result.target_classes[b, :maps].tolist()
-                    item.record = {
-                        "path": str(item.path),
-                        "predictions": _predictions(probs[b], names),
-                        "explained": explained,
-                    }
-                    job = (item, unique_stem(item.path), cams[b, :maps], explained, names, s)
-                    outputs.append(_submit(pool, _write, *job))
+                    result = _run_batch(session, good, targets, s.raw_pixels)
+                    probs, cams = result.probabilities(), result.cams.numpy()
+                    for b, item in enumerate(good):
+                        explained = result.target_classes[b, :maps].tolist()
+                        item.record = {
+                            "path": str(item.path),
+                            "predictions": _predictions(probs[b], names),
+                            "explained": explained,
+                        }
+                        job = (item, unique_stem(item.path), cams[b, :maps], explained, names, s)
+                        jobs[id(item)] = _submit(pool, _write, *job)
+                outputs = [jobs.get(id(item)) or _submit(None, list) for item in batch]
                 written.append((batch, outputs))
                 while written and finish(*written[0], results, block=len(written) > 1):
                     written.popleft()

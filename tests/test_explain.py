@@ -25,7 +25,7 @@ from torchvision.models.vgg import VGG, make_layers
 from gradcam_fast import GradCAMSession, export_onnx
 from gradcam_fast.cli import EXIT_ERROR, EXIT_OK, EXIT_SOME_FAILED, main
 from gradcam_fast.explain import collect_inputs, resolve_classes
-from gradcam_fast.images import load_image, preprocess
+from gradcam_fast.images import load_image, model_view, preprocess
 from gradcam_fast.models import ModelInfo
 
 SAMPLES = Path(__file__).resolve().parent.parent / "examples" / "images"
@@ -270,6 +270,23 @@ def test_classes_by_name_and_index_with_saved_maps(run, tiny_model, tmp_path):
             saved = np.load(tmp_path / file)
             assert saved.dtype == np.float32 and saved.shape == (SIZE, SIZE)
             np.testing.assert_allclose(saved, expected[k], atol=1e-6)
+
+
+def test_overlay_is_drawn_on_what_the_model_saw(run, tiny_model, tmp_path):
+    image = load_image(SAMPLES / "rocket.jpg")
+    for crop in (True, False):
+        out = tmp_path / str(crop)
+        options = ["--alpha", "0", "--save-maps", "-q"] + ([] if crop else ["--no-crop"])
+        status, err = run(SAMPLES / "rocket.jpg", "--out", out, "--model", tiny_model, *options)
+        assert status == EXIT_OK, err
+        record = read_results(out)["rocket.jpg"]
+        with Image.open(out / record["outputs"][0]) as png:  # alpha 0: the bare model view
+            np.testing.assert_array_equal(np.asarray(png), model_view(image, SIZE, crop))
+        session = GradCAMSession(tiny_model, device="cpu")
+        meta = session.metadata
+        x = preprocess(image, SIZE, meta.mean, meta.std, crop=crop)
+        expected = session(x[None]).cams[0, 0].numpy()
+        np.testing.assert_allclose(np.load(out / record["outputs"][1]), expected, atol=1e-6)
 
 
 def test_top_k_explains_the_k_best_classes(run, tiny_model, tmp_path):
