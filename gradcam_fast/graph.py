@@ -64,7 +64,9 @@ class GradCAMGraph(nn.Module):
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
         """images [B,3,S,S] float, targets [B,K] int64 -> logits [B,N], target_classes [B,K],
         activations [B,C,h,w], gradients [B,K,C,h,w] (d logit_target / d activations)."""
-        activations = self.body(images)
+        # The body may run in float16 (see torch_backend); the head, forward and backward, always
+        # runs in float32: it is under 1% of the work, and float16 gradients would underflow.
+        activations = self.body(images.to(self.body[0].weight.dtype)).float()
         x, saved = activations, []
         for layer in self.head:
             x, s = forward_saving(layer, x)

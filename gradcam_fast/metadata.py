@@ -30,7 +30,7 @@ class ModelMetadata:
     std: tuple[float, ...]
     weights: str
     categories: tuple[str, ...] = field(default=(), repr=False)
-    precision: str = "float32"  # "float32" or "float16" (inside; inputs and outputs stay float32)
+    precision: str = "float32"  # or "float16": the body below the target layer runs in float16
     input_format: str = "float_nchw"  # or "uint8_nhwc": raw decoded pixels, normalized in-graph
     format_version: int = FORMAT_VERSION
 
@@ -58,7 +58,8 @@ class ModelMetadata:
                 f"version {FORMAT_VERSION}: export the model again with this version"
             )
         names = set(cls.__dataclass_fields__)
-        missing = sorted(names - set(values) - {"categories", "precision", "input_format"})
+        optional = {"categories", "precision", "input_format"}
+        missing = sorted(names - set(values) - optional)
         if missing:
             raise NotAGradCAMModel(f"{source} lacks gradcam_fast metadata fields {missing}")
         values = {k: v for k, v in values.items() if k in names}

@@ -1,112 +1,57 @@
-"""GradCAMSession: run an exported Grad-CAM model in ONNX Runtime with torch tensors in and out.
+"""GradCAMSession: Grad-CAM from an exported model (ONNX Runtime) or a torch model (torch backend).
 
-Inputs and outputs are bound by pointer (IOBinding) to torch tensors on the session's device, so
-nothing is copied through NumPy; post-processing runs on the same device. Each thread gets its
-own bindings and output buffers (per batch size), so one session can serve many threads.
+The session checks inputs, runs the backend, and turns activations and gradients into maps with
+batched torch ops on the same device. Results are owned by the caller. Safe to call from several
+threads at once (each thread gets its own ONNX Runtime binding and buffers).
 """
 
 from __future__ import annotations
 
 import logging
 import os
-import threading
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import numpy as np
-import onnxruntime as ort
 import torch
+from torch import nn
 
-from .inputs import as_image_batch, as_targets
-from .metadata import INPUT_NAMES, OUTPUT_NAMES, ModelMetadata, NotAGradCAMModel
-from .postprocess import gradcam_lowres, upsample_normalize
+from .inputs import as_image_batch, as_pixel_batch, as_targets
+from .metadata import ModelMetadata
+from .methods import cam_lowres, check_method
+from .models import model_info
+from .ort_backend import OrtRunner, available_devices, cpu_count
+from .postprocess import upsample_normalize
 from .result import GradCAMResult
+from .smooth import aug_smooth_cams
 
-__all__ = ["GradCAMSession", "available_devices"]
+__all__ = ["GradCAMSession", "available_devices", "cpu_count"]
 
 log = logging.getLogger(__name__)
 
-CPU_EP = "CPUExecutionProvider"
-CUDA_EP = "CUDAExecutionProvider"
-_NP_DTYPES = {torch.float32: np.float32, torch.int64: np.int64}
+Runner = Callable[[torch.Tensor, torch.Tensor], tuple[torch.Tensor, ...]]
 
 
-def available_devices() -> list[str]:
-    """Devices a session can use here: "cpu", plus "cuda" when ONNX Runtime has the CUDA provider
-    (the onnxruntime-gpu package) and torch sees a GPU."""
-    devices = ["cpu"]
-    if CUDA_EP in ort.get_available_providers() and torch.cuda.is_available():
-        devices.append("cuda")
-    return devices
-
-
-def cpu_count() -> int:
-    """Cores this process may run on (respects affinity masks, unlike os.cpu_count)."""
-    try:
-        return len(os.sched_getaffinity(0))
-    except AttributeError:  # not on Linux
-        return os.cpu_count() or 1
-
-
-def _providers_for(device: torch.device, cuda_options: dict[str, str]) -> list:
-    if device.type == "cpu":
-        return [CPU_EP]
-    if CUDA_EP not in ort.get_available_providers():
-        raise RuntimeError(
-            "device='cuda' needs ONNX Runtime's CUDA execution provider, which this onnxruntime "
-            f"lacks (it has {ort.get_available_providers()}): uninstall onnxruntime and install "
-            "onnxruntime-gpu (pip install 'gradcam_fast[gpu]'), or use device='cpu'"
-        )
-    if not torch.cuda.is_available():
-        raise RuntimeError("device='cuda' but torch sees no CUDA device; use device='cpu'")
-    options = {"device_id": str(device.index or 0), **cuda_options}
-    return [(CUDA_EP, options), CPU_EP]
-
-
-def _resolve_device(device: str | torch.device) -> torch.device:
+def _resolve_device(device: str | torch.device, cuda_usable: bool) -> torch.device:
     if str(device) == "auto":
-        return torch.device("cuda" if "cuda" in available_devices() else "cpu")
+        return torch.device("cuda", 0) if cuda_usable else torch.device("cpu")
     dev = torch.device(device)
     if dev.type not in ("cpu", "cuda"):
         raise ValueError(f"device must be 'auto', 'cpu' or 'cuda[:N]', got {device!r}")
     return torch.device("cuda", dev.index or 0) if dev.type == "cuda" else dev
 
 
-def _open(path: Path, options: ort.SessionOptions, providers: list) -> ort.InferenceSession:
-    if not path.is_file():
-        raise FileNotFoundError(f"no model file at {path}: export one with `gradcam-fast export`")
-    if path.stat().st_size == 0:
-        raise NotAGradCAMModel(f"{path} is empty, not an ONNX model: export it again")
-    try:
-        return ort.InferenceSession(str(path), options, providers=providers)
-    except Exception as exc:  # ORT raises its own Fail/InvalidProtobuf/InvalidGraph types
-        if "CUDA" in str(exc) and CUDA_EP in str(providers):
-            raise RuntimeError(f"could not start the CUDA provider for {path}: {exc}") from None
-        raise NotAGradCAMModel(
-            f"{path} is not a readable ONNX model (truncated, corrupt or another format): "
-            f"{str(exc).splitlines()[0]}"
-        ) from None
-
-
-class _Buffers:
-    """One thread's IOBinding and output tensors for one batch size."""
-
-    def __init__(self, session: GradCAMSession, batch: int):
-        self.binding = session._session.io_binding()
-        self.outputs = {
-            name: torch.empty((batch, *shape), dtype=dtype, device=session.device)
-            for name, (shape, dtype) in session._output_specs.items()
-        }
-        for name, tensor in self.outputs.items():
-            session._bind(self.binding.bind_output, name, tensor)
-
-
 class GradCAMSession:
-    """A gradcam_fast ONNX model ready to run: `session(images, targets) -> GradCAMResult`.
+    """A Grad-CAM model ready to run: `session(images, targets) -> GradCAMResult`.
 
-    `device` is "cpu", "cuda", "cuda:N" or "auto" (CUDA when ONNX Runtime and torch both have it,
-    else the CPU; `session.device` and `session.providers` say which). Asking for CUDA where it
-    cannot run raises instead of falling back. Safe to call from several threads at once.
+    `GradCAMSession(path)` runs an exported gradcam_fast ONNX model in ONNX Runtime;
+    `GradCAMSession.from_model(model, ...)` runs the same graph natively in torch. `device` is
+    "cpu", "cuda", "cuda:N" or "auto" (CUDA when usable, else the CPU; `session.device` and
+    `session.providers` say which). Asking for CUDA where it cannot run raises instead of
+    falling back. `max_batch_size` splits larger batches into chunks (bounded memory).
+    ONNX Runtime options: `intra_op_threads` (default: the cores this process may use),
+    `cudnn_search` ("HEURISTIC", "EXHAUSTIVE" or "DEFAULT"), `cuda_graphs` (one graph per batch
+    size; calls are then serialized), `cuda_options` (raw CUDA EP options).
     """
 
     def __init__(
@@ -116,57 +61,76 @@ class GradCAMSession:
         *,
         intra_op_threads: int | None = None,
         max_batch_size: int | None = None,
+        cudnn_search: str = "HEURISTIC",
+        cuda_graphs: bool = False,
         cuda_options: dict[str, str] | None = None,
     ):
-        self.path = Path(path)
-        self.device = _resolve_device(device)
-        self.max_batch_size = max_batch_size
+        self.path: Path | None = Path(path)
+        self.device = _resolve_device(device, "cuda" in available_devices())
+        runner = OrtRunner(
+            self.path,
+            self.device,
+            intra_op_threads=intra_op_threads,
+            cudnn_search=cudnn_search,
+            cuda_graphs=cuda_graphs,
+            cuda_options=cuda_options,
+        )
+        self._setup(runner, runner.metadata, runner.providers, max_batch_size)
+
+    def _setup(
+        self,
+        runner: Runner,
+        metadata: ModelMetadata,
+        providers: list[str],
+        max_batch_size: int | None,
+    ) -> None:
         if max_batch_size is not None and max_batch_size < 1:
             raise ValueError(f"max_batch_size must be at least 1, got {max_batch_size}")
-        options = ort.SessionOptions()
-        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-        options.intra_op_num_threads = intra_op_threads or cpu_count()
-        options.inter_op_num_threads = 1
-        options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
-        providers = _providers_for(self.device, {"use_tf32": "0", **(cuda_options or {})})
-        self._session = _open(self.path, options, providers)
-        self.providers: list[str] = self._session.get_providers()
-        if self.device.type == "cuda" and self.providers[0] != CUDA_EP:
-            raise RuntimeError(
-                f"ONNX Runtime did not start its CUDA provider (got {self.providers}); check that "
-                "the CUDA and cuDNN libraries onnxruntime-gpu needs are installed"
-            )
-        props = self._session.get_modelmeta().custom_metadata_map
-        self.metadata = ModelMetadata.from_props(props, source=str(self.path))
-        self._check_io()
-        self._local = threading.local()
+        self._runner = runner
+        self.metadata = metadata
+        self.providers = providers
+        self.max_batch_size = max_batch_size
 
-    def _check_io(self) -> None:
-        inputs = tuple(i.name for i in self._session.get_inputs())
-        outputs = self._session.get_outputs()
-        if inputs != INPUT_NAMES or tuple(o.name for o in outputs) != OUTPUT_NAMES:
-            raise NotAGradCAMModel(
-                f"{self.path} has inputs {inputs} and outputs {[o.name for o in outputs]}, "
-                f"not the gradcam_fast contract {INPUT_NAMES} -> {OUTPUT_NAMES}"
-            )
-        dtypes = {"tensor(float)": torch.float32, "tensor(int64)": torch.int64}
-        self._output_specs = {o.name: (tuple(o.shape[1:]), dtypes[o.type]) for o in outputs}
+    @classmethod
+    def from_model(
+        cls,
+        model: nn.Module,
+        *,
+        target_layer: str | None = None,
+        image_size: int = 224,
+        num_targets: int = 1,
+        device: str | torch.device = "auto",
+        precision: str = "float32",
+        cuda_graphs: bool = False,
+        max_batch_size: int | None = None,
+    ) -> GradCAMSession:
+        """The torch backend: `GradCAMGraph` of a copy of `model`, run natively in torch, behind
+        the same API. `precision` "float16" runs the network in half precision (float32 inputs
+        and results); `cuda_graphs` captures one CUDA graph per batch size."""
+        from .torch_backend import TorchRunner
 
-    def _bind(self, bind, name: str, tensor: torch.Tensor) -> None:
-        bind(
-            name,
-            tensor.device.type,
-            tensor.device.index or 0,
-            _NP_DTYPES[tensor.dtype],
-            tuple(tensor.shape),
-            tensor.data_ptr(),
+        session = cls.__new__(cls)
+        session.path = None
+        session.device = _resolve_device(device, torch.cuda.is_available())
+        runner = TorchRunner(
+            model, target_layer, num_targets, session.device, precision, cuda_graphs
         )
-
-    def _buffers(self, batch: int) -> _Buffers:
-        cache = self._local.__dict__.setdefault("buffers", {})
-        if batch not in cache:
-            cache[batch] = _Buffers(self, batch)
-        return cache[batch]
+        info = model_info(model)
+        metadata = ModelMetadata(
+            arch=info.arch,
+            target_layer=runner.graph.target_layer,
+            image_size=image_size,
+            num_targets=num_targets,
+            num_classes=runner.graph.num_classes,
+            mean=tuple(info.mean),
+            std=tuple(info.std),
+            weights=info.weights,
+            categories=tuple(info.categories),
+            precision=precision,
+        )
+        providers = [f"torch ({precision}{', CUDA graphs' if cuda_graphs else ''})"]
+        session._setup(runner, metadata, providers, max_batch_size)
+        return session
 
     @property
     def image_size(self) -> int:
@@ -184,42 +148,50 @@ class GradCAMSession:
         self,
         images: torch.Tensor | np.ndarray,
         targets: int | Sequence[int] | np.ndarray | torch.Tensor | None = None,
+        *,
+        method: str = "gradcam",
+        aug_smooth: bool = False,
     ) -> GradCAMResult:
-        """Grad-CAM maps for `images` [B,3,S,S] (or [3,S,S]), normalized with the model's mean/std.
+        """Grad-CAM maps for `images` [B,3,S,S] (or [3,S,S]), normalized with the model's mean/std;
+        for a model exported with raw_pixels, uint8 pixels [B,S,S,3] (or [S,S,3]) as decoded.
 
         `targets`: None (the top K classes), an int (that class for every image, K = 1), B ints
-        (K = 1), or [B, K]; t >= 0 is a class, -r the r-th highest logit. Every tensor of the
-        result is on `self.device` and owned by the caller.
+        (K = 1), or [B, K]; t >= 0 is a class, -r the r-th highest logit. `method`: a name in
+        `methods.METHODS` (gradcam, gradcam++, xgradcam, hirescam, gradcamelementwise, layercam,
+        eigencam). `aug_smooth`: average over flips and intensity factors in one batched run
+        (`smooth.aug_smooth_cams`). Every tensor of the result is on `self.device` and owned by
+        the caller.
         """
+        if aug_smooth:
+            return aug_smooth_cams(self, images, targets, method)
+        check_method(method)
         meta = self.metadata
-        x = as_image_batch(images, meta.image_size, self.device)
+        if meta.input_format == "uint8_nhwc":
+            x = as_pixel_batch(images, meta.image_size, self.device)
+        else:
+            x = as_image_batch(images, meta.image_size, self.device)
         t = as_targets(targets, x.shape[0], meta.num_targets, meta.num_classes)
         t = t.to(self.device)
         step = self.max_batch_size or x.shape[0]
-        parts = [self._run(x[i : i + step], t[i : i + step]) for i in range(0, x.shape[0], step)]
+        parts = [
+            self._run(x[i : i + step], t[i : i + step], method) for i in range(0, x.shape[0], step)
+        ]
         if len(parts) == 1:
             return parts[0]
         return GradCAMResult(
             **{k: torch.cat([getattr(p, k) for p in parts]) for k in vars(parts[0])}
         )
 
-    def _run(self, images: torch.Tensor, targets: torch.Tensor) -> GradCAMResult:
-        buffers = self._buffers(images.shape[0])
-        binding = buffers.binding
-        self._bind(binding.bind_input, "images", images)
-        self._bind(binding.bind_input, "targets", targets)
-        if self.device.type == "cuda":
-            torch.cuda.current_stream(self.device).synchronize()  # inputs written before ORT reads
-        self._session.run_with_iobinding(binding)
-        out = buffers.outputs
-        activations = out["activations"].clone()
-        gradients = out["gradients"].clone()
-        lowres = gradcam_lowres(activations, gradients)
+    def _run(
+        self, images: torch.Tensor, targets: torch.Tensor, method: str = "gradcam"
+    ) -> GradCAMResult:
+        logits, classes, activations, gradients = self._runner(images, targets)
+        lowres = cam_lowres(method, activations, gradients)
         return GradCAMResult(
             cams=upsample_normalize(lowres, self.metadata.image_size),
             cams_lowres=lowres,
-            target_classes=out["target_classes"].clone(),
-            logits=out["logits"].clone(),
+            target_classes=classes,
+            logits=logits,
             activations=activations,
             gradients=gradients,
         )
@@ -228,5 +200,6 @@ class GradCAMSession:
         m = self.metadata
         return (
             f"GradCAMSession({str(self.path)!r}, arch={m.arch}, layer={m.target_layer}, "
-            f"size={m.image_size}, K={m.num_targets}, device={self.device}, providers={self.providers})"
+            f"size={m.image_size}, K={m.num_targets}, device={self.device}, "
+            f"providers={self.providers})"
         )

@@ -1,0 +1,226 @@
+"""ONNX Runtime execution of an exported model, with torch tensors bound in and out by pointer.
+
+Inputs and outputs are bound through IOBinding to torch tensors on the session's device, so
+nothing goes through NumPy. Each thread gets its own binding and output buffers per batch size
+(an IOBinding must not be shared between concurrent runs); with CUDA graphs the buffers are
+static and runs are serialized, as ONNX Runtime's graph replay requires.
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+from pathlib import Path
+
+import numpy as np
+import onnxruntime as ort
+import torch
+
+from .metadata import INPUT_NAMES, OUTPUT_NAMES, ModelMetadata, NotAGradCAMModel
+
+__all__ = ["CPU_EP", "CUDA_EP", "OrtRunner", "available_devices", "cpu_count"]
+
+CPU_EP = "CPUExecutionProvider"
+CUDA_EP = "CUDAExecutionProvider"
+_NP_DTYPES = {torch.float32: np.float32, torch.int64: np.int64, torch.uint8: np.uint8}
+_TORCH_DTYPES = {"tensor(float)": torch.float32, "tensor(int64)": torch.int64}
+CUDNN_SEARCH = ("EXHAUSTIVE", "HEURISTIC", "DEFAULT")
+
+
+def available_devices() -> list[str]:
+    """Devices a session can use here: "cpu", plus "cuda" when ONNX Runtime has the CUDA provider
+    (the onnxruntime-gpu package) and torch sees a GPU."""
+    devices = ["cpu"]
+    if CUDA_EP in ort.get_available_providers() and torch.cuda.is_available():
+        devices.append("cuda")
+    return devices
+
+
+def cpu_count() -> int:
+    """Cores this process may run on (respects affinity masks, unlike os.cpu_count)."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # not on Linux
+        return os.cpu_count() or 1
+
+
+def cuda_provider_options(
+    device: torch.device,
+    *,
+    cudnn_search: str = "HEURISTIC",
+    cuda_graphs: bool = False,
+    extra: dict[str, str] | None = None,
+) -> dict[str, str]:
+    """CUDA EP options: TF32 off (strict float32), the cuDNN algorithm search, CUDA graphs."""
+    if cudnn_search not in CUDNN_SEARCH:
+        raise ValueError(f"cudnn_search must be one of {CUDNN_SEARCH}, got {cudnn_search!r}")
+    return {
+        "device_id": str(device.index or 0),
+        "use_tf32": "0",
+        "cudnn_conv_algo_search": cudnn_search,
+        "enable_cuda_graph": "1" if cuda_graphs else "0",
+        **(extra or {}),
+    }
+
+
+def providers_for(
+    device: torch.device, cuda_options: dict[str, str], available: list[str] | None = None
+) -> list:
+    """The provider list for `device`; refuses CUDA where ONNX Runtime or torch lacks it."""
+    available = ort.get_available_providers() if available is None else available
+    if device.type == "cpu":
+        return [CPU_EP]
+    if CUDA_EP not in available:
+        raise RuntimeError(
+            "device='cuda' needs ONNX Runtime's CUDA execution provider, which this onnxruntime "
+            f"lacks (it has {available}): uninstall onnxruntime and install onnxruntime-gpu "
+            "(pip install 'gradcam_fast[gpu]'), use device='cpu', or the torch backend "
+            "(GradCAMSession.from_model(..., device='cuda'))"
+        )
+    if not torch.cuda.is_available():
+        raise RuntimeError("device='cuda' but torch sees no CUDA device; use device='cpu'")
+    return [(CUDA_EP, cuda_options), CPU_EP]
+
+
+def _open(path: Path, options: ort.SessionOptions, providers: list) -> ort.InferenceSession:
+    if not path.is_file():
+        raise FileNotFoundError(f"no model file at {path}: export one with `gradcam-fast export`")
+    if path.stat().st_size == 0:
+        raise NotAGradCAMModel(f"{path} is empty, not an ONNX model: export it again")
+    try:
+        session = ort.InferenceSession(str(path), options, providers=providers)
+    except Exception as exc:  # ORT raises its own Fail/InvalidProtobuf/InvalidGraph types
+        if "CUDA" in str(exc) and CUDA_EP in str(providers):
+            raise RuntimeError(f"could not start the CUDA provider for {path}: {exc}") from None
+        raise NotAGradCAMModel(
+            f"{path} is not a readable ONNX model (truncated, corrupt or another format): "
+            f"{str(exc).splitlines()[0]}"
+        ) from None
+    session.disable_fallback()  # a failing CUDA run must raise, not rerun on the CPU
+    return session
+
+
+class _Buffers:
+    """One binding with its output tensors (and, for CUDA graphs, static inputs) for one batch."""
+
+    def __init__(self, runner: OrtRunner, batch: int, graph_id: int | None):
+        self.binding = runner.session.io_binding()
+        self.outputs = {
+            name: torch.empty((batch, *shape), dtype=dtype, device=runner.device)
+            for name, (shape, dtype) in runner.output_specs.items()
+        }
+        for name, tensor in self.outputs.items():
+            _bind(self.binding.bind_output, name, tensor)
+        self.run_options = ort.RunOptions()
+        self.inputs: dict[str, torch.Tensor] = {}
+        if graph_id is not None:  # CUDA graphs replay fixed addresses: inputs are copied in
+            self.run_options.add_run_config_entry("gpu_graph_id", str(graph_id))
+            for name, (shape, dtype) in runner.input_specs.items():
+                self.inputs[name] = torch.zeros((batch, *shape), dtype=dtype, device=runner.device)
+                _bind(self.binding.bind_input, name, self.inputs[name])
+
+
+def _bind(bind, name: str, tensor: torch.Tensor) -> None:
+    bind(
+        name,
+        tensor.device.type,
+        tensor.device.index or 0,
+        _NP_DTYPES[tensor.dtype],
+        tuple(tensor.shape),
+        tensor.data_ptr(),
+    )
+
+
+class OrtRunner:
+    """An ONNX Runtime session over a gradcam_fast model: images, targets -> raw outputs."""
+
+    def __init__(
+        self,
+        path: Path,
+        device: torch.device,
+        *,
+        intra_op_threads: int | None = None,
+        cudnn_search: str = "HEURISTIC",
+        cuda_graphs: bool = False,
+        cuda_options: dict[str, str] | None = None,
+    ):
+        if cuda_graphs and device.type != "cuda":
+            raise ValueError("cuda_graphs=True needs device='cuda'")
+        self.device = device
+        self.cuda_graphs = cuda_graphs
+        options = ort.SessionOptions()
+        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        options.intra_op_num_threads = intra_op_threads or cpu_count()
+        options.inter_op_num_threads = 1
+        options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+        cuda = (
+            cuda_provider_options(
+                device, cudnn_search=cudnn_search, cuda_graphs=cuda_graphs, extra=cuda_options
+            )
+            if device.type == "cuda"
+            else {}
+        )
+        self.session = _open(path, options, providers_for(device, cuda))
+        self.providers: list[str] = self.session.get_providers()
+        if device.type == "cuda" and self.providers[0] != CUDA_EP:
+            raise RuntimeError(
+                f"ONNX Runtime did not start its CUDA provider (got {self.providers}); check that "
+                "the CUDA and cuDNN libraries onnxruntime-gpu needs are installed (import torch "
+                "before onnxruntime, or call onnxruntime.preload_dlls())"
+            )
+        props = self.session.get_modelmeta().custom_metadata_map
+        self.metadata = ModelMetadata.from_props(props, source=str(path))
+        self._check_io(path)
+        self._local = threading.local()
+        self._shared: dict[int, _Buffers] = {}  # CUDA graphs: one static set per batch size
+        self._lock = threading.Lock()
+
+    def _check_io(self, path: Path) -> None:
+        inputs, outputs = self.session.get_inputs(), self.session.get_outputs()
+        in_names, out_names = tuple(i.name for i in inputs), tuple(o.name for o in outputs)
+        if in_names != INPUT_NAMES or out_names != OUTPUT_NAMES:
+            raise NotAGradCAMModel(
+                f"{path} has inputs {in_names} and outputs {out_names}, not the gradcam_fast "
+                f"contract {INPUT_NAMES} -> {OUTPUT_NAMES}"
+            )
+        in_types = {
+            "tensor(float)": torch.float32,
+            "tensor(int64)": torch.int64,
+            "tensor(uint8)": torch.uint8,
+        }
+        self.input_specs = {i.name: (tuple(i.shape[1:]), in_types[i.type]) for i in inputs}
+        self.output_specs = {o.name: (tuple(o.shape[1:]), _TORCH_DTYPES[o.type]) for o in outputs}
+
+    def _buffers(self, batch: int) -> _Buffers:
+        if self.cuda_graphs:
+            if batch not in self._shared:
+                self._shared[batch] = _Buffers(self, batch, graph_id=len(self._shared) + 1)
+            return self._shared[batch]
+        cache = self._local.__dict__.setdefault("buffers", {})
+        if batch not in cache:
+            cache[batch] = _Buffers(self, batch, graph_id=None)
+        return cache[batch]
+
+    def __call__(self, images: torch.Tensor, targets: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        """Run one batch; returns (logits, target_classes, activations, gradients), owned by
+        the caller (copies of the reused output buffers)."""
+        if self.cuda_graphs:
+            with self._lock:
+                return self._run(images, targets)
+        return self._run(images, targets)
+
+    def _run(self, images: torch.Tensor, targets: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        buffers = self._buffers(images.shape[0])
+        if self.cuda_graphs:
+            buffers.inputs["images"].copy_(images)
+            buffers.inputs["targets"].copy_(targets)
+        else:
+            _bind(buffers.binding.bind_input, "images", images)
+            _bind(buffers.binding.bind_input, "targets", targets)
+        if self.device.type == "cuda":
+            # ONNX Runtime runs on its own stream: the inputs must be written before it reads.
+            # It synchronizes its stream before run_with_iobinding returns.
+            torch.cuda.current_stream(self.device).synchronize()
+        self.session.run_with_iobinding(buffers.binding, buffers.run_options)
+        out = buffers.outputs
+        return tuple(out[name].clone() for name in OUTPUT_NAMES)

@@ -1,0 +1,109 @@
+"""The same GradCAMGraph run natively in torch: the fast path where onnxruntime-gpu is absent.
+
+On CUDA it can capture one CUDA graph per batch size (static input and output buffers, replayed
+under a lock), run the body below the target layer in float16 (the head stays float32, see
+GradCAMGraph.forward) and keeps TF32 off on the strict float32 path.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+import threading
+
+import torch
+from torch import nn
+
+from .graph import GradCAMGraph
+
+__all__ = ["PRECISIONS", "TorchRunner"]
+
+PRECISIONS = {"float32": torch.float32, "float16": torch.float16}
+
+
+@contextlib.contextmanager
+def _strict_fp32(enabled: bool):
+    """TF32 off for cuDNN convolutions and CUDA matmuls while inside (restored after)."""
+    if not enabled:
+        yield
+        return
+    matmul = torch.backends.cuda.matmul.allow_tf32
+    torch.backends.cuda.matmul.allow_tf32 = False
+    try:
+        with torch.backends.cudnn.flags(enabled=True, allow_tf32=False):
+            yield
+    finally:
+        torch.backends.cuda.matmul.allow_tf32 = matmul
+
+
+class TorchRunner:
+    """Runs a copy of the model's GradCAMGraph on `device`: images, targets -> raw outputs.
+
+    Returns float32 (logits, target_classes, activations, gradients) tensors owned by the
+    caller. `cuda_graphs` captures one graph per batch size on first use (CUDA only).
+    """
+
+    def __init__(
+        self,
+        model: nn.Module,
+        target_layer: str | None,
+        num_targets: int,
+        device: torch.device,
+        precision: str = "float32",
+        cuda_graphs: bool = False,
+        cudnn_benchmark: bool = True,
+    ):
+        if precision not in PRECISIONS:
+            raise ValueError(f"precision must be one of {sorted(PRECISIONS)}, got {precision!r}")
+        if cuda_graphs and device.type != "cuda":
+            raise ValueError("cuda_graphs=True needs device='cuda'")
+        self.device = device
+        self.dtype = PRECISIONS[precision]
+        model = copy.deepcopy(model).to(device=device).eval()
+        self.graph = GradCAMGraph(model, target_layer, num_targets)
+        self.graph.body.to(self.dtype)
+        self.cuda_graphs = cuda_graphs
+        self.cudnn_benchmark = cudnn_benchmark
+        self._captured: dict[int, tuple] = {}
+        self._lock = threading.Lock()  # captured graphs share static buffers
+
+    def _context(self):
+        strict = self.device.type == "cuda" and self.dtype == torch.float32
+        stack = contextlib.ExitStack()
+        stack.enter_context(torch.inference_mode())
+        stack.enter_context(_strict_fp32(strict))
+        if self.device.type == "cuda":
+            stack.enter_context(
+                torch.backends.cudnn.flags(
+                    enabled=True, benchmark=self.cudnn_benchmark, allow_tf32=not strict
+                )
+            )
+        return stack
+
+    def __call__(self, images: torch.Tensor, targets: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        with self._context():
+            if not self.cuda_graphs:
+                return self.graph(images, targets)  # fresh tensors, float32
+            with self._lock:
+                static_in, static_t, graph, static_out = self._capture(images, targets)
+                static_in.copy_(images)
+                static_t.copy_(targets)
+                graph.replay()
+                return tuple(out.clone() for out in static_out)  # the next replay overwrites
+
+    def _capture(self, images: torch.Tensor, targets: torch.Tensor) -> tuple:
+        batch = images.shape[0]
+        if batch not in self._captured:
+            static_in = torch.zeros_like(images)
+            static_t = torch.full_like(targets, -1)
+            side = torch.cuda.Stream(self.device)
+            side.wait_stream(torch.cuda.current_stream(self.device))
+            with torch.cuda.stream(side):
+                for _ in range(2):  # warm up cuDNN's algorithm choice before capture
+                    self.graph(static_in, static_t)
+            torch.cuda.current_stream(self.device).wait_stream(side)
+            graph = torch.cuda.CUDAGraph()
+            with torch.cuda.graph(graph):
+                static_out = self.graph(static_in, static_t)
+            self._captured[batch] = (static_in, static_t, graph, static_out)
+        return self._captured[batch]
