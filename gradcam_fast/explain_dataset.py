@@ -130,7 +130,8 @@ def _run(args: argparse.Namespace) -> int:
     finally:
         if started_ray:
             ray.shutdown()
-    errors = pq.read_table(args.out, columns=["error"]).column("error")
+    readable = args.out.removeprefix("local://")  # written on the head node, where we run
+    errors = pq.read_table(readable, columns=["error"]).column("error")
     total = len(errors)
     failed = total - errors.null_count
     if not args.quiet:

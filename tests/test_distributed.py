@@ -26,6 +26,7 @@ from gradcam_fast.cli import main  # noqa: E402
 from gradcam_fast.distributed import (  # noqa: E402
     ROW_SCHEMA,
     GradCAMPredictor,
+    actor_resources,
     explain_dataset,
     read_maps,
 )
@@ -177,6 +178,18 @@ def test_predictor_reads_the_model_shipped_through_the_object_store(ray_local, m
     expected = _single_process(model_path, [EXAMPLES / "cat.jpg"])[str(EXAMPLES / "cat.jpg")]
     got = np.asarray(table.column("cams_lowres")[0].as_py(), np.float32).reshape(expected.shape)
     np.testing.assert_allclose(got, expected, rtol=1e-5, atol=1e-6)
+
+
+def test_actor_resources_split_the_cluster(ray_local):
+    """Default: the 2 CPUs split between the actors; threads follow the reservation."""
+    assert (actor_resources(1).num_cpus, actor_resources(1).threads) == (2.0, 2)
+    assert (actor_resources(2).num_cpus, actor_resources(2).threads) == (1.0, 1)
+    assert actor_resources(4).num_cpus == 1.0  # never below one CPU
+    assert actor_resources(2, cpus_per_actor=0.5).threads == 1
+    with pytest.raises(RuntimeError, match="GPU"):
+        actor_resources(1, gpus_per_actor=1)
+    with pytest.raises(ValueError, match="at least 1"):
+        actor_resources(0)
 
 
 def test_cli_without_ray_says_how_to_install(monkeypatch, tmp_path, capsys):
