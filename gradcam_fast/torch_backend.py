@@ -18,22 +18,23 @@ from .graph import GradCAMGraph
 
 __all__ = ["PRECISIONS", "TorchRunner"]
 
-PRECISIONS = {"float32": torch.float32, "float16": torch.float16}
+# "tf32": float32 tensors with TensorFloat-32 convolutions and matmuls on CUDA (what torch does
+# by default for convolutions); "float32" keeps TF32 off for results within 1e-4 of the CPU.
+PRECISIONS = {"float32": torch.float32, "tf32": torch.float32, "float16": torch.float16}
 
 
 @contextlib.contextmanager
-def _strict_fp32(enabled: bool):
-    """TF32 off for cuDNN convolutions and CUDA matmuls while inside (restored after)."""
-    if not enabled:
-        yield
-        return
-    matmul = torch.backends.cuda.matmul.allow_tf32
-    torch.backends.cuda.matmul.allow_tf32 = False
+def _cuda_flags(strict_fp32: bool, benchmark: bool):
+    """cuDNN autotuning on, and TF32 off for convolutions and matmuls when `strict_fp32` (on
+    otherwise); the caller's flags are restored after."""
+    cudnn, matmul = torch.backends.cudnn, torch.backends.cuda.matmul
+    saved = (cudnn.allow_tf32, matmul.allow_tf32, cudnn.benchmark)
+    cudnn.benchmark = benchmark
+    cudnn.allow_tf32 = matmul.allow_tf32 = not strict_fp32
     try:
-        with torch.backends.cudnn.flags(enabled=True, allow_tf32=False):
-            yield
+        yield
     finally:
-        torch.backends.cuda.matmul.allow_tf32 = matmul
+        cudnn.allow_tf32, matmul.allow_tf32, cudnn.benchmark = saved
 
 
 class TorchRunner:
@@ -52,6 +53,7 @@ class TorchRunner:
         precision: str = "float32",
         cuda_graphs: bool = False,
         cudnn_benchmark: bool = True,
+        channels_last: bool | None = None,
     ):
         if precision not in PRECISIONS:
             raise ValueError(f"precision must be one of {sorted(PRECISIONS)}, got {precision!r}")
@@ -59,28 +61,30 @@ class TorchRunner:
             raise ValueError("cuda_graphs=True needs device='cuda'")
         self.device = device
         self.dtype = PRECISIONS[precision]
+        self.precision = precision
         model = copy.deepcopy(model).to(device=device).eval()
         self.graph = GradCAMGraph(model, target_layer, num_targets)
         self.graph.body.to(self.dtype)
+        # NHWC is cuDNN's native layout for tensor-core convolutions (default on CUDA).
+        self.channels_last = device.type == "cuda" if channels_last is None else channels_last
+        if self.channels_last:
+            self.graph.body.to(memory_format=torch.channels_last)
         self.cuda_graphs = cuda_graphs
         self.cudnn_benchmark = cudnn_benchmark
         self._captured: dict[int, tuple] = {}
         self._lock = threading.Lock()  # captured graphs share static buffers
 
-    def _context(self):
-        strict = self.device.type == "cuda" and self.dtype == torch.float32
+    def _context(self) -> contextlib.ExitStack:
         stack = contextlib.ExitStack()
         stack.enter_context(torch.inference_mode())
-        stack.enter_context(_strict_fp32(strict))
         if self.device.type == "cuda":
-            stack.enter_context(
-                torch.backends.cudnn.flags(
-                    enabled=True, benchmark=self.cudnn_benchmark, allow_tf32=not strict
-                )
-            )
+            strict = self.precision == "float32"
+            stack.enter_context(_cuda_flags(strict, self.cudnn_benchmark))
         return stack
 
     def __call__(self, images: torch.Tensor, targets: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        if self.channels_last:
+            images = images.contiguous(memory_format=torch.channels_last)
         with self._context():
             if not self.cuda_graphs:
                 return self.graph(images, targets)  # fresh tensors, float32

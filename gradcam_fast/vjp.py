@@ -164,7 +164,7 @@ def _tiled_max(x: torch.Tensor, kernel: tuple[int, int]) -> tuple[torch.Tensor, 
     """Max-pool over non-overlapping windows, keeping a one-hot of each window's winner.
 
     The winner is the FIRST maximum in row-major window order, PyTorch's rule, decided here in
-    plain ops (max, equality, cumulative sum) rather than by a runtime's MaxPool indices, whose
+    plain ops (max, equality, a min over positions) rather than by a runtime's MaxPool indices, whose
     tie order differs between ONNX Runtime's CPU and CUDA kernels. Ties are common: after a
     ReLU many windows are all zero. Floor mode drops the last rows/columns, as MaxPool2d does.
     """
@@ -179,7 +179,11 @@ def _tiled_max(x: torch.Tensor, kernel: tuple[int, int]) -> tuple[torch.Tensor, 
     )
     y = windows.amax(dim=-1)
     is_max = windows == y.unsqueeze(-1)
-    first = is_max & (is_max.to(torch.int32).cumsum(dim=-1) == 1)
+    # Index of the first maximum as a min-reduction over the positions that hold the maximum:
+    # exact in every runtime, and far cheaper on GPUs than a scan over a 4-wide axis.
+    position = torch.arange(kh * kw, device=x.device)
+    first_index = torch.where(is_max, position, kh * kw).amin(dim=-1, keepdim=True)
+    first = position == first_index
     return y, ("tiles", first, (height, width), kernel)
 
 
