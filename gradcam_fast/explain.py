@@ -41,6 +41,7 @@ from .images import (
     model_view,
     to_tensor,
 )
+from .methods import METHODS
 from .visualize import COLORMAPS, atomic_file, colormap_lut, overlay, save_npy, save_png
 
 __all__ = ["add_parser", "collect_inputs", "explain", "resolve_classes"]
@@ -186,6 +187,8 @@ class _Settings:
     save_maps: bool
     verbose: bool
     raw_pixels: bool  # the model takes uint8 [B, S, S, 3] and normalizes inside
+    method: str = "gradcam"  # a name in methods.METHODS
+    aug_smooth: bool = False
 
 
 def _decode(path: Path, s: _Settings) -> _Item:
@@ -283,16 +286,16 @@ def _batches(items: Iterable[_Item], size: int) -> Iterator[list[_Item]]:
         yield batch
 
 
-def _run_batch(session, good: list[_Item], targets: torch.Tensor | None, raw_pixels: bool):
+def _run_batch(session, good: list[_Item], targets: torch.Tensor | None, s: _Settings):
     """The session on a batch of decoded items (result on the CPU); adds each item's share of
     the time to its `seconds`."""
     start = time.perf_counter()
-    if raw_pixels:
+    if s.raw_pixels:
         x = torch.from_numpy(np.stack([item.view for item in good]))
     else:
         x = torch.stack([item.tensor for item in good])
     t = None if targets is None else targets.expand(len(good), -1)
-    result = session(x, t).to("cpu")
+    result = session(x, t, method=s.method, aug_smooth=s.aug_smooth).to("cpu")
     share = (time.perf_counter() - start) / len(good)
     for item in good:
         item.seconds += share
@@ -321,6 +324,8 @@ def explain(
     colormap: str = "jet",
     alpha: float = 0.5,
     save_maps: bool = False,
+    method: str = "gradcam",
+    aug_smooth: bool = False,
     progress: bool = True,
     verbose: bool = False,
     on_error: Callable[[str], None] | None = None,
@@ -331,6 +336,7 @@ def explain(
     model with K maps per image serves up to K classes (extra maps are computed, not written).
     `workers` threads decode ahead and write behind the session; 0 does both in this thread,
     without overlap. `on_error` gets each failed file's message (default: one stderr line).
+    `method` and `aug_smooth` are passed to the session call.
     """
     from tqdm import tqdm
 
@@ -338,7 +344,7 @@ def explain(
     names = tuple(meta.categories)
     s = _Settings(
         out, meta.image_size, tuple(meta.mean), tuple(meta.std), crop, full_image, colormap,
-        alpha, save_maps, verbose, meta.input_format == "uint8_nhwc",
+        alpha, save_maps, verbose, meta.input_format == "uint8_nhwc", method, aug_smooth,
     )  # fmt: skip
     out.mkdir(parents=True, exist_ok=True)
     if on_error is None:
@@ -393,7 +399,7 @@ def explain(
                 good = [item for item in batch if item.error is None]
                 jobs: dict[int, Future] = {}
                 if good:
-                    result = _run_batch(session, good, targets, s.raw_pixels)
+                    result = _run_batch(session, good, targets, s)
                     probs, cams = result.probabilities(), result.cams.numpy()
                     for b, item in enumerate(good):
                         explained = result.target_classes[b, :maps].tolist()
@@ -532,6 +538,8 @@ def _run(args: argparse.Namespace) -> int:
         colormap=args.colormap,
         alpha=args.alpha,
         save_maps=args.save_maps,
+        method=args.method,
+        aug_smooth=args.aug_smooth,
         progress=not args.quiet,
         verbose=getattr(args, "verbose", False),
     )
@@ -597,6 +605,17 @@ def add_parser(subparsers) -> None:
     )
     pre.add_argument(
         "--save-maps", action="store_true", help="also save each map as .npy (float32, S x S)"
+    )
+    pre.add_argument(
+        "--method",
+        default="gradcam",
+        choices=list(METHODS),
+        help="CAM method computed from the same activations and gradients (default gradcam)",
+    )
+    pre.add_argument(
+        "--aug-smooth",
+        action="store_true",
+        help="average maps over a flip and two intensity factors (6x the images, one batch)",
     )
     run = p.add_argument_group("running")
     run.add_argument(

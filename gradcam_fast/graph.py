@@ -19,7 +19,7 @@ def resolve_target_layer(model: nn.Module, target_layer: str | None) -> tuple[st
             f"{type(model).__name__} has no `features` nn.Sequential; gradcam_fast supports "
             "torchvision VGG models (and modules laid out like them)"
         )
-    name = target_layer or default_target_layer(model)
+    name = default_target_layer(model) if target_layer is None else target_layer
     valid = feature_layer_names(model)
     if name not in valid:
         raise ValueError(

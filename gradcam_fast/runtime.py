@@ -35,8 +35,11 @@ Runner = Callable[[torch.Tensor, torch.Tensor], tuple[torch.Tensor, ...]]
 def _resolve_device(device: str | torch.device, cuda_usable: bool) -> torch.device:
     if str(device) == "auto":
         return torch.device("cuda", 0) if cuda_usable else torch.device("cpu")
-    dev = torch.device(device)
-    if dev.type not in ("cpu", "cuda"):
+    try:
+        dev = torch.device(device)
+    except (RuntimeError, TypeError):
+        dev = None
+    if dev is None or dev.type not in ("cpu", "cuda"):
         raise ValueError(f"device must be 'auto', 'cpu' or 'cuda[:N]', got {device!r}")
     return torch.device("cuda", dev.index or 0) if dev.type == "cuda" else dev
 
