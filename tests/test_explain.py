@@ -272,6 +272,22 @@ def test_classes_by_name_and_index_with_saved_maps(run, tiny_model, tmp_path):
             np.testing.assert_allclose(saved, expected[k], atol=1e-6)
 
 
+@pytest.mark.parametrize("method", ["layercam", "gradcam++"])
+def test_method_option_saves_that_methods_maps(run, tiny_model, tmp_path, method):
+    status, err = run(SAMPLES / "coffee.jpg", "--out", tmp_path, "--model", tiny_model,
+                      "--class", "3", "--method", method, "--save-maps", "-q")  # fmt: skip
+    assert status == EXIT_OK, err
+    record = read_results(tmp_path)["coffee.jpg"]
+    session = GradCAMSession(tiny_model, device="cpu")
+    meta = session.metadata
+    x = preprocess(load_image(SAMPLES / "coffee.jpg"), SIZE, meta.mean, meta.std)
+    expected = session(x[None], [[3, 3]], method=method).cams[0, 0].numpy()
+    other = session(x[None], [[3, 3]]).cams[0, 0].numpy()
+    saved = np.load(tmp_path / record["outputs"][1])
+    np.testing.assert_allclose(saved, expected, atol=1e-6)
+    assert not np.allclose(saved, other, atol=1e-3)  # really another method's map
+
+
 def test_overlay_is_drawn_on_what_the_model_saw(run, tiny_model, tmp_path):
     image = load_image(SAMPLES / "rocket.jpg")
     for crop in (True, False):
