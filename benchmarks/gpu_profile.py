@@ -17,9 +17,9 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from gpu_check import cuda_time  # noqa: E402
+from gpu_check import cuda_time
 
-from gradcam_fast import GradCAMSession, load_vgg  # noqa: E402
+from gradcam_fast import GradCAMSession, load_vgg
 
 
 def main() -> None:
@@ -38,9 +38,9 @@ def main() -> None:
         xc = x.to(dtype).contiguous(memory_format=torch.channels_last)
         with torch.inference_mode(), runner._context():
             parts = {
-                "body": lambda: runner.graph.body(xc),
-                "graph": lambda: runner.graph(xc, t),
-                "runner": lambda: runner(x, t),
+                "body": lambda r=runner, xc=xc: r.graph.body(xc),
+                "graph": lambda r=runner, xc=xc: r.graph(xc, t),
+                "runner": lambda r=runner: r(x, t),
             }
             figures = {k: statistics.median(cuda_time(f, 3, 15)) for k, f in parts.items()}
         figures["session"] = statistics.median(cuda_time(lambda s=session: s(x, t), 3, 15))

@@ -65,6 +65,7 @@ def _export(args: argparse.Namespace) -> int:
         validate=not args.no_validate,
         seed=args.seed,
         raw_pixels=args.raw_pixels,
+        fp16=args.fp16,
     )
     print(path)
     return EXIT_OK
@@ -92,6 +93,11 @@ def _add_export_parser(subparsers) -> None:
     p.add_argument("--num-targets", "-k", type=int, default=1, help="maps per image (K)")
     p.add_argument("--opset", type=int, help="ONNX opset (default: the exporter's)")
     p.add_argument("--no-validate", action="store_true", help="skip the check against eager")
+    p.add_argument(
+        "--fp16",
+        action="store_true",
+        help="float16 body, float32 head and I/O (for the CUDA provider)",
+    )
     p.add_argument(
         "--raw-pixels",
         action="store_true",
