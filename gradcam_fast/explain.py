@@ -30,7 +30,16 @@ from urllib.parse import quote
 import numpy as np
 import torch
 
-from .cli import EXIT_ERROR, EXIT_OK, EXIT_SOME_FAILED, add_model_options, open_session
+from .cli import (
+    EXIT_ERROR,
+    EXIT_OK,
+    EXIT_SOME_FAILED,
+    add_model_options,
+    fraction,
+    non_negative_int,
+    open_session,
+    positive,
+)
 from .images import (
     IMAGE_EXTENSIONS,
     ImageError,
@@ -481,27 +490,6 @@ def write_gallery(out: Path, records: Sequence[dict], meta) -> Path:
 # the subcommand
 
 
-def _positive(text: str) -> int:
-    value = int(text)
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
-    return value
-
-
-def _non_negative(text: str) -> int:
-    value = int(text)
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"must be 0 or more, got {value}")
-    return value
-
-
-def _fraction(text: str) -> float:
-    value = float(text)
-    if not 0.0 <= value <= 1.0:
-        raise argparse.ArgumentTypeError(f"must be between 0 and 1, got {value}")
-    return value
-
-
 def _run(args: argparse.Namespace) -> int:
     try:
         colormap_lut(args.colormap)
@@ -582,7 +570,7 @@ def add_parser(subparsers) -> None:
         help="class index or name (e.g. 281 or tabby); repeatable: one map per class",
     )
     targets.add_argument(
-        "--top-k", type=_positive, help="explain each image's K most likely classes (default 1)"
+        "--top-k", type=positive, help="explain each image's K most likely classes (default 1)"
     )
     pre = p.add_argument_group("preprocessing and outputs")
     pre.add_argument(
@@ -601,7 +589,7 @@ def add_parser(subparsers) -> None:
         help=f"heatmap colors: {', '.join(COLORMAPS)} (or matplotlib's, if installed)",
     )
     pre.add_argument(
-        "--alpha", type=_fraction, default=0.5, help="heatmap weight in the blend (0..1)"
+        "--alpha", type=fraction, default=0.5, help="heatmap weight in the blend (0..1)"
     )
     pre.add_argument(
         "--save-maps", action="store_true", help="also save each map as .npy (float32, S x S)"
@@ -619,11 +607,11 @@ def add_parser(subparsers) -> None:
     )
     run = p.add_argument_group("running")
     run.add_argument(
-        "--batch-size", type=_positive, default=16, help="images per session call (default 16)"
+        "--batch-size", type=positive, default=16, help="images per session call (default 16)"
     )
     run.add_argument(
         "--workers",
-        type=_non_negative,
+        type=non_negative_int,
         default=4,
         help="threads decoding and writing alongside the model (default 4); 0 = no overlap",
     )

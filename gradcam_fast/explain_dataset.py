@@ -14,7 +14,15 @@ import sys
 import time
 from pathlib import Path
 
-from .cli import EXIT_ERROR, EXIT_OK, EXIT_SOME_FAILED, add_model_options
+from .cli import (
+    EXIT_ERROR,
+    EXIT_OK,
+    EXIT_SOME_FAILED,
+    add_model_options,
+    fraction,
+    non_negative_float,
+    positive,
+)
 
 __all__ = ["add_parser"]
 
@@ -143,27 +151,6 @@ def _run(args: argparse.Namespace) -> int:
     return EXIT_SOME_FAILED if failed else EXIT_OK
 
 
-def _positive(text: str) -> int:
-    value = int(text)
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
-    return value
-
-
-def _nonnegative(text: str) -> float:
-    value = float(text)
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"must be 0 or more, got {value}")
-    return value
-
-
-def _fraction(text: str) -> float:
-    value = float(text)
-    if not 0.0 <= value <= 1.0:
-        raise argparse.ArgumentTypeError(f"must be between 0 and 1, got {value}")
-    return value
-
-
 def add_parser(subparsers) -> None:
     """Add the `explain-dataset` subcommand."""
     from .visualize import COLORMAPS
@@ -196,7 +183,7 @@ def add_parser(subparsers) -> None:
         help="class index or name; repeatable: one map per class",
     )
     targets.add_argument(
-        "--top-k", type=_positive, help="explain each image's K most likely classes (default 1)"
+        "--top-k", type=positive, help="explain each image's K most likely classes (default 1)"
     )
     pre = p.add_argument_group("preprocessing and outputs")
     pre.add_argument("--no-crop", action="store_true", help="resize to S x S without a crop")
@@ -208,15 +195,15 @@ def add_parser(subparsers) -> None:
         "every node can write to)",
     )
     pre.add_argument("--colormap", default="jet", help=f"overlay colors: {', '.join(COLORMAPS)}")
-    pre.add_argument("--alpha", type=_fraction, default=0.5, help="heatmap weight (0..1)")
+    pre.add_argument("--alpha", type=fraction, default=0.5, help="heatmap weight (0..1)")
     run = p.add_argument_group("Ray")
     run.add_argument(
         "--address",
         default=os.environ.get("RAY_ADDRESS"),
         help="Ray cluster to run on (default: $RAY_ADDRESS, else a local Ray on this machine)",
     )
-    run.add_argument("--actors", type=_positive, default=1, help="model sessions running at once")
-    run.add_argument("--batch-size", type=_positive, default=16, help="images per session call")
+    run.add_argument("--actors", type=positive, default=1, help="model sessions running at once")
+    run.add_argument("--batch-size", type=positive, default=16, help="images per session call")
     run.add_argument(
         "--cpus-per-actor",
         type=float,
@@ -225,7 +212,7 @@ def add_parser(subparsers) -> None:
     )
     run.add_argument(
         "--num-gpus-per-actor",
-        type=_nonnegative,
+        type=non_negative_float,
         default=0.0,
         help="GPUs each actor reserves; actors with a GPU run on CUDA (needs onnxruntime-gpu)",
     )
