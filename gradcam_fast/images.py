@@ -45,6 +45,10 @@ IMAGE_EXTENSIONS = frozenset(
 # Dropping alpha instead would expose whatever colors the file stores under transparent pixels.
 ALPHA_BACKGROUND = (255, 255, 255)
 
+# Above this many pixels, model_view resamples the crop window only instead of resizing the whole
+# image first (exact torchvision equality below it; memory stays bounded above it).
+FULL_RESIZE_LIMIT = 1 << 24
+
 # warnings.catch_warnings is process-global; header parsing (cheap) is serialized through this
 # lock so concurrent decoders do not restore each other's filters. Pixel decoding runs unlocked.
 _OPEN_LOCK = threading.Lock()
@@ -204,6 +208,12 @@ def model_view(image: Image.Image, size: int = 224, crop: bool = True) -> np.nda
     if image.mode != "RGB":
         raise ValueError(f"expected an RGB image (use load_image), got mode {image.mode}")
     c = model_crop(image.width, image.height, size, crop)
+    if crop and c.resized[0] * c.resized[1] > FULL_RESIZE_LIMIT:
+        # A very elongated image (a 157-byte 1 x 20000 PNG asks for 256 x 5,120,000 pixels):
+        # resample only the window, from the source region it covers. Same filter and support,
+        # within one 8-bit level of resize-then-crop (the coefficients round differently).
+        box = c.box()
+        return np.array(image.resize((size, size), Image.Resampling.BILINEAR, box=box))
     resized = image.resize(c.resized, Image.Resampling.BILINEAR)
     if crop:
         resized = resized.crop((c.left, c.top, c.left + size, c.top + size))

@@ -11,6 +11,39 @@ import torch
 __all__ = ["as_image_batch", "as_pixel_batch", "as_targets"]
 
 
+def _from_numpy(array: np.ndarray, what: str) -> torch.Tensor:
+    """A tensor of `array`'s values: byte order made native, float128 narrowed to float64, masked
+    arrays refused (their mask would be silently dropped)."""
+    if isinstance(array, np.ma.MaskedArray):
+        raise TypeError(f"{what} must be a plain array, not a masked array: fill it first")
+    if array.dtype.kind == "f" and array.dtype.itemsize > 8:
+        array = array.astype(np.float64)  # longdouble: torch has no such dtype
+    elif not array.dtype.isnative:
+        array = array.astype(array.dtype.newbyteorder("="))  # big-endian data: same values
+    try:
+        return torch.from_numpy(np.ascontiguousarray(array))
+    except TypeError:
+        raise TypeError(f"{what} has a dtype torch cannot hold: {array.dtype}") from None
+
+
+def _check_dense(tensor: torch.Tensor, what: str) -> None:
+    """Refuse tensors without plain strided data (sparse, nested, quantized, meta)."""
+    if (
+        tensor.layout != torch.strided
+        or tensor.is_nested
+        or tensor.is_quantized
+        or tensor.device.type == "meta"
+    ):
+        kind = (
+            "nested"
+            if tensor.is_nested
+            else "quantized"
+            if tensor.is_quantized
+            else ("meta" if tensor.device.type == "meta" else str(tensor.layout))
+        )
+        raise TypeError(f"{what} must be a dense tensor with data, got a {kind} tensor")
+
+
 def as_image_batch(
     images: torch.Tensor | np.ndarray,
     image_size: int | None = None,
@@ -26,11 +59,12 @@ def as_image_batch(
             np.issubdtype(images.dtype, np.number) or images.dtype == bool
         ):
             raise TypeError(f"images must be a numeric array, got dtype {images.dtype}")
-        images = torch.from_numpy(np.ascontiguousarray(images))
+        images = _from_numpy(images, "images")
     elif not isinstance(images, torch.Tensor):
         raise TypeError(
             f"images must be a torch.Tensor or numpy.ndarray [B,3,S,S], got {type(images).__name__}"
         )
+    _check_dense(images, "images")
     if not images.is_floating_point():
         raise TypeError(
             f"images must be floating point, normalized with the model's mean/std; got {images.dtype}."
@@ -40,7 +74,11 @@ def as_image_batch(
         images = images.unsqueeze(0)
     expected = f"[B, 3, {image_size}, {image_size}]" if image_size else "[B, 3, S, S]"
     if images.ndim != 4 or images.shape[1] != 3:
-        hint = " (channels last? use x.permute(0, 3, 1, 2))" if images.shape[-1] == 3 else ""
+        hint = (
+            " (channels last? use x.permute(0, 3, 1, 2))"
+            if images.ndim == 4 and images.shape[-1] == 3
+            else ""
+        )
         raise ValueError(f"expected images of shape {expected}, got {list(images.shape)}{hint}")
     if image_size is not None and tuple(images.shape[-2:]) != (image_size, image_size):
         raise ValueError(
@@ -55,7 +93,8 @@ def as_image_batch(
     if not bool(finite.all()):
         bad = int((~finite).sum())
         raise ValueError(
-            f"images contain {bad} NaN or infinite values; Grad-CAM of such input is undefined"
+            f"images contain {bad} NaN or infinite values (after conversion to float32); "
+            "Grad-CAM of such input is undefined"
         )
     return images
 
@@ -81,7 +120,8 @@ def as_pixel_batch(
             "raw_pixels for normalized float input"
         )
     if isinstance(images, np.ndarray):
-        images = torch.from_numpy(np.ascontiguousarray(images))
+        images = _from_numpy(images, "images")
+    _check_dense(images, "images")
     if images.ndim == 3:
         images = images.unsqueeze(0)
     size = image_size or "S"
@@ -123,17 +163,28 @@ def as_targets(
         k = k or 1
         return torch.arange(-1, -k - 1, -1, dtype=torch.int64).expand(batch, k).contiguous()
     if isinstance(targets, numbers.Integral) and not isinstance(targets, bool):
+        if not -num_classes <= int(targets) < num_classes:  # also before an int64 overflow
+            raise _out_of_range(int(targets), num_classes)
         t = torch.full((batch, 1), int(targets), dtype=torch.int64)
     else:
         if isinstance(targets, np.ndarray):
-            targets = torch.from_numpy(np.asarray(targets))
+            if targets.dtype == object:
+                raise TypeError("targets must be an integer array, got dtype object")
+            targets = _from_numpy(targets, "targets")
         elif not isinstance(targets, torch.Tensor):
             try:
                 targets = torch.as_tensor(targets)
             except (TypeError, ValueError, RuntimeError) as exc:
+                if "overflow" in str(exc).lower():
+                    raise ValueError(
+                        f"a target in {targets!r} is too large to be a class index or a rank"
+                    ) from None
                 raise TypeError(
                     f"targets must be None, an int, B ints or a [B, K] array; got {targets!r}"
                 ) from exc
+            if targets.numel() == 0:  # [] is float32 to torch; it is zero targets here
+                targets = targets.to(torch.int64)
+        _check_dense(targets, "targets")
         if targets.is_floating_point() or targets.is_complex() or targets.dtype == torch.bool:
             raise TypeError(
                 f"targets must be integers (class indices or -rank), got {targets.dtype}"
@@ -157,9 +208,12 @@ def as_targets(
         )
     out_of_range = (t >= num_classes) | (t < -num_classes)
     if bool(out_of_range.any()):
-        bad = int(t[out_of_range][0])
-        raise ValueError(
-            f"target {bad} is out of range for a model with {num_classes} classes: use a class "
-            f"index 0..{num_classes - 1} or a rank -1..-{num_classes} (-1 = predicted class)"
-        )
+        raise _out_of_range(int(t[out_of_range][0]), num_classes)
     return t.contiguous()
+
+
+def _out_of_range(bad: int, num_classes: int) -> ValueError:
+    return ValueError(
+        f"target {bad} is out of range for a model with {num_classes} classes: use a class "
+        f"index 0..{num_classes - 1} or a rank -1..-{num_classes} (-1 = predicted class)"
+    )
