@@ -106,6 +106,7 @@ def _export(args: argparse.Namespace) -> int:
         seed=args.seed,
         raw_pixels=args.raw_pixels,
         fp16=args.fp16,
+        external_data=args.external_data,
     )
     print(path)
     return EXIT_OK
@@ -133,6 +134,11 @@ def _add_export_parser(subparsers) -> None:
     p.add_argument("--num-targets", "-k", type=int, default=1, help="maps per image (K)")
     p.add_argument("--opset", type=int, help="ONNX opset (default: the exporter's)")
     p.add_argument("--no-validate", action="store_true", help="skip the check against eager")
+    p.add_argument(
+        "--external-data",
+        action="store_true",
+        help="weights in OUT.data beside the model (memory-mapped with low_memory sessions)",
+    )
     p.add_argument(
         "--fp16",
         action="store_true",

@@ -99,6 +99,7 @@ def export_onnx(
     seed: int = 0,
     raw_pixels: bool = False,
     fp16: bool = False,
+    external_data: bool = False,
 ) -> Path:
     """Export the Grad-CAM graph of a VGG (an arch name loaded with `weights`, or a model) to
     `path` and return it. Batch is dynamic; image size and K (`num_targets`) are fixed.
@@ -113,6 +114,9 @@ def export_onnx(
     float32; the head's forward and backward, under 1% of the work, stay float32 so gradients
     do not underflow); meant for the CUDA provider, validated against the float32 reference
     with LIMITS["float16"].
+
+    With `external_data`, the weights go to `<path>.data` beside the model, which ONNX Runtime
+    can memory-map instead of copying (see GradCAMSession's `low_memory`).
     """
     model = _as_model(model_or_arch, weights, seed)
     graph = GradCAMGraph(model, target_layer, num_targets)
@@ -167,7 +171,7 @@ def export_onnx(
         input_format="uint8_nhwc" if raw_pixels else "float_nchw",
         precision="float16" if fp16 else "float32",
     )
-    _save(proto, meta, path)
+    _save(proto, meta, path, external_data)
     log.info("exported %s in %.1f s", path, time.perf_counter() - started)
     if validate:
         validate_onnx(path, model)
@@ -198,14 +202,24 @@ def _example_pixels(batch: int, image_size: int, seed: int = 0) -> torch.Tensor:
     return torch.randint(0, 256, (batch, image_size, image_size, 3), generator=gen).to(torch.uint8)
 
 
-def _save(proto: onnx.ModelProto, meta: ModelMetadata, path: Path) -> None:
-    """Write with metadata under a temporary name, then rename: no half-written models."""
+def _save(proto: onnx.ModelProto, meta: ModelMetadata, path: Path, external_data: bool) -> None:
+    """Write with metadata; the model file under a temporary name, then renamed, so a model
+    file that exists is whole (its weights file, if any, is written first)."""
     del proto.metadata_props[:]
     for key, value in meta.to_props().items():
         proto.metadata_props.add(key=key, value=value)
     proto.producer_name = "gradcam_fast"
     tmp = path.with_name(path.name + ".tmp")
-    onnx.save(proto, tmp)
+    data = path.with_name(path.name + ".data")
+    data.unlink(missing_ok=True)  # onnx appends to an existing weights file
+    onnx.save(
+        proto,
+        tmp,
+        save_as_external_data=external_data,
+        all_tensors_to_one_file=True,
+        location=data.name,
+        size_threshold=1024,
+    )
     os.replace(tmp, path)
 
 

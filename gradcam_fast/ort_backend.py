@@ -143,6 +143,7 @@ class OrtRunner:
         cudnn_search: str = "HEURISTIC",
         cuda_graphs: bool = False,
         cuda_options: dict[str, str] | None = None,
+        low_memory: bool = False,
     ):
         if cuda_graphs and device.type != "cuda":
             raise ValueError("cuda_graphs=True needs device='cuda'")
@@ -153,6 +154,12 @@ class OrtRunner:
         options.intra_op_num_threads = intra_op_threads or cpu_count()
         options.inter_op_num_threads = 1
         options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+        if low_memory:
+            # Prepacking keeps a second, blocked copy of every Gemm/Conv weight (about the size
+            # of the weights again); the arena keeps activation memory after a run. With an
+            # external-data model the weights are then memory-mapped, not copied.
+            options.enable_cpu_mem_arena = False
+            options.add_session_config_entry("session.disable_prepacking", "1")
         cuda = (
             cuda_provider_options(
                 device, cudnn_search=cudnn_search, cuda_graphs=cuda_graphs, extra=cuda_options

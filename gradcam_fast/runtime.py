@@ -54,7 +54,9 @@ class GradCAMSession:
     falling back. `max_batch_size` splits larger batches into chunks (bounded memory).
     ONNX Runtime options: `intra_op_threads` (default: the cores this process may use),
     `cudnn_search` ("HEURISTIC", "EXHAUSTIVE" or "DEFAULT"), `cuda_graphs` (one graph per batch
-    size; calls are then serialized), `cuda_options` (raw CUDA EP options).
+    size; calls are then serialized), `cuda_options` (raw CUDA EP options), `low_memory` (no
+    weight prepacking and no CPU arena: about one copy of the weights less, see
+    benchmarks/RESULTS.md for its cost; pair it with `export_onnx(..., external_data=True)`).
     """
 
     def __init__(
@@ -67,6 +69,7 @@ class GradCAMSession:
         cudnn_search: str = "HEURISTIC",
         cuda_graphs: bool = False,
         cuda_options: dict[str, str] | None = None,
+        low_memory: bool = False,
     ):
         self.path: Path | None = Path(path)
         self.device = _resolve_device(device, "cuda" in available_devices())
@@ -77,6 +80,7 @@ class GradCAMSession:
             cudnn_search=cudnn_search,
             cuda_graphs=cuda_graphs,
             cuda_options=cuda_options,
+            low_memory=low_memory,
         )
         self._setup(runner, runner.metadata, runner.providers, max_batch_size)
 

@@ -3,6 +3,7 @@ export's structure and the torch backend on the CPU."""
 
 from __future__ import annotations
 
+import numpy as np
 import onnx
 import pytest
 import torch
@@ -126,3 +127,17 @@ def test_torch_backend_leaves_the_callers_model_alone(tiny):
 def test_unknown_precision_is_refused(tiny):
     with pytest.raises(ValueError, match="precision must be one of"):
         GradCAMSession.from_model(tiny, image_size=40, device="cpu", precision="int8")
+
+
+def test_external_data_export_with_a_low_memory_session(tiny, tiny_fp32_onnx, tmp_path):
+    path = export_onnx(tiny, tmp_path / "ext.onnx", image_size=40, num_targets=2,
+                       external_data=True)  # fmt: skip
+    proto = onnx.load(path, load_external_data=False)
+    biggest = max(proto.graph.initializer, key=lambda t: np.prod(t.dims))
+    assert biggest.data_location == onnx.TensorProto.EXTERNAL  # the weights left the model
+    assert path.with_name("ext.onnx.data").stat().st_size > 60_000
+    images = torch.randn(2, 3, 40, 40, generator=torch.Generator().manual_seed(1))
+    lean = GradCAMSession(path, "cpu", low_memory=True)(images, [[-1, 1], [2, -2]])
+    usual = GradCAMSession(tiny_fp32_onnx, "cpu")(images, [[-1, 1], [2, -2]])
+    errors = compare_with_reference(lean, usual)
+    assert failing_figures(errors) == [], errors
