@@ -259,8 +259,17 @@ def cam_to_image(cam: np.ndarray | torch.Tensor, crop: ModelCrop) -> np.ndarray:
     if cam.shape != (crop.size, crop.size):
         raise ValueError(f"expected a [{crop.size}, {crop.size}] map, got {list(cam.shape)}")
     width, height = crop.original
-    x0, y0, x1, y1 = (round(v) for v in crop.box())
+    box = crop.box()
+    x0, y0, x1, y1 = (round(v) for v in box)
     x0, y0, x1, y1 = max(x0, 0), max(y0, 0), min(x1, width), min(y1, height)
+    # A window thinner than one original pixel (a very elongated image) still covers the pixel
+    # it lies in, rather than rounding away to nothing.
+    if x1 <= x0:
+        x0 = min(max(int((box[0] + box[2]) / 2), 0), width - 1)
+        x1 = x0 + 1
+    if y1 <= y0:
+        y0 = min(max(int((box[1] + box[3]) / 2), 0), height - 1)
+        y1 = y0 + 1
     out = np.full((height, width), np.nan, dtype=np.float32)
     if x1 > x0 and y1 > y0:
         placed = torch.nn.functional.interpolate(
