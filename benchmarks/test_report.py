@@ -132,3 +132,18 @@ def test_memory_probe_reports_rss_in_its_own_process(profile, setup):
     assert figures["contender"] == "gradcam_fast" and figures["batch"] == 8
     assert 0 < figures["imports_mib"] <= figures["peak_mib"]
     assert figures["after_run_mib"] <= figures["peak_mib"]
+
+
+def test_kernel_times_sums_kernel_events_by_node(tmp_path):
+    from benchmarks.profile_ort import kernel_times
+
+    events = [
+        {"cat": "Node", "name": "conv1_kernel_time", "dur": 10, "args": {"op_name": "Conv"}},
+        {"cat": "Node", "name": "conv1_kernel_time", "dur": 5, "args": {"op_name": "Conv"}},
+        {"cat": "Node", "name": "conv1_fence_before", "dur": 99, "args": {"op_name": "Conv"}},
+        {"cat": "Session", "name": "model_run", "dur": 1000},
+        {"cat": "Node", "name": "mm_kernel_time", "dur": 7, "args": {"op_name": "MatMul"}},
+    ]
+    path = tmp_path / "profile.json"
+    path.write_text(json.dumps(events))
+    assert kernel_times(path) == {("conv1", "Conv"): 15, ("mm", "MatMul"): 7}
