@@ -71,7 +71,7 @@ def add_model_options(parser: argparse.ArgumentParser) -> None:
     )
     group.add_argument("--seed", type=int, default=0, help="seed for --weights random")
     group.add_argument("--target-layer", help="layer of model.features (default: last before pool)")
-    group.add_argument("--image-size", type=int, default=224)
+    group.add_argument("--image-size", type=positive, default=224)
     group.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
 
 
@@ -130,7 +130,7 @@ def _add_export_parser(subparsers) -> None:
     )
     p.add_argument("--seed", type=int, default=0, help="seed for --weights random")
     p.add_argument("--target-layer", help="layer of model.features (default: last before pool)")
-    p.add_argument("--image-size", type=int, default=224, help="fixed input size S (S x S)")
+    p.add_argument("--image-size", type=positive, default=224, help="fixed input size S (S x S)")
     p.add_argument("--num-targets", "-k", type=int, default=1, help="maps per image (K)")
     p.add_argument("--opset", type=int, help="ONNX opset (default: the exporter's)")
     p.add_argument("--no-validate", action="store_true", help="skip the check against eager")
@@ -152,10 +152,30 @@ def _add_export_parser(subparsers) -> None:
     p.set_defaults(func=_export)
 
 
+class _Parser(argparse.ArgumentParser):
+    """Usage errors as one line (the full usage is in --help); subparsers inherit the class."""
+
+    def error(self, message: str):
+        self.exit(EXIT_ERROR, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+
+
+def error_line(exc: BaseException) -> str:
+    """One line for an exception: OSError as 'path: reason', multi-line messages joined, and the
+    type named where the message alone would not say what went wrong."""
+    if isinstance(exc, OSError) and exc.strerror:
+        names = [str(n) for n in (exc.filename, exc.filename2) if n is not None]
+        return f"{' -> '.join(names)}: {exc.strerror}" if names else exc.strerror
+    message = " ".join(str(exc).split())
+    if not isinstance(exc, ValueError | TypeError | RuntimeError | OSError) or not message:
+        hint = " (rerun with --verbose for the traceback)"
+        return f"{type(exc).__name__}: {message}{hint}" if message else type(exc).__name__ + hint
+    return message
+
+
 def build_parser() -> argparse.ArgumentParser:
     from . import __version__
 
-    parser = argparse.ArgumentParser(
+    parser = _Parser(
         prog="gradcam-fast",
         description="Grad-CAM for VGG-family CNNs at the cost of one forward pass.",
     )
@@ -182,7 +202,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     if not args.verbose:  # warnings as one line each, without source lines
         warnings.showwarning = lambda message, category, *rest, **kw: print(
-            f"gradcam-fast: warning: {message}", file=sys.stderr
+            f"gradcam-fast: warning: {' '.join(str(message).split())}", file=sys.stderr
         )
     try:
         return args.func(args)
@@ -192,7 +212,7 @@ def main(argv: list[str] | None = None) -> int:
     except Exception as exc:  # one clear line; the traceback only with --verbose
         if args.verbose:
             raise
-        print(f"gradcam-fast: error: {exc}", file=sys.stderr)
+        print(f"gradcam-fast: error: {error_line(exc)}", file=sys.stderr)
         return EXIT_ERROR
 
 

@@ -500,6 +500,12 @@ def _run(args: argparse.Namespace) -> int:
     paths = collect_inputs(args.images, exclude=args.out)
     if not paths:
         return _usage_error(f"no image files found in {' '.join(args.images)}")
+    if args.out.exists() and not args.out.is_dir():
+        return _usage_error(f"--out {args.out} is a file; give a folder for the outputs")
+    try:  # before the (possibly slow) model export: fail early on an unusable --out
+        args.out.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        return _usage_error(f"--out {args.out}: cannot create the folder ({exc.strerror or exc})")
     wanted = len(args.classes) if args.classes else args.top_k
     session = open_session(args, wanted or 1)
     meta = session.metadata
