@@ -268,8 +268,8 @@ class CaptumLayerGradCam(_Contender):
 class FastSession(_Contender):
     """4. the gradcam_fast session (ONNX Runtime, CPU), post-processing included."""
 
-    def __init__(self, setup: Setup, key: str = "gradcam_k1"):
-        self.session = GradCAMSession(setup.paths[key], device="cpu")
+    def __init__(self, setup: Setup, key: str = "gradcam_k1", **options: Any):
+        self.session = GradCAMSession(setup.paths[key], device="cpu", **options)
 
     def run(self, images, classes):
         return self.session(images, classes)
@@ -343,6 +343,11 @@ CONTENDERS: dict[str, ContenderSpec] = {
         ContenderSpec("gradcam_fast", "4. gradcam_fast session (ORT)", FastSession),
         ContenderSpec("floor_ort", "5a. floor: plain VGG in ORT", FloorOrt, kind="floor"),
         ContenderSpec("torch_no_grad", "5b. torch no_grad inference", TorchNoGrad, kind="floor"),
+        ContenderSpec(
+            "gradcam_fast_low_memory",
+            "4'. gradcam_fast session, low_memory=True",
+            lambda setup: FastSession(setup, low_memory=True),
+        ),
         ContenderSpec(
             "gradcam_fast_k5",
             "6. gradcam_fast session, K=5",

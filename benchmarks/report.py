@@ -45,6 +45,7 @@ MEMORY_CONTENDERS = [
     "pytorch_grad_cam",
     "captum",
     "gradcam_fast",
+    "gradcam_fast_low_memory",
     "floor_ort",
     "torch_no_grad",
 ]
