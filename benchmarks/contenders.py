@@ -23,9 +23,10 @@ from torch import nn
 from gradcam_fast.export import relative_error
 from gradcam_fast.graph import resolve_target_layer
 from gradcam_fast.models import load_vgg
+from gradcam_fast.ort_backend import session_options
 from gradcam_fast.postprocess import gradcam_lowres, upsample_normalize
 from gradcam_fast.reference import eager_gradcam
-from gradcam_fast.runtime import GradCAMSession, cpu_count
+from gradcam_fast.runtime import GradCAMSession
 
 __all__ = [
     "CAM_ATOL",
@@ -109,13 +110,8 @@ def weights_bytes(model: nn.Module) -> int:
 
 def ort_session_options(threads: int | None = None) -> ort.SessionOptions:
     """The SessionOptions `GradCAMSession` uses on the CPU, for the floor (same runtime, same
-    settings; `test_floor_uses_the_session_settings` checks that they agree)."""
-    options = ort.SessionOptions()
-    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-    options.intra_op_num_threads = threads or cpu_count()
-    options.inter_op_num_threads = 1
-    options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
-    return options
+    settings)."""
+    return session_options(threads)
 
 
 def export_floor(model: nn.Module, path: str | os.PathLike, image_size: int) -> Path:
