@@ -8,6 +8,7 @@ import os
 import pickle
 from pathlib import Path
 
+import onnx
 import pytest
 import torch
 from tiny_models import make_tiny_vgg
@@ -27,10 +28,32 @@ def files(tmp_path_factory) -> dict[str, Path]:
     plain = root / "plain.onnx"
     conv = torch.nn.Sequential(torch.nn.Conv2d(3, 2, 3)).eval()
     torch.onnx.export(conv, (torch.zeros(1, 3, 8, 8),), plain, dynamo=True, external_data=False)
+    _edit_metadata(good, root / "bad_json.onnx", lambda props: props.update(arch="{"))
+    _edit_metadata(good, root / "no_arch.onnx", lambda props: props.pop("arch"))
+    _graft_metadata(good, plain, root / "contract.onnx")
     (root / "a_file").write_text("x")
     torch.save({"weight": torch.zeros(2)}, root / "other.pt")
     (root / "evil.pt").write_bytes(pickle.dumps(_Evil(root / "PWNED")))
     return {p.stem: p for p in root.iterdir()} | {"root": root}
+
+
+def _edit_metadata(source: Path, dest: Path, edit) -> None:
+    """Copy of `source` with its gradcam_fast metadata (keys without the prefix) edited."""
+    proto = onnx.load(source)
+    props = {p.key.removeprefix("gradcam_fast."): p.value for p in proto.metadata_props}
+    edit(props)
+    del proto.metadata_props[:]
+    for key, value in props.items():
+        proto.metadata_props.add(key=f"gradcam_fast.{key}", value=value)
+    onnx.save(proto, dest)
+
+
+def _graft_metadata(source: Path, other: Path, dest: Path) -> None:
+    """`other` (not a Grad-CAM graph) carrying `source`'s gradcam_fast metadata."""
+    proto = onnx.load(other)
+    for prop in onnx.load(source).metadata_props:
+        proto.metadata_props.add(key=prop.key, value=prop.value)
+    onnx.save(proto, dest)
 
 
 class _Evil:
@@ -68,6 +91,9 @@ def explain_args(files, out: Path, *extra) -> list:
         ("text", "is not a readable ONNX model"),
         ("plain", "not a gradcam_fast model"),
         ("root", "no model file"),  # a folder given as --model
+        ("bad_json", "corrupt gradcam_fast metadata"),
+        ("no_arch", "lacks gradcam_fast metadata fields ['arch']"),
+        ("contract", "not the gradcam_fast contract"),
     ],
 )
 def test_unusable_model_files(capsys, files, tmp_path, model, phrase):
