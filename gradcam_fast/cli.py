@@ -107,6 +107,7 @@ def _export(args: argparse.Namespace) -> int:
         raw_pixels=args.raw_pixels,
         fp16=args.fp16,
         external_data=args.external_data,
+        gradients=not args.channel_weights_only,
     )
     print(path)
     return EXIT_OK
@@ -134,6 +135,12 @@ def _add_export_parser(subparsers) -> None:
     p.add_argument("--num-targets", "-k", type=int, default=1, help="maps per image (K)")
     p.add_argument("--opset", type=int, help="ONNX opset (default: the exporter's)")
     p.add_argument("--no-validate", action="store_true", help="skip the check against eager")
+    p.add_argument(
+        "--channel-weights-only",
+        action="store_true",
+        help="output Grad-CAM's channel weights instead of the gradients: skips the first "
+        "Linear's VJP (faster at small batches); serves --method gradcam only",
+    )
     p.add_argument(
         "--external-data",
         action="store_true",

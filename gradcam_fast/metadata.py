@@ -5,12 +5,21 @@ from __future__ import annotations
 import json
 from dataclasses import asdict, dataclass, field
 
-__all__ = ["FORMAT_VERSION", "INPUT_NAMES", "OUTPUT_NAMES", "ModelMetadata", "NotAGradCAMModel"]
+__all__ = [
+    "FORMAT_VERSION",
+    "INPUT_NAMES",
+    "LEAN_OUTPUT_NAMES",
+    "OUTPUT_NAMES",
+    "ModelMetadata",
+    "NotAGradCAMModel",
+]
 
 FORMAT_VERSION = 1
 PREFIX = "gradcam_fast."
 INPUT_NAMES = ("images", "targets")
 OUTPUT_NAMES = ("logits", "target_classes", "activations", "gradients")
+# A model exported with gradients=False: Grad-CAM's channel weights [B, K, C] instead.
+LEAN_OUTPUT_NAMES = ("logits", "target_classes", "activations", "channel_weights")
 
 
 class NotAGradCAMModel(ValueError):
@@ -32,7 +41,12 @@ class ModelMetadata:
     categories: tuple[str, ...] = field(default=(), repr=False)
     precision: str = "float32"  # or "float16": the body below the target layer runs in float16
     input_format: str = "float_nchw"  # or "uint8_nhwc": raw decoded pixels, normalized in-graph
+    gradients: bool = True  # False: outputs channel_weights [B,K,C] instead of gradients
     format_version: int = FORMAT_VERSION
+
+    @property
+    def output_names(self) -> tuple[str, ...]:
+        return OUTPUT_NAMES if self.gradients else LEAN_OUTPUT_NAMES
 
     def to_props(self) -> dict[str, str]:
         """String key/values for `ModelProto.metadata_props`."""
@@ -58,7 +72,7 @@ class ModelMetadata:
                 f"version {FORMAT_VERSION}: export the model again with this version"
             )
         names = set(cls.__dataclass_fields__)
-        optional = {"categories", "precision", "input_format"}
+        optional = {"categories", "precision", "input_format", "gradients"}
         missing = sorted(names - set(values) - optional)
         if missing:
             raise NotAGradCAMModel(f"{source} lacks gradcam_fast metadata fields {missing}")

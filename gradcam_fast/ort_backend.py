@@ -19,7 +19,7 @@ import numpy as np
 import onnxruntime as ort
 import torch
 
-from .metadata import INPUT_NAMES, OUTPUT_NAMES, ModelMetadata, NotAGradCAMModel
+from .metadata import INPUT_NAMES, ModelMetadata, NotAGradCAMModel
 
 __all__ = [
     "CPU_EP",
@@ -205,10 +205,11 @@ class OrtRunner:
     def _check_io(self, path: Path) -> None:
         inputs, outputs = self.session.get_inputs(), self.session.get_outputs()
         in_names, out_names = tuple(i.name for i in inputs), tuple(o.name for o in outputs)
-        if in_names != INPUT_NAMES or out_names != OUTPUT_NAMES:
+        self.output_names = self.metadata.output_names
+        if in_names != INPUT_NAMES or out_names != self.output_names:
             raise NotAGradCAMModel(
                 f"{path} has inputs {in_names} and outputs {out_names}, not the gradcam_fast "
-                f"contract {INPUT_NAMES} -> {OUTPUT_NAMES}"
+                f"contract {INPUT_NAMES} -> {self.output_names}"
             )
         in_types = {
             "tensor(float)": torch.float32,
@@ -232,7 +233,8 @@ class OrtRunner:
         return binding
 
     def __call__(self, images: torch.Tensor, targets: torch.Tensor) -> tuple[torch.Tensor, ...]:
-        """Run one batch; returns (logits, target_classes, activations, gradients), owned by
+        """Run one batch; returns (logits, target_classes, activations, gradients or channel
+        weights), owned by
         the caller (allocated for this call; copies of the static buffers with CUDA graphs)."""
         if self.cuda_graphs:
             with self._lock:
@@ -262,5 +264,5 @@ class OrtRunner:
             torch.cuda.current_stream(self.device).synchronize()
         self.session.run_with_iobinding(binding, run_options)
         if self.cuda_graphs:  # the next replay overwrites the static buffers
-            return tuple(out[name].clone() for name in OUTPUT_NAMES)
-        return tuple(out[name] for name in OUTPUT_NAMES)
+            return tuple(out[name].clone() for name in self.output_names)
+        return tuple(out[name] for name in self.output_names)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-__all__ = ["gradcam_lowres", "upsample_normalize"]
+__all__ = ["gradcam_lowres", "upsample_normalize", "weighted_sum"]
 
 
 def gradcam_lowres(activations: torch.Tensor, gradients: torch.Tensor) -> torch.Tensor:
@@ -14,8 +14,13 @@ def gradcam_lowres(activations: torch.Tensor, gradients: torch.Tensor) -> torch.
     activations [B, C, h, w], gradients [B, K, C, h, w] -> [B, K, h, w]; the weighted sum over
     channels for all K classes is one batched matmul.
     """
+    return weighted_sum(gradients.mean(dim=(-2, -1)), activations)
+
+
+def weighted_sum(weights: torch.Tensor, activations: torch.Tensor) -> torch.Tensor:
+    """ReLU(sum_c weights[b,k,c] A[b,c]): weights [B, K, C], activations [B, C, h, w] ->
+    [B, K, h, w], one batched matmul."""
     b, c, h, w = activations.shape
-    weights = gradients.mean(dim=(-2, -1))  # [B, K, C]
     cams = torch.bmm(weights, activations.reshape(b, c, h * w))  # [B, K, h*w]
     return cams.relu_().reshape(b, -1, h, w)
 

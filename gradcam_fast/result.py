@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import dataclasses
 from dataclasses import dataclass
 
 import torch
@@ -19,13 +18,20 @@ class GradCAMResult:
     target_classes: torch.Tensor  # [B, K] int64, the classes explained
     logits: torch.Tensor  # [B, num_classes] float32
     activations: torch.Tensor  # [B, C, h, w] float32, the target layer's output
-    gradients: torch.Tensor  # [B, K, C, h, w] float32, d logit_target / d activations
+    gradients: torch.Tensor | None  # [B, K, C, h, w] float32, d logit_target / d activations
+    # [B, K, C], Grad-CAM's weights; set by models exported with gradients=False (which return
+    # no gradients), else None (they are gradients.mean((-2, -1)))
+    channel_weights: torch.Tensor | None = None
 
     def to(self, device: str | torch.device) -> GradCAMResult:
         """A copy with every tensor on `device` (e.g. "cpu" before converting to NumPy)."""
-        return GradCAMResult(
-            **{f.name: getattr(self, f.name).to(device) for f in dataclasses.fields(self)}
-        )
+        return GradCAMResult(**{k: v if v is None else v.to(device) for k, v in vars(self).items()})
+
+    def weights(self) -> torch.Tensor:
+        """Grad-CAM's channel weights [B, K, C]: the spatial means of the gradients."""
+        if self.channel_weights is not None:
+            return self.channel_weights
+        return self.gradients.mean(dim=(-2, -1))
 
     def probabilities(self) -> torch.Tensor:
         """Softmax of the logits, [B, num_classes]."""

@@ -21,7 +21,7 @@ from .metadata import ModelMetadata
 from .methods import cam_lowres, check_method
 from .models import model_info
 from .ort_backend import OrtRunner, available_devices, cpu_count
-from .postprocess import upsample_normalize
+from .postprocess import upsample_normalize, weighted_sum
 from .result import GradCAMResult
 from .smooth import aug_smooth_cams
 
@@ -173,6 +173,12 @@ class GradCAMSession:
             return aug_smooth_cams(self, images, targets, method)
         check_method(method)
         meta = self.metadata
+        if not meta.gradients and method != "gradcam":
+            raise ValueError(
+                f"method {method!r} needs the gradients, and this model was exported with "
+                "gradients=False (channel weights only, for Grad-CAM): use method='gradcam' or "
+                "a model exported with gradients"
+            )
         if meta.input_format == "uint8_nhwc":
             x = as_pixel_batch(images, meta.image_size, self.device)
         else:
@@ -186,14 +192,22 @@ class GradCAMSession:
         if len(parts) == 1:
             return parts[0]
         return GradCAMResult(
-            **{k: torch.cat([getattr(p, k) for p in parts]) for k in vars(parts[0])}
+            **{
+                k: None if v is None else torch.cat([getattr(p, k) for p in parts])
+                for k, v in vars(parts[0]).items()
+            }
         )
 
     def _run(
         self, images: torch.Tensor, targets: torch.Tensor, method: str = "gradcam"
     ) -> GradCAMResult:
         logits, classes, activations, gradients = self._runner(images, targets)
-        lowres = cam_lowres(method, activations, gradients)
+        weights = None
+        if not self.metadata.gradients:  # a lean model: Grad-CAM's channel weights only
+            weights, gradients = gradients, None
+            lowres = weighted_sum(weights, activations)
+        else:
+            lowres = cam_lowres(method, activations, gradients)
         return GradCAMResult(
             cams=upsample_normalize(lowres, self.metadata.image_size),
             cams_lowres=lowres,
@@ -201,6 +215,7 @@ class GradCAMSession:
             logits=logits,
             activations=activations,
             gradients=gradients,
+            channel_weights=weights,
         )
 
     def __repr__(self) -> str:

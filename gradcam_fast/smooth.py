@@ -97,5 +97,6 @@ def aug_smooth_cams(
         target_classes=classes,
         logits=run.logits[original],
         activations=run.activations[original],
-        gradients=run.gradients[original],
+        gradients=None if run.gradients is None else run.gradients[original],
+        channel_weights=None if run.channel_weights is None else run.channel_weights[original],
     )

@@ -138,3 +138,24 @@ def test_graph_registers_no_hooks_and_needs_no_grad(vgg19, rng):
     with torch.no_grad():
         *_, gradients = graph(torch.randn(1, 3, 64, 64, generator=rng), torch.tensor([[-1, -2]]))
     assert gradients.shape == (1, 2, 512, 4, 4) and not gradients.requires_grad
+
+
+@pytest.mark.parametrize(
+    ("layer", "size", "shortcut"),
+    [(None, 224, True), (None, 90, True), ("features.36", 100, True), ("features.34", 64, False)],
+)
+def test_channel_weights_only_graph_matches_eager_weights(vgg19, layer, size, shortcut, rng):
+    # gradients=False: Grad-CAM's weights through the first Linear's per-channel sums when only
+    # pooling lies between target and classifier (max-pool floor mode and overlapping adaptive
+    # bins included), else the spatial mean of the full VJP
+    graph = GradCAMGraph(vgg19, layer, 2, gradients=False)
+    assert (graph.first_linear is not None) == shortcut
+    images = torch.randn(2, 3, size, size, generator=rng)
+    targets = torch.tensor([[-1, 7], [3, -400]])
+    with torch.inference_mode():
+        logits, classes, _, weights = graph(images, targets)
+    ref = eager_gradcam(vgg19, images, targets, layer)
+    assert torch.equal(classes, ref.target_classes)
+    assert weights.shape == (2, 2, 512)
+    assert relative_error(weights, ref.gradients.mean(dim=(-2, -1))) < TOLERANCE
+    assert relative_error(logits, ref.logits) < TOLERANCE
