@@ -32,6 +32,7 @@ GROUP = [
     "pytorch_grad_cam",
     "captum",
     "gradcam_fast",
+    "gradcam_fast_lean",
     "floor_ort",
     "torch_no_grad",
 ]

@@ -31,11 +31,13 @@ def model_files(folder: Path, num_targets: int) -> dict[str, Path]:
         "gradcam_k1": folder / "gradcam_k1.onnx",
         f"gradcam_k{num_targets}": folder / f"gradcam_k{num_targets}.onnx",
         "floor": folder / "floor.onnx",
+        "gradcam_lean": folder / "gradcam_lean.onnx",
     }
 
 
 def export_all(model: torch.nn.Module, folder: Path, profile: Profile) -> dict[str, Path]:
-    """Export the Grad-CAM graph (K=1 and K=profile.num_targets) and the plain model (the floor).
+    """Export the Grad-CAM graph (K=1 and K=profile.num_targets), its channel-weights-only variant
+    (gradients=False) and the plain model (the floor).
 
     Not validated here: every contender is checked against the eager reference before timing."""
     paths = model_files(folder, profile.num_targets)
@@ -47,6 +49,10 @@ def export_all(model: torch.nn.Module, folder: Path, profile: Profile) -> dict[s
             num_targets=k,
             validate=False,
         )
+    export_onnx(
+        model, paths["gradcam_lean"], image_size=profile.image_size, gradients=False,
+        validate=False,
+    )  # fmt: skip
     export_floor(model, paths["floor"], profile.image_size)
     return paths
 

@@ -340,6 +340,11 @@ CONTENDERS: dict[str, ContenderSpec] = {
         ContenderSpec("floor_ort", "5a. floor: plain VGG in ORT", FloorOrt, kind="floor"),
         ContenderSpec("torch_no_grad", "5b. torch no_grad inference", TorchNoGrad, kind="floor"),
         ContenderSpec(
+            "gradcam_fast_lean",
+            "4''. gradcam_fast session, channel weights only (gradients=False)",
+            lambda setup: FastSession(setup, "gradcam_lean"),
+        ),
+        ContenderSpec(
             "gradcam_fast_low_memory",
             "4'. gradcam_fast session, low_memory=True",
             lambda setup: FastSession(setup, low_memory=True),

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import pickle
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -84,10 +85,16 @@ def _load_state_dict_file(model: nn.Module, path: Path, arch: str) -> None:
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # pickle errors, truncated zips, code-running pickles
+        unsafe = isinstance(exc, pickle.UnpicklingError) and "weights_only" in str(exc)
+        reason = (
+            "it holds pickled objects other than tensors, which could run code, and is refused "
+            "(loaded with weights_only=True; nothing in it was run)"
+            if unsafe
+            else str(exc).splitlines()[0]
+        )
         raise ValueError(
-            f"cannot read weights file {path}: {exc}. It must be a state_dict saved with "
-            "torch.save(model.state_dict(), path); files that need arbitrary pickled code are "
-            "refused (weights_only=True)."
+            f"cannot read weights file {path}: {reason}. It must be a plain tensor state_dict "
+            "saved with torch.save(model.state_dict(), path)"
         ) from None
     if isinstance(state, dict) and "state_dict" in state and isinstance(state["state_dict"], dict):
         state = state["state_dict"]

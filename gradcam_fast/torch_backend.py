@@ -23,18 +23,24 @@ __all__ = ["PRECISIONS", "TorchRunner"]
 PRECISIONS = {"float32": torch.float32, "tf32": torch.float32, "float16": torch.float16}
 
 
+# torch's TF32 and cuDNN flags are process-wide: CUDA calls that set them hold this lock, so two
+# sessions of different precision in two threads never run under each other's flags.
+_FLAGS_LOCK = threading.RLock()
+
+
 @contextlib.contextmanager
 def _cuda_flags(strict_fp32: bool, benchmark: bool):
     """cuDNN autotuning on, and TF32 off for convolutions and matmuls when `strict_fp32` (on
     otherwise); the caller's flags are restored after."""
     cudnn, matmul = torch.backends.cudnn, torch.backends.cuda.matmul
-    saved = (cudnn.allow_tf32, matmul.allow_tf32, cudnn.benchmark)
-    cudnn.benchmark = benchmark
-    cudnn.allow_tf32 = matmul.allow_tf32 = not strict_fp32
-    try:
-        yield
-    finally:
-        cudnn.allow_tf32, matmul.allow_tf32, cudnn.benchmark = saved
+    with _FLAGS_LOCK:
+        saved = (cudnn.allow_tf32, matmul.allow_tf32, cudnn.benchmark)
+        cudnn.benchmark = benchmark
+        cudnn.allow_tf32 = matmul.allow_tf32 = not strict_fp32
+        try:
+            yield
+        finally:
+            cudnn.allow_tf32, matmul.allow_tf32, cudnn.benchmark = saved
 
 
 class TorchRunner:
