@@ -13,6 +13,7 @@ import warnings
 from pathlib import Path
 
 __all__ = [
+    "add_class_options",
     "add_model_options",
     "fraction",
     "main",
@@ -55,6 +56,21 @@ def fraction(text: str) -> float:
     if not 0.0 <= value <= 1.0:
         raise argparse.ArgumentTypeError(f"must be between 0 and 1, got {value}")
     return value
+
+
+def add_class_options(parser: argparse.ArgumentParser) -> None:
+    """--class (repeatable) and --top-k: which classes each image's maps explain."""
+    targets = parser.add_argument_group("classes to explain")
+    targets.add_argument(
+        "--class",
+        dest="classes",
+        action="append",
+        metavar="CLASS",
+        help="class index or name (e.g. 281 or tabby); repeatable: one map per class",
+    )
+    targets.add_argument(
+        "--top-k", type=positive, help="explain each image's K most likely classes (default 1)"
+    )
 
 
 def add_model_options(parser: argparse.ArgumentParser) -> None:

@@ -34,6 +34,7 @@ from .cli import (
     EXIT_ERROR,
     EXIT_OK,
     EXIT_SOME_FAILED,
+    add_class_options,
     add_model_options,
     fraction,
     non_negative_int,
@@ -567,17 +568,7 @@ def add_parser(subparsers) -> None:
     )
     p.add_argument("images", nargs="+", metavar="IMAGE", help="image files, folders or globs")
     p.add_argument("-o", "--out", type=Path, required=True, help="output folder")
-    targets = p.add_argument_group("classes to explain")
-    targets.add_argument(
-        "--class",
-        dest="classes",
-        action="append",
-        metavar="CLASS",
-        help="class index or name (e.g. 281 or tabby); repeatable: one map per class",
-    )
-    targets.add_argument(
-        "--top-k", type=positive, help="explain each image's K most likely classes (default 1)"
-    )
+    add_class_options(p)
     pre = p.add_argument_group("preprocessing and outputs")
     pre.add_argument(
         "--no-crop",

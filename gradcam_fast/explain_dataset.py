@@ -18,6 +18,7 @@ from .cli import (
     EXIT_ERROR,
     EXIT_OK,
     EXIT_SOME_FAILED,
+    add_class_options,
     add_model_options,
     fraction,
     non_negative_float,
@@ -174,17 +175,7 @@ def add_parser(subparsers) -> None:
         metavar="DEST",
         help="output folder (or URI) for Parquet files",
     )
-    targets = p.add_argument_group("classes to explain")
-    targets.add_argument(
-        "--class",
-        dest="classes",
-        action="append",
-        metavar="CLASS",
-        help="class index or name; repeatable: one map per class",
-    )
-    targets.add_argument(
-        "--top-k", type=positive, help="explain each image's K most likely classes (default 1)"
-    )
+    add_class_options(p)
     pre = p.add_argument_group("preprocessing and outputs")
     pre.add_argument("--no-crop", action="store_true", help="resize to S x S without a crop")
     pre.add_argument(
