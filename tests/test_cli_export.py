@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import torch
+
 from gradcam_fast import GradCAMSession
 from gradcam_fast.cli import main
 
@@ -57,3 +59,15 @@ def test_export_error_is_one_line_without_traceback(tmp_path, capsys):
         "gradcam-fast: error: target layer 'features.99'"
     )
     assert "Traceback" not in err
+
+
+def test_export_channel_weights_only_with_external_data(tmp_path, capsys):
+    out = tmp_path / "lean.onnx"
+    code = main(["export", "--arch", "vgg11", "--weights", "random", "--image-size", "32",
+                 "--channel-weights-only", "--external-data", "-o", str(out)])  # fmt: skip
+    assert code == 0, capsys.readouterr().err
+    assert out.with_name("lean.onnx.data").stat().st_size > 100_000_000  # the weights moved out
+    session = GradCAMSession(out, "cpu", low_memory=True)
+    assert session.metadata.gradients is False
+    result = session(torch.zeros(2, 3, 32, 32))
+    assert result.gradients is None and result.channel_weights.shape == (2, 1, 512)
