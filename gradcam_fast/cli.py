@@ -212,7 +212,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 # Modules that contribute a subcommand through `add_parser(subparsers)`.
-_SUBCOMMAND_MODULES: list[str] = ["explain", "explain_dataset"]
+_SUBCOMMAND_MODULES: list[str] = ["explain", "explain_dataset", "bench"]
 
 
 def main(argv: list[str] | None = None) -> int:
