@@ -39,14 +39,12 @@ def _run(args: argparse.Namespace) -> int:
     from .models import load_vgg
     from .reference import eager_gradcam
 
+    if args.eager and args.model is not None:
+        raise ValueError("--eager rebuilds the network from --arch/--weights: leave out --model")
     session = open_session(args, 1)
     meta = session.metadata
     model = None
     if args.eager:
-        if args.model is not None:
-            raise ValueError(
-                "--eager rebuilds the network from --arch/--weights: leave out --model"
-            )
         model = load_vgg(args.arch, args.weights, seed=args.seed).to(session.device)
     print(f"# {session!r}", file=sys.stderr)
     print("| batch | gradcam_fast ms | images/s | eager hook ms | speedup |")
