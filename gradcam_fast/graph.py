@@ -24,7 +24,7 @@ def resolve_target_layer(model: nn.Module, target_layer: str | None) -> tuple[st
     if name not in valid:
         raise ValueError(
             f"target layer {name!r} is not a layer of model.features; valid names are "
-            f"{valid[0]} ... {valid[-1]} (default {default_target_layer(model)})"
+            f"{', '.join(valid)} (default {default_target_layer(model)})"
         )
     return name, valid.index(name)
 
