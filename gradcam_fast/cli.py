@@ -75,10 +75,16 @@ def add_class_options(parser: argparse.ArgumentParser) -> None:
 
 def add_model_options(parser: argparse.ArgumentParser) -> None:
     """Options that pick the ONNX model: --model FILE, or what to export (and cache) on first use."""
-    from .models import ARCHS
-
     group = parser.add_argument_group("model")
     group.add_argument("--model", type=Path, help="an exported gradcam_fast .onnx file")
+    _add_network_options(group)
+    group.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
+
+
+def _add_network_options(group) -> None:
+    """--arch, --weights, --seed, --target-layer, --image-size: what is exported."""
+    from .models import ARCHS
+
     group.add_argument("--arch", default="vgg19", choices=sorted(ARCHS))
     group.add_argument(
         "--weights",
@@ -87,8 +93,9 @@ def add_model_options(parser: argparse.ArgumentParser) -> None:
     )
     group.add_argument("--seed", type=int, default=0, help="seed for --weights random")
     group.add_argument("--target-layer", help="layer of model.features (default: last before pool)")
-    group.add_argument("--image-size", type=positive, default=224)
-    group.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
+    group.add_argument(
+        "--image-size", type=positive, default=224, help="fixed input size S (S x S)"
+    )
 
 
 def open_session(args: argparse.Namespace, num_targets: int = 1, **session_options):
@@ -130,8 +137,6 @@ def _export(args: argparse.Namespace) -> int:
 
 
 def _add_export_parser(subparsers) -> None:
-    from .models import ARCHS
-
     p = subparsers.add_parser(
         "export",
         help="export a VGG's Grad-CAM graph to ONNX",
@@ -139,15 +144,7 @@ def _add_export_parser(subparsers) -> None:
         "implementation in ONNX Runtime unless --no-validate.",
     )
     p.add_argument("-o", "--out", type=Path, required=True, help="output .onnx path")
-    p.add_argument("--arch", default="vgg19", choices=sorted(ARCHS))
-    p.add_argument(
-        "--weights",
-        default="imagenet",
-        help="'imagenet' (torchvision's, downloaded once), a state_dict file, or 'random'",
-    )
-    p.add_argument("--seed", type=int, default=0, help="seed for --weights random")
-    p.add_argument("--target-layer", help="layer of model.features (default: last before pool)")
-    p.add_argument("--image-size", type=positive, default=224, help="fixed input size S (S x S)")
+    _add_network_options(p)
     p.add_argument("--num-targets", "-k", type=int, default=1, help="maps per image (K)")
     p.add_argument("--opset", type=int, help="ONNX opset (default: the exporter's)")
     p.add_argument("--no-validate", action="store_true", help="skip the check against eager")
