@@ -7,6 +7,7 @@ Runtime fills in place: no copy, and nothing cached per batch size (a per-thread
 115 MiB alive per thread after batch sizes 1..16 of a small model). With CUDA graphs the
 buffers are static, one set per batch size, and runs are serialized, as graph replay requires.
 """
+
 from __future__ import annotations
 
 import os
