@@ -1,11 +1,13 @@
-"""Grad-CAM for VGG-family CNNs at the cost of one forward pass, as an ONNX model."""
+"""Grad-CAM for VGG-family CNNs at the cost of one forward pass, as an ONNX model.
 
-from .export import export_onnx
-from .graph import GradCAMGraph
-from .models import load_vgg
-from .reference import eager_gradcam
-from .result import GradCAMResult
-from .runtime import GradCAMSession
+The public names are imported on first use (PEP 562), so a service that only runs sessions
+does not load the exporter (onnx, onnxscript) and `gradcam-fast --help` starts quickly.
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING
 
 __version__ = "0.1.0"
 __all__ = [
@@ -16,3 +18,33 @@ __all__ = [
     "export_onnx",
     "load_vgg",
 ]
+
+# public name -> the module that defines it
+_WHERE = {
+    "GradCAMGraph": "graph",
+    "GradCAMResult": "result",
+    "GradCAMSession": "runtime",
+    "eager_gradcam": "reference",
+    "export_onnx": "export",
+    "load_vgg": "models",
+}
+
+if TYPE_CHECKING:
+    from .export import export_onnx
+    from .graph import GradCAMGraph
+    from .models import load_vgg
+    from .reference import eager_gradcam
+    from .result import GradCAMResult
+    from .runtime import GradCAMSession
+
+
+def __getattr__(name: str):
+    if name not in _WHERE:
+        raise AttributeError(f"module 'gradcam_fast' has no attribute {name!r}")
+    value = getattr(importlib.import_module(f".{_WHERE[name]}", __name__), name)
+    globals()[name] = value  # later lookups skip this function
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted([*globals(), *_WHERE])

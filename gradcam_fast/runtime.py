@@ -19,7 +19,6 @@ from torch import nn
 from .inputs import as_image_batch, as_pixel_batch, as_targets
 from .metadata import ModelMetadata
 from .methods import cam_lowres, check_method
-from .models import model_info
 from .ort_backend import OrtRunner, available_devices, cpu_count
 from .postprocess import upsample_normalize, weighted_sum
 from .result import GradCAMResult
@@ -114,6 +113,7 @@ class GradCAMSession:
         """The torch backend: `GradCAMGraph` of a copy of `model`, run natively in torch, behind
         the same API. `precision` "float16" runs the network in half precision (float32 inputs
         and results); `cuda_graphs` captures one CUDA graph per batch size."""
+        from .models import model_info
         from .torch_backend import TorchRunner
 
         session = cls.__new__(cls)

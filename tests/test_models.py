@@ -11,6 +11,7 @@ import pytest
 import torch
 from tiny_models import make_tiny_vgg
 from torch import nn
+from torchvision import models as tvm
 from torchvision.models.vgg import cfgs, make_layers
 
 from gradcam_fast import GradCAMGraph, GradCAMSession, eager_gradcam, export_onnx, load_vgg
@@ -75,8 +76,9 @@ def assert_graph_matches_eager(model, images, targets, layer):
 
 def test_family_is_complete():
     assert set(ARCHS) == set(FAMILY)
-    for arch, (_, weights) in ARCHS.items():  # ImageNet weights by name, with their transforms
-        default = weights.DEFAULT
+    for arch, weights in ARCHS.items():  # ImageNet weights by name, with their transforms
+        assert callable(getattr(tvm, arch)), arch
+        default = getattr(tvm, weights).DEFAULT
         assert len(default.meta["categories"]) == 1000, arch
         assert tuple(default.transforms().mean) == IMAGENET_MEAN
         assert tuple(default.transforms().std) == IMAGENET_STD
