@@ -31,6 +31,7 @@ GROUP = [
     "eager_autograd",
     "pytorch_grad_cam",
     "captum",
+    "torchcam",
     "gradcam_fast",
     "gradcam_fast_lean",
     "floor_ort",

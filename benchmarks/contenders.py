@@ -18,6 +18,7 @@ from typing import Any
 
 import onnxruntime as ort
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from gradcam_fast.export import relative_error
@@ -261,6 +262,38 @@ class CaptumLayerGradCam(_Contender):
         return Output(cams, lowres.detach(), classes)
 
 
+class TorchCamGradCAM(_Contender):
+    """3c. TorchCAM's `GradCAM(model, target_layer)`, as its README shows: the extractor is made
+    once (it hooks the layer), the model is called as usual, and
+    `cam_extractor(class_idx, scores)` (one class index per image) differentiates the scores with
+    respect to the layer's output only and returns ReLU'd maps, min-max normalized at the layer's
+    resolution, one [B, h, w] tensor per target layer. TorchCAM stops there (its `overlay_mask`
+    resizes with PIL when drawing), so the maps are upsampled bilinearly and min-max normalized
+    here, in the timed call, as for Captum."""
+
+    def __init__(self, setup: Setup):
+        try:
+            from torchcam.methods import GradCAM
+        except ImportError as exc:
+            raise ContenderUnavailable(
+                f"torchcam is not installed ({exc}): pip install 'gradcam_fast[bench]'"
+            ) from None
+        self.model = setup.model
+        self.size = setup.image_size
+        self.extractor = GradCAM(setup.model, setup.model.features[setup.layer_index])
+
+    def run(self, images, classes):
+        scores = self.model(images)
+        lowres = self.extractor(classes[:, 0].tolist(), scores)[0]  # [B, h, w], in [0, 1]
+        size = (self.size, self.size)
+        up = F.interpolate(lowres[:, None], size, mode="bilinear", align_corners=False)
+        return Output(cams=_minmax(up), classes=classes)
+
+    def close(self):
+        self.extractor.remove_hooks()
+        self.extractor.reset_hooks()  # drops the last activations and the graph they hold
+
+
 class FastSession(_Contender):
     """4. the gradcam_fast session (ONNX Runtime, CPU), post-processing included."""
 
@@ -336,6 +369,7 @@ CONTENDERS: dict[str, ContenderSpec] = {
             "pytorch_grad_cam", "3a. pytorch-grad-cam GradCAM", PytorchGradCam, optional=True
         ),
         ContenderSpec("captum", "3b. Captum LayerGradCam", CaptumLayerGradCam, optional=True),
+        ContenderSpec("torchcam", "3c. TorchCAM GradCAM", TorchCamGradCAM, optional=True),
         ContenderSpec("gradcam_fast", "4. gradcam_fast session (ORT)", FastSession),
         ContenderSpec("floor_ort", "5a. floor: plain VGG in ORT", FloorOrt, kind="floor"),
         ContenderSpec("torch_no_grad", "5b. torch no_grad inference", TorchNoGrad, kind="floor"),

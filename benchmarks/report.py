@@ -44,6 +44,7 @@ MEMORY_CONTENDERS = [
     "eager_autograd",
     "pytorch_grad_cam",
     "captum",
+    "torchcam",
     "gradcam_fast",
     "gradcam_fast_low_memory",
     "floor_ort",
@@ -94,6 +95,7 @@ def machine_info(profile: str) -> dict[str, Any]:
                 "numpy",
                 "grad-cam",
                 "captum",
+                "torchcam",
             )
         },
     }
@@ -210,7 +212,7 @@ def evaluate_targets(
         )
         rivals = [
             by_key[b, n]
-            for n in ("eager_autograd", "pytorch_grad_cam", "captum")
+            for n in ("eager_autograd", "pytorch_grad_cam", "captum", "torchcam")
             if (b, n) in by_key
         ]
         if rivals:
