@@ -7,7 +7,8 @@
    the cost): the eager hook (float32, and float16 under autocast), the plain forward (the
    floor), the torch backend (float32 / float16, with and without CUDA graphs) and, when
    onnxruntime-gpu is importable, ONNX Runtime's CUDA provider (float32 / float16, with and
-   without CUDA graphs). Each contender's maps are checked against the float32 eager reference
+   without CUDA graphs) and, when ONNX Runtime has TensorRT, its TensorRT provider (float32 /
+   float16; checked with the tf32 limits, as TensorRT may use TF32). Each contender's maps are checked against the float32 eager reference
    before it is timed. Medians over CUDA-event-timed calls after warm-up;
 3. prints a table last and writes gpu_check.json (and .md) under --out.
 """
@@ -26,6 +27,7 @@ import time
 import warnings
 from pathlib import Path
 
+import onnxruntime as ort
 import torch
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -33,7 +35,7 @@ sys.path.insert(0, str(ROOT))
 
 from gradcam_fast import GradCAMSession, eager_gradcam, export_onnx, load_vgg  # noqa: E402
 from gradcam_fast.export import compare_with_reference, failing_figures  # noqa: E402
-from gradcam_fast.ort_backend import available_devices  # noqa: E402
+from gradcam_fast.ort_backend import TENSORRT_EP, available_devices  # noqa: E402
 
 SIZE = 224
 BATCHES = (1, 8, 64)
@@ -124,6 +126,12 @@ def contenders(model, tmp: Path, quick: bool):
                     name,
                     precision,
                     lambda p=path, g=graphs: GradCAMSession(p, device="cuda", cuda_graphs=g),
+                )
+            if TENSORRT_EP in ort.get_available_providers():  # TF32 kernels allowed: tf32 limits
+                yield (
+                    f"onnxruntime TensorRT {SHORT[precision]}",
+                    "tf32" if precision == "float32" else precision,
+                    lambda p=path: GradCAMSession(p, device="cuda", tensorrt=True),
                 )
 
 

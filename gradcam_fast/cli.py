@@ -79,6 +79,12 @@ def add_model_options(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--model", type=Path, help="an exported gradcam_fast .onnx file")
     _add_network_options(group)
     group.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
+    group.add_argument(
+        "--tensorrt",
+        action="store_true",
+        help="run on ONNX Runtime's TensorRT provider (CUDA; needs onnxruntime-gpu and "
+        "TensorRT; the first run per batch size builds an engine, cached on disk)",
+    )
 
 
 def _add_network_options(group) -> None:
@@ -111,7 +117,7 @@ def open_session(args: argparse.Namespace, num_targets: int = 1, **session_optio
         num_targets=num_targets,
         seed=args.seed,
     )
-    return GradCAMSession(path, device=args.device, **session_options)
+    return GradCAMSession(path, device=args.device, tensorrt=args.tensorrt, **session_options)
 
 
 def _export(args: argparse.Namespace) -> int:

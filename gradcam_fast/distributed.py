@@ -134,6 +134,7 @@ class GradCAMPredictor:
         colormap: str = "jet",
         alpha: float = 0.5,
         shipped: list | None = None,
+        tensorrt: bool = False,
     ):
         from .runtime import GradCAMSession
 
@@ -142,7 +143,9 @@ class GradCAMPredictor:
         self.num_threads = max(1, int(num_threads))
         torch.set_num_threads(self.num_threads)  # post-processing stays within the actor's CPUs
         path = _local_model(os.fspath(model_path), shipped)
-        self.session = GradCAMSession(path, device=device, intra_op_threads=self.num_threads)
+        self.session = GradCAMSession(
+            path, device=device, intra_op_threads=self.num_threads, tensorrt=tensorrt
+        )
         meta = self.session.metadata
         self.names = tuple(meta.categories)
         self.raw_pixels = meta.input_format == "uint8_nhwc"
@@ -298,6 +301,7 @@ def explain_dataset(
     alpha: float = 0.5,
     device: str | None = None,
     extensions: Sequence[str] | None = tuple(IMAGE_EXTENSIONS),
+    tensorrt: bool = False,
 ) -> ray.data.Dataset:
     """The lazy Ray dataset of explanations of `source` (a folder, files, or URIs Ray can read:
     s3://, gs://, local:// ...): one row per file with `ROW_SCHEMA`. Needs a connected Ray
@@ -306,7 +310,8 @@ def explain_dataset(
     Only files with one of `extensions` are read (case-insensitive; default IMAGE_EXTENSIONS;
     None reads every file, for a list of files already chosen). `actors` sessions run
     at once, each with `cpus_per_actor` CPUs (default: an even share) and `gpus_per_actor` GPUs;
-    `device` None runs an actor on CUDA when it holds a GPU, else on the CPU.
+    `device` None runs an actor on CUDA when it holds a GPU, else on the CPU; `tensorrt` runs
+    the GPU actors' sessions on ONNX Runtime's TensorRT provider.
     """
     import ray.data
 
@@ -334,6 +339,7 @@ def explain_dataset(
             "colormap": colormap,
             "alpha": alpha,
             "shipped": _ship_model(model_path),
+            "tensorrt": tensorrt,
         },
         batch_size=batch_size,
         batch_format="numpy",

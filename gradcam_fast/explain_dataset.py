@@ -65,6 +65,8 @@ def _check_dest(out: str) -> None:
 
 def _device(args: argparse.Namespace) -> str | None:
     """The actors' device: None (CUDA where Ray gave the actor a GPU), or "cpu"."""
+    if args.tensorrt and not args.num_gpus_per_actor:
+        raise ValueError("--tensorrt runs on GPU actors: add --num-gpus-per-actor (e.g. 1)")
     if args.device == "cpu":
         return "cpu"
     if args.device.startswith("cuda") and not args.num_gpus_per_actor:
@@ -133,6 +135,7 @@ def _run(args: argparse.Namespace) -> int:
             alpha=args.alpha,
             device=device,
             extensions=extensions,
+            tensorrt=args.tensorrt,
         )
         dataset.write_parquet(args.out, ray_remote_args={"num_cpus": 0})
         elapsed = time.perf_counter() - start

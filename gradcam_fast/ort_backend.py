@@ -23,15 +23,18 @@ from .metadata import INPUT_NAMES, ModelMetadata, NotAGradCAMModel
 __all__ = [
     "CPU_EP",
     "CUDA_EP",
+    "TENSORRT_EP",
     "OrtRunner",
     "available_devices",
     "cpu_count",
     "cuda_provider_options",
     "session_options",
+    "tensorrt_provider_options",
 ]
 
 CPU_EP = "CPUExecutionProvider"
 CUDA_EP = "CUDAExecutionProvider"
+TENSORRT_EP = "TensorrtExecutionProvider"
 _NP_DTYPES = {torch.float32: np.float32, torch.int64: np.int64, torch.uint8: np.uint8}
 _TORCH_DTYPES = {"tensor(float)": torch.float32, "tensor(int64)": torch.int64}
 CUDNN_SEARCH = ("EXHAUSTIVE", "HEURISTIC", "DEFAULT")
@@ -92,13 +95,51 @@ def cuda_provider_options(
     }
 
 
+def tensorrt_provider_options(
+    device: torch.device,
+    engine_cache: str | os.PathLike,
+    *,
+    extra: dict[str, str] | None = None,
+) -> dict[str, str]:
+    """TensorRT EP options: engines and timing cache kept in `engine_cache` (an engine takes
+    minutes to build; it is rebuilt only when the model or the input shapes change), TensorRT's
+    own float16 off (the model's precision is the export's: `export_onnx(..., fp16=True)` keeps
+    the head in float32, which a whole-graph float16 build would not). TensorRT picks its own
+    kernels, TF32 included on Ampere and newer GPUs: compare its maps with the float16 limits,
+    not the strict float32 ones."""
+    cache = os.fspath(engine_cache)
+    return {
+        "device_id": str(device.index or 0),
+        "trt_engine_cache_enable": "1",
+        "trt_engine_cache_path": cache,
+        "trt_timing_cache_enable": "1",
+        "trt_timing_cache_path": cache,
+        "trt_fp16_enable": "0",
+        **(extra or {}),
+    }
+
+
 def providers_for(
-    device: torch.device, cuda_options: dict[str, str], available: list[str] | None = None
+    device: torch.device,
+    cuda_options: dict[str, str],
+    available: list[str] | None = None,
+    tensorrt_options: dict[str, str] | None = None,
 ) -> list:
-    """The provider list for `device`; refuses CUDA where ONNX Runtime or torch lacks it."""
+    """The provider list for `device`; refuses CUDA (or TensorRT, when `tensorrt_options` are
+    given) where ONNX Runtime or torch lacks it. TensorRT comes first, the CUDA provider runs
+    the nodes TensorRT does not take."""
     available = ort.get_available_providers() if available is None else available
     if device.type == "cpu":
+        if tensorrt_options is not None:
+            raise ValueError("tensorrt=True needs device='cuda'")
         return [CPU_EP]
+    if tensorrt_options is not None and TENSORRT_EP not in available:
+        raise RuntimeError(
+            "tensorrt=True needs ONNX Runtime's TensorRT execution provider, which this "
+            f"onnxruntime lacks (it has {available}): install onnxruntime-gpu "
+            "(pip install 'gradcam_fast[gpu]') and TensorRT (pip install tensorrt), or leave "
+            "tensorrt off to use the CUDA provider"
+        )
     if CUDA_EP not in available:
         raise RuntimeError(
             "device='cuda' needs ONNX Runtime's CUDA execution provider, which this onnxruntime "
@@ -108,7 +149,10 @@ def providers_for(
         )
     if not torch.cuda.is_available():
         raise RuntimeError("device='cuda' but torch sees no CUDA device; use device='cpu'")
-    return [(CUDA_EP, cuda_options), CPU_EP]
+    providers: list = [(CUDA_EP, cuda_options), CPU_EP]
+    if tensorrt_options is not None:
+        providers.insert(0, (TENSORRT_EP, tensorrt_options))
+    return providers
 
 
 def _open(path: Path, options: ort.SessionOptions, providers: list) -> ort.InferenceSession:
@@ -119,8 +163,10 @@ def _open(path: Path, options: ort.SessionOptions, providers: list) -> ort.Infer
     try:
         session = ort.InferenceSession(str(path), options, providers=providers)
     except Exception as exc:  # ORT raises its own Fail/InvalidProtobuf/InvalidGraph types
-        if "CUDA" in str(exc) and CUDA_EP in str(providers):
-            raise RuntimeError(f"could not start the CUDA provider for {path}: {exc}") from None
+        if any(ep in str(exc) for ep in ("CUDA", "TensorRT", "Tensorrt")) and CUDA_EP in str(
+            providers
+        ):
+            raise RuntimeError(f"could not start the GPU provider for {path}: {exc}") from None
         raise NotAGradCAMModel(
             f"{path} is not a readable ONNX model (truncated, corrupt or another format): "
             f"{str(exc).splitlines()[0]}"
@@ -175,9 +221,15 @@ class OrtRunner:
         cuda_graphs: bool = False,
         cuda_options: dict[str, str] | None = None,
         low_memory: bool = False,
+        tensorrt_options: dict[str, str] | None = None,
     ):
         if cuda_graphs and device.type != "cuda":
             raise ValueError("cuda_graphs=True needs device='cuda'")
+        if cuda_graphs and tensorrt_options is not None:
+            raise ValueError(
+                "cuda_graphs=True is a CUDA-provider option (static buffers per batch size) and "
+                "cannot be combined with tensorrt=True; use one of them"
+            )
         self.device = device
         self.cuda_graphs = cuda_graphs
         options = session_options(intra_op_threads, low_memory)
@@ -188,13 +240,15 @@ class OrtRunner:
             if device.type == "cuda"
             else {}
         )
-        self.session = _open(path, options, providers_for(device, cuda))
+        self.session = _open(path, options, providers_for(device, cuda, None, tensorrt_options))
         self.providers: list[str] = self.session.get_providers()
-        if device.type == "cuda" and self.providers[0] != CUDA_EP:
+        wanted = TENSORRT_EP if tensorrt_options is not None else CUDA_EP
+        if device.type == "cuda" and self.providers[0] != wanted:
             raise RuntimeError(
-                f"ONNX Runtime did not start its CUDA provider (got {self.providers}); check that "
-                "the CUDA and cuDNN libraries onnxruntime-gpu needs are installed (import torch "
-                "before onnxruntime, or call onnxruntime.preload_dlls())"
+                f"ONNX Runtime did not start its {wanted} (got {self.providers}); check that "
+                "the CUDA, cuDNN (and for TensorRT, TensorRT) libraries onnxruntime-gpu needs "
+                "are installed (import torch before onnxruntime, or call "
+                "onnxruntime.preload_dlls())"
             )
         props = self.session.get_modelmeta().custom_metadata_map
         self.metadata = ModelMetadata.from_props(props, source=str(path))

@@ -19,7 +19,7 @@ from torch import nn
 from .inputs import as_image_batch, as_pixel_batch, as_targets
 from .metadata import ModelMetadata
 from .methods import cam_lowres, check_method
-from .ort_backend import OrtRunner, available_devices, cpu_count
+from .ort_backend import OrtRunner, available_devices, cpu_count, tensorrt_provider_options
 from .postprocess import upsample_normalize, weighted_sum
 from .result import GradCAMResult
 from .smooth import aug_smooth_cams
@@ -43,6 +43,22 @@ def _resolve_device(device: str | torch.device, cuda_usable: bool) -> torch.devi
     return torch.device("cuda", dev.index or 0) if dev.type == "cuda" else dev
 
 
+def _tensorrt_options(
+    device: torch.device, tensorrt: bool, overrides: dict[str, str] | None
+) -> dict[str, str] | None:
+    if not tensorrt:
+        if overrides:
+            raise ValueError("tensorrt_options given without tensorrt=True")
+        return None
+    if device.type != "cuda":
+        raise ValueError(f"tensorrt=True needs device='cuda' (the session's device is {device})")
+    from .cache import cache_dir
+
+    engines = cache_dir() / "tensorrt"
+    engines.mkdir(parents=True, exist_ok=True)
+    return tensorrt_provider_options(device, engines, extra=overrides)
+
+
 class GradCAMSession:
     """A Grad-CAM model ready to run: `session(images, targets) -> GradCAMResult`.
 
@@ -55,7 +71,10 @@ class GradCAMSession:
     `cudnn_search` ("HEURISTIC", "EXHAUSTIVE" or "DEFAULT"), `cuda_graphs` (one graph per batch
     size; calls are then serialized), `cuda_options` (raw CUDA EP options), `low_memory` (no
     weight prepacking and no CPU arena: about one copy of the weights less, see
-    benchmarks/RESULTS.md for its cost; pair it with `export_onnx(..., external_data=True)`).
+    benchmarks/RESULTS.md for its cost; pair it with `export_onnx(..., external_data=True)`),
+    `tensorrt` (ONNX Runtime's TensorRT provider ahead of the CUDA one, engines cached under
+    `cache_dir()/tensorrt`; `tensorrt_options` overrides its options, see
+    `ort_backend.tensorrt_provider_options`).
     """
 
     def __init__(
@@ -69,6 +88,8 @@ class GradCAMSession:
         cuda_graphs: bool = False,
         cuda_options: dict[str, str] | None = None,
         low_memory: bool = False,
+        tensorrt: bool = False,
+        tensorrt_options: dict[str, str] | None = None,
     ):
         self.path: Path | None = Path(path)
         self.device = _resolve_device(device, "cuda" in available_devices())
@@ -80,6 +101,7 @@ class GradCAMSession:
             cuda_graphs=cuda_graphs,
             cuda_options=cuda_options,
             low_memory=low_memory,
+            tensorrt_options=_tensorrt_options(self.device, tensorrt, tensorrt_options),
         )
         self._setup(runner, runner.metadata, runner.providers, max_batch_size)
 

@@ -141,3 +141,68 @@ def test_external_data_export_with_a_low_memory_session(tiny, tiny_fp32_onnx, tm
     usual = GradCAMSession(tiny_fp32_onnx, "cpu")(images, [[-1, 1], [2, -2]])
     errors = compare_with_reference(lean, usual)
     assert failing_figures(errors) == [], errors
+
+
+TRT_AVAILABLE = ["TensorrtExecutionProvider", "CUDAExecutionProvider", "CPUExecutionProvider"]
+
+
+def test_tensorrt_goes_first_with_cuda_behind_it(monkeypatch, tmp_path):
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    cuda = ort_backend.cuda_provider_options(CUDA)
+    trt = ort_backend.tensorrt_provider_options(CUDA, tmp_path, extra={"trt_fp16_enable": "1"})
+    providers = ort_backend.providers_for(CUDA, cuda, TRT_AVAILABLE, trt)
+    assert providers == [
+        ("TensorrtExecutionProvider", trt),
+        ("CUDAExecutionProvider", cuda),  # runs the nodes TensorRT does not take
+        "CPUExecutionProvider",
+    ]
+    assert trt["trt_engine_cache_enable"] == "1" and trt["trt_engine_cache_path"] == str(tmp_path)
+    assert trt["trt_fp16_enable"] == "1"  # the caller's override wins
+    assert ort_backend.tensorrt_provider_options(CUDA, tmp_path)["trt_fp16_enable"] == "0"
+
+
+def test_tensorrt_without_its_provider_says_how_to_get_it(monkeypatch, tmp_path):
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    trt = ort_backend.tensorrt_provider_options(CUDA, tmp_path)
+    with pytest.raises(RuntimeError, match=r"TensorRT execution provider.*pip install tensorrt"):
+        ort_backend.providers_for(CUDA, {}, ["CUDAExecutionProvider", "CPUExecutionProvider"], trt)
+    with pytest.raises(ValueError, match="tensorrt=True needs device='cuda'"):
+        ort_backend.providers_for(torch.device("cpu"), {}, TRT_AVAILABLE, trt)
+
+
+def test_tensorrt_session_options_are_checked(tiny_fp32_onnx, tmp_path, monkeypatch):
+    monkeypatch.setenv("GRADCAM_FAST_CACHE", str(tmp_path))
+    with pytest.raises(ValueError, match="tensorrt=True needs device='cuda'"):
+        GradCAMSession(tiny_fp32_onnx, device="cpu", tensorrt=True)
+    with pytest.raises(ValueError, match="tensorrt_options given without tensorrt=True"):
+        GradCAMSession(tiny_fp32_onnx, device="cpu", tensorrt_options={"trt_fp16_enable": "1"})
+    with pytest.raises(ValueError, match="cannot be combined with tensorrt=True"):
+        ort_backend.OrtRunner(tiny_fp32_onnx, CUDA, cuda_graphs=True, tensorrt_options={})
+    assert not (tmp_path / "tensorrt").exists()  # nothing made on the way to an error
+
+
+def test_tensorrt_that_did_not_start_is_an_error(tiny_fp32_onnx, tmp_path, monkeypatch):
+    """ONNX Runtime may drop a provider it cannot start (missing libraries): a session asked for
+    TensorRT must then refuse to run, not quietly run on the CUDA provider."""
+    monkeypatch.setenv("GRADCAM_FAST_CACHE", str(tmp_path))
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(ort_backend.ort, "get_available_providers", lambda: TRT_AVAILABLE)
+    monkeypatch.setattr(runtime, "available_devices", lambda: ["cpu", "cuda"])
+    opened = {}
+
+    class StartedWithoutTensorRT:
+        def get_providers(self):
+            return ["CUDAExecutionProvider", "CPUExecutionProvider"]
+
+    def fake_open(path, options, providers):
+        opened["providers"] = providers
+        return StartedWithoutTensorRT()
+
+    monkeypatch.setattr(ort_backend, "_open", fake_open)
+    with pytest.raises(RuntimeError, match="did not start its TensorrtExecutionProvider"):
+        GradCAMSession(tiny_fp32_onnx, device="cuda", tensorrt=True)
+    names = [p[0] if isinstance(p, tuple) else p for p in opened["providers"]]
+    assert names == TRT_AVAILABLE
+    trt_options = opened["providers"][0][1]
+    assert trt_options["trt_engine_cache_path"] == str(tmp_path / "tensorrt")
+    assert (tmp_path / "tensorrt").is_dir()

@@ -109,6 +109,7 @@ def test_unusable_model_files(capsys, files, tmp_path, model, phrase):
         (["--class", "-3"], "class index out of range"),
         (["--class", "zebra"], "carries no class names; pass a class index 0..9"),
         (["--device", "tpu"], "device must be 'auto', 'cpu' or 'cuda[:N]', got 'tpu'"),
+        (["--device", "cpu", "--tensorrt"], "tensorrt=True needs device='cuda'"),
     ],
 )
 def test_bad_options_after_parsing(capsys, files, tmp_path, options, phrase):

@@ -4,12 +4,13 @@ or benchmarks/gpu_check.py."""
 
 from __future__ import annotations
 
+import onnxruntime as ort
 import pytest
 import torch
 
 from gradcam_fast import GradCAMSession, eager_gradcam, export_onnx
 from gradcam_fast.export import compare_with_reference, failing_figures
-from gradcam_fast.ort_backend import available_devices
+from gradcam_fast.ort_backend import TENSORRT_EP, available_devices
 
 pytestmark = [
     pytest.mark.cuda,
@@ -112,6 +113,19 @@ def _ordering_check(session, images, reference):
 def test_torch_backend_stream_ordering(vgg19, images, reference):
     session = GradCAMSession.from_model(vgg19, image_size=SIZE, num_targets=2, device="cuda")
     _ordering_check(session, images, reference)
+
+
+@pytest.mark.skipif(
+    "cuda" not in available_devices() or TENSORRT_EP not in ort.get_available_providers(),
+    reason="needs onnxruntime-gpu with TensorRT",
+)
+@pytest.mark.parametrize("precision", ["float32", "float16"])
+def test_onnxruntime_tensorrt(exports, images, reference, precision):
+    """TensorRT picks its own kernels (TF32 in float32 on Ampere and newer): float16 limits."""
+    session = GradCAMSession(exports[precision], device="cuda", tensorrt=True)
+    assert session.providers[0] == "TensorrtExecutionProvider"
+    check(session, images, reference, "float16")
+    check(session, images[:3], eager_slice(reference, 3), "float16")
 
 
 @needs_ort_cuda

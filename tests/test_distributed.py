@@ -204,3 +204,11 @@ def test_cli_refuses_a_nonempty_destination(folder, model_path, tmp_path, capsys
     argv = ["explain-dataset", str(folder), "--out", str(tmp_path), "--model", str(model_path)]
     assert main(argv) == 2
     assert "not empty" in capsys.readouterr().err
+
+
+def test_cli_tensorrt_needs_gpu_actors(folder, model_path, tmp_path, capsys):
+    out = tmp_path / "out"
+    argv = ["explain-dataset", str(folder), "--out", str(out), "--model", str(model_path)]
+    assert main([*argv, "--tensorrt"]) == 2
+    assert "--tensorrt runs on GPU actors: add --num-gpus-per-actor" in capsys.readouterr().err
+    assert not out.exists()
