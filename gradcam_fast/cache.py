@@ -38,12 +38,17 @@ def cached_model(
     image_size: int = 224,
     num_targets: int = 1,
     seed: int = 0,
+    gradients: bool = True,
 ) -> Path:
-    """Path of the exported model for these settings, exporting (and validating) it if missing."""
+    """Path of the exported model for these settings, exporting (and validating) it if missing.
+
+    `gradients=False` caches the channel-weights model (`export_onnx(..., gradients=False)`):
+    enough for Grad-CAM, and cheaper at small batches; the other methods need the gradients.
+    """
     from .export import export_onnx
 
     name = "-".join([arch, _weights_key(weights, seed), target_layer or "default", str(image_size)])
-    path = cache_dir() / f"{name}-k{num_targets}.onnx"
+    path = cache_dir() / f"{name}-k{num_targets}{'' if gradients else '-cw'}.onnx"
     if not path.is_file():
         export_onnx(
             arch,
@@ -53,5 +58,6 @@ def cached_model(
             num_targets=num_targets,
             weights=weights,
             seed=seed,
+            gradients=gradients,
         )
     return path

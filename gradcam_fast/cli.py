@@ -104,8 +104,11 @@ def _add_network_options(group) -> None:
     )
 
 
-def open_session(args: argparse.Namespace, num_targets: int = 1, **session_options):
-    """The session for --model, or for the cached export of --arch/--weights/... (made if missing)."""
+def open_session(
+    args: argparse.Namespace, num_targets: int = 1, gradients: bool = True, **session_options
+):
+    """The session for --model, or for the cached export of --arch/--weights/... (made if
+    missing; `gradients=False`: the channel-weights model, for Grad-CAM only)."""
     from .cache import cached_model
     from .runtime import GradCAMSession
 
@@ -116,6 +119,7 @@ def open_session(args: argparse.Namespace, num_targets: int = 1, **session_optio
         image_size=args.image_size,
         num_targets=num_targets,
         seed=args.seed,
+        gradients=gradients,
     )
     return GradCAMSession(path, device=args.device, tensorrt=args.tensorrt, **session_options)
 

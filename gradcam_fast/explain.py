@@ -508,7 +508,9 @@ def _run(args: argparse.Namespace) -> int:
     except OSError as exc:
         return _usage_error(f"--out {args.out}: cannot create the folder ({exc.strerror or exc})")
     wanted = len(args.classes) if args.classes else args.top_k
-    session = open_session(args, wanted or 1)
+    # Grad-CAM needs only the channel weights: the cached model for it skips the first Linear's
+    # backward (benchmarks/RESULTS.md); the other methods need the gradients.
+    session = open_session(args, wanted or 1, gradients=args.method != "gradcam")
     meta = session.metadata
     classes = None
     if args.classes:

@@ -104,6 +104,7 @@ def _run(args: argparse.Namespace) -> int:
         image_size=args.image_size,
         num_targets=wanted or 1,
         seed=args.seed,
+        gradients=False,  # the rows hold Grad-CAM maps: channel weights are enough
     )
     meta = read_metadata(model_path)
     if wanted is not None and wanted != meta.num_targets:

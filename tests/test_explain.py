@@ -148,7 +148,7 @@ def test_explain_two_samples_exports_once_and_caches(run, tmp_path, monkeypatch)
     status, err = run(*images, "--out", tmp_path / "a", *common)
     assert status == EXIT_OK, err
     [model] = cache.glob("*.onnx")
-    assert "vgg11" in model.name and "-k1" in model.name
+    assert "vgg11" in model.name and model.name.endswith("-k1-cw.onnx")  # Grad-CAM: lean model
     records = read_results(tmp_path / "a")
     assert set(records) == {"cat.jpg", "coffee.jpg"}
     for record in records.values():
@@ -161,6 +161,9 @@ def test_explain_two_samples_exports_once_and_caches(run, tmp_path, monkeypatch)
     assert status == EXIT_OK and model.stat().st_mtime_ns == stamp  # the cached export, reused
     again = read_results(tmp_path / "b")["cat.jpg"]
     assert again["predictions"] == records["cat.jpg"]["predictions"]
+    status, err = run(images[0], "--out", tmp_path / "c", "--method", "layercam", *common)
+    assert status == EXIT_OK, err  # LayerCAM needs the gradients: a second, full export
+    assert {p.name for p in cache.glob("*.onnx")} == {model.name, model.name.replace("-cw", "")}
 
 
 # --------------------------------------------------------------------------- folders and bad files
