@@ -1,9 +1,12 @@
 """Ratios from interleaved calls: `python -m benchmarks.interleaved --models DIR [--profile full]`.
 
 The pytest-benchmark groups time each contender's rounds back to back, so a burst of another job
-during one contender's rounds skews that contender alone. Here every round calls each contender
-once, in an order rotated from round to round, and a ratio is the median over rounds of the
-ratio within the round: a slow spell of the machine raises both sides of a ratio together.
+during one contender's rounds skews that contender alone. Here every round visits each contender
+once, in a shuffled order (seeded), and a ratio is the median over rounds of the ratio within
+the round: a slow spell of the machine raises both sides of a ratio together. A visit is one
+untimed call and then the timed one: right after another model ran, the first call of a model
+is slower (its weights and buffers are no longer in the caches; 20% at batch 1 here), which is
+not the steady state of a service that calls one model again and again.
 
 Contenders: the session (full and channel-weights models), the ORT floor and the eager hook
 (the ratios the targets name), at every batch size of the profile; the eager hook is left out
@@ -16,6 +19,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import random
 import statistics
 import sys
 import time
@@ -32,14 +36,20 @@ SESSIONS = ("gradcam_fast", "gradcam_fast_lean")
 EAGER_MAX_BATCH = 8
 
 
-def interleave(calls: dict[str, Any], rounds: int) -> dict[str, list[float]]:
-    """Seconds per call of each of `calls` (name -> no-argument callable), one call of each per
-    round, the order rotated by one every round so no contender always runs first."""
-    names = list(calls)
-    times: dict[str, list[float]] = {name: [] for name in names}
-    for r in range(rounds):
-        shift = r % len(names)
-        for name in names[shift:] + names[:shift]:
+def interleave(
+    calls: dict[str, Any], rounds: int, warm: int = 1, seed: int = 0
+) -> dict[str, list[float]]:
+    """Seconds per call of each of `calls` (name -> no-argument callable): every round visits
+    each one once, in a shuffled order (so none always runs first or always follows the same
+    one); a visit makes `warm` untimed calls, then the timed one."""
+    order = list(calls)
+    shuffle = random.Random(seed).shuffle
+    times: dict[str, list[float]] = {name: [] for name in order}
+    for _ in range(rounds):
+        shuffle(order)
+        for name in order:
+            for _ in range(warm):
+                calls[name]()
             start = time.perf_counter()
             calls[name]()
             times[name].append(time.perf_counter() - start)

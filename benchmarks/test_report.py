@@ -150,12 +150,18 @@ def test_kernel_times_sums_kernel_events_by_node(tmp_path):
     assert kernel_times(path) == {("conv1", "Conv"): 15, ("mm", "MatMul"): 7}
 
 
-def test_interleave_rotates_the_order_every_round():
+def test_interleave_visits_each_once_a_round_in_shuffled_orders():
     order = []
-    calls = {name: (lambda n=name: order.append(n)) for name in "abc"}
-    times = interleave(calls, rounds=3)
-    assert order == list("abcbcacab")
-    assert {name: len(ts) for name, ts in times.items()} == {"a": 3, "b": 3, "c": 3}
+    calls = {name: (lambda n=name: order.append(n)) for name in "abcd"}
+    times = interleave(calls, rounds=6, warm=1)
+    assert {name: len(ts) for name, ts in times.items()} == dict.fromkeys("abcd", 6)
+    visits = order[::2]
+    assert order[1::2] == visits  # a visit: one warm call, then the timed one of the same
+    rounds = ["".join(visits[i : i + 4]) for i in range(0, 24, 4)]
+    assert all(sorted(r) == list("abcd") for r in rounds)
+    assert len(set(rounds)) > 1  # not one fixed order
+    followers = {r[r.index("d") + 1] for r in rounds if r[-1] != "d"}
+    assert len(followers) > 1  # "a" does not always come right after "d", say
 
 
 def test_round_robin_ratios_are_medians_of_ratios_within_rounds():
