@@ -32,6 +32,7 @@ def model_files(folder: Path, num_targets: int) -> dict[str, Path]:
         f"gradcam_k{num_targets}": folder / f"gradcam_k{num_targets}.onnx",
         "floor": folder / "floor.onnx",
         "gradcam_lean": folder / "gradcam_lean.onnx",
+        "gradcam_external": folder / "gradcam_external.onnx",  # weights in .onnx.data beside it
     }
 
 
@@ -51,6 +52,10 @@ def export_all(model: torch.nn.Module, folder: Path, profile: Profile) -> dict[s
         )
     export_onnx(
         model, paths["gradcam_lean"], image_size=profile.image_size, gradients=False,
+        validate=False,
+    )  # fmt: skip
+    export_onnx(
+        model, paths["gradcam_external"], image_size=profile.image_size, external_data=True,
         validate=False,
     )  # fmt: skip
     export_floor(model, paths["floor"], profile.image_size)

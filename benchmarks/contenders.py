@@ -384,6 +384,11 @@ CONTENDERS: dict[str, ContenderSpec] = {
             lambda setup: FastSession(setup, low_memory=True),
         ),
         ContenderSpec(
+            "gradcam_fast_low_memory_external",
+            "4'. gradcam_fast session, low_memory=True, external-data model",
+            lambda setup: FastSession(setup, "gradcam_external", low_memory=True),
+        ),
+        ContenderSpec(
             "gradcam_fast_k5",
             "6. gradcam_fast session, K=5",
             lambda setup: FastSession(setup, "gradcam_k5"),

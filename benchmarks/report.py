@@ -49,6 +49,7 @@ MEMORY_CONTENDERS = [
     "torchcam",
     "gradcam_fast",
     "gradcam_fast_low_memory",
+    "gradcam_fast_low_memory_external",
     "floor_ort",
     "torch_no_grad",
 ]
