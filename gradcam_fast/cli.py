@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import sys
 import warnings
 from pathlib import Path
@@ -224,6 +225,10 @@ _SUBCOMMAND_MODULES: list[str] = ["explain", "explain_dataset", "bench"]
 
 def main(argv: list[str] | None = None) -> int:
     """Entry point of the console script; returns the exit status."""
+    # Before torch loads its OpenMP runtime (it reads this once): idle OpenMP threads sleep
+    # instead of spinning for several ms after each torch op, which on a small CPU took cores
+    # from ONNX Runtime's next run (benchmarks/RESULTS.md). The user's own setting wins.
+    os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
     parser = build_parser()
     args = parser.parse_args(argv)
     logging.basicConfig(
