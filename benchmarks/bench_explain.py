@@ -23,10 +23,12 @@ import pytest
 import torch
 from PIL import Image
 from torch import nn
+from torchvision import transforms as T
 
 from gradcam_fast import export_onnx, load_vgg
 from gradcam_fast.cli import EXIT_OK, main
 from gradcam_fast.images import load_image, model_view, to_tensor
+from gradcam_fast.models import IMAGENET_MEAN, IMAGENET_STD
 
 SAMPLES = Path(__file__).resolve().parent.parent / "examples" / "images"
 
@@ -134,16 +136,32 @@ def test_explain_folder_throughput(benchmark, photo_folder, model_file, tmp_path
 
 
 def test_decode_alone_throughput(benchmark, photo_folder):
-    """What the CLI's decoding costs without the model: load, resize + crop, normalize."""
+    """What the CLI's decoding costs without the model: load, resize + crop, normalize. The
+    tensors decoded are checked against torchvision's evaluation transform of each file."""
     files = sorted(photo_folder.glob("*.jpg"))
     seconds = []
+    decoded: list[torch.Tensor] = []
 
     def decode_all():
         start = time.perf_counter()
-        for path in files:
-            to_tensor(model_view(load_image(path), SETTING.image_size))
+        tensors = [to_tensor(model_view(load_image(path), SETTING.image_size)) for path in files]
         seconds.append(time.perf_counter() - start)
+        decoded[:] = tensors
 
     benchmark.group = "explain-cli"
     benchmark.pedantic(decode_all, rounds=SETTING.rounds, iterations=1, warmup_rounds=0)
     _record(benchmark, min(seconds), "decode-only")
+    size = SETTING.image_size
+    transform = T.Compose(
+        [
+            T.Resize(round(size * 256 / 224)),
+            T.CenterCrop(size),
+            T.ToTensor(),
+            T.Normalize(IMAGENET_MEAN, IMAGENET_STD),
+        ]
+    )
+    assert len(decoded) == len(files) == SETTING.images
+    for path, tensor in zip(files, decoded, strict=True):
+        with Image.open(path) as image:
+            expected = transform(image.convert("RGB"))
+        torch.testing.assert_close(tensor, expected, rtol=0, atol=1e-6)

@@ -406,7 +406,15 @@ def open_contender(name: str, setup: Setup) -> _Contender:
 
 def check_output(name: str, got: Output, reference: Any) -> dict[str, float]:
     """Compare a contender's output with the eager reference (a GradCAMResult); raise
-    AssertionError naming the contender and the figures when it is wrong. Returns the errors."""
+    AssertionError naming the contender and the figures when it is wrong, or naming the output
+    and the count when one holds NaN or Inf (which no figure below could catch). Returns the
+    errors."""
+    for output in ("logits", "lowres", "cams"):
+        tensor = getattr(got, output)
+        if tensor is not None and (bad := int((~torch.isfinite(tensor)).sum())):
+            raise AssertionError(
+                f"{name}: {output} holds {bad} non-finite values (NaN or Inf) of {tensor.numel()}"
+            )
     errors: dict[str, float] = {}
     if CONTENDERS[name].kind == "floor":
         errors["logits"] = relative_error(got.logits, reference.logits)

@@ -124,6 +124,22 @@ def test_check_passes_the_right_answer_and_fails_a_wrong_one():
         check_output("floor_ort", Output(logits=ref.logits + 1), ref)
 
 
+@pytest.mark.parametrize("value", [float("nan"), float("inf")])
+def test_check_fails_non_finite_outputs_naming_them(value):
+    """NaN compares False with every tolerance: a NaN or Inf anywhere must still fail, with the
+    output named and the count of such values, even when everything else is right."""
+    ref = _reference()
+    cams = ref.cams.clone()
+    cams[1, 0, 2:4, 0] = value
+    with pytest.raises(AssertionError, match=r"gradcam_fast: cams holds 2 non-finite values"):
+        check_output("gradcam_fast", Output(cams, ref.cams_lowres, ref.target_classes), ref)
+    nan = torch.full_like(ref.cams_lowres, value)
+    with pytest.raises(AssertionError, match=r"lowres holds 8 non-finite values \(NaN or Inf\)"):
+        check_output("captum", Output(lowres=nan, classes=ref.target_classes), ref)
+    with pytest.raises(AssertionError, match="floor_ort: logits holds 10 non-finite"):
+        check_output("floor_ort", Output(logits=torch.full_like(ref.logits, value)), ref)
+
+
 def test_memory_probe_reports_rss_in_its_own_process(profile, setup):
     models = setup.paths["gradcam_k1"].parent
     cmd = [sys.executable, "-m", "benchmarks.memory", "gradcam_fast", "--models", str(models)]

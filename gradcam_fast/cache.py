@@ -1,13 +1,22 @@
-"""Exported models cached on disk, keyed by what makes them differ: export on first use."""
+"""Exported models cached on disk, keyed by what makes them differ: export on first use.
+
+Processes sharing a cache export one at a time (a lock file, `.export.lock`, in the folder):
+the second finds the first's model and reuses it. A model appears in the cache only once it
+validated (`export_onnx` renames it into place last), so any model file found there is whole.
+"""
 
 from __future__ import annotations
 
 import os
 from pathlib import Path
 
+from filelock import FileLock
+
 from .models import file_identity
 
 __all__ = ["cache_dir", "cached_model"]
+
+LOCK_NAME = ".export.lock"
 
 
 def cache_dir() -> Path:
@@ -49,7 +58,12 @@ def cached_model(
 
     name = "-".join([arch, _weights_key(weights, seed), target_layer or "default", str(image_size)])
     path = cache_dir() / f"{name}-k{num_targets}{'' if gradients else '-cw'}.onnx"
-    if not path.is_file():
+    if path.is_file():
+        return path
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with FileLock(path.parent / LOCK_NAME):
+        if path.is_file():  # another process exported it while this one waited
+            return path
         export_onnx(
             arch,
             path,

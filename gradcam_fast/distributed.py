@@ -25,6 +25,7 @@ import numpy as np
 import pyarrow as pa
 import torch
 
+from .finite import NONFINITE, NonFiniteMapsError
 from .images import IMAGE_EXTENSIONS, ImageError, load_image, model_view, to_tensor
 from .metadata import ModelMetadata
 from .visualize import overlay, save_png
@@ -202,12 +203,19 @@ class GradCAMPredictor:
         if good:
             x = self._inputs([decoded[i].view for i in good])
             t = None if self.targets is None else self.targets.expand(len(good), -1)
-            result = self.session(x, t).to("cpu")
+            try:
+                result = self.session(x, t).to("cpu")
+            except NonFiniteMapsError as exc:  # those files failed; the others are fine
+                result = exc.result.to("cpu")
+                for b in exc.indices:
+                    rows[good[b]]["error"] = f"{paths[good[b]]}: {NONFINITE}"
             probs = result.probabilities()
             lowres = result.cams_lowres.numpy()
             cams = result.cams.numpy() if self.overlays_dir is not None else None
             writes = []
             for b, i in enumerate(good):
+                if rows[i]["error"] is not None:
+                    continue
                 explained = result.target_classes[b].tolist()
                 rows[i].update(
                     predictions=self._predictions(probs[b]),

@@ -18,6 +18,7 @@ import json
 import logging
 import re
 import sys
+import tempfile
 import time
 import traceback
 from collections import deque
@@ -41,6 +42,7 @@ from .cli import (
     open_session,
     positive,
 )
+from .finite import NONFINITE, NonFiniteMapsError
 from .images import (
     IMAGE_EXTENSIONS,
     ImageError,
@@ -298,14 +300,19 @@ def _batches(items: Iterable[_Item], size: int) -> Iterator[list[_Item]]:
 
 def _run_batch(session, good: list[_Item], targets: torch.Tensor | None, s: _Settings):
     """The session on a batch of decoded items (result on the CPU); adds each item's share of
-    the time to its `seconds`."""
+    the time to its `seconds`. Items whose outputs are not finite get an error instead."""
     start = time.perf_counter()
     if s.raw_pixels:
         x = torch.from_numpy(np.stack([item.view for item in good]))
     else:
         x = torch.stack([item.tensor for item in good])
     t = None if targets is None else targets.expand(len(good), -1)
-    result = session(x, t, method=s.method, aug_smooth=s.aug_smooth).to("cpu")
+    try:
+        result = session(x, t, method=s.method, aug_smooth=s.aug_smooth).to("cpu")
+    except NonFiniteMapsError as exc:  # those images failed; the others are fine
+        result = exc.result.to("cpu")
+        for b in exc.indices:
+            good[b].error = f"{good[b].path}: {NONFINITE}"
     share = (time.perf_counter() - start) / len(good)
     for item in good:
         item.seconds += share
@@ -402,6 +409,7 @@ def explain(
         bar.update(len(batch))
         return True
 
+    finished = False
     try:
         with open(out / "results.jsonl", "w", encoding="utf-8") as results:
             items = _decoded(paths, lambda p: _decode(p, s), pool, ahead=batch_size + workers)
@@ -412,6 +420,8 @@ def explain(
                     result = _run_batch(session, good, targets, s)
                     probs, cams = result.probabilities(), result.cams.numpy()
                     for b, item in enumerate(good):
+                        if item.error is not None:  # its outputs were not finite
+                            continue
                         explained = result.target_classes[b, :maps].tolist()
                         item.record = {
                             "path": str(item.path),
@@ -426,11 +436,16 @@ def explain(
                     written.popleft()
             while written:
                 finish(*written.popleft(), results, block=True)
+        finished = True
     finally:
         bar.close()
         if pool is not None:
             pool.shutdown(wait=True, cancel_futures=True)
-        write_gallery(out, records, meta)
+        try:
+            write_gallery(out, records, meta)
+        except OSError:
+            if finished:  # else the error that stopped the run is the one to report
+                raise
     return records
 
 
@@ -507,6 +522,12 @@ def _run(args: argparse.Namespace) -> int:
         args.out.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
         return _usage_error(f"--out {args.out}: cannot create the folder ({exc.strerror or exc})")
+    try:
+        tempfile.TemporaryFile(dir=args.out).close()
+    except OSError as exc:
+        return _usage_error(
+            f"--out {args.out}: cannot write into the folder ({exc.strerror or exc})"
+        )
     wanted = len(args.classes) if args.classes else args.top_k
     # Grad-CAM needs only the channel weights: the cached model for it skips the first Linear's
     # backward (benchmarks/RESULTS.md); the other methods need the gradients.

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import logging
 import os
+import shutil
+import tempfile
 import time
 import warnings
 from pathlib import Path
@@ -59,8 +61,11 @@ class ExportValidationError(RuntimeError):
 
 
 def relative_error(actual: torch.Tensor, expected: torch.Tensor) -> float:
-    """max |actual - expected| / max |expected|: the error relative to the tensor's scale."""
+    """max |actual - expected| / max |expected|: the error relative to the tensor's scale; `inf`
+    when either tensor holds a NaN or an infinity (no non-finite value ever passes a check)."""
     actual, expected = actual.detach().double().cpu(), expected.detach().double().cpu()
+    if not (torch.isfinite(actual).all() and torch.isfinite(expected).all()):
+        return float("inf")
     scale = expected.abs().max().item()
     return (actual - expected).abs().max().item() / (scale if scale > 0 else 1.0)
 
@@ -106,7 +111,10 @@ def export_onnx(
     `path` and return it. Batch is dynamic; image size and K (`num_targets`) are fixed.
 
     With `validate`, the file is run in ONNX Runtime at a batch size other than the traced one
-    and compared with `eager_gradcam`; `ExportValidationError` reports the error figures.
+    and compared with `eager_gradcam`; `ExportValidationError` reports the error figures, or the
+    outputs that are not finite. The model is written under a temporary name beside `path` and
+    renamed into place only once it validated: after a failure or an interrupt, nothing is left
+    at `path`.
 
     With `raw_pixels`, the `images` input is uint8 [B, S, S, 3] (decoded RGB, channels last)
     and the cast, scaling and mean/std normalization run in the graph (`pixels.RawPixels`).
@@ -178,10 +186,8 @@ def export_onnx(
         precision="float16" if fp16 else "float32",
         gradients=gradients,
     )
-    _save(proto, meta, path, external_data)
+    _save(proto, meta, path, external_data, model if validate else None)
     log.info("exported %s in %.1f s", path, time.perf_counter() - started)
-    if validate:
-        validate_onnx(path, model)
     return path
 
 
@@ -209,86 +215,139 @@ def _example_pixels(batch: int, image_size: int, seed: int = 0) -> torch.Tensor:
     return torch.randint(0, 256, (batch, image_size, image_size, 3), generator=gen).to(torch.uint8)
 
 
-def _save(proto: onnx.ModelProto, meta: ModelMetadata, path: Path, external_data: bool) -> None:
-    """Write with metadata; the model file under a temporary name, then renamed, so a model
-    file that exists is whole (its weights file, if any, is written first)."""
+def _save(
+    proto: onnx.ModelProto,
+    meta: ModelMetadata,
+    path: Path,
+    external_data: bool,
+    validate_against: nn.Module | None,
+) -> None:
+    """Write with metadata into a fresh temporary folder beside `path`, validate that copy
+    against `validate_against` (unless None), then rename it into place: the weights file (if
+    any) first, the model last. The model references its weights file by the final name, which
+    inside the temporary folder is the temporary copy's. On any failure or interrupt the folder
+    is removed: no refused or partial model is ever found at `path` (or in the cache)."""
     del proto.metadata_props[:]
     for key, value in meta.to_props().items():
         proto.metadata_props.add(key=key, value=value)
     proto.producer_name = "gradcam_fast"
-    tmp = path.with_name(path.name + ".tmp")
     data = path.with_name(path.name + ".data")
-    data.unlink(missing_ok=True)  # onnx appends to an existing weights file
-    onnx.save(
-        proto,
-        tmp,
-        save_as_external_data=external_data,
-        all_tensors_to_one_file=True,
-        location=data.name,
-        size_threshold=1024,
-    )
-    os.replace(tmp, path)
+    staging = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent))
+    try:
+        staged = staging / path.name
+        onnx.save(
+            proto,
+            staged,
+            save_as_external_data=external_data,
+            all_tensors_to_one_file=True,
+            location=data.name,
+            size_threshold=1024,
+        )
+        if validate_against is not None:
+            validate_onnx(staged, validate_against, name=path)
+        if external_data:
+            os.replace(staging / data.name, data)
+        os.replace(staged, path)
+        if not external_data:
+            data.unlink(missing_ok=True)  # a stale weights file of an earlier export
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
 
 
 def compare_with_reference(got, ref, tol: float = TOLERANCE) -> dict[str, float]:
     """Relative errors of each output of `got` against `ref` (two `GradCAMResult`s), the
     Grad-CAM weights (spatial means of the gradients) among them, plus `gradients_beyond_share`:
     the share of gradient elements whose error exceeds `tol` (max-pool near-ties, see
-    NEAR_TIE_SHARE). The element-wise `gradients` figure is reported, not judged."""
-    errors = {
-        name: relative_error(getattr(got, name), getattr(ref, name))
-        for name in ("logits", "activations", "cams_lowres")
-    }
-    errors["weights"] = relative_error(got.weights(), ref.weights())
-    if got.gradients is None:  # a model exported with gradients=False
-        return errors
-    diff = (got.gradients.double().cpu() - ref.gradients.double().cpu()).abs()
-    scale = ref.gradients.abs().max().item() or 1.0
-    errors["gradients_beyond_share"] = (diff > tol * scale).double().mean().item()
-    errors["gradients"] = diff.max().item() / scale
+    NEAR_TIE_SHARE). The element-wise `gradients` figure is reported, not judged.
+
+    An output holding NaN or an infinity (in `got` or `ref`) gets the error `inf` and an extra
+    figure `<output>_nonfinite`: how many of its elements are not finite (in `got`, else in
+    `ref`); `failing_figures` fails every such figure, whatever the precision."""
+    names = ("logits", "activations", "cams_lowres", "weights", "gradients")
+    errors: dict[str, float] = {}
+    for name in names:
+        a, b = (r.weights() if name == "weights" else getattr(r, name) for r in (got, ref))
+        if a is None or b is None:  # no gradients: a model exported with gradients=False
+            continue
+        a, b = a.detach().double().cpu(), b.detach().double().cpu()
+        bad = int((~torch.isfinite(a)).sum()) or int((~torch.isfinite(b)).sum())
+        if bad:
+            errors[name] = float("inf")
+            errors[f"{name}_nonfinite"] = float(bad)
+            if name == "gradients":
+                errors["gradients_beyond_share"] = float("inf")
+        elif name != "gradients":
+            errors[name] = relative_error(a, b)
+        else:
+            diff, scale = (a - b).abs(), b.abs().max().item() or 1.0
+            errors["gradients_beyond_share"] = (diff > tol * scale).double().mean().item()
+            errors["gradients"] = diff.max().item() / scale
     return errors
 
 
 def failing_figures(errors: dict[str, float], precision: str = "float32") -> list[str]:
-    """Names of the figures in `errors` beyond the LIMITS of `precision`."""
+    """Names of the figures in `errors` beyond the LIMITS of `precision`, NaN figures among
+    them, and every `<output>_nonfinite` count (a non-finite output fails at any precision)."""
     limits = LIMITS[precision]
-    return [k for k, v in errors.items() if k in limits and v > limits[k]]
+    return [
+        k
+        for k, v in errors.items()
+        if (k in limits and not v <= limits[k]) or (k.endswith("_nonfinite") and v != 0)
+    ]
 
 
 def validate_onnx(
     path: str | os.PathLike,
     model: nn.Module,
     batch: int = VALIDATE_BATCH,
+    *,
+    name: str | os.PathLike | None = None,
 ) -> dict[str, float]:
     """Run the exported file on the CPU at `batch` and compare with `eager_gradcam` (float32).
 
-    Returns the relative errors by output; raises `ExportValidationError` when one exceeds its
-    limit for the model's precision (LIMITS) or a resolved class differs.
+    Returns the relative errors by output; raises `ExportValidationError` when an output is not
+    finite (NaN or Inf: weights holding them, or an overflow), when one exceeds its limit for
+    the model's precision (LIMITS), or when a resolved class differs. `name`: what the messages
+    call the model (default `path`).
     """
+    from .finite import NonFiniteMapsError
     from .reference import eager_gradcam
     from .runtime import GradCAMSession
 
+    name = path if name is None else name
     session = GradCAMSession(path, device="cpu")
     meta = session.metadata
     images, targets = _example_inputs(
         batch, meta.image_size, meta.num_targets, meta.num_classes, seed=1
     )
+    inputs = images
     if meta.input_format == "uint8_nhwc":  # raw pixels in; eager gets the float path's input
-        pixels = _example_pixels(batch, meta.image_size, seed=1)
-        images = normalize_pixels(pixels, meta.mean, meta.std)
-        got = session(pixels, targets)
-    else:
-        got = session(images, targets)
+        inputs = _example_pixels(batch, meta.image_size, seed=1)
+        images = normalize_pixels(inputs, meta.mean, meta.std)
+    try:
+        got = session(inputs, targets)
+    except NonFiniteMapsError as exc:  # compared below, which names the outputs
+        got = exc.result
     ref = eager_gradcam(model, images, targets, meta.target_layer)
     errors = compare_with_reference(got, ref)
     failed = failing_figures(errors, meta.precision)
+    nonfinite = [
+        f"{k.removesuffix('_nonfinite')}: {int(v)} elements" for k, v in errors.items()
+        if k.endswith("_nonfinite")
+    ]  # fmt: skip
+    if nonfinite:
+        raise ExportValidationError(
+            f"{name} ({meta.precision}): the outputs are not finite (NaN or Inf in "
+            f"{', '.join(nonfinite)}): the model's weights hold NaN or Inf, or its values "
+            "overflow"
+        )
     same_classes = torch.equal(got.target_classes.cpu(), ref.target_classes.cpu())
     if failed or not same_classes:
         figures = ", ".join(f"{k} {v:.2e}" for k, v in errors.items())
         raise ExportValidationError(
-            f"{path} ({meta.precision}) disagrees with the eager reference at batch {batch}: "
+            f"{name} ({meta.precision}) disagrees with the eager reference at batch {batch}: "
             f"{failed} beyond the limits {LIMITS[meta.precision]}; relative errors {figures}; "
             f"target classes {'match' if same_classes else 'differ'}"
         )
-    log.info("validated %s: %s", path, errors)
+    log.info("validated %s: %s", name, errors)
     return errors

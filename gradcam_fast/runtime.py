@@ -16,6 +16,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from .finite import check_finite
 from .inputs import as_image_batch, as_pixel_batch, as_targets
 from .metadata import ModelMetadata
 from .methods import cam_lowres, check_method
@@ -189,7 +190,8 @@ class GradCAMSession:
         `methods.METHODS` (gradcam, gradcam++, xgradcam, hirescam, gradcamelementwise, layercam,
         eigencam). `aug_smooth`: average over flips and intensity factors in one batched run
         (`smooth.aug_smooth_cams`). Every tensor of the result is on `self.device` and owned by
-        the caller.
+        the caller. Images whose outputs are not finite raise `finite.NonFiniteMapsError`, which
+        names them and carries the batch's result.
         """
         if aug_smooth:
             return aug_smooth_cams(self, images, targets, method)
@@ -212,12 +214,14 @@ class GradCAMSession:
             self._run(x[i : i + step], t[i : i + step], method) for i in range(0, x.shape[0], step)
         ]
         if len(parts) == 1:
-            return parts[0]
-        return GradCAMResult(
-            **{
-                k: None if v is None else torch.cat([getattr(p, k) for p in parts])
-                for k, v in vars(parts[0]).items()
-            }
+            return check_finite(parts[0])
+        return check_finite(
+            GradCAMResult(
+                **{
+                    k: None if v is None else torch.cat([getattr(p, k) for p in parts])
+                    for k, v in vars(parts[0]).items()
+                }
+            )
         )
 
     def _run(

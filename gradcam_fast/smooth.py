@@ -19,6 +19,7 @@ from collections.abc import Sequence
 import numpy as np
 import torch
 
+from .finite import NonFiniteMapsError, check_finite
 from .inputs import as_image_batch, as_targets
 from .methods import check_method
 from .result import GradCAMResult
@@ -80,7 +81,7 @@ def aug_smooth_cams(
     batch, copies = x.shape[0], len(AUGMENTATIONS)
     t = as_targets(targets, batch, meta.num_targets, meta.num_classes)
     augmented = augment(x)
-    run = session(augmented, t.repeat(copies, 1), method=method)
+    run = _unchecked(session, augmented, t.repeat(copies, 1), method)
 
     original = slice(_ORIGINAL * batch, (_ORIGINAL + 1) * batch)
     classes = run.target_classes[original]
@@ -88,15 +89,26 @@ def aug_smooth_cams(
     cams, lowres = run.cams, run.cams_lowres
     redo = (run.target_classes != wanted).any(dim=1).nonzero().squeeze(1)
     if redo.numel():
-        fixed = session(augmented[redo], wanted[redo], method=method)
+        fixed = _unchecked(session, augmented[redo], wanted[redo], method)
         cams = cams.index_copy(0, redo, fixed.cams)
         lowres = lowres.index_copy(0, redo, fixed.cams_lowres)
-    return GradCAMResult(
-        cams=_deaugment_mean(cams, batch),
-        cams_lowres=_deaugment_mean(lowres, batch),
-        target_classes=classes,
-        logits=run.logits[original],
-        activations=run.activations[original],
-        gradients=None if run.gradients is None else run.gradients[original],
-        channel_weights=None if run.channel_weights is None else run.channel_weights[original],
+    return check_finite(  # names the original images whose copies were not all finite
+        GradCAMResult(
+            cams=_deaugment_mean(cams, batch),
+            cams_lowres=_deaugment_mean(lowres, batch),
+            target_classes=classes,
+            logits=run.logits[original],
+            activations=run.activations[original],
+            gradients=None if run.gradients is None else run.gradients[original],
+            channel_weights=None if run.channel_weights is None else run.channel_weights[original],
+        )
     )
+
+
+def _unchecked(session, images: torch.Tensor, targets: torch.Tensor, method: str):
+    """The session's result for the augmented copies, non-finite ones included (their maps are
+    NaN, so the mean over an image's copies is too, and the final check names the image)."""
+    try:
+        return session(images, targets, method=method)
+    except NonFiniteMapsError as exc:
+        return exc.result
