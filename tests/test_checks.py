@@ -326,3 +326,63 @@ def test_aug_smooth_names_the_original_image(session, images):
         session(x, [[1], [1], [1]], aug_smooth=True)
     assert info.value.indices == [2]
     assert torch.isfinite(info.value.result.cams[:2]).all()
+
+
+@pytest.fixture(scope="module")
+def overflow_model(tmp_path_factory) -> Path:
+    """A tiny VGG whose first convolution overflows float32 on bright images (every weight
+    1e37: a white image's sums reach inf, then NaN further on) while a black image's sums go to
+    -inf, which the ReLU turns into zeros: finite outputs. Exported without validation."""
+    model = make_tiny_vgg(seed=3)
+    with torch.no_grad():
+        model.features[0].weight.fill_(1e37)
+        model.features[0].bias.zero_()
+    path = tmp_path_factory.mktemp("overflow") / "overflow.onnx"
+    return export_onnx(model, path, image_size=SIZE, validate=False)
+
+
+def _write_plain_images(folder: Path) -> dict[str, Path]:
+    from PIL import Image
+
+    folder.mkdir(parents=True, exist_ok=True)
+    files = {}
+    for name, level in (("black", 0), ("white", 255)):
+        files[name] = folder / f"{name}.png"
+        Image.new("RGB", (40, 40), (level,) * 3).save(files[name])
+    return files
+
+
+def test_explain_reports_nonfinite_images_and_explains_the_others(overflow_model, tmp_path, capsys):
+    from gradcam_fast.cli import EXIT_SOME_FAILED, main
+
+    files = _write_plain_images(tmp_path / "in")
+    out = tmp_path / "out"
+    status = main(["explain", str(tmp_path / "in"), "--out", str(out), "--model",
+                   str(overflow_model), "-q"])  # fmt: skip
+    err = capsys.readouterr().err
+    assert status == EXIT_SOME_FAILED
+    assert err.splitlines() == [
+        f"gradcam-fast: {files['white']}: the model's outputs for this image are not finite "
+        "(NaN or Inf), so no map was made (weights holding NaN or Inf, or a float16 overflow; "
+        "see docs/reliability.md)"
+    ]
+    black, white = (json.loads(line) for line in (out / "results.jsonl").read_text().splitlines())
+    assert "not finite" in white["error"] and "outputs" not in white
+    [png] = black["outputs"]
+    assert sorted(p.name for p in out.glob("*.png")) == [png]
+
+
+def test_ray_predictor_reports_nonfinite_rows(overflow_model, tmp_path):
+    pytest.importorskip("pyarrow", reason="pyarrow comes with the ray extra")
+    from gradcam_fast.distributed import GradCAMPredictor
+
+    files = _write_plain_images(tmp_path)
+    predictor = GradCAMPredictor(overflow_model)
+    batch = {
+        "path": np.array([str(files["black"]), str(files["white"])]),
+        "bytes": np.array([files["black"].read_bytes(), files["white"].read_bytes()], object),
+    }
+    black, white = predictor(batch).to_pylist()
+    assert black["error"] is None and np.isfinite(black["cams_lowres"]).all()
+    assert "not finite" in white["error"] and str(files["white"]) in white["error"]
+    assert white["cams_lowres"] is None and white["predictions"] is None

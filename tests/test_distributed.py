@@ -212,3 +212,61 @@ def test_cli_tensorrt_needs_gpu_actors(folder, model_path, tmp_path, capsys):
     assert main([*argv, "--tensorrt"]) == 2
     assert "--tensorrt runs on GPU actors: add --num-gpus-per-actor" in capsys.readouterr().err
     assert not out.exists()
+
+
+# --------------------------------------------------------------------------- documented options
+
+
+@pytest.mark.slow
+def test_cli_without_model_top_k_exports_into_the_cache(
+    ray_local, folder, tmp_path, monkeypatch, capsys
+):
+    """`explain-dataset` without --model exports the channel-weights model with K = --top-k into
+    the cache (a tiny VGG stands in for vgg11: the exporter's loader is patched) and explains
+    each image's two most likely classes with it."""
+    cache = tmp_path / "cache"
+    monkeypatch.setenv("GRADCAM_FAST_CACHE", str(cache))
+    monkeypatch.setattr(
+        "gradcam_fast.export.load_vgg", lambda arch, weights, seed=0: make_tiny_vgg(seed=3)
+    )
+    out = tmp_path / "out"
+    argv = ["explain-dataset", str(folder), "--out", str(out), "--arch", "vgg11", "--weights"]
+    argv += ["random", "--image-size", str(SIZE), "--top-k", "2", "--batch-size", "8", "-q"]
+    assert main(argv) == 1, capsys.readouterr().err  # the 4 corrupt files
+    [model] = cache.glob("*.onnx")
+    assert model.name == f"vgg11-random0-default-{SIZE}-k2-cw.onnx"
+    good = [r for r in pq.read_table(out).to_pylist() if r["error"] is None]
+    assert len(good) == 18
+    for row in good:
+        assert row["explained"] == [p["index"] for p in row["predictions"][:2]]
+    maps = read_maps(out)
+    expected = _single_process(model, [Path(p) for p in maps])
+    for path, cam in maps.items():
+        assert cam.shape[0] == 2
+        np.testing.assert_allclose(cam, expected[path], rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.slow
+def test_cli_raw_pixel_model_and_same_file_names(ray_local, tmp_path, capsys):
+    """A raw-pixel model through `explain-dataset`: the maps of the float model fed normalized
+    tensors; two files of the same name in different folders get distinct overlays."""
+    tiny = make_tiny_vgg(num_classes=10, seed=3)
+    raw = export_onnx(tiny, tmp_path / "raw.onnx", image_size=SIZE, raw_pixels=True)
+    plain = export_onnx(tiny, tmp_path / "float.onnx", image_size=SIZE)
+    source = tmp_path / "source"
+    for folder, image in (("a", "cat.jpg"), ("b", "coffee.jpg")):
+        (source / folder).mkdir(parents=True)
+        Image.open(EXAMPLES / image).convert("RGB").resize((90, 70)).save(
+            source / folder / "photo.jpg"
+        )
+    out, overlays = tmp_path / "out", tmp_path / "overlays"
+    argv = ["explain-dataset", str(source), "--out", str(out), "--model", str(raw), "--overlays"]
+    assert main([*argv, str(overlays), "-q"]) == 0, capsys.readouterr().err
+    rows = pq.read_table(out).to_pylist()
+    assert sorted(Path(r["path"]).parent.name for r in rows) == ["a", "b"]
+    outputs = [f for r in rows for f in r["outputs"]]
+    assert len(outputs) == 2 and sorted(outputs) == sorted(str(p) for p in overlays.iterdir())
+    maps = read_maps(out)
+    expected = _single_process(plain, [Path(p) for p in maps])
+    for path, cam in maps.items():
+        np.testing.assert_allclose(cam, expected[path], rtol=1e-5, atol=1e-5)
