@@ -212,8 +212,14 @@ from pathlib import Path
 sys.path.insert(0, {tests!r})
 import torch
 from tiny_models import make_tiny_vgg
+import onnx
 import gradcam_fast.export
 gradcam_fast.export.load_vgg = lambda arch, weights, seed=0: make_tiny_vgg(seed=seed)
+save = onnx.save
+def slow_save(*args, **kwargs):  # writing VGG's 500 MB takes seconds: a race window as wide
+    save(*args, **kwargs)
+    time.sleep(3)
+onnx.save = slow_save
 from gradcam_fast.cli import main
 
 barrier = Path({barrier!r})
@@ -229,7 +235,8 @@ sys.exit(main(["explain", {image!r}, "--out", sys.argv[2], "--arch", "vgg11",
 def test_two_processes_export_into_one_cache(tmp_path):
     """Two `explain` runs started together on an empty cache: both succeed with the same maps
     and leave one model and no temporary files (the export runs once, under the cache's lock).
-    The network is a tiny VGG standing in for vgg11, so that the test takes seconds."""
+    A tiny VGG stands in for vgg11, and a 3 s pause after each model write stands in for the
+    seconds VGG's weights take to write (the window in which the two exports collided)."""
     cache, barrier = tmp_path / "cache", tmp_path / "barrier"
     barrier.mkdir()
     code = _PROCESS.format(
