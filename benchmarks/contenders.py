@@ -21,7 +21,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from gradcam_fast.export import relative_error
+from gradcam_fast.compare import relative_error
 from gradcam_fast.graph import resolve_target_layer
 from gradcam_fast.models import load_vgg
 from gradcam_fast.ort_backend import session_options

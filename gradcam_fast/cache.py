@@ -5,17 +5,10 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+from .cachedir import cache_dir
 from .models import file_identity
 
 __all__ = ["cache_dir", "cached_model"]
-
-
-def cache_dir() -> Path:
-    """$GRADCAM_FAST_CACHE, else $XDG_CACHE_HOME/gradcam_fast, else ~/.cache/gradcam_fast."""
-    if env := os.environ.get("GRADCAM_FAST_CACHE"):
-        return Path(env)
-    base = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
-    return Path(base) / "gradcam_fast"
 
 
 def _weights_key(weights: str | os.PathLike, seed: int) -> str:

@@ -16,6 +16,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from .cachedir import cache_dir
 from .inputs import as_image_batch, as_pixel_batch, as_targets
 from .metadata import ModelMetadata
 from .methods import cam_lowres, check_method
@@ -52,8 +53,6 @@ def _tensorrt_options(
         return None
     if device.type != "cuda":
         raise ValueError(f"tensorrt=True needs device='cuda' (the session's device is {device})")
-    from .cache import cache_dir
-
     engines = cache_dir() / "tensorrt"
     engines.mkdir(parents=True, exist_ok=True)
     return tensorrt_provider_options(device, engines, extra=overrides)
