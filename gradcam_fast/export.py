@@ -14,8 +14,8 @@ from torch import nn
 
 from .compare import LIMITS, compare_with_reference, failing_figures
 from .graph import GradCAMGraph
-from .metadata import INPUT_NAMES, LEAN_OUTPUT_NAMES, OUTPUT_NAMES, ModelMetadata
-from .models import load_vgg, model_info
+from .metadata import CHANNEL_WEIGHTS_OUTPUT_NAMES, INPUT_NAMES, OUTPUT_NAMES, ModelMetadata
+from .models import load_vgg
 from .pixels import RawPixelGradCAM, normalize_pixels
 
 __all__ = ["ExportValidationError", "export_onnx", "validate_onnx"]
@@ -81,7 +81,7 @@ def export_onnx(
     do not underflow); meant for the CUDA provider, validated against the float32 reference
     with LIMITS["float16"].
 
-    With `gradients=False`, the model outputs Grad-CAM's channel weights [B, K, C]
+    With `gradients=False`, the channel-weights model: it outputs Grad-CAM's channel weights [B, K, C]
     (`channel_weights`) instead of the gradients: for the default target this skips the first
     Linear layer's VJP (a second read of its 392 MiB of weights in VGG19), the largest cost
     beyond plain inference at small batches. Such a model serves method "gradcam" only.
@@ -95,7 +95,6 @@ def export_onnx(
         raise ValueError("the model's classifier must end with an nn.Linear layer")
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    info = model_info(model)
 
     images, targets = _example_inputs(TRACE_BATCH, image_size, num_targets, graph.num_classes)
     try:
@@ -109,7 +108,7 @@ def export_onnx(
 
     exported: nn.Module = graph
     if raw_pixels:
-        exported = RawPixelGradCAM(graph, info.mean, info.std)
+        exported = RawPixelGradCAM(graph, graph.info.mean, graph.info.std)
         images = _example_pixels(TRACE_BATCH, image_size)
     started = time.perf_counter()
     batch = torch.export.Dim("batch", min=1, max=1 << 16)
@@ -121,7 +120,7 @@ def export_onnx(
             dynamo=True,
             external_data=False,
             input_names=list(INPUT_NAMES),
-            output_names=list(OUTPUT_NAMES if gradients else LEAN_OUTPUT_NAMES),
+            output_names=list(OUTPUT_NAMES if gradients else CHANNEL_WEIGHTS_OUTPUT_NAMES),
             dynamic_shapes=({0: batch}, {0: batch}),
             opset_version=opset,
             verbose=False,
@@ -129,19 +128,10 @@ def export_onnx(
     proto = program.model_proto
     if fp16:
         proto = _to_float16(proto)
-    meta = ModelMetadata(
-        arch=info.arch,
-        target_layer=graph.target_layer,
-        image_size=image_size,
-        num_targets=num_targets,
-        num_classes=graph.num_classes,
-        mean=tuple(info.mean),
-        std=tuple(info.std),
-        weights=info.weights,
-        categories=tuple(info.categories),
-        input_format="uint8_nhwc" if raw_pixels else "float_nchw",
+    meta = graph.metadata(
+        image_size,
         precision="float16" if fp16 else "float32",
-        gradients=gradients,
+        input_format="uint8_nhwc" if raw_pixels else "float_nchw",
     )
     _save(proto, meta, path, external_data)
     log.info("exported %s in %.1f s", path, time.perf_counter() - started)
