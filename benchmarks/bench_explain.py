@@ -22,13 +22,13 @@ import numpy as np
 import pytest
 import torch
 from PIL import Image
-from torch import nn
 from torchvision import transforms as T
 
 from gradcam_fast import export_onnx, load_vgg
 from gradcam_fast.cli import EXIT_OK, main
 from gradcam_fast.images import load_image, model_view, to_tensor
 from gradcam_fast.models import IMAGENET_MEAN, IMAGENET_STD
+from gradcam_fast.testing import make_tiny_vgg
 
 SAMPLES = Path(__file__).resolve().parent.parent / "examples" / "images"
 
@@ -71,22 +71,10 @@ def photo_folder(tmp_path_factory) -> Path:
     return folder
 
 
-def _tiny_vgg() -> nn.Module:
-    from torchvision.models.vgg import VGG, make_layers
-
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(0)
-        model = VGG(make_layers([16, "M", 32, "M", 32, "M"]), num_classes=10)
-        model.classifier = nn.Sequential(
-            nn.Linear(32 * 7 * 7, 32), nn.ReLU(True), nn.Linear(32, 10)
-        )
-    return model.eval()
-
-
 @pytest.fixture(scope="module")
 def model_file(tmp_path_factory) -> Path:
     if SETTING.model == "tiny":
-        model = _tiny_vgg()
+        model = make_tiny_vgg((16, "M", 32, "M", 32, "M"), num_classes=10, pool=7)
     else:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")  # random weights explain nothing: known here

@@ -22,7 +22,8 @@ from benchmarks.contenders import (
     ort_session_options,
 )
 from gradcam_fast import GradCAMSession, export_onnx
-from gradcam_fast.export import compare_with_reference, failing_figures, validate_onnx
+from gradcam_fast.compare import compare_with_reference, failing_figures
+from gradcam_fast.export import validate_onnx
 from gradcam_fast.postprocess import gradcam_lowres, upsample_normalize
 
 PROFILE = active_profile()

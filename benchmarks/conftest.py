@@ -31,7 +31,7 @@ def model_files(folder: Path, num_targets: int) -> dict[str, Path]:
         "gradcam_k1": folder / "gradcam_k1.onnx",
         f"gradcam_k{num_targets}": folder / f"gradcam_k{num_targets}.onnx",
         "floor": folder / "floor.onnx",
-        "gradcam_lean": folder / "gradcam_lean.onnx",
+        "gradcam_channel_weights": folder / "gradcam_channel_weights.onnx",
         "gradcam_external": folder / "gradcam_external.onnx",  # weights in .onnx.data beside it
     }
 
@@ -51,7 +51,7 @@ def export_all(model: torch.nn.Module, folder: Path, profile: Profile) -> dict[s
             validate=False,
         )
     export_onnx(
-        model, paths["gradcam_lean"], image_size=profile.image_size, gradients=False,
+        model, paths["gradcam_channel_weights"], image_size=profile.image_size, gradients=False,
         validate=False,
     )  # fmt: skip
     export_onnx(

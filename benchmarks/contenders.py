@@ -21,7 +21,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from gradcam_fast.export import relative_error
+from gradcam_fast.compare import relative_error
 from gradcam_fast.graph import resolve_target_layer
 from gradcam_fast.models import load_vgg
 from gradcam_fast.ort_backend import session_options
@@ -86,21 +86,9 @@ def make_model(kind: str, seed: int = 0) -> nn.Module:
             return load_vgg("vgg19", "random", seed=seed)
     if kind != "tiny":
         raise ValueError(f"unknown benchmark model {kind!r}: use 'vgg19' or 'tiny'")
-    from torchvision.models.vgg import VGG, make_layers
+    from gradcam_fast.testing import make_tiny_vgg
 
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(seed)
-        model = VGG(make_layers(TINY_CFG), num_classes=10)
-        model.classifier = nn.Sequential(
-            nn.Linear(64 * 7 * 7, 32),
-            nn.ReLU(inplace=True),
-            nn.Dropout(),
-            nn.Linear(32, 32),
-            nn.ReLU(inplace=True),
-            nn.Dropout(),
-            nn.Linear(32, 10),
-        )
-    return model.eval()
+    return make_tiny_vgg(TINY_CFG, num_classes=10, pool=7, seed=seed)
 
 
 def weights_bytes(model: nn.Module) -> int:
@@ -376,7 +364,7 @@ CONTENDERS: dict[str, ContenderSpec] = {
         ContenderSpec(
             "gradcam_fast_lean",
             "4''. gradcam_fast session, channel weights only (gradients=False)",
-            lambda setup: FastSession(setup, "gradcam_lean"),
+            lambda setup: FastSession(setup, "gradcam_channel_weights"),
         ),
         ContenderSpec(
             "gradcam_fast_low_memory",

@@ -34,7 +34,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from gradcam_fast import GradCAMSession, eager_gradcam, export_onnx, load_vgg  # noqa: E402
-from gradcam_fast.export import compare_with_reference, failing_figures  # noqa: E402
+from gradcam_fast.compare import compare_with_reference, failing_figures  # noqa: E402
 from gradcam_fast.ort_backend import TENSORRT_EP, available_devices  # noqa: E402
 
 SIZE = 224

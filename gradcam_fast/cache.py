@@ -9,22 +9,19 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from filelock import FileLock
 
+from .cachedir import cache_dir
 from .models import file_identity
 
-__all__ = ["cache_dir", "cached_model"]
+if TYPE_CHECKING:
+    from .runtime import GradCAMSession
+
+__all__ = ["cache_dir", "cached_model", "open_session"]
 
 LOCK_NAME = ".export.lock"
-
-
-def cache_dir() -> Path:
-    """$GRADCAM_FAST_CACHE, else $XDG_CACHE_HOME/gradcam_fast, else ~/.cache/gradcam_fast."""
-    if env := os.environ.get("GRADCAM_FAST_CACHE"):
-        return Path(env)
-    base = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
-    return Path(base) / "gradcam_fast"
 
 
 def _weights_key(weights: str | os.PathLike, seed: int) -> str:
@@ -51,8 +48,9 @@ def cached_model(
 ) -> Path:
     """Path of the exported model for these settings, exporting (and validating) it if missing.
 
-    `gradients=False` caches the channel-weights model (`export_onnx(..., gradients=False)`):
-    enough for Grad-CAM, and cheaper at small batches; the other methods need the gradients.
+    `gradients=False` caches the channel-weights model (`export_onnx(..., gradients=False)`,
+    file name ending in `-cw`): enough for Grad-CAM, and cheaper at small batches; the other
+    methods need the gradients.
     """
     from .export import export_onnx
 
@@ -75,3 +73,18 @@ def cached_model(
             gradients=gradients,
         )
     return path
+
+
+def open_session(
+    model: str | os.PathLike | None = None,
+    *,
+    device: str = "auto",
+    tensorrt: bool = False,
+    **settings,
+) -> GradCAMSession:
+    """A session for the exported `model` file, or else for the cached export of `settings`
+    (`cached_model`'s arch, weights, target_layer, image_size, num_targets, seed, gradients;
+    made if missing)."""
+    from .runtime import GradCAMSession
+
+    return GradCAMSession(model or cached_model(**settings), device=device, tensorrt=tensorrt)

@@ -13,7 +13,6 @@ from __future__ import annotations
 import hashlib
 import math
 import os
-import re
 import tempfile
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -25,10 +24,12 @@ import numpy as np
 import pyarrow as pa
 import torch
 
+from .classes import TOP_PREDICTIONS, class_targets, maps_per_image, top_predictions
 from .finite import NONFINITE, NonFiniteMapsError
-from .images import IMAGE_EXTENSIONS, ImageError, load_image, model_view, to_tensor
+from .images import IMAGE_EXTENSIONS
 from .metadata import ModelMetadata
-from .visualize import overlay, save_png
+from .steps import decode, model_input, slug, write_overlays
+from .visualize import atomic_file
 
 if TYPE_CHECKING:
     import ray.data
@@ -44,7 +45,6 @@ __all__ = [
     "read_metadata",
 ]
 
-TOP_PREDICTIONS = 5
 MAX_BLOCKS = 10_000  # beyond this, Ray's per-block bookkeeping outweighs finer balancing
 
 # One row per input file. `predictions`, `explained`, `cams_lowres*` are null for failed files,
@@ -81,10 +81,6 @@ def read_metadata(model_path: str | os.PathLike) -> ModelMetadata:
     return ModelMetadata.from_props({p.key: p.value for p in proto.metadata_props}, str(path))
 
 
-def _slug(text: str) -> str:
-    return re.sub(r"[^A-Za-z0-9._-]+", "-", text).strip("-._") or "image"
-
-
 def _local_model(model_path: str, shipped: list | None) -> str:
     """`model_path` where this node has it; else the bytes the driver put in the object store,
     written once per node to a temporary file named by their size and hash."""
@@ -97,17 +93,9 @@ def _local_model(model_path: str, shipped: list | None) -> str:
     target = Path(tempfile.gettempdir()) / "gradcam_fast" / f"{Path(model_path).stem}-{digest}.onnx"
     if not target.is_file():
         target.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=target.parent, suffix=".part")
-        with os.fdopen(fd, "wb") as f:
+        with atomic_file(target) as f:  # actors on the same node may race here
             f.write(data)
-        os.replace(tmp, target)  # atomic: actors on the same node may race here
     return str(target)
-
-
-@dataclass
-class _Decoded:
-    view: np.ndarray | None = None  # uint8 [S, S, 3], what the model sees
-    error: str | None = None
 
 
 class GradCAMPredictor:
@@ -118,7 +106,8 @@ class GradCAMPredictor:
     optional one-element list holding an ObjectRef of the model's bytes, used on nodes where the
     path does not exist. `num_threads`: ONNX Runtime intra-op threads and decoding threads (the
     actor's CPUs). `device`: None picks "cuda" when Ray assigned this actor a GPU, else "cpu".
-    `classes`: explain these classes (one map each) instead of the model's top K.
+    `classes`: explain these classes (one map each) instead of the model's top K; `top_k`: the
+    top `top_k` classes only (at most K).
     `overlays_dir`: also write one overlay PNG per image and map there (a folder every node can
     write to).
     """
@@ -130,6 +119,7 @@ class GradCAMPredictor:
         num_threads: int = 1,
         device: str | None = None,
         classes: Sequence[int] | None = None,
+        top_k: int | None = None,
         crop: bool = True,
         overlays_dir: str | os.PathLike | None = None,
         colormap: str = "jet",
@@ -149,8 +139,8 @@ class GradCAMPredictor:
         )
         meta = self.session.metadata
         self.names = tuple(meta.categories)
-        self.raw_pixels = meta.input_format == "uint8_nhwc"
-        self.targets = None if classes is None else torch.tensor(list(classes), dtype=torch.int64)
+        self.maps = maps_per_image(path, meta.num_targets, classes, top_k)
+        self.targets = class_targets(classes, meta.num_targets)
         self.crop = crop
         self.overlays_dir = None if overlays_dir is None else Path(overlays_dir)
         if self.overlays_dir is not None:
@@ -158,39 +148,18 @@ class GradCAMPredictor:
         self.colormap, self.alpha = colormap, alpha
         self._pool = ThreadPoolExecutor(self.num_threads, thread_name_prefix="gradcam-decode")
 
-    def _decode(self, data: bytes, path: str) -> _Decoded:
-        try:
-            image = load_image(data, name=path)
-            return _Decoded(view=model_view(image, self.session.image_size, self.crop))
-        except ImageError as exc:
-            return _Decoded(error=str(exc))
-        except Exception as exc:  # any other failure on one file must not fail the dataset
-            return _Decoded(error=f"{path}: unexpected {type(exc).__name__} while reading: {exc}")
+    def _decode(self, data: bytes, path: str):
+        return decode(data, self.session.metadata, name=path, crop=self.crop)
 
-    def _inputs(self, views: list[np.ndarray]) -> torch.Tensor:
-        if self.raw_pixels:
-            return torch.from_numpy(np.stack(views))
-        meta = self.session.metadata
-        return torch.stack([to_tensor(v, meta.mean, meta.std) for v in views])
-
-    def _predictions(self, probs: torch.Tensor) -> list[dict[str, Any]]:
-        top = probs.topk(min(TOP_PREDICTIONS, probs.numel()))
-        return [
-            {"index": i, "name": self.names[i] if self.names else None, "probability": p}
-            for p, i in zip(top.values.tolist(), top.indices.tolist(), strict=True)
-        ]
-
-    def _overlays(self, path: str, view: np.ndarray, cams: np.ndarray, classes: list[int]):
+    def _overlays(self, path: str, decoded, cams: np.ndarray, classes: list[int]) -> list[str]:
         """One PNG per map, named by the file's stem, a hash of its full path (files of the same
         name in different folders must not overwrite each other) and the class."""
-        stem = f"{_slug(Path(path).stem)}-{hashlib.sha1(path.encode()).hexdigest()[:8]}"
-        written = []
-        for cam, index in zip(cams, classes, strict=True):
-            name = f"{stem}_{index}" + (f"_{_slug(self.names[index])}" if self.names else "")
-            target = self.overlays_dir / f"{name}.png"
-            save_png(overlay(view, cam, self.colormap, self.alpha), target)
-            written.append(str(target))
-        return written
+        stem = f"{slug(Path(path).stem)}-{hashlib.sha1(path.encode()).hexdigest()[:8]}"
+        style = {"colormap": self.colormap, "alpha": self.alpha}
+        written = write_overlays(
+            self.overlays_dir, stem, decoded, cams, classes, self.names, **style
+        )
+        return [str(p) for p in written]
 
     def __call__(self, batch: dict[str, np.ndarray]) -> pa.Table:
         paths = [str(p) for p in batch["path"]]
@@ -201,7 +170,7 @@ class GradCAMPredictor:
             for p, d in zip(paths, decoded, strict=True)
         ]
         if good:
-            x = self._inputs([decoded[i].view for i in good])
+            x = model_input([decoded[i] for i in good])
             t = None if self.targets is None else self.targets.expand(len(good), -1)
             try:
                 result = self.session(x, t).to("cpu")
@@ -210,21 +179,21 @@ class GradCAMPredictor:
                 for b in exc.indices:
                     rows[good[b]]["error"] = f"{paths[good[b]]}: {NONFINITE}"
             probs = result.probabilities()
-            lowres = result.cams_lowres.numpy()
-            cams = result.cams.numpy() if self.overlays_dir is not None else None
+            lowres = result.cams_lowres[:, : self.maps].numpy()
+            cams = result.cams[:, : self.maps].numpy() if self.overlays_dir is not None else None
             writes = []
             for b, i in enumerate(good):
                 if rows[i]["error"] is not None:
                     continue
-                explained = result.target_classes[b].tolist()
+                explained = result.target_classes[b, : self.maps].tolist()
                 rows[i].update(
-                    predictions=self._predictions(probs[b]),
+                    predictions=top_predictions(probs[b], self.names),
                     explained=explained,
                     cams_lowres=lowres[b].ravel(),
                     cams_lowres_shape=list(lowres.shape[1:]),
                 )
                 if cams is not None:
-                    job = (paths[i], decoded[i].view, cams[b], explained)
+                    job = (paths[i], decoded[i], cams[b], explained)
                     writes.append((i, self._pool.submit(self._overlays, *job)))
             for i, future in writes:
                 rows[i]["outputs"] = future.result()
@@ -302,14 +271,10 @@ def explain_dataset(
     batch_size: int = 16,
     cpus_per_actor: float | None = None,
     gpus_per_actor: float = 0.0,
-    classes: Sequence[int] | None = None,
-    crop: bool = True,
-    overlays_dir: str | os.PathLike | None = None,
-    colormap: str = "jet",
-    alpha: float = 0.5,
-    device: str | None = None,
     extensions: Sequence[str] | None = tuple(IMAGE_EXTENSIONS),
-    tensorrt: bool = False,
+    classes: Sequence[int] | None = None,
+    overlays_dir: str | os.PathLike | None = None,
+    **options,
 ) -> ray.data.Dataset:
     """The lazy Ray dataset of explanations of `source` (a folder, files, or URIs Ray can read:
     s3://, gs://, local:// ...): one row per file with `ROW_SCHEMA`. Needs a connected Ray
@@ -317,9 +282,10 @@ def explain_dataset(
 
     Only files with one of `extensions` are read (case-insensitive; default IMAGE_EXTENSIONS;
     None reads every file, for a list of files already chosen). `actors` sessions run
-    at once, each with `cpus_per_actor` CPUs (default: an even share) and `gpus_per_actor` GPUs;
-    `device` None runs an actor on CUDA when it holds a GPU, else on the CPU; `tensorrt` runs
-    the GPU actors' sessions on ONNX Runtime's TensorRT provider.
+    at once, each with `cpus_per_actor` CPUs (default: an even share) and `gpus_per_actor` GPUs.
+    `classes`, `overlays_dir` and `options` (device, top_k, crop, colormap, alpha, tensorrt) are
+    `GradCAMPredictor`'s: `device` None runs an actor on CUDA when it holds a GPU, else on the
+    CPU; `tensorrt` runs the GPU actors' sessions on ONNX Runtime's TensorRT provider.
     """
     import ray.data
 
@@ -340,14 +306,10 @@ def explain_dataset(
         fn_constructor_args=(str(model_path),),
         fn_constructor_kwargs={
             "num_threads": resources.threads,
-            "device": device,
             "classes": None if classes is None else list(classes),
-            "crop": crop,
             "overlays_dir": None if overlays_dir is None else os.fspath(overlays_dir),
-            "colormap": colormap,
-            "alpha": alpha,
             "shipped": _ship_model(model_path),
-            "tensorrt": tensorrt,
+            **options,
         },
         batch_size=batch_size,
         batch_format="numpy",

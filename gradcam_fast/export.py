@@ -14,60 +14,22 @@ import onnx
 import torch
 from torch import nn
 
+from .compare import LIMITS, compare_with_reference, failing_figures
 from .graph import GradCAMGraph
-from .metadata import INPUT_NAMES, LEAN_OUTPUT_NAMES, OUTPUT_NAMES, ModelMetadata
-from .models import load_vgg, model_info
+from .metadata import CHANNEL_WEIGHTS_OUTPUT_NAMES, INPUT_NAMES, OUTPUT_NAMES, ModelMetadata
+from .models import load_vgg
 from .pixels import RawPixelGradCAM, normalize_pixels
 
-__all__ = [
-    "ExportValidationError",
-    "compare_with_reference",
-    "export_onnx",
-    "failing_figures",
-    "relative_error",
-    "validate_onnx",
-]
+__all__ = ["ExportValidationError", "export_onnx", "validate_onnx"]
 
 log = logging.getLogger(__name__)
 
 TRACE_BATCH = 2  # batch size traced; validation runs another one
 VALIDATE_BATCH = 3
-TOLERANCE = 1e-4  # DESIGN.md: relative error of float32 outputs against the eager reference
-# Share of gradient elements allowed beyond TOLERANCE. Where a max-pool window's two largest
-# inputs differ by less than float32 rounding, two runtimes may pick different winners and the
-# gradient moves to the other position of the window. Such near-ties are rare (a few elements per
-# million at VGG19 224) and leave the Grad-CAM weights and maps unchanged; anything systematic is
-# far above this share.
-NEAR_TIE_SHARE = 1e-4
-# What each figure of `compare_with_reference` may reach, by the model's precision. A float16
-# body perturbs the activations by ~1e-3, enough to flip ReLU masks and max-pool winners in the
-# head near zero or near ties, which moves single channel weights by a few percent; the maps sum
-# over all channels and stay within 5%. So float16 is judged on logits, activations and maps;
-# its channel weights and gradient share are reported, not judged.
-LIMITS = {
-    "float32": {
-        "logits": TOLERANCE,
-        "activations": TOLERANCE,
-        "cams_lowres": TOLERANCE,
-        "weights": TOLERANCE,
-        "gradients_beyond_share": NEAR_TIE_SHARE,
-    },
-    "float16": {"logits": 1e-2, "activations": 1e-2, "cams_lowres": 5e-2},
-}
 
 
 class ExportValidationError(RuntimeError):
     """The exported model disagrees with the eager reference beyond the tolerance."""
-
-
-def relative_error(actual: torch.Tensor, expected: torch.Tensor) -> float:
-    """max |actual - expected| / max |expected|: the error relative to the tensor's scale; `inf`
-    when either tensor holds a NaN or an infinity (no non-finite value ever passes a check)."""
-    actual, expected = actual.detach().double().cpu(), expected.detach().double().cpu()
-    if not (torch.isfinite(actual).all() and torch.isfinite(expected).all()):
-        return float("inf")
-    scale = expected.abs().max().item()
-    return (actual - expected).abs().max().item() / (scale if scale > 0 else 1.0)
 
 
 def _as_model(model_or_arch: nn.Module | str, weights: str | os.PathLike, seed: int) -> nn.Module:
@@ -124,7 +86,7 @@ def export_onnx(
     do not underflow); meant for the CUDA provider, validated against the float32 reference
     with LIMITS["float16"].
 
-    With `gradients=False`, the model outputs Grad-CAM's channel weights [B, K, C]
+    With `gradients=False`, the channel-weights model: it outputs Grad-CAM's channel weights [B, K, C]
     (`channel_weights`) instead of the gradients: for the default target this skips the first
     Linear layer's VJP (a second read of its 392 MiB of weights in VGG19), the largest cost
     beyond plain inference at small batches. Such a model serves method "gradcam" only.
@@ -138,7 +100,6 @@ def export_onnx(
         raise ValueError("the model's classifier must end with an nn.Linear layer")
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    info = model_info(model)
 
     images, targets = _example_inputs(TRACE_BATCH, image_size, num_targets, graph.num_classes)
     try:
@@ -152,7 +113,7 @@ def export_onnx(
 
     exported: nn.Module = graph
     if raw_pixels:
-        exported = RawPixelGradCAM(graph, info.mean, info.std)
+        exported = RawPixelGradCAM(graph, graph.info.mean, graph.info.std)
         images = _example_pixels(TRACE_BATCH, image_size)
     started = time.perf_counter()
     batch = torch.export.Dim("batch", min=1, max=1 << 16)
@@ -164,7 +125,7 @@ def export_onnx(
             dynamo=True,
             external_data=False,
             input_names=list(INPUT_NAMES),
-            output_names=list(OUTPUT_NAMES if gradients else LEAN_OUTPUT_NAMES),
+            output_names=list(OUTPUT_NAMES if gradients else CHANNEL_WEIGHTS_OUTPUT_NAMES),
             dynamic_shapes=({0: batch}, {0: batch}),
             opset_version=opset,
             verbose=False,
@@ -172,19 +133,10 @@ def export_onnx(
     proto = program.model_proto
     if fp16:
         proto = _to_float16(proto)
-    meta = ModelMetadata(
-        arch=info.arch,
-        target_layer=graph.target_layer,
-        image_size=image_size,
-        num_targets=num_targets,
-        num_classes=graph.num_classes,
-        mean=tuple(info.mean),
-        std=tuple(info.std),
-        weights=info.weights,
-        categories=tuple(info.categories),
-        input_format="uint8_nhwc" if raw_pixels else "float_nchw",
+    meta = graph.metadata(
+        image_size,
         precision="float16" if fp16 else "float32",
-        gradients=gradients,
+        input_format="uint8_nhwc" if raw_pixels else "float_nchw",
     )
     _save(proto, meta, path, external_data, model if validate else None)
     log.info("exported %s in %.1f s", path, time.perf_counter() - started)
@@ -252,48 +204,6 @@ def _save(
             data.unlink(missing_ok=True)  # a stale weights file of an earlier export
     finally:
         shutil.rmtree(staging, ignore_errors=True)
-
-
-def compare_with_reference(got, ref, tol: float = TOLERANCE) -> dict[str, float]:
-    """Relative errors of each output of `got` against `ref` (two `GradCAMResult`s), the
-    Grad-CAM weights (spatial means of the gradients) among them, plus `gradients_beyond_share`:
-    the share of gradient elements whose error exceeds `tol` (max-pool near-ties, see
-    NEAR_TIE_SHARE). The element-wise `gradients` figure is reported, not judged.
-
-    An output holding NaN or an infinity (in `got` or `ref`) gets the error `inf` and an extra
-    figure `<output>_nonfinite`: how many of its elements are not finite (in `got`, else in
-    `ref`); `failing_figures` fails every such figure, whatever the precision."""
-    names = ("logits", "activations", "cams_lowres", "weights", "gradients")
-    errors: dict[str, float] = {}
-    for name in names:
-        a, b = (r.weights() if name == "weights" else getattr(r, name) for r in (got, ref))
-        if a is None or b is None:  # no gradients: a model exported with gradients=False
-            continue
-        a, b = a.detach().double().cpu(), b.detach().double().cpu()
-        bad = int((~torch.isfinite(a)).sum()) or int((~torch.isfinite(b)).sum())
-        if bad:
-            errors[name] = float("inf")
-            errors[f"{name}_nonfinite"] = float(bad)
-            if name == "gradients":
-                errors["gradients_beyond_share"] = float("inf")
-        elif name != "gradients":
-            errors[name] = relative_error(a, b)
-        else:
-            diff, scale = (a - b).abs(), b.abs().max().item() or 1.0
-            errors["gradients_beyond_share"] = (diff > tol * scale).double().mean().item()
-            errors["gradients"] = diff.max().item() / scale
-    return errors
-
-
-def failing_figures(errors: dict[str, float], precision: str = "float32") -> list[str]:
-    """Names of the figures in `errors` beyond the LIMITS of `precision`, NaN figures among
-    them, and every `<output>_nonfinite` count (a non-finite output fails at any precision)."""
-    limits = LIMITS[precision]
-    return [
-        k
-        for k, v in errors.items()
-        if (k in limits and not v <= limits[k]) or (k.endswith("_nonfinite") and v != 0)
-    ]
 
 
 def validate_onnx(

@@ -6,7 +6,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .models import default_target_layer, feature_layer_names
+from .metadata import ModelMetadata
+from .models import default_target_layer, feature_layer_names, model_info
 from .vjp import FLATTEN, forward_saving, vjp
 
 __all__ = ["GradCAMGraph", "resolve_target_layer", "resolve_targets"]
@@ -50,8 +51,8 @@ class GradCAMGraph(nn.Module):
     target classes at once. No autograd and no hooks, so `torch.onnx.export` can trace it.
     Shares parameters with `model` and puts it in eval mode (this is an inference graph).
 
-    `gradients=False` returns Grad-CAM's channel weights [B,K,C] (the spatial means of the
-    gradients) instead of the gradients. When only pooling lies between the target and the
+    `gradients=False` makes the channel-weights graph: it returns Grad-CAM's channel weights
+    [B,K,C] (the spatial means of the gradients) instead of the gradients. When only pooling lies between the target and the
     first Linear (the default target), they come from that Linear's weights summed over each
     channel's positions (C columns instead of C*7*7), so the costly first VJP is skipped.
     """
@@ -69,6 +70,7 @@ class GradCAMGraph(nn.Module):
         self.target_layer, index = resolve_target_layer(model, target_layer)
         self.num_targets = num_targets
         self.gradients = gradients
+        self.info = model_info(model)  # where the network came from, for the metadata
         self.body = model.features[: index + 1]
         self.head = nn.ModuleList(
             [*model.features[index + 1 :], model.avgpool, FLATTEN, *model.classifier]
@@ -80,6 +82,26 @@ class GradCAMGraph(nn.Module):
             self.first_linear, channel_sums = self._channel_sums(model)
         self.register_buffer("channel_sums", channel_sums, persistent=False)
         self.eval()
+
+    def metadata(
+        self, image_size: int, *, precision: str = "float32", input_format: str = "float_nchw"
+    ) -> ModelMetadata:
+        """What a model of this graph records and a session relies on: the one place a
+        `ModelMetadata` is built (by `export_onnx` and by the torch backend)."""
+        return ModelMetadata(
+            arch=self.info.arch,
+            target_layer=self.target_layer,
+            image_size=image_size,
+            num_targets=self.num_targets,
+            num_classes=self.num_classes,
+            mean=tuple(self.info.mean),
+            std=tuple(self.info.std),
+            weights=self.info.weights,
+            categories=tuple(self.info.categories),
+            precision=precision,
+            input_format=input_format,
+            gradients=self.gradients,
+        )
 
     def _channel_sums(self, model: nn.Module) -> tuple[int | None, torch.Tensor | None]:
         """(index of the first Linear in the head, its weight summed per channel [out, C]), or

@@ -23,6 +23,7 @@ import torch
 from PIL import Image, ImageOps
 
 from .models import IMAGENET_MEAN, IMAGENET_STD
+from .pixels import normalize_pixels
 
 __all__ = [
     "IMAGE_EXTENSIONS",
@@ -226,14 +227,8 @@ def to_tensor(
     std: Sequence[float] = IMAGENET_STD,
 ) -> torch.Tensor:
     """uint8 [H, W, 3] pixels as a float32 [3, H, W] tensor, scaled to [0, 1] and normalized."""
-    x = (
-        torch.from_numpy(np.array(pixels, dtype=np.uint8, copy=not pixels.flags.writeable))
-        .permute(2, 0, 1)
-        .to(torch.float32)
-    )
-    m = torch.tensor(mean, dtype=torch.float32).view(3, 1, 1)
-    s = torch.tensor(std, dtype=torch.float32).view(3, 1, 1)
-    return ((x / 255.0 - m) / s).contiguous()
+    array = np.array(pixels, dtype=np.uint8, copy=not pixels.flags.writeable)
+    return normalize_pixels(torch.from_numpy(array)[None], mean, std)[0].contiguous()
 
 
 def preprocess(

@@ -44,6 +44,20 @@ def _check_dense(tensor: torch.Tensor, what: str) -> None:
         raise TypeError(f"{what} must be a dense tensor with data, got a {kind} tensor")
 
 
+def _check_size(
+    images: torch.Tensor, height_width: tuple, image_size: int | None, expected: str
+) -> None:
+    """Refuse images of another size than the model's, and an empty batch."""
+    if image_size is not None and height_width != (image_size, image_size):
+        raise ValueError(
+            f"expected {expected} (the model was exported for {image_size}x{image_size}), got "
+            f"{list(images.shape)}: resize/crop the images or export the model again with that "
+            "image_size"
+        )
+    if images.shape[0] == 0:
+        raise ValueError("empty batch: pass at least one image")
+
+
 def as_image_batch(
     images: torch.Tensor | np.ndarray,
     image_size: int | None = None,
@@ -80,14 +94,7 @@ def as_image_batch(
             else ""
         )
         raise ValueError(f"expected images of shape {expected}, got {list(images.shape)}{hint}")
-    if image_size is not None and tuple(images.shape[-2:]) != (image_size, image_size):
-        raise ValueError(
-            f"expected images of shape {expected} (the model was exported for {image_size}x"
-            f"{image_size}), got {list(images.shape)}: resize/crop the images or export the "
-            "model again with that image_size"
-        )
-    if images.shape[0] == 0:
-        raise ValueError("empty batch: pass at least one image")
+    _check_size(images, tuple(images.shape[-2:]), image_size, f"images of shape {expected}")
     images = images.to(device=device, dtype=torch.float32).contiguous()
     finite = torch.isfinite(images)
     if not bool(finite.all()):
@@ -135,14 +142,7 @@ def as_pixel_batch(
         raise ValueError(
             f"expected uint8 images of shape {expected}, got {list(images.shape)}{hint}"
         )
-    if image_size is not None and tuple(images.shape[1:3]) != (image_size, image_size):
-        raise ValueError(
-            f"expected uint8 images of shape {expected} (the model was exported for {image_size}x"
-            f"{image_size}), got {list(images.shape)}: resize/crop the images or export the "
-            "model again with that image_size"
-        )
-    if images.shape[0] == 0:
-        raise ValueError("empty batch: pass at least one image")
+    _check_size(images, tuple(images.shape[1:3]), image_size, f"uint8 images of shape {expected}")
     return images.to(device=device).contiguous()
 
 

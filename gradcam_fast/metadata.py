@@ -6,9 +6,9 @@ import json
 from dataclasses import asdict, dataclass, field
 
 __all__ = [
+    "CHANNEL_WEIGHTS_OUTPUT_NAMES",
     "FORMAT_VERSION",
     "INPUT_NAMES",
-    "LEAN_OUTPUT_NAMES",
     "OUTPUT_NAMES",
     "ModelMetadata",
     "NotAGradCAMModel",
@@ -18,8 +18,9 @@ FORMAT_VERSION = 1
 PREFIX = "gradcam_fast."
 INPUT_NAMES = ("images", "targets")
 OUTPUT_NAMES = ("logits", "target_classes", "activations", "gradients")
-# A model exported with gradients=False: Grad-CAM's channel weights [B, K, C] instead.
-LEAN_OUTPUT_NAMES = ("logits", "target_classes", "activations", "channel_weights")
+# The channel-weights model (exported with gradients=False): Grad-CAM's channel weights
+# [B, K, C] instead of the gradients.
+CHANNEL_WEIGHTS_OUTPUT_NAMES = ("logits", "target_classes", "activations", "channel_weights")
 
 
 class NotAGradCAMModel(ValueError):
@@ -41,12 +42,12 @@ class ModelMetadata:
     categories: tuple[str, ...] = field(default=(), repr=False)
     precision: str = "float32"  # or "float16": the body below the target layer runs in float16
     input_format: str = "float_nchw"  # or "uint8_nhwc": raw decoded pixels, normalized in-graph
-    gradients: bool = True  # False: outputs channel_weights [B,K,C] instead of gradients
+    gradients: bool = True  # False: the channel-weights model, channel_weights [B,K,C] out
     format_version: int = FORMAT_VERSION
 
     @property
     def output_names(self) -> tuple[str, ...]:
-        return OUTPUT_NAMES if self.gradients else LEAN_OUTPUT_NAMES
+        return OUTPUT_NAMES if self.gradients else CHANNEL_WEIGHTS_OUTPUT_NAMES
 
     def to_props(self) -> dict[str, str]:
         """String key/values for `ModelProto.metadata_props`."""

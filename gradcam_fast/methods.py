@@ -28,7 +28,7 @@ from collections.abc import Callable
 
 import torch
 
-from .postprocess import gradcam_lowres
+from .postprocess import gradcam_lowres, weighted_sum
 
 __all__ = [
     "METHODS",
@@ -46,13 +46,6 @@ __all__ = [
 CamMethod = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 
 
-def _weighted_sum(weights: torch.Tensor, activations: torch.Tensor) -> torch.Tensor:
-    """ReLU(sum_c w[b,k,c] A[b,c]) for all b, k as one batched matmul: [B, K, h, w]."""
-    b, c, h, w = activations.shape
-    cams = torch.bmm(weights, activations.reshape(b, c, h * w))
-    return cams.relu_().reshape(b, -1, h, w)
-
-
 def gradcam(activations: torch.Tensor, gradients: torch.Tensor) -> torch.Tensor:
     """Grad-CAM: channel weights are the spatial mean of the gradients."""
     return gradcam_lowres(activations, gradients)
@@ -64,7 +57,7 @@ def gradcam_plusplus(activations: torch.Tensor, gradients: torch.Tensor) -> torc
     positive = gradients.clamp(min=0)
     denom = 2 + sum_a * positive  # 2 where g <= 0, so those terms are exactly 0
     terms = torch.where(denom != 0, positive / denom, torch.zeros((), dtype=denom.dtype))
-    return _weighted_sum(terms.sum(dim=(-2, -1)), activations)
+    return weighted_sum(terms.sum(dim=(-2, -1)), activations)
 
 
 def xgradcam(activations: torch.Tensor, gradients: torch.Tensor) -> torch.Tensor:
@@ -73,7 +66,7 @@ def xgradcam(activations: torch.Tensor, gradients: torch.Tensor) -> torch.Tensor
     num = torch.einsum("bkchw,bchw->bkc", gradients, activations)
     safe = torch.where(sum_a != 0, sum_a, torch.ones((), dtype=sum_a.dtype))
     weights = torch.where(sum_a != 0, num / safe, torch.zeros((), dtype=num.dtype))
-    return _weighted_sum(weights, activations)
+    return weighted_sum(weights, activations)
 
 
 def hirescam(activations: torch.Tensor, gradients: torch.Tensor) -> torch.Tensor:
@@ -120,7 +113,7 @@ def eigencam(activations: torch.Tensor, gradients: torch.Tensor) -> torch.Tensor
     return projection.relu_().reshape(b, 1, h, w).expand(b, k, h, w).contiguous()
 
 
-# Names as in the CLI's --method and `GradCAMSession(..., method=)`.
+# Names as in the CLI's --method (`catalog.METHOD_NAMES`) and `GradCAMSession(..., method=)`.
 METHODS: dict[str, CamMethod] = {
     "gradcam": gradcam,
     "gradcam++": gradcam_plusplus,

@@ -12,6 +12,8 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from .catalog import ARCHS
+
 __all__ = [
     "ARCHS",
     "IMAGENET_MEAN",
@@ -25,20 +27,6 @@ __all__ = [
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
-
-# arch name -> torchvision weights enum name; the builder is torchvision.models.<arch>.
-# Names only: torchvision is imported when a model is built, not by every importer of this
-# module (importing it adds about 160 MiB of RSS to a process that only runs sessions).
-ARCHS: dict[str, str] = {
-    "vgg11": "VGG11_Weights",
-    "vgg13": "VGG13_Weights",
-    "vgg16": "VGG16_Weights",
-    "vgg19": "VGG19_Weights",
-    "vgg11_bn": "VGG11_BN_Weights",
-    "vgg13_bn": "VGG13_BN_Weights",
-    "vgg16_bn": "VGG16_BN_Weights",
-    "vgg19_bn": "VGG19_BN_Weights",
-}
 
 _warned_random: set[str] = set()
 

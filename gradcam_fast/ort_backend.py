@@ -130,8 +130,10 @@ def providers_for(
     the nodes TensorRT does not take."""
     available = ort.get_available_providers() if available is None else available
     if device.type == "cpu":
-        if tensorrt_options is not None:
-            raise ValueError("tensorrt=True needs device='cuda'")
+        if tensorrt_options is not None:  # the one check: sessions and the CLI come here
+            raise ValueError(
+                f"tensorrt=True needs device='cuda' (the session's device is {device})"
+            )
         return [CPU_EP]
     if tensorrt_options is not None and TENSORRT_EP not in available:
         raise RuntimeError(
@@ -240,7 +242,10 @@ class OrtRunner:
             if device.type == "cuda"
             else {}
         )
-        self.session = _open(path, options, providers_for(device, cuda, None, tensorrt_options))
+        providers = providers_for(device, cuda, None, tensorrt_options)
+        if tensorrt_options is not None:  # where TensorRT keeps its engines
+            Path(tensorrt_options["trt_engine_cache_path"]).mkdir(parents=True, exist_ok=True)
+        self.session = _open(path, options, providers)
         self.providers: list[str] = self.session.get_providers()
         wanted = TENSORRT_EP if tensorrt_options is not None else CUDA_EP
         if device.type == "cuda" and self.providers[0] != wanted:
@@ -288,9 +293,9 @@ class OrtRunner:
         return binding
 
     def __call__(self, images: torch.Tensor, targets: torch.Tensor) -> tuple[torch.Tensor, ...]:
-        """Run one batch; returns (logits, target_classes, activations, gradients or channel
-        weights), owned by
-        the caller (allocated for this call; copies of the static buffers with CUDA graphs)."""
+        """Run one batch; returns (logits, target_classes, activations, and the gradients or,
+        for the channel-weights model, the channel weights), owned by the caller (allocated for
+        this call; copies of the static buffers with CUDA graphs)."""
         if self.cuda_graphs:
             with self._lock:
                 return self._run(images, targets)

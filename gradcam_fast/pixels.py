@@ -17,14 +17,23 @@ from torch import nn
 __all__ = ["RawPixelGradCAM", "RawPixels", "normalize_pixels"]
 
 
+def _channels(values: Sequence[float], device: torch.device) -> torch.Tensor:
+    if len(values) != 3:
+        raise ValueError(f"mean and std need 3 values (RGB), got {values}")
+    return torch.tensor(values, dtype=torch.float32, device=device).reshape(1, 3, 1, 1)
+
+
+def _normalize(pixels: torch.Tensor, mean: torch.Tensor, std: torch.Tensor) -> torch.Tensor:
+    """The one place of the arithmetic: uint8 NHWC -> (x / 255 - mean) / std as float32 NCHW."""
+    x = pixels.permute(0, 3, 1, 2).to(torch.float32)
+    return x.div(255).sub(mean).div(std)
+
+
 def normalize_pixels(
     pixels: torch.Tensor, mean: Sequence[float], std: Sequence[float]
 ) -> torch.Tensor:
     """uint8 [B, S, S, 3] RGB -> float32 [B, 3, S, S], (x / 255 - mean) / std per channel."""
-    x = pixels.permute(0, 3, 1, 2).to(torch.float32)
-    mean_t = torch.tensor(mean, dtype=torch.float32, device=x.device).reshape(1, 3, 1, 1)
-    std_t = torch.tensor(std, dtype=torch.float32, device=x.device).reshape(1, 3, 1, 1)
-    return x.div(255).sub(mean_t).div(std_t)
+    return _normalize(pixels, _channels(mean, pixels.device), _channels(std, pixels.device))
 
 
 class RawPixels(nn.Module):
@@ -32,14 +41,11 @@ class RawPixels(nn.Module):
 
     def __init__(self, mean: Sequence[float], std: Sequence[float]):
         super().__init__()
-        if len(mean) != 3 or len(std) != 3:
-            raise ValueError(f"mean and std need 3 values (RGB), got {mean} and {std}")
-        self.register_buffer("mean", torch.tensor(mean, dtype=torch.float32).reshape(1, 3, 1, 1))
-        self.register_buffer("std", torch.tensor(std, dtype=torch.float32).reshape(1, 3, 1, 1))
+        self.register_buffer("mean", _channels(mean, torch.device("cpu")))
+        self.register_buffer("std", _channels(std, torch.device("cpu")))
 
     def forward(self, pixels: torch.Tensor) -> torch.Tensor:
-        x = pixels.permute(0, 3, 1, 2).to(torch.float32)
-        return x.div(255).sub(self.mean).div(self.std)
+        return _normalize(pixels, self.mean, self.std)
 
 
 class RawPixelGradCAM(nn.Module):

@@ -10,7 +10,7 @@ from torch import nn
 
 from .graph import resolve_target_layer, resolve_targets
 from .inputs import as_image_batch, as_targets
-from .postprocess import gradcam_lowres, upsample_normalize
+from .postprocess import gradcam_lowres
 from .result import GradCAMResult
 
 __all__ = ["eager_gradcam"]
@@ -61,9 +61,9 @@ def eager_gradcam(
     activations = store["activations"][0]
     gradients = torch.stack(store["gradients"], dim=1)  # [B, K, C, h, w]
     lowres = gradcam_lowres(activations, gradients)
-    return GradCAMResult(
-        cams=upsample_normalize(lowres, tuple(x.shape[-2:])),
-        cams_lowres=lowres,
+    return GradCAMResult.from_lowres(
+        lowres,
+        tuple(x.shape[-2:]),
         target_classes=classes,
         logits=logits.detach(),
         activations=activations,

@@ -1,12 +1,19 @@
-"""GradCAMResult: what a session call and the eager reference return."""
+"""GradCAMResult, what a session call and the eager reference return, and `Session`, what code
+that runs a session relies on."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Protocol
 
 import torch
 
-__all__ = ["GradCAMResult"]
+if TYPE_CHECKING:
+    from .metadata import ModelMetadata
+
+__all__ = ["GradCAMResult", "Session"]
 
 
 @dataclass
@@ -23,6 +30,16 @@ class GradCAMResult:
     # no gradients), else None (they are gradients.mean((-2, -1)))
     channel_weights: torch.Tensor | None = None
 
+    @classmethod
+    def from_lowres(
+        cls, cams_lowres: torch.Tensor, size: int | tuple[int, int], **outputs
+    ) -> GradCAMResult:
+        """The result whose `cams` are `cams_lowres` upsampled to `size` and min-max normalized
+        (`postprocess.upsample_normalize`); `outputs` are the other fields."""
+        from .postprocess import upsample_normalize
+
+        return cls(cams=upsample_normalize(cams_lowres, size), cams_lowres=cams_lowres, **outputs)
+
     def to(self, device: str | torch.device) -> GradCAMResult:
         """A copy with every tensor on `device` (e.g. "cpu" before converting to NumPy)."""
         return GradCAMResult(**{k: v if v is None else v.to(device) for k, v in vars(self).items()})
@@ -36,3 +53,15 @@ class GradCAMResult:
     def probabilities(self) -> torch.Tensor:
         """Softmax of the logits, [B, num_classes]."""
         return torch.softmax(self.logits.float(), dim=1)
+
+
+class Session(Protocol):
+    """What `explain`, `smooth.aug_smooth_cams` and the Ray predictor use of a session:
+    `GradCAMSession` is one (for an ONNX file or, with `path` None, a torch model)."""
+
+    path: Path | None
+    device: torch.device
+    metadata: ModelMetadata
+
+    # images, targets=None, *, method="gradcam", aug_smooth=False: see GradCAMSession.__call__
+    __call__: Callable[..., GradCAMResult]

@@ -9,19 +9,21 @@ from __future__ import annotations
 
 import logging
 import os
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from pathlib import Path
+from typing import Protocol
 
 import numpy as np
 import torch
 from torch import nn
 
+from .cachedir import cache_dir
 from .finite import check_finite
 from .inputs import as_image_batch, as_pixel_batch, as_targets
 from .metadata import ModelMetadata
 from .methods import cam_lowres, check_method
 from .ort_backend import OrtRunner, available_devices, cpu_count, tensorrt_provider_options
-from .postprocess import upsample_normalize, weighted_sum
+from .postprocess import weighted_sum
 from .result import GradCAMResult
 from .smooth import aug_smooth_cams
 
@@ -29,7 +31,16 @@ __all__ = ["GradCAMSession", "available_devices", "cpu_count"]
 
 log = logging.getLogger(__name__)
 
-Runner = Callable[[torch.Tensor, torch.Tensor], tuple[torch.Tensor, ...]]
+
+class Runner(Protocol):
+    """A backend: images, targets -> (logits, target_classes, activations, gradients or channel
+    weights), with the metadata of the model it runs. `OrtRunner` and `TorchRunner` are two."""
+
+    device: torch.device
+    metadata: ModelMetadata
+    providers: list[str]
+
+    def __call__(self, images: torch.Tensor, targets: torch.Tensor) -> tuple[torch.Tensor, ...]: ...
 
 
 def _resolve_device(device: str | torch.device, cuda_usable: bool) -> torch.device:
@@ -51,13 +62,7 @@ def _tensorrt_options(
         if overrides:
             raise ValueError("tensorrt_options given without tensorrt=True")
         return None
-    if device.type != "cuda":
-        raise ValueError(f"tensorrt=True needs device='cuda' (the session's device is {device})")
-    from .cache import cache_dir
-
-    engines = cache_dir() / "tensorrt"
-    engines.mkdir(parents=True, exist_ok=True)
-    return tensorrt_provider_options(device, engines, extra=overrides)
+    return tensorrt_provider_options(device, cache_dir() / "tensorrt", extra=overrides)
 
 
 class GradCAMSession:
@@ -68,6 +73,7 @@ class GradCAMSession:
     "cpu", "cuda", "cuda:N" or "auto" (CUDA when usable, else the CPU; `session.device` and
     `session.providers` say which). Asking for CUDA where it cannot run raises instead of
     falling back. `max_batch_size` splits larger batches into chunks (bounded memory).
+    `runner` instead of a path runs another backend (`from_model` passes a `TorchRunner`).
     ONNX Runtime options: `intra_op_threads` (default: the cores this process may use),
     `cudnn_search` ("HEURISTIC", "EXHAUSTIVE" or "DEFAULT"), `cuda_graphs` (one graph per batch
     size; calls are then serialized), `cuda_options` (raw CUDA EP options), `low_memory` (no
@@ -80,7 +86,7 @@ class GradCAMSession:
 
     def __init__(
         self,
-        path: str | os.PathLike,
+        path: str | os.PathLike | None,
         device: str | torch.device = "auto",
         *,
         intra_op_threads: int | None = None,
@@ -91,34 +97,30 @@ class GradCAMSession:
         low_memory: bool = False,
         tensorrt: bool = False,
         tensorrt_options: dict[str, str] | None = None,
+        runner: Runner | None = None,
     ):
-        self.path: Path | None = Path(path)
-        self.device = _resolve_device(device, "cuda" in available_devices())
-        runner = OrtRunner(
-            self.path,
-            self.device,
-            intra_op_threads=intra_op_threads,
-            cudnn_search=cudnn_search,
-            cuda_graphs=cuda_graphs,
-            cuda_options=cuda_options,
-            low_memory=low_memory,
-            tensorrt_options=_tensorrt_options(self.device, tensorrt, tensorrt_options),
-        )
-        self._setup(runner, runner.metadata, runner.providers, max_batch_size)
-
-    def _setup(
-        self,
-        runner: Runner,
-        metadata: ModelMetadata,
-        providers: list[str],
-        max_batch_size: int | None,
-    ) -> None:
         if max_batch_size is not None and max_batch_size < 1:
             raise ValueError(f"max_batch_size must be at least 1, got {max_batch_size}")
-        self._runner = runner
-        self.metadata = metadata
-        self.providers = providers
+        if (path is None) == (runner is None):
+            raise ValueError("give a model file (path) or a runner, not both or neither")
+        if runner is None:
+            device = _resolve_device(device, "cuda" in available_devices())
+            runner = OrtRunner(
+                Path(path),
+                device,
+                intra_op_threads=intra_op_threads,
+                cudnn_search=cudnn_search,
+                cuda_graphs=cuda_graphs,
+                cuda_options=cuda_options,
+                low_memory=low_memory,
+                tensorrt_options=_tensorrt_options(device, tensorrt, tensorrt_options),
+            )
+        self.path: Path | None = None if path is None else Path(path)
+        self.device: torch.device = runner.device
+        self.metadata: ModelMetadata = runner.metadata
+        self.providers: list[str] = runner.providers
         self.max_batch_size = max_batch_size
+        self._runner = runner
 
     @classmethod
     def from_model(
@@ -136,31 +138,18 @@ class GradCAMSession:
         """The torch backend: `GradCAMGraph` of a copy of `model`, run natively in torch, behind
         the same API. `precision` "float16" runs the network in half precision (float32 inputs
         and results); `cuda_graphs` captures one CUDA graph per batch size."""
-        from .models import model_info
         from .torch_backend import TorchRunner
 
-        session = cls.__new__(cls)
-        session.path = None
-        session.device = _resolve_device(device, torch.cuda.is_available())
         runner = TorchRunner(
-            model, target_layer, num_targets, session.device, precision, cuda_graphs
-        )
-        info = model_info(model)
-        metadata = ModelMetadata(
-            arch=info.arch,
-            target_layer=runner.graph.target_layer,
+            model,
+            target_layer,
+            num_targets,
+            _resolve_device(device, torch.cuda.is_available()),
+            precision,
+            cuda_graphs,
             image_size=image_size,
-            num_targets=num_targets,
-            num_classes=runner.graph.num_classes,
-            mean=tuple(info.mean),
-            std=tuple(info.std),
-            weights=info.weights,
-            categories=tuple(info.categories),
-            precision=precision,
         )
-        providers = [f"torch ({precision}{', CUDA graphs' if cuda_graphs else ''})"]
-        session._setup(runner, metadata, providers, max_batch_size)
-        return session
+        return cls(None, runner=runner, max_batch_size=max_batch_size)
 
     @property
     def image_size(self) -> int:
@@ -229,14 +218,14 @@ class GradCAMSession:
     ) -> GradCAMResult:
         logits, classes, activations, gradients = self._runner(images, targets)
         weights = None
-        if not self.metadata.gradients:  # a lean model: Grad-CAM's channel weights only
+        if not self.metadata.gradients:  # the channel-weights model: Grad-CAM's weights only
             weights, gradients = gradients, None
             lowres = weighted_sum(weights, activations)
         else:
             lowres = cam_lowres(method, activations, gradients)
-        return GradCAMResult(
-            cams=upsample_normalize(lowres, self.metadata.image_size),
-            cams_lowres=lowres,
+        return GradCAMResult.from_lowres(
+            lowres,
+            self.metadata.image_size,
             target_classes=classes,
             logits=logits,
             activations=activations,

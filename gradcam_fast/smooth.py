@@ -22,7 +22,7 @@ import torch
 from .finite import NonFiniteMapsError, check_finite
 from .inputs import as_image_batch, as_targets
 from .methods import check_method
-from .result import GradCAMResult
+from .result import GradCAMResult, Session
 
 __all__ = ["AUGMENTATIONS", "aug_smooth_cams", "augment"]
 
@@ -47,7 +47,7 @@ def _deaugment_mean(maps: torch.Tensor, batch: int) -> torch.Tensor:
 
 
 def aug_smooth_cams(
-    session,
+    session: Session,
     images: torch.Tensor | np.ndarray,
     targets: int | Sequence[int] | np.ndarray | torch.Tensor | None = None,
     method: str = "gradcam",

@@ -48,6 +48,7 @@ class TorchRunner:
 
     Returns float32 (logits, target_classes, activations, gradients) tensors owned by the
     caller. `cuda_graphs` captures one graph per batch size on first use (CUDA only).
+    `metadata` describes the graph as an export at `image_size` would.
     """
 
     def __init__(
@@ -60,6 +61,7 @@ class TorchRunner:
         cuda_graphs: bool = False,
         cudnn_benchmark: bool = True,
         channels_last: bool | None = None,
+        image_size: int = 224,
     ):
         if precision not in PRECISIONS:
             raise ValueError(f"precision must be one of {sorted(PRECISIONS)}, got {precision!r}")
@@ -71,6 +73,8 @@ class TorchRunner:
         model = copy.deepcopy(model).to(device=device).eval()
         self.graph = GradCAMGraph(model, target_layer, num_targets)
         self.graph.body.to(self.dtype)
+        self.metadata = self.graph.metadata(image_size, precision=precision)
+        self.providers = [f"torch ({precision}{', CUDA graphs' if cuda_graphs else ''})"]
         # NHWC is cuDNN's native layout for tensor-core convolutions (default on CUDA).
         self.channels_last = device.type == "cuda" if channels_last is None else channels_last
         if self.channels_last:

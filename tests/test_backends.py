@@ -10,7 +10,8 @@ import torch
 from tiny_models import make_tiny_vgg
 
 from gradcam_fast import GradCAMSession, eager_gradcam, export_onnx, ort_backend, runtime
-from gradcam_fast.export import compare_with_reference, failing_figures, validate_onnx
+from gradcam_fast.compare import compare_with_reference, failing_figures
+from gradcam_fast.export import validate_onnx
 
 CUDA = torch.device("cuda", 0)
 

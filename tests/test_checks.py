@@ -19,12 +19,8 @@ from tiny_models import make_tiny_vgg
 
 from gradcam_fast import GradCAMSession, eager_gradcam, export_onnx
 from gradcam_fast.cache import cached_model
-from gradcam_fast.export import (
-    ExportValidationError,
-    compare_with_reference,
-    failing_figures,
-    relative_error,
-)
+from gradcam_fast.compare import compare_with_reference, failing_figures, relative_error
+from gradcam_fast.export import ExportValidationError
 from gradcam_fast.finite import NonFiniteMapsError
 
 SIZE = 32

@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from gradcam_fast import GradCAMSession, eager_gradcam, export_onnx
-from gradcam_fast.export import compare_with_reference, failing_figures
+from gradcam_fast.compare import compare_with_reference, failing_figures
 from gradcam_fast.ort_backend import TENSORRT_EP, available_devices
 
 pytestmark = [

@@ -17,14 +17,13 @@ from urllib.parse import unquote, urlparse
 
 import numpy as np
 import pytest
-import torch
 from PIL import Image
-from torch import nn
-from torchvision.models.vgg import VGG, make_layers
+from tiny_models import make_tiny_vgg
 
 from gradcam_fast import GradCAMSession, export_onnx
+from gradcam_fast.classes import resolve_classes
 from gradcam_fast.cli import EXIT_ERROR, EXIT_OK, EXIT_SOME_FAILED, main
-from gradcam_fast.explain import collect_inputs, resolve_classes
+from gradcam_fast.discover import collect_inputs
 from gradcam_fast.images import load_image, model_view, preprocess
 from gradcam_fast.models import ModelInfo
 
@@ -39,13 +38,7 @@ SIZE = 32
 @pytest.fixture(scope="session")
 def tiny_model(tmp_path_factory) -> Path:
     """A seeded 3-block VGG with a small classifier over NAMES, exported with K = 2."""
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(0)
-        model = VGG(make_layers([8, "M", 16, "M", 16, "M"]), num_classes=len(NAMES))
-        model.classifier = nn.Sequential(
-            nn.Linear(16 * 7 * 7, 32), nn.ReLU(True), nn.Dropout(), nn.Linear(32, len(NAMES))
-        )
-    model.eval()
+    model = make_tiny_vgg(num_classes=len(NAMES), pool=7)
     model.gradcam_fast_info = ModelInfo(arch="vgg", weights="random:tiny", categories=NAMES)
     return export_onnx(
         model, tmp_path_factory.mktemp("model") / "tiny.onnx", image_size=SIZE, num_targets=2

@@ -8,7 +8,7 @@ from tiny_models import make_tiny_vgg
 from torch import nn
 
 from gradcam_fast import GradCAMGraph, eager_gradcam
-from gradcam_fast.export import TOLERANCE, relative_error
+from gradcam_fast.compare import TOLERANCE, relative_error
 from gradcam_fast.graph import resolve_targets
 from gradcam_fast.postprocess import gradcam_lowres
 

@@ -15,7 +15,7 @@ from torchvision import models as tvm
 from torchvision.models.vgg import cfgs, make_layers
 
 from gradcam_fast import GradCAMGraph, GradCAMSession, eager_gradcam, export_onnx, load_vgg
-from gradcam_fast.export import TOLERANCE, relative_error
+from gradcam_fast.compare import TOLERANCE, relative_error
 from gradcam_fast.graph import resolve_target_layer
 from gradcam_fast.models import (
     ARCHS,

@@ -13,7 +13,8 @@ from tiny_models import make_tiny_vgg
 from torchvision.transforms import functional as TF
 
 from gradcam_fast import GradCAMSession, export_onnx
-from gradcam_fast.export import ExportValidationError, relative_error, validate_onnx
+from gradcam_fast.compare import relative_error
+from gradcam_fast.export import ExportValidationError, validate_onnx
 from gradcam_fast.models import IMAGENET_MEAN, IMAGENET_STD
 from gradcam_fast.pixels import RawPixels, normalize_pixels
 

@@ -1,4 +1,5 @@
-"""`gradcam-fast explain-dataset SOURCE... --out DEST`: Grad-CAM for whole datasets on Ray Data.
+"""`gradcam-fast explain-dataset SOURCE... --out DEST`: `distributed.explain_dataset` on the command
+line: Grad-CAM for whole datasets on Ray Data.
 
 The driver exports (or finds) the model once, then Ray Data reads the files as bytes and a pool of
 actors, one GradCAMSession each, decodes and explains them in batches; DEST gets Parquet, one row
@@ -10,50 +11,31 @@ from __future__ import annotations
 
 import argparse
 import os
-import sys
 import time
 from pathlib import Path
 
-from .cli import (
-    EXIT_ERROR,
-    EXIT_OK,
-    EXIT_SOME_FAILED,
+from ..visualize import COLORMAPS
+from .options import (
     add_class_options,
     add_model_options,
+    finish,
     fraction,
+    network_options,
     non_negative_float,
+    pick,
     positive,
+    usage_error,
 )
 
-__all__ = ["add_parser"]
+__all__ = ["DESCRIPTION", "EPILOG", "HELP", "add_arguments", "run"]
 
 INSTALL_HINT = 'explain-dataset needs Ray Data: pip install "gradcam_fast[ray]"'
 
 
-def _is_uri(text: str) -> bool:
-    return "://" in text
-
-
-def _sources(items: list[str], out: str) -> tuple[list[str], tuple[str, ...] | None]:
-    """What Ray reads, and the extensions it keeps. Local files, folders and globs become the
-    image files in them as `explain` finds them (the output folder excluded), all read; URIs
-    (s3://, local://, ...) pass as they are, and only files with an image extension are read."""
-    from .explain import collect_inputs
-    from .images import IMAGE_EXTENSIONS
-
-    if any(_is_uri(item) for item in items):
-        return list(items), tuple(IMAGE_EXTENSIONS)
-    found = collect_inputs(items, exclude=None if _is_uri(out) else Path(out))
-    missing = [str(p) for p in found if not p.is_file()]
-    if missing:
-        raise FileNotFoundError(f"no such image file, folder or glob match: {', '.join(missing)}")
-    if not found:
-        raise FileNotFoundError(f"no image files found in {' '.join(items)}")
-    return [str(p.resolve()) for p in found], None
-
-
 def _check_dest(out: str) -> None:
-    if _is_uri(out):
+    from ..discover import is_uri
+
+    if is_uri(out):
         return
     path = Path(out)
     if path.is_file() or (path.is_dir() and any(path.iterdir())):
@@ -77,42 +59,32 @@ def _device(args: argparse.Namespace) -> str | None:
     return None
 
 
-def _run(args: argparse.Namespace) -> int:
+def run(args: argparse.Namespace) -> int:
     try:
         import pyarrow.parquet as pq
         import ray
 
-        from .distributed import explain_dataset, read_metadata
+        from ..distributed import explain_dataset, read_metadata
     except ImportError as exc:
-        print(f"gradcam-fast: error: {INSTALL_HINT} ({exc})", file=sys.stderr)
-        return EXIT_ERROR
-    from .cache import cached_model
-    from .explain import resolve_classes
-    from .visualize import colormap_lut
+        return usage_error(f"{INSTALL_HINT} ({exc})")
+    from ..cache import cached_model
+    from ..classes import check_class_request, maps_per_image, resolve_classes
+    from ..discover import dataset_sources
+    from ..visualize import colormap_lut
 
     colormap_lut(args.colormap)  # an unknown colormap fails here, not in every actor
-    if args.classes and args.top_k is not None:
-        raise ValueError("give either --class or --top-k, not both")
+    check_class_request(args.classes, args.top_k)
     device = _device(args)
     _check_dest(args.out)
-    source, extensions = _sources(args.source, args.out)
+    source, extensions = dataset_sources(args.source, args.out)
     wanted = len(args.classes) if args.classes else args.top_k
     model_path = args.model or cached_model(
-        args.arch,
-        args.weights,
-        target_layer=args.target_layer,
-        image_size=args.image_size,
+        **network_options(args),
         num_targets=wanted or 1,
-        seed=args.seed,
-        gradients=False,  # the rows hold Grad-CAM maps: channel weights are enough
+        gradients=False,  # the rows hold Grad-CAM maps: the channel-weights model serves
     )
     meta = read_metadata(model_path)
-    if wanted is not None and wanted != meta.num_targets:
-        what = f"{wanted} classes (--class)" if args.classes else f"--top-k {wanted}"
-        raise ValueError(
-            f"{model_path} computes {meta.num_targets} map(s) per image, not the {what} asked "
-            f"for: export a model with -k {wanted}, or leave out --model to have one made"
-        )
+    maps_per_image(model_path, meta.num_targets, args.classes, args.top_k)
     classes = None
     if args.classes:
         classes = resolve_classes(args.classes, meta.categories, meta.num_classes)
@@ -125,17 +97,13 @@ def _run(args: argparse.Namespace) -> int:
         dataset = explain_dataset(
             source,
             Path(model_path).resolve(),
-            actors=args.actors,
-            batch_size=args.batch_size,
-            cpus_per_actor=args.cpus_per_actor,
             gpus_per_actor=args.num_gpus_per_actor,
             classes=classes,
             crop=not args.no_crop,
             overlays_dir=None if args.overlays is None else args.overlays.resolve(),
-            colormap=args.colormap,
-            alpha=args.alpha,
             device=device,
             extensions=extensions,
+            **pick(args, "actors", "batch_size", "cpus_per_actor", "top_k", "colormap", "alpha"),
             tensorrt=args.tensorrt,
         )
         dataset.write_parquet(args.out, ray_remote_args={"num_cpus": 0})
@@ -145,32 +113,26 @@ def _run(args: argparse.Namespace) -> int:
             ray.shutdown()
     readable = args.out.removeprefix("local://")  # written on the head node, where we run
     errors = pq.read_table(readable, columns=["error"]).column("error")
-    total = len(errors)
-    failed = total - errors.null_count
-    if not args.quiet:
-        print(
-            f"gradcam-fast: {total - failed} image(s) explained, {failed} failed, "
-            f"{total / elapsed:.1f} images/s; Parquet in {args.out}",
-            file=sys.stderr,
-        )
-    return EXIT_SOME_FAILED if failed else EXIT_OK
+    failed = len(errors) - errors.null_count
+    return finish(len(errors), failed, elapsed, f"Parquet in {args.out}", args.quiet)
 
 
-def add_parser(subparsers) -> None:
-    """Add the `explain-dataset` subcommand."""
-    from .visualize import COLORMAPS
+HELP = "Grad-CAM for whole datasets on Ray Data (local or a cluster), into Parquet"
+DESCRIPTION = (
+    "Explain every image of SOURCE (folders, files, or URIs Ray can read such as "
+    "s3://bucket/prefix) with a pool of Ray actors, one model session each, and write "
+    "Parquet to DEST: one row per file with its top-5 predictions, the explained classes, "
+    "the low-resolution maps, and the error for files that could not be read. Without "
+    "--address or RAY_ADDRESS, a local Ray is started on this machine."
+)
+EPILOG = (
+    "exit status: 0 every file explained; 1 some files failed (their rows carry the "
+    "error); 2 usage, model or cluster error. " + INSTALL_HINT + "."
+)
 
-    p = subparsers.add_parser(
-        "explain-dataset",
-        help="Grad-CAM for whole datasets on Ray Data (local or a cluster), into Parquet",
-        description="Explain every image of SOURCE (folders, files, or URIs Ray can read such as "
-        "s3://bucket/prefix) with a pool of Ray actors, one model session each, and write "
-        "Parquet to DEST: one row per file with its top-5 predictions, the explained classes, "
-        "the low-resolution maps, and the error for files that could not be read. Without "
-        "--address or RAY_ADDRESS, a local Ray is started on this machine.",
-        epilog="exit status: 0 every file explained; 1 some files failed (their rows carry the "
-        "error); 2 usage, model or cluster error. " + INSTALL_HINT + ".",
-    )
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    """The options of `gradcam-fast explain-dataset`."""
     p.add_argument("source", nargs="+", metavar="SOURCE", help="image folders, files or URIs")
     p.add_argument(
         "-o",
@@ -191,26 +153,29 @@ def add_parser(subparsers) -> None:
     )
     pre.add_argument("--colormap", default="jet", help=f"overlay colors: {', '.join(COLORMAPS)}")
     pre.add_argument("--alpha", type=fraction, default=0.5, help="heatmap weight (0..1)")
-    run = p.add_argument_group("Ray")
-    run.add_argument(
+    ray_group = p.add_argument_group("Ray")
+    ray_group.add_argument(
         "--address",
         default=os.environ.get("RAY_ADDRESS"),
         help="Ray cluster to run on (default: $RAY_ADDRESS, else a local Ray on this machine)",
     )
-    run.add_argument("--actors", type=positive, default=1, help="model sessions running at once")
-    run.add_argument("--batch-size", type=positive, default=16, help="images per session call")
-    run.add_argument(
+    ray_group.add_argument(
+        "--actors", type=positive, default=1, help="model sessions running at once"
+    )
+    ray_group.add_argument(
+        "--batch-size", type=positive, default=16, help="images per session call"
+    )
+    ray_group.add_argument(
         "--cpus-per-actor",
         type=float,
         help="CPUs each actor reserves and runs threads on (default: an even share of the "
         "cluster's CPUs, at most one node's)",
     )
-    run.add_argument(
+    ray_group.add_argument(
         "--num-gpus-per-actor",
         type=non_negative_float,
         default=0.0,
         help="GPUs each actor reserves; actors with a GPU run on CUDA (needs onnxruntime-gpu)",
     )
-    run.add_argument("-q", "--quiet", action="store_true", help="no summary line")
+    ray_group.add_argument("-q", "--quiet", action="store_true", help="no summary line")
     add_model_options(p)
-    p.set_defaults(func=_run)

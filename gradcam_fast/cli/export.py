@@ -1,0 +1,64 @@
+"""`gradcam-fast export`: `export_onnx` on the command line."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from .options import EXIT_OK, add_network_options, network_options, pick
+
+__all__ = ["DESCRIPTION", "HELP", "add_arguments", "run"]
+
+
+def run(args: argparse.Namespace) -> int:
+    from ..export import export_onnx
+
+    network = network_options(args)
+    path = export_onnx(
+        network.pop("arch"),
+        args.out,
+        validate=not args.no_validate,
+        gradients=not args.channel_weights_only,
+        **network,
+        **pick(args, "num_targets", "opset", "raw_pixels", "fp16", "external_data"),
+    )
+    print(path)
+    return EXIT_OK
+
+
+HELP = "export a VGG's Grad-CAM graph to ONNX"
+DESCRIPTION = (
+    "Export the Grad-CAM graph of a VGG to ONNX, validated against the eager "
+    "implementation in ONNX Runtime unless --no-validate."
+)
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    """The options of `gradcam-fast export`."""
+    p.add_argument("-o", "--out", type=Path, required=True, help="output .onnx path")
+    add_network_options(p)
+    p.add_argument("--num-targets", "-k", type=int, default=1, help="maps per image (K)")
+    p.add_argument("--opset", type=int, help="ONNX opset (default: the exporter's)")
+    p.add_argument("--no-validate", action="store_true", help="skip the check against eager")
+    p.add_argument(
+        "--channel-weights-only",
+        action="store_true",
+        help="the channel-weights model (gradients=False): outputs Grad-CAM's channel weights "
+        "instead of the gradients, skipping the first Linear's VJP (faster at small batches); "
+        "serves --method gradcam only",
+    )
+    p.add_argument(
+        "--external-data",
+        action="store_true",
+        help="weights in OUT.data beside the model (memory-mapped with low_memory sessions)",
+    )
+    p.add_argument(
+        "--fp16",
+        action="store_true",
+        help="float16 body, float32 head and I/O (for the CUDA provider)",
+    )
+    p.add_argument(
+        "--raw-pixels",
+        action="store_true",
+        help="take uint8 [B,S,S,3] decoded RGB pixels as input; normalize inside the model",
+    )

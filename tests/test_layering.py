@@ -1,0 +1,105 @@
+"""The package's shape: no import cycles (imports inside functions included), no long modules.
+
+Every module's imports are read with `ast` (module level, inside functions and under
+TYPE_CHECKING alike), plus the two imports made by name at run time: the package's lazy public
+names (`gradcam_fast._WHERE`) and the CLI's subcommand modules (`gradcam_fast.cli.SUBCOMMANDS`).
+"""
+
+from __future__ import annotations
+
+import ast
+from pathlib import Path
+
+import gradcam_fast
+import gradcam_fast.cli
+
+PACKAGE = Path(gradcam_fast.__file__).resolve().parent
+MAX_LINES = 400
+
+
+def _module_name(path: Path) -> str:
+    parts = path.relative_to(PACKAGE.parent).with_suffix("").parts
+    return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
+
+
+def _modules() -> dict[str, Path]:
+    return {_module_name(p): p for p in sorted(PACKAGE.rglob("*.py"))}
+
+
+def _imports(name: str, path: Path, modules: dict[str, Path]) -> set[str]:
+    """The package's modules that `name` imports anywhere in its source."""
+    package = name if path.name == "__init__.py" else name.rpartition(".")[0]
+    found: set[str] = set()
+    for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+        if isinstance(node, ast.Import):
+            targets = [alias.name for alias in node.names]
+        elif isinstance(node, ast.ImportFrom):
+            if node.level:
+                base = package.rsplit(".", node.level - 1)[0] if node.level > 1 else package
+                base = f"{base}.{node.module}" if node.module else base
+            else:
+                base = node.module or ""
+            # `from . import x` imports the submodule x when there is one
+            targets = [f"{base}.{a.name}" for a in node.names if f"{base}.{a.name}" in modules]
+            targets = targets or [base]
+        else:
+            continue
+        for target in targets:
+            while target and target not in modules:  # `import a.b.c` names a.b.c's module
+                target = target.rpartition(".")[0]
+            if target and target != name:
+                found.add(target)
+    return found
+
+
+def import_graph() -> dict[str, set[str]]:
+    modules = _modules()
+    graph = {name: _imports(name, path, modules) for name, path in modules.items()}
+    graph["gradcam_fast"] |= {f"gradcam_fast.{m}" for m in gradcam_fast._WHERE.values()}
+    graph["gradcam_fast.cli"] |= {f"gradcam_fast.cli.{m}" for m in gradcam_fast.cli.SUBCOMMANDS}
+    return graph
+
+
+def find_cycle(graph: dict[str, set[str]]) -> list[str] | None:
+    """One import cycle as a list of module names (first == last), or None."""
+    state: dict[str, int] = {}  # 1 on the current path, 2 done
+    path: list[str] = []
+
+    def visit(node: str) -> list[str] | None:
+        state[node] = 1
+        path.append(node)
+        for nxt in sorted(graph.get(node, ())):
+            if state.get(nxt) == 1:
+                return [*path[path.index(nxt) :], nxt]
+            if nxt not in state and (cycle := visit(nxt)):
+                return cycle
+        path.pop()
+        state[node] = 2
+        return None
+
+    for start in sorted(graph):
+        if start not in state and (cycle := visit(start)):
+            return cycle
+    return None
+
+
+def test_the_cycle_finder_finds_a_planted_cycle():
+    graph = import_graph()
+    assert graph["gradcam_fast.export"] >= {"gradcam_fast.graph", "gradcam_fast.runtime"}
+    assert "gradcam_fast.cli.explain" in graph["gradcam_fast.cli"]  # a run-time import counts
+    planted = {k: set(v) for k, v in graph.items()}
+    planted["gradcam_fast.metadata"].add("gradcam_fast.export")  # export -> metadata -> export
+    assert find_cycle(planted) is not None
+
+
+def test_no_import_cycle_in_the_package():
+    cycle = find_cycle(import_graph())
+    assert cycle is None, "import cycle: " + " -> ".join(cycle)
+
+
+def test_no_module_is_over_400_lines():
+    lengths = {
+        name: len(p.read_text(encoding="utf-8").splitlines()) for name, p in _modules().items()
+    }
+    long = {name: n for name, n in lengths.items() if n > MAX_LINES}
+    assert not long, f"modules over {MAX_LINES} lines: {long}"
