@@ -46,6 +46,10 @@ class _Item:
     def error(self) -> str | None:
         return self.decoded.error
 
+    @error.setter
+    def error(self, message: str) -> None:  # the model's outputs for it were not finite
+        self.decoded.error = message
+
 
 def _decode(path: Path, read: Callable[[Path], Decoded]) -> _Item:
     start = time.perf_counter()
