@@ -142,6 +142,8 @@ def _export(args: argparse.Namespace) -> int:
         fp16=args.fp16,
         external_data=args.external_data,
         gradients=not args.channel_weights_only,
+        maps=args.maps,
+        method=args.method,
     )
     print(path)
     return EXIT_OK
@@ -180,7 +182,25 @@ def _add_export_parser(subparsers) -> None:
         action="store_true",
         help="take uint8 [B,S,S,3] decoded RGB pixels as input; normalize inside the model",
     )
+    _add_maps_options(p)
     p.set_defaults(func=_export)
+
+
+def _add_maps_options(p: argparse.ArgumentParser) -> None:
+    """export --maps [--method M]: the maps computed in the graph (gradcam_fast/maps.py)."""
+    from .maps import EXPORTABLE_METHODS
+
+    p.add_argument(
+        "--maps",
+        action="store_true",
+        help="also output the maps, cams [B,K,S,S] in [0,1] and cams_lowres [B,K,h,w], computed "
+        "in the graph (for services without Python; docs/embedding.md)",
+    )
+    p.add_argument(
+        "--method",
+        choices=EXPORTABLE_METHODS,
+        help="CAM method of the --maps (default gradcam)",
+    )
 
 
 class _Parser(argparse.ArgumentParser):

@@ -9,6 +9,7 @@ __all__ = [
     "FORMAT_VERSION",
     "INPUT_NAMES",
     "LEAN_OUTPUT_NAMES",
+    "MAP_OUTPUT_NAMES",
     "OUTPUT_NAMES",
     "ModelMetadata",
     "NotAGradCAMModel",
@@ -20,6 +21,8 @@ INPUT_NAMES = ("images", "targets")
 OUTPUT_NAMES = ("logits", "target_classes", "activations", "gradients")
 # A model exported with gradients=False: Grad-CAM's channel weights [B, K, C] instead.
 LEAN_OUTPUT_NAMES = ("logits", "target_classes", "activations", "channel_weights")
+# A model exported with maps=True: these follow the outputs above (see maps.py).
+MAP_OUTPUT_NAMES = ("cams", "cams_lowres")
 
 
 class NotAGradCAMModel(ValueError):
@@ -42,11 +45,14 @@ class ModelMetadata:
     precision: str = "float32"  # or "float16": the body below the target layer runs in float16
     input_format: str = "float_nchw"  # or "uint8_nhwc": raw decoded pixels, normalized in-graph
     gradients: bool = True  # False: outputs channel_weights [B,K,C] instead of gradients
+    maps: bool = False  # True: also outputs cams [B,K,S,S] and cams_lowres [B,K,h,w] (maps.py)
+    method: str | None = None  # the CAM method of those maps (None without maps)
     format_version: int = FORMAT_VERSION
 
     @property
     def output_names(self) -> tuple[str, ...]:
-        return OUTPUT_NAMES if self.gradients else LEAN_OUTPUT_NAMES
+        names = OUTPUT_NAMES if self.gradients else LEAN_OUTPUT_NAMES
+        return names + MAP_OUTPUT_NAMES if self.maps else names
 
     def to_props(self) -> dict[str, str]:
         """String key/values for `ModelProto.metadata_props`."""
@@ -72,7 +78,7 @@ class ModelMetadata:
                 f"version {FORMAT_VERSION}: export the model again with this version"
             )
         names = set(cls.__dataclass_fields__)
-        optional = {"categories", "precision", "input_format", "gradients"}
+        optional = {"categories", "precision", "input_format", "gradients", "maps", "method"}
         missing = sorted(names - set(values) - optional)
         if missing:
             raise NotAGradCAMModel(f"{source} lacks gradcam_fast metadata fields {missing}")

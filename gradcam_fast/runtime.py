@@ -43,6 +43,27 @@ def _resolve_device(device: str | torch.device, cuda_usable: bool) -> torch.devi
     return torch.device("cuda", dev.index or 0) if dev.type == "cuda" else dev
 
 
+def _method_for(meta: ModelMetadata, method: str | None) -> str:
+    """The method a call computes: `method`, or by default the in-graph maps' method (a model
+    exported with maps) or "gradcam"; refuses what the model cannot give."""
+    if method is None:
+        return meta.method if meta.maps else "gradcam"
+    check_method(method)
+    if meta.maps and method != meta.method:
+        raise ValueError(
+            f"this model computes {meta.method!r} maps in its graph (exported with maps=True, "
+            f"method={meta.method!r}), not {method!r}: call it with method={meta.method!r} (or "
+            "none), or use a model exported without maps, whose maps the session computes"
+        )
+    if not meta.gradients and method != "gradcam":
+        raise ValueError(
+            f"method {method!r} needs the gradients, and this model was exported with "
+            "gradients=False (channel weights only, for Grad-CAM): use method='gradcam' or "
+            "a model exported with gradients"
+        )
+    return method
+
+
 def _tensorrt_options(
     device: torch.device, tensorrt: bool, overrides: dict[str, str] | None
 ) -> dict[str, str] | None:
@@ -178,7 +199,7 @@ class GradCAMSession:
         images: torch.Tensor | np.ndarray,
         targets: int | Sequence[int] | np.ndarray | torch.Tensor | None = None,
         *,
-        method: str = "gradcam",
+        method: str | None = None,
         aug_smooth: bool = False,
     ) -> GradCAMResult:
         """Grad-CAM maps for `images` [B,3,S,S] (or [3,S,S]), normalized with the model's mean/std;
@@ -187,20 +208,15 @@ class GradCAMSession:
         `targets`: None (the top K classes), an int (that class for every image, K = 1), B ints
         (K = 1), or [B, K]; t >= 0 is a class, -r the r-th highest logit. `method`: a name in
         `methods.METHODS` (gradcam, gradcam++, xgradcam, hirescam, gradcamelementwise, layercam,
-        eigencam). `aug_smooth`: average over flips and intensity factors in one batched run
+        eigencam); None: "gradcam", or for a model exported with maps its method, whose in-graph
+        maps are returned (another method is refused). `aug_smooth`: average over flips and intensity factors in one batched run
         (`smooth.aug_smooth_cams`). Every tensor of the result is on `self.device` and owned by
         the caller.
         """
+        meta = self.metadata
+        method = _method_for(meta, method)
         if aug_smooth:
             return aug_smooth_cams(self, images, targets, method)
-        check_method(method)
-        meta = self.metadata
-        if not meta.gradients and method != "gradcam":
-            raise ValueError(
-                f"method {method!r} needs the gradients, and this model was exported with "
-                "gradients=False (channel weights only, for Grad-CAM): use method='gradcam' or "
-                "a model exported with gradients"
-            )
         if meta.input_format == "uint8_nhwc":
             x = as_pixel_batch(images, meta.image_size, self.device)
         else:
@@ -223,15 +239,20 @@ class GradCAMSession:
     def _run(
         self, images: torch.Tensor, targets: torch.Tensor, method: str = "gradcam"
     ) -> GradCAMResult:
-        logits, classes, activations, gradients = self._runner(images, targets)
+        logits, classes, activations, gradients, *maps = self._runner(images, targets)
         weights = None
         if not self.metadata.gradients:  # a lean model: Grad-CAM's channel weights only
             weights, gradients = gradients, None
-            lowres = weighted_sum(weights, activations)
+        if maps:  # computed in the graph (export_onnx(..., maps=True)) for this method
+            cams, lowres = maps
         else:
-            lowres = cam_lowres(method, activations, gradients)
+            if weights is not None:
+                lowres = weighted_sum(weights, activations)
+            else:
+                lowres = cam_lowres(method, activations, gradients)
+            cams = upsample_normalize(lowres, self.metadata.image_size)
         return GradCAMResult(
-            cams=upsample_normalize(lowres, self.metadata.image_size),
+            cams=cams,
             cams_lowres=lowres,
             target_classes=classes,
             logits=logits,
