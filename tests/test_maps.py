@@ -186,6 +186,17 @@ def test_flat_maps_are_zeros_not_nan(tmp_path):
     assert torch.equal(got.cams, torch.zeros(2, K, S, S))
 
 
+def test_float16_maps_model_validates(tiny, tmp_path):
+    """fp16=True with maps: the float16 limits (the maps part's tensors are rounded to float16
+    between its ops by the converter, see maps.MAP_LIMITS)."""
+    path = export_onnx(
+        tiny, tmp_path / "fp16.onnx", image_size=S, num_targets=K, maps=True, fp16=True
+    )
+    errors = validate_onnx(path, tiny)
+    assert errors["cams_lowres"] < 5e-2 and errors["cams_postprocess"] < 5e-3
+    assert GradCAMSession(path, device="cpu").metadata.precision == "float16"
+
+
 def test_compare_maps_judges_cams_and_fails_on_nan(gradcam_path, tiny):
     session = GradCAMSession(gradcam_path, device="cpu")
     images = torch.randn(2, 3, S, S, generator=torch.Generator().manual_seed(5))
