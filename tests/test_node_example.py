@@ -178,3 +178,13 @@ def test_node_refuses_models(models, images, tmp_path, model, problem):
     lines = done.stderr.strip().splitlines()
     assert len(lines) == 1 and problem in lines[0] and str(path) in lines[0]
     assert done.stdout == ""
+
+
+def test_node_targets_follow_the_session_semantics(models, images, tmp_path):
+    """--targets: a class index or -r (the r-th highest logit), K of them."""
+    done = run_node("--model", models["raw"], "--out", tmp_path, "--targets=3,-1", images["square"])
+    assert done.returncode == 0, done.stderr
+    record = json.loads(done.stdout)
+    assert [e["class"] for e in record["explained"]] == [3, record["top"][0]["class"]]
+    wrong = run_node("--model", models["raw"], "--out", tmp_path, "--targets=3", images["square"])
+    assert wrong.returncode == 1 and "needs 2 integers" in wrong.stderr

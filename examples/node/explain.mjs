@@ -16,14 +16,15 @@ import ort from "onnxruntime-node";
 import { encodePng, ImageError, loadImage, modelView, overlay } from "./image.mjs";
 import { gradcamMetadata, ModelError } from "./onnx-metadata.mjs";
 
-const USAGE = `usage: node explain.mjs --model MODEL.onnx [--out DIR] [--top N] [--targets T1,T2,..]
+const USAGE = `usage: node explain.mjs --model MODEL.onnx [--out DIR] [--top N] [--targets=T1,T2,..]
                          [--full-image] [--alpha A] [--dump-maps] IMAGE...
 
   --model, -m   a gradcam_fast model exported with maps (gradcam-fast export --maps)
   --out, -o     folder for the overlays (default: out)
   --top         classes listed per image (default: 5)
   --targets     K comma-separated targets: a class index (>= 0) or -r, the r-th highest
-                logit (default: -1,..,-K, the top K classes)
+                logit (default: -1,..,-K, the top K classes); write --targets=-1,-2
+                with "=": a value that starts with "-" is read as an option otherwise
   --full-image  resize the whole image to S x S instead of resize 256/224 S + centre crop
   --alpha       the heatmap's weight in the overlay (default: 0.5)
   --dump-maps   also write DIR/<name>.maps.json: the model's input pixels, cams, cams_lowres`;
@@ -164,7 +165,7 @@ async function main(argv) {
   try {
     args = parse(argv);
   } catch (err) {
-    console.error(`explain.mjs: error: ${err.message}\n${USAGE}`);
+    console.error(`explain.mjs: error: ${err.message.split("\n").join(" ")} (see --help)`);
     return 1;
   }
   let model;
