@@ -6,7 +6,7 @@ them (`models`, `methods`) take their names from here or are checked against the
 
 from __future__ import annotations
 
-__all__ = ["ARCHS", "METHOD_NAMES"]
+__all__ = ["ARCHS", "EXPORTABLE_METHODS", "METHOD_NAMES"]
 
 # arch name -> torchvision weights enum name; the builder is torchvision.models.<arch>.
 # Names only: torchvision is imported when a model is built, not by every importer of this
@@ -32,3 +32,6 @@ METHOD_NAMES = (
     "layercam",
     "eigencam",
 )
+# The methods `export_onnx(..., maps=True)` can compute inside the graph: all but eigencam, whose
+# eigendecomposition (torch.linalg.eigh) has no ONNX operator (maps.py).
+EXPORTABLE_METHODS = METHOD_NAMES[:-1]

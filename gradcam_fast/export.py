@@ -16,7 +16,13 @@ from torch import nn
 
 from .compare import LIMITS, compare_with_reference, failing_figures
 from .graph import GradCAMGraph
-from .metadata import CHANNEL_WEIGHTS_OUTPUT_NAMES, INPUT_NAMES, OUTPUT_NAMES, ModelMetadata
+from .metadata import (
+    CHANNEL_WEIGHTS_OUTPUT_NAMES,
+    INPUT_NAMES,
+    MAP_OUTPUT_NAMES,
+    OUTPUT_NAMES,
+    ModelMetadata,
+)
 from .models import load_vgg
 from .pixels import RawPixelGradCAM, normalize_pixels
 
@@ -68,6 +74,8 @@ def export_onnx(
     fp16: bool = False,
     external_data: bool = False,
     gradients: bool = True,
+    maps: bool = False,
+    method: str | None = None,
 ) -> Path:
     """Export the Grad-CAM graph of a VGG (an arch name loaded with `weights`, or a model) to
     `path` and return it. Batch is dynamic; image size and K (`num_targets`) are fixed.
@@ -91,9 +99,19 @@ def export_onnx(
     Linear layer's VJP (a second read of its 392 MiB of weights in VGG19), the largest cost
     beyond plain inference at small batches. Such a model serves method "gradcam" only.
 
+    With `maps`, the model also outputs `method`'s maps (default "gradcam"): `cams` [B,K,S,S]
+    upsampled and min-max normalized, and `cams_lowres` [B,K,h,w], exactly what GradCAMSession
+    computes after a run (maps.py; every method but eigencam exports).
+
     With `external_data`, the weights go to `<path>.data` beside the model, which ONNX Runtime
     can memory-map instead of copying (see GradCAMSession's `low_memory`).
     """
+    if method is not None and not maps:
+        raise ValueError(f"method={method!r} names the maps' method: pass maps=True with it")
+    if maps:
+        from .maps import check_exportable
+
+        method = check_exportable(method or "gradcam", gradients)
     model = _as_model(model_or_arch, weights, seed)
     graph = GradCAMGraph(model, target_layer, num_targets, gradients=gradients)
     if graph.num_classes is None:
@@ -115,8 +133,14 @@ def export_onnx(
     if raw_pixels:
         exported = RawPixelGradCAM(graph, graph.info.mean, graph.info.std)
         images = _example_pixels(TRACE_BATCH, image_size)
+    if maps:
+        from .maps import GradCAMMaps
+
+        exported = GradCAMMaps(exported, method, image_size, gradients)
     started = time.perf_counter()
     batch = torch.export.Dim("batch", min=1, max=1 << 16)
+    output_names = OUTPUT_NAMES if gradients else CHANNEL_WEIGHTS_OUTPUT_NAMES
+    output_names += MAP_OUTPUT_NAMES if maps else ()
     with warnings.catch_warnings(), torch.no_grad():
         warnings.simplefilter("ignore")
         program = torch.onnx.export(
@@ -125,7 +149,7 @@ def export_onnx(
             dynamo=True,
             external_data=False,
             input_names=list(INPUT_NAMES),
-            output_names=list(OUTPUT_NAMES if gradients else CHANNEL_WEIGHTS_OUTPUT_NAMES),
+            output_names=list(output_names),
             dynamic_shapes=({0: batch}, {0: batch}),
             opset_version=opset,
             verbose=False,
@@ -137,6 +161,8 @@ def export_onnx(
         image_size,
         precision="float16" if fp16 else "float32",
         input_format="uint8_nhwc" if raw_pixels else "float_nchw",
+        maps=maps,
+        method=method,
     )
     _save(proto, meta, path, external_data, model if validate else None)
     log.info("exported %s in %.1f s", path, time.perf_counter() - started)
@@ -239,6 +265,10 @@ def validate_onnx(
     except NonFiniteMapsError as exc:  # compared below, which names the outputs
         got = exc.result
     ref = eager_gradcam(model, images, targets, meta.target_layer)
+    if meta.maps:  # the exported method's maps, from the eager activations and gradients
+        from .maps import MAP_LIMITS, compare_maps, failing_map_figures, reference_maps
+
+        ref = reference_maps(ref, meta.method, meta.image_size)
     errors = compare_with_reference(got, ref)
     failed = failing_figures(errors, meta.precision)
     nonfinite = [
@@ -251,12 +281,18 @@ def validate_onnx(
             f"{', '.join(nonfinite)}): the model's weights hold NaN or Inf, or its values "
             "overflow"
         )
+    limits = LIMITS[meta.precision]
+    if meta.maps:
+        map_errors = compare_maps(got, ref)
+        errors.update(map_errors)
+        failed += failing_map_figures(map_errors, meta.precision)
+        limits = {**limits, **MAP_LIMITS[meta.precision]}
     same_classes = torch.equal(got.target_classes.cpu(), ref.target_classes.cpu())
     if failed or not same_classes:
         figures = ", ".join(f"{k} {v:.2e}" for k, v in errors.items())
         raise ExportValidationError(
             f"{name} ({meta.precision}) disagrees with the eager reference at batch {batch}: "
-            f"{failed} beyond the limits {LIMITS[meta.precision]}; relative errors {figures}; "
+            f"{failed} beyond the limits {limits}; relative errors {figures}; "
             f"target classes {'match' if same_classes else 'differ'}"
         )
     log.info("validated %s: %s", name, errors)

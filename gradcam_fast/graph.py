@@ -83,11 +83,11 @@ class GradCAMGraph(nn.Module):
         self.register_buffer("channel_sums", channel_sums, persistent=False)
         self.eval()
 
-    def metadata(
-        self, image_size: int, *, precision: str = "float32", input_format: str = "float_nchw"
-    ) -> ModelMetadata:
+    def metadata(self, image_size: int, **fields) -> ModelMetadata:
         """What a model of this graph records and a session relies on: the one place a
-        `ModelMetadata` is built (by `export_onnx` and by the torch backend)."""
+        `ModelMetadata` is built (by `export_onnx` and by the torch backend). `fields`: how it
+        was exported (precision, input_format, maps, method, ...; ModelMetadata's defaults
+        otherwise)."""
         return ModelMetadata(
             arch=self.info.arch,
             target_layer=self.target_layer,
@@ -98,9 +98,8 @@ class GradCAMGraph(nn.Module):
             std=tuple(self.info.std),
             weights=self.info.weights,
             categories=tuple(self.info.categories),
-            precision=precision,
-            input_format=input_format,
             gradients=self.gradients,
+            **fields,
         )
 
     def _channel_sums(self, model: nn.Module) -> tuple[int | None, torch.Tensor | None]:

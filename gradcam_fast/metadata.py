@@ -9,6 +9,7 @@ __all__ = [
     "CHANNEL_WEIGHTS_OUTPUT_NAMES",
     "FORMAT_VERSION",
     "INPUT_NAMES",
+    "MAP_OUTPUT_NAMES",
     "OUTPUT_NAMES",
     "ModelMetadata",
     "NotAGradCAMModel",
@@ -21,6 +22,8 @@ OUTPUT_NAMES = ("logits", "target_classes", "activations", "gradients")
 # The channel-weights model (exported with gradients=False): Grad-CAM's channel weights
 # [B, K, C] instead of the gradients.
 CHANNEL_WEIGHTS_OUTPUT_NAMES = ("logits", "target_classes", "activations", "channel_weights")
+# A model exported with maps=True: these follow the outputs above (see maps.py).
+MAP_OUTPUT_NAMES = ("cams", "cams_lowres")
 
 
 class NotAGradCAMModel(ValueError):
@@ -43,11 +46,14 @@ class ModelMetadata:
     precision: str = "float32"  # or "float16": the body below the target layer runs in float16
     input_format: str = "float_nchw"  # or "uint8_nhwc": raw decoded pixels, normalized in-graph
     gradients: bool = True  # False: the channel-weights model, channel_weights [B,K,C] out
+    maps: bool = False  # True: also outputs cams [B,K,S,S] and cams_lowres [B,K,h,w] (maps.py)
+    method: str | None = None  # the CAM method of those maps (None without maps)
     format_version: int = FORMAT_VERSION
 
     @property
     def output_names(self) -> tuple[str, ...]:
-        return OUTPUT_NAMES if self.gradients else CHANNEL_WEIGHTS_OUTPUT_NAMES
+        names = OUTPUT_NAMES if self.gradients else CHANNEL_WEIGHTS_OUTPUT_NAMES
+        return names + MAP_OUTPUT_NAMES if self.maps else names
 
     def to_props(self) -> dict[str, str]:
         """String key/values for `ModelProto.metadata_props`."""
@@ -73,7 +79,7 @@ class ModelMetadata:
                 f"version {FORMAT_VERSION}: export the model again with this version"
             )
         names = set(cls.__dataclass_fields__)
-        optional = {"categories", "precision", "input_format", "gradients"}
+        optional = {"categories", "precision", "input_format", "gradients", "maps", "method"}
         missing = sorted(names - set(values) - optional)
         if missing:
             raise NotAGradCAMModel(f"{source} lacks gradcam_fast metadata fields {missing}")

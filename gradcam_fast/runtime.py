@@ -23,7 +23,7 @@ from .inputs import as_image_batch, as_pixel_batch, as_targets
 from .metadata import ModelMetadata
 from .methods import cam_lowres, check_method
 from .ort_backend import OrtRunner, available_devices, cpu_count, tensorrt_provider_options
-from .postprocess import weighted_sum
+from .postprocess import upsample_normalize, weighted_sum
 from .result import GradCAMResult
 from .smooth import aug_smooth_cams
 
@@ -53,6 +53,27 @@ def _resolve_device(device: str | torch.device, cuda_usable: bool) -> torch.devi
     if dev is None or dev.type not in ("cpu", "cuda"):
         raise ValueError(f"device must be 'auto', 'cpu' or 'cuda[:N]', got {device!r}")
     return torch.device("cuda", dev.index or 0) if dev.type == "cuda" else dev
+
+
+def _method_for(meta: ModelMetadata, method: str | None) -> str:
+    """The method a call computes: `method`, or by default the in-graph maps' method (a model
+    exported with maps) or "gradcam"; refuses what the model cannot give."""
+    if method is None:
+        return meta.method if meta.maps else "gradcam"
+    check_method(method)
+    if meta.maps and method != meta.method:
+        raise ValueError(
+            f"this model computes {meta.method!r} maps in its graph (exported with maps=True, "
+            f"method={meta.method!r}), not {method!r}: call it with method={meta.method!r} (or "
+            "none), or use a model exported without maps, whose maps the session computes"
+        )
+    if not meta.gradients and method != "gradcam":
+        raise ValueError(
+            f"method {method!r} needs the gradients, and this model was exported with "
+            "gradients=False (channel weights only, for Grad-CAM): use method='gradcam' or "
+            "a model exported with gradients"
+        )
+    return method
 
 
 def _tensorrt_options(
@@ -168,7 +189,7 @@ class GradCAMSession:
         images: torch.Tensor | np.ndarray,
         targets: int | Sequence[int] | np.ndarray | torch.Tensor | None = None,
         *,
-        method: str = "gradcam",
+        method: str | None = None,
         aug_smooth: bool = False,
     ) -> GradCAMResult:
         """Grad-CAM maps for `images` [B,3,S,S] (or [3,S,S]), normalized with the model's mean/std;
@@ -177,21 +198,16 @@ class GradCAMSession:
         `targets`: None (the top K classes), an int (that class for every image, K = 1), B ints
         (K = 1), or [B, K]; t >= 0 is a class, -r the r-th highest logit. `method`: a name in
         `methods.METHODS` (gradcam, gradcam++, xgradcam, hirescam, gradcamelementwise, layercam,
-        eigencam). `aug_smooth`: average over flips and intensity factors in one batched run
-        (`smooth.aug_smooth_cams`). Every tensor of the result is on `self.device` and owned by
+        eigencam); None: "gradcam", or for a model exported with maps its method, whose in-graph
+        maps are returned (another method is refused). `aug_smooth`: average over flips and
+        intensity factors in one batched run (`smooth.aug_smooth_cams`). Every tensor of the result is on `self.device` and owned by
         the caller. Images whose outputs are not finite raise `finite.NonFiniteMapsError`, which
         names them and carries the batch's result.
         """
+        meta = self.metadata
+        method = _method_for(meta, method)
         if aug_smooth:
             return aug_smooth_cams(self, images, targets, method)
-        check_method(method)
-        meta = self.metadata
-        if not meta.gradients and method != "gradcam":
-            raise ValueError(
-                f"method {method!r} needs the gradients, and this model was exported with "
-                "gradients=False (channel weights only, for Grad-CAM): use method='gradcam' or "
-                "a model exported with gradients"
-            )
         if meta.input_format == "uint8_nhwc":
             x = as_pixel_batch(images, meta.image_size, self.device)
         else:
@@ -216,16 +232,21 @@ class GradCAMSession:
     def _run(
         self, images: torch.Tensor, targets: torch.Tensor, method: str = "gradcam"
     ) -> GradCAMResult:
-        logits, classes, activations, gradients = self._runner(images, targets)
+        logits, classes, activations, gradients, *maps = self._runner(images, targets)
         weights = None
         if not self.metadata.gradients:  # the channel-weights model: Grad-CAM's weights only
             weights, gradients = gradients, None
-            lowres = weighted_sum(weights, activations)
+        if maps:  # computed in the graph (export_onnx(..., maps=True)) for this method
+            cams, lowres = maps
         else:
-            lowres = cam_lowres(method, activations, gradients)
-        return GradCAMResult.from_lowres(
-            lowres,
-            self.metadata.image_size,
+            if weights is not None:
+                lowres = weighted_sum(weights, activations)
+            else:
+                lowres = cam_lowres(method, activations, gradients)
+            cams = upsample_normalize(lowres, self.metadata.image_size)
+        return GradCAMResult(
+            cams=cams,
+            cams_lowres=lowres,
             target_classes=classes,
             logits=logits,
             activations=activations,

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from ..catalog import EXPORTABLE_METHODS
 from .options import EXIT_OK, add_network_options, network_options, pick
 
 __all__ = ["DESCRIPTION", "HELP", "add_arguments", "run"]
@@ -20,7 +21,9 @@ def run(args: argparse.Namespace) -> int:
         validate=not args.no_validate,
         gradients=not args.channel_weights_only,
         **network,
-        **pick(args, "num_targets", "opset", "raw_pixels", "fp16", "external_data"),
+        **pick(
+            args, "num_targets", "opset", "raw_pixels", "fp16", "external_data", "maps", "method"
+        ),
     )
     print(path)
     return EXIT_OK
@@ -61,4 +64,15 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         "--raw-pixels",
         action="store_true",
         help="take uint8 [B,S,S,3] decoded RGB pixels as input; normalize inside the model",
+    )
+    p.add_argument(
+        "--maps",
+        action="store_true",
+        help="also output the maps, cams [B,K,S,S] in [0,1] and cams_lowres [B,K,h,w], computed "
+        "in the graph (for services without Python; docs/embedding.md)",
+    )
+    p.add_argument(
+        "--method",
+        choices=EXPORTABLE_METHODS,
+        help="CAM method of the --maps (default gradcam)",
     )

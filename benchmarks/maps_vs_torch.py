@@ -1,0 +1,178 @@
+"""In-graph maps (export_onnx(..., maps=True)) against the session's torch post-processing.
+
+Two measurements in one process, on the CPU:
+
+1. `postprocess`: the only work that differs between the two ways, alone. The maps part of the
+   graph (the method's low-resolution maps, bilinear upsampling, per-map min-max) exported as an
+   ONNX graph of its own and run in ONNX Runtime with the session's options, against the same
+   functions in torch (`methods.cam_lowres` + `postprocess.upsample_normalize`), on the target
+   layer's activations and gradients of real session runs. Many rounds, interleaved.
+2. `session`: whole `GradCAMSession` calls of the model exported with maps (returns the in-graph
+   maps) and of the model exported without (computes them with torch). To hold one network in
+   memory at a time, the two sessions are opened in turn, `--blocks` times each, alternating.
+
+    python -m benchmarks.maps_vs_torch                   # VGG19 random weights, 224, batch 1 and 8
+    python -m benchmarks.maps_vs_torch --tiny            # a small VGG at 32: checks the script
+
+Both ways' maps are compared in the same run (relative error under 1e-4, or the run fails).
+"""
+
+from __future__ import annotations
+
+import argparse
+import gc
+import os
+import platform
+import statistics
+import sys
+import tempfile
+import time
+import warnings
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from gradcam_fast import GradCAMSession, export_onnx, load_vgg
+from gradcam_fast.export import relative_error
+from gradcam_fast.methods import cam_lowres
+from gradcam_fast.ort_backend import cpu_count, session_options
+from gradcam_fast.postprocess import upsample_normalize
+
+__all__ = ["main"]
+
+
+class _MapsOnly(nn.Module):
+    """activations [B,C,h,w], gradients [B,K,C,h,w] -> cams, cams_lowres: the in-graph part."""
+
+    def __init__(self, method: str, image_size: int):
+        super().__init__()
+        self.method, self.image_size = method, image_size
+
+    def forward(self, activations: torch.Tensor, gradients: torch.Tensor):
+        lowres = cam_lowres(self.method, activations, gradients)
+        return upsample_normalize(lowres, self.image_size), lowres
+
+
+def _timed(fn, rounds: int, *args, **kwargs) -> list[float]:
+    times = []
+    for _ in range(rounds):
+        start = time.perf_counter()
+        fn(*args, **kwargs)
+        times.append(time.perf_counter() - start)
+    return times
+
+
+def _postprocess(activations, gradients, method, size, rounds, folder: Path) -> dict:
+    """Median seconds of the maps part in ONNX Runtime and in torch, interleaved, same inputs."""
+    import onnxruntime as ort
+
+    path = folder / "maps_only.onnx"
+    batch = torch.export.Dim("batch", min=1, max=1 << 16)
+    with warnings.catch_warnings(), torch.no_grad():
+        warnings.simplefilter("ignore")
+        torch.onnx.export(
+            _MapsOnly(method, size), (activations, gradients), path, dynamo=True,
+            input_names=["activations", "gradients"], output_names=["cams", "cams_lowres"],
+            dynamic_shapes=({0: batch}, {0: batch}), external_data=False,
+        )  # fmt: skip
+    session = ort.InferenceSession(str(path), session_options(), providers=["CPUExecutionProvider"])
+    feeds = {"activations": activations.numpy(), "gradients": gradients.numpy()}
+    in_graph = torch.from_numpy(session.run(["cams"], feeds)[0])
+    with torch.no_grad():
+        in_torch = _MapsOnly(method, size)(activations, gradients)[0]
+    error = relative_error(in_graph, in_torch)
+    if not error < 1e-4:
+        raise AssertionError(f"maps-only graph and torch disagree: relative error {error:.2e}")
+    ort_times, torch_times = [], []
+    with torch.no_grad():
+        for _ in range(rounds):
+            ort_times += _timed(session.run, 1, None, feeds)
+            torch_times += _timed(_MapsOnly(method, size), 1, activations, gradients)
+    return {"onnxruntime": statistics.median(ort_times), "torch": statistics.median(torch_times)}
+
+
+def _session_blocks(paths: dict, inputs: dict, method: str, rounds: int, blocks: int) -> dict:
+    """Median seconds per call by (model kind, batch), each session opened `blocks` times in turn."""
+    times: dict = {}
+    reference = {}
+    for _ in range(blocks):
+        for kind, path in paths.items():
+            session = GradCAMSession(path, device="cpu")
+            for batch, x in inputs.items():
+                result = session(x, method=method)  # warm-up; its maps are checked below
+                reference.setdefault((kind, batch), result.cams)
+                timed = _timed(session, rounds, x, method=method)
+                times.setdefault((kind, batch), []).extend(timed)
+            del session
+            gc.collect()
+    for batch in inputs:
+        error = relative_error(reference[("maps", batch)], reference[("torch", batch)])
+        if not error < 1e-4:
+            raise AssertionError(f"in-graph and torch maps disagree at batch {batch}: {error:.2e}")
+    return {key: statistics.median(values) for key, values in times.items()}
+
+
+def main(argv: list[str] | None = None) -> dict:
+    """Run both measurements, print a markdown report, return the figures."""
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--tiny", action="store_true", help="a small VGG at 32 (checks the script)")
+    parser.add_argument("--batches", type=int, nargs="+", default=[1, 8])
+    parser.add_argument("--rounds", type=int, default=None, help="timed calls per block")
+    parser.add_argument("--blocks", type=int, default=2, help="times each session is opened")
+    parser.add_argument("--method", default="gradcam")
+    args = parser.parse_args(argv)
+    if args.tiny:
+        sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
+        from tiny_models import make_tiny_vgg
+
+        model, size, name = make_tiny_vgg(), 32, "tiny VGG"
+        rounds = args.rounds or 2
+    else:
+        model, size, name = load_vgg("vgg19", "random", seed=0), 224, "VGG19 (random weights)"
+        rounds = args.rounds or 5
+    gen = torch.Generator().manual_seed(0)
+    inputs = {b: torch.randn(b, 3, size, size, generator=gen) for b in args.batches}
+    load_before = os.getloadavg()
+    with tempfile.TemporaryDirectory() as tmp:
+        folder = Path(tmp)
+        paths = {}
+        for kind in ("torch", "maps"):
+            maps = kind == "maps"
+            paths[kind] = export_onnx(
+                model, folder / f"{kind}.onnx", image_size=size, maps=maps, validate=False,
+                method=args.method if maps else None,
+            )  # fmt: skip
+        del model
+        gc.collect()
+        post = {}
+        session = GradCAMSession(paths["torch"], device="cpu")
+        for batch, x in inputs.items():
+            result = session(x, method=args.method)
+            post[batch] = _postprocess(
+                result.activations, result.gradients, args.method, size, 20 * rounds, folder
+            )
+        del session, result
+        gc.collect()
+        calls = _session_blocks(paths, inputs, args.method, rounds, args.blocks)
+    load_after = os.getloadavg()
+
+    print(f"# In-graph maps vs torch post-processing ({name}, {size}x{size}, {args.method}, K=1)")
+    print(
+        f"\n{platform.processor() or platform.machine()}, {cpu_count()} cores, torch "
+        f"{torch.__version__}, load average {load_before[0]:.2f} before, {load_after[0]:.2f} after\n"
+    )
+    print("| batch | maps part: ORT ms | maps part: torch ms | ORT / torch | session with in-graph "
+          "maps ms | session + torch ms | in-graph / torch |")  # fmt: skip
+    print("| --- | --- | --- | --- | --- | --- | --- |")
+    for batch in inputs:
+        p, m, t = post[batch], calls[("maps", batch)], calls[("torch", batch)]
+        print(
+            f"| {batch} | {p['onnxruntime'] * 1e3:.3f} | {p['torch'] * 1e3:.3f} | "
+            f"{p['onnxruntime'] / p['torch']:.2f} | {m * 1e3:.1f} | {t * 1e3:.1f} | {m / t:.3f} |"
+        )
+    return {"postprocess": post, "session": calls}
+
+
+if __name__ == "__main__":
+    main()
