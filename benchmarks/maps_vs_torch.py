@@ -34,7 +34,7 @@ import torch
 from torch import nn
 
 from gradcam_fast import GradCAMSession, export_onnx, load_vgg
-from gradcam_fast.export import relative_error
+from gradcam_fast.compare import relative_error
 from gradcam_fast.methods import cam_lowres
 from gradcam_fast.ort_backend import cpu_count, session_options
 from gradcam_fast.postprocess import upsample_normalize

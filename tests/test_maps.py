@@ -14,7 +14,8 @@ import torch
 from tiny_models import make_tiny_vgg
 
 from gradcam_fast import GradCAMSession, eager_gradcam, export_onnx
-from gradcam_fast.export import ExportValidationError, relative_error, validate_onnx
+from gradcam_fast.compare import relative_error
+from gradcam_fast.export import ExportValidationError, validate_onnx
 from gradcam_fast.maps import (
     EXPORTABLE_METHODS,
     compare_maps,

@@ -18,7 +18,7 @@ from PIL import Image
 from tiny_models import make_tiny_vgg
 
 from gradcam_fast import GradCAMSession, export_onnx
-from gradcam_fast.export import relative_error
+from gradcam_fast.compare import relative_error
 from gradcam_fast.images import load_image, model_view
 from gradcam_fast.pixels import normalize_pixels
 
