@@ -220,7 +220,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 # Modules that contribute a subcommand through `add_parser(subparsers)`.
-_SUBCOMMAND_MODULES: list[str] = ["explain", "explain_dataset", "bench"]
+_SUBCOMMAND_MODULES: list[str] = ["explain", "explain_dataset", "bench", "serve_cli"]
 
 
 def main(argv: list[str] | None = None) -> int:
