@@ -168,6 +168,8 @@ class GradCAMDeployment:
         # One inference thread: batches run one after another while the loop decodes the next.
         self._infer_pool = ThreadPoolExecutor(1, thread_name_prefix="gradcam-infer")
         self._lock = threading.Lock()
+        self._idle = asyncio.Event()  # no batch is running
+        self._idle.set()
         self._counts: Counter[str] = Counter()
         self._batch_sizes: Counter[int] = Counter()
         self.replica = _replica_id()
@@ -232,6 +234,7 @@ class GradCAMDeployment:
         loop = asyncio.get_running_loop()
         image, view = await loop.run_in_executor(self._decode_pool, self._decode, data)
         job = _Job(image, view, targets, maps, method, want_overlay)
+        await self._idle.wait()  # while a batch runs, requests gather here for the next one
         outcome: _Outcome = await self._explain_batch(job)
         body = {
             "predictions": _predictions(outcome.probabilities, self.names),
@@ -352,10 +355,18 @@ class GradCAMDeployment:
 
     @serve.batch(max_batch_size=DEFAULT_MAX_BATCH_SIZE, batch_wait_timeout_s=0.005)
     async def _explain_batch(self, jobs: list[_Job]) -> list[_Outcome]:
-        self._count("batches", batch_size=len(jobs))
-        log.debug("gradcam replica %s: batch of %d", self.replica, len(jobs))
-        loop = asyncio.get_running_loop()
-        return await loop.run_in_executor(self._infer_pool, self._infer, jobs)
+        # Ray Serve forms a batch from the requests queued within the wait time, even while the
+        # previous batch still runs: requests that arrive during a run wait at `_idle` instead
+        # and enter the queue together when it ends, so a busy replica runs full batches and
+        # an idle one starts a lone request after the wait time only.
+        self._idle.clear()
+        try:
+            self._count("batches", batch_size=len(jobs))
+            log.debug("gradcam replica %s: batch of %d", self.replica, len(jobs))
+            loop = asyncio.get_running_loop()
+            return await loop.run_in_executor(self._infer_pool, self._infer, jobs)
+        finally:
+            self._idle.set()
 
     def _infer(self, jobs: Sequence[_Job]) -> list[_Outcome]:
         """In the inference thread: one session call per method among `jobs`."""
