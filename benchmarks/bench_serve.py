@@ -9,9 +9,10 @@ The load generator sends a fixed number of requests (JPEG files of 300 to 640 px
 127.0.0.1 only, then stops. Per level: p50 and p99 latency, images/s, and the batch sizes the
 replica actually ran (the difference of its `/stats` before and after). Two deployments on one
 replica holding all the CPUs: batching (`max_batch_size` 8, `batch_wait_ms` 5) and none
-(`max_batch_size` 1). The bare session runs in this process with as many threads, on the
-decoded tensor (batch 1 and batch 8) and with the decoding (batch 1), before and after the
-served runs (their difference shows drift). The client runs on the same CPUs as the server.
+(`max_batch_size` 1). The bare session runs in this process with as many threads, timed right
+before each level (this machine's load drifts): before concurrency 1 on the decoded tensor and
+with the decoding at batch 1, before 8 and 32 at batch 8. The client runs on the same CPUs as
+the server.
 Every served answer is checked against the bare session's result for the same file first.
 
 Under pytest (benchmarks/conftest.py: once each, on a tiny model) it runs the same code on a small
@@ -24,6 +25,7 @@ import argparse
 import http.client
 import io
 import json
+import os
 import platform
 import random
 import shutil
@@ -171,40 +173,44 @@ def _median_seconds(fn, rounds: int) -> float:
     return statistics.median(times)
 
 
-def time_bare(model: Path, files: list[bytes], threads: int, rounds: int) -> dict[str, float]:
-    """The bare session in this process: seconds per call at batch 1 (tensor in, and with the
-    decoding), and per image at batch 8."""
-    import torch
+class Bare:
+    """The bare session in this process, with as many threads as the replica: timed right
+    before each served level, so that each ratio compares figures taken minutes apart at most
+    (this machine's load drifts)."""
 
-    from gradcam_fast import GradCAMSession
-    from gradcam_fast.images import load_image, preprocess
+    def __init__(self, model: Path, files: list[bytes], threads: int, rounds: int):
+        import torch
 
-    session = GradCAMSession(model, device="cpu", intra_op_threads=threads)
-    meta = session.metadata
+        from gradcam_fast import GradCAMSession
 
-    def decode(data: bytes):
+        self.session = GradCAMSession(model, device="cpu", intra_op_threads=threads)
+        self.files, self.rounds = files, rounds
+        self.x1 = self.decode(files[0])[None]
+        self.x8 = torch.stack([self.decode(files[i % len(files)]) for i in range(8)])
+        self.session(self.x8)  # warm-up, both shapes
+        self.session(self.x1)
+
+    def decode(self, data: bytes):
+        from gradcam_fast.images import load_image, preprocess
+
+        meta = self.session.metadata
         return preprocess(load_image(data), meta.image_size, meta.mean, meta.std)
 
-    x1 = decode(files[0])[None]
-    x8 = torch.stack([decode(files[i % len(files)]) for i in range(8)])
-    session(x8)  # warm-up, both shapes
-    session(x1)
-    figures = {
-        "bare_b1_s": _median_seconds(lambda: session(x1), rounds),
-        "bare_decode_b1_s": _median_seconds(lambda: session(decode(files[1])[None]), rounds),
-        "bare_b8_s_per_image": _median_seconds(lambda: session(x8), max(2, rounds // 3)) / 8,
-    }
-    return figures
+    def figures(self, concurrency: int) -> dict[str, float]:
+        """At concurrency 1: seconds per batch-1 call, tensor in and with the decoding; above:
+        seconds per image at batch 8."""
+        if concurrency == 1:
+            return {
+                "bare_b1_s": _median_seconds(lambda: self.session(self.x1), self.rounds),
+                "bare_decode_b1_s": _median_seconds(
+                    lambda: self.session(self.decode(self.files[1])[None]), self.rounds
+                ),
+            }
+        rounds = max(2, self.rounds // 3)
+        return {"bare_b8_s_per_image": _median_seconds(lambda: self.session(self.x8), rounds) / 8}
 
-
-def expected_maps(model: Path, data: bytes, threads: int) -> np.ndarray:
-    from gradcam_fast import GradCAMSession
-    from gradcam_fast.images import load_image, preprocess
-
-    session = GradCAMSession(model, device="cpu", intra_op_threads=threads)
-    meta = session.metadata
-    x = preprocess(load_image(data), meta.image_size, meta.mean, meta.std)
-    return session(x[None]).cams_lowres[0].numpy()
+    def expected_maps(self, data: bytes) -> np.ndarray:
+        return self.session(self.decode(data)[None]).cams_lowres[0].numpy()
 
 
 def check_answer(port: int, prefix: str, data: bytes, expected: np.ndarray) -> None:
@@ -247,7 +253,8 @@ CONFIGS = {"batching": (8, 5.0), "no_batching": (1, 0.0)}  # max_batch_size, bat
 
 
 def run(setting: Setting, cpus: int | None = None) -> dict:
-    """The whole benchmark; returns {"config", "bare", "served": {config: [LoadResult...]}}."""
+    """The whole benchmark; returns {"config", "served": {config: [(LoadResult, bare figures
+    timed just before it)...]}}."""
     import ray
     from ray import serve
 
@@ -257,14 +264,15 @@ def run(setting: Setting, cpus: int | None = None) -> dict:
     cpus = cpus or cpu_count()
     files = make_files(16)
     work = Path(tempfile.mkdtemp(prefix="bench_serve_"))
-    model = export_model(setting.arch, setting.image_size, work)
-    expected = expected_maps(model, files[3], cpus)
-    bare_before = time_bare(model, files, cpus, setting.bare_rounds)
-    served: dict[str, list[LoadResult]] = {}
+    served: dict[str, list[tuple[LoadResult, dict[str, float]]]] = {}
     port = free_port()
-    started = time.perf_counter()
-    ray.init(num_cpus=cpus, include_dashboard=False, log_to_driver=False)
     try:
+        model = export_model(setting.arch, setting.image_size, work)
+        bare = Bare(model, files, cpus, setting.bare_rounds)
+        expected = bare.expected_maps(files[3])
+        load = os.getloadavg()
+        started = time.perf_counter()
+        ray.init(num_cpus=cpus, include_dashboard=False, log_to_driver=False)
         serve.start(http_options={"host": "127.0.0.1", "port": port})
         startup = time.perf_counter() - started
         for name, (max_batch_size, wait_ms) in CONFIGS.items():
@@ -276,11 +284,13 @@ def run(setting: Setting, cpus: int | None = None) -> dict:
             )  # fmt: skip
             check_answer(port, prefix, files[3], expected)
             run_load(port, prefix, files, 8, 16)  # warm-up: both batch shapes, connections
-            served[name] = [
-                run_load(port, prefix, files, c, setting.requests[c]) for c in CONCURRENCY
-            ]
+            served[name] = []
+            for c in CONCURRENCY:
+                reference = bare.figures(c)
+                served[name].append(
+                    (run_load(port, prefix, files, c, setting.requests[c]), reference)
+                )
             serve.delete(name)  # one replica at a time holds the model and the CPUs
-        bare_after = time_bare(model, files, cpus, setting.bare_rounds)
     finally:
         serve.shutdown()
         ray.shutdown()
@@ -293,45 +303,45 @@ def run(setting: Setting, cpus: int | None = None) -> dict:
         "python": platform.python_version(),
         "ray": ray.__version__,
         "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
+        "load_average_before_and_after": [round(v, 2) for v in (*load, *os.getloadavg())],
         "ray_and_serve_start_s": round(startup, 1),
     }
-    return {"config": config, "bare": [bare_before, bare_after], "served": served}
+    return {"config": config, "served": served}
 
 
 def report(figures: dict) -> str:
-    """The table printed by the script, with the issue's target ratios."""
-    before, after = figures["bare"]
-    b1 = statistics.mean([before["bare_b1_s"], after["bare_b1_s"]])
-    b1_decode = statistics.mean([before["bare_decode_b1_s"], after["bare_decode_b1_s"]])
-    b8 = 1 / statistics.mean([before["bare_b8_s_per_image"], after["bare_b8_s_per_image"]])
+    """The table printed by the script, with the issue's target ratios (each against the bare
+    figure timed just before that level)."""
     lines = [
         json.dumps(figures["config"]),
-        f"bare session (before / after the served runs): batch 1 "
-        f"{before['bare_b1_s'] * 1e3:.1f} / {after['bare_b1_s'] * 1e3:.1f} ms, with decoding "
-        f"{before['bare_decode_b1_s'] * 1e3:.1f} / {after['bare_decode_b1_s'] * 1e3:.1f} ms, "
-        f"batch 8 {1 / before['bare_b8_s_per_image']:.2f} / "
-        f"{1 / after['bare_b8_s_per_image']:.2f} images/s",
         f"{'config':<13}{'conc':>5}{'reqs':>6}{'p50 ms':>9}{'p99 ms':>9}{'img/s':>8}"
-        f"{'err':>5}  batch sizes run (size: calls)",
+        f"{'bare':>18}{'err':>5}  batch sizes run (size: calls)",
     ]
     for name, results in figures["served"].items():
-        for r in results:
+        for r, bare in results:
             sizes = ", ".join(f"{k}: {v}" for k, v in sorted(r.batch_sizes.items()))
+            if r.concurrency == 1:
+                reference = f"{bare['bare_b1_s'] * 1e3:.0f}/{bare['bare_decode_b1_s'] * 1e3:.0f} ms"
+            else:
+                reference = f"b8 {1 / bare['bare_b8_s_per_image']:.2f} img/s"
             lines.append(
                 f"{name:<13}{r.concurrency:>5}{r.requests:>6}{r.p50 * 1e3:>9.1f}"
-                f"{r.p99 * 1e3:>9.1f}{r.throughput:>8.2f}{r.errors:>5}  {sizes}"
+                f"{r.p99 * 1e3:>9.1f}{r.throughput:>8.2f} {reference:>17}{r.errors:>5}  {sizes}"
             )
-    by = {(n, r.concurrency): r for n, rs in figures["served"].items() for r in rs}
-    batched = lambda c: by[("batching", c)]  # noqa: E731
+    by = {(n, r.concurrency): (r, b) for n, rs in figures["served"].items() for r, b in rs}
+    r1, b1 = by[("batching", 1)]
+    r8, b8 = by[("batching", 8)]
+    r32, _ = by[("batching", 32)]
+    none32, _ = by[("no_batching", 32)]
     lines += [
-        "targets (issue 16; bare figures are the mean of before and after):",
-        f"  c=1  p50 / bare batch-1 call        {batched(1).p50 / b1:.3f}  (target <= 1.10)",
-        f"  c=1  p50 / bare decode + call       {batched(1).p50 / b1_decode:.3f}",
-        f"  c=8  throughput / bare batch 8      {batched(8).throughput / b8:.3f}  (target >= 0.9)",
-        f"  c=32 p99 / p50                      {batched(32).p99 / batched(32).p50:.3f}  "
-        "(target <= 3)",
-        f"  c=32 throughput batching / none     "
-        f"{batched(32).throughput / by[('no_batching', 32)].throughput:.3f}",
+        "bare: at c=1 the batch-1 call without/with decoding, else batch 8 (timed before the level)",
+        "targets (issue 16), batching deployment:",
+        f"  c=1  p50 / bare batch-1 call        {r1.p50 / b1['bare_b1_s']:.3f}  (target <= 1.10)",
+        f"  c=1  p50 / bare decode + call       {r1.p50 / b1['bare_decode_b1_s']:.3f}",
+        f"  c=8  throughput / bare batch 8      "
+        f"{r8.throughput * b8['bare_b8_s_per_image']:.3f}  (target >= 0.9)",
+        f"  c=32 p99 / p50                      {r32.p99 / r32.p50:.3f}  (target <= 3)",
+        f"  c=32 throughput batching / none     {r32.throughput / none32.throughput:.3f}",
     ]
     return "\n".join(lines)
 
@@ -348,19 +358,18 @@ def _as_json(figures: dict) -> dict:
                 "images_per_s": r.throughput,
                 "errors": r.errors,
                 "batch_sizes": r.batch_sizes,
+                "bare": bare,
             }
-            for r in results
+            for r, bare in results
         ]
         for name, results in figures["served"].items()
     }
-    return {"config": figures["config"], "bare": figures["bare"], "served": served}
+    return {"config": figures["config"], "served": served}
 
 
 def test_serve_load_runs_and_answers_right():
     """Once, cheaply (tiny model, a few requests per level): every request answered 200, the
     replica's batch sizes add up to the requests and respect max_batch_size, figures finite."""
-    import os
-
     import pytest
 
     pytest.importorskip("ray.serve", reason='Ray Serve is optional: pip install ".[serve]"')
@@ -369,7 +378,7 @@ def test_serve_load_runs_and_answers_right():
     figures = run(setting)
     for name, results in figures["served"].items():
         limit = CONFIGS[name][0]
-        for r in results:
+        for r, _ in results:
             assert r.errors == 0 and len(r.latencies) == r.requests
             assert sum(k * v for k, v in r.batch_sizes.items()) == r.requests
             assert max(r.batch_sizes) <= limit
