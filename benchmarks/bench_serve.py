@@ -110,9 +110,13 @@ def _stats(port: int, prefix: str) -> dict[int, int]:
     connection = http.client.HTTPConnection("127.0.0.1", port, timeout=60)
     try:
         connection.request("GET", f"{prefix}/stats")
-        stats = json.loads(connection.getresponse().read())
+        response = connection.getresponse()
+        body = response.read()
     finally:
         connection.close()
+    if response.status != 200:  # e.g. Ray's memory monitor killed the replica
+        raise RuntimeError(f"{prefix}/stats answered {response.status}: {body[:300]!r}")
+    stats = json.loads(body)
     return {int(k): v for k, v in stats["batch_sizes"].items()}
 
 
