@@ -40,6 +40,8 @@ except ImportError as exc:  # pragma: no cover - depends on the environment
 import numpy as np
 import torch
 
+from .explain import _predictions as _top_predictions
+from .explain import resolve_classes
 from .images import ImageError, load_image, model_view, to_tensor
 from .methods import METHODS
 
@@ -251,8 +253,6 @@ class GradCAMDeployment:
     def _parse_query(self, request: Request) -> tuple[list[int], int, str, bool]:
         """The session targets, the number of maps returned, the method and whether overlays are
         asked for; HTTPError 400 for anything the model cannot do."""
-        from .explain import resolve_classes
-
         query = request.query_params
         unknown = sorted(set(query.keys()) - set(QUERY_PARAMETERS))
         if unknown:
@@ -407,11 +407,9 @@ def _allow(request: Request, method: str) -> None:
 def _predictions(probabilities: torch.Tensor, names: Sequence[str]) -> list[dict[str, Any]]:
     """The top-5 classes as {"class", "name", "probability"} (explain's rows, with the index
     under "class" as this API names it)."""
-    from .explain import _predictions as top_predictions
-
     return [
         {"class": p["index"], "name": p["name"], "probability": p["probability"]}
-        for p in top_predictions(probabilities, names)
+        for p in _top_predictions(probabilities, names)
     ]
 
 
