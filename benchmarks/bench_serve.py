@@ -1,0 +1,410 @@
+"""Latency and throughput of `gradcam_fast.serve` on Ray Serve under a bounded load on loopback,
+with and without batching, next to the bare session call, in one run.
+
+    python benchmarks/bench_serve.py                  # VGG19 (random weights) at 224
+    python benchmarks/bench_serve.py --arch vgg11 --json serve.json
+
+The load generator sends a fixed number of requests (JPEG files of 300 to 640 px, as bodies of
+`POST /explain`) at concurrency 1, 8 and 32 from client threads with keep-alive connections to
+127.0.0.1 only, then stops. Per level: p50 and p99 latency, images/s, and the batch sizes the
+replica actually ran (the difference of its `/stats` before and after). Two deployments on one
+replica holding all the CPUs: batching (`max_batch_size` 8, `batch_wait_ms` 5) and none
+(`max_batch_size` 1). The bare session runs in this process with as many threads, timed right
+before each level (this machine's load drifts): before concurrency 1 on the decoded tensor and
+with the decoding at batch 1, before 8 and 32 at batch 8. The client runs on the same CPUs as
+the server.
+Every served answer is checked against the bare session's result for the same file first.
+
+Under pytest (benchmarks/conftest.py: once each, on a tiny model) it runs the same code on a small
+seeded VGG at 32 px with a few requests per level. Weights are random and nothing is downloaded.
+"""
+
+from __future__ import annotations
+
+import argparse
+import http.client
+import io
+import json
+import os
+import platform
+import random
+import shutil
+import socket
+import statistics
+import sys
+import tempfile
+import threading
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+__all__ = ["LoadResult", "main", "run_load"]
+
+EXAMPLES = Path(__file__).resolve().parents[1] / "examples" / "images"
+CONCURRENCY = (1, 8, 32)
+
+
+@dataclass(frozen=True)
+class Setting:
+    arch: str  # "tiny" or a VGG arch name
+    image_size: int
+    requests: dict[int, int]  # requests sent at each concurrency
+    bare_rounds: int
+
+
+SETTINGS = {
+    "tiny": Setting("tiny", 32, {1: 4, 8: 16, 32: 32}, 3),
+    "full": Setting("vgg19", 224, {1: 24, 8: 64, 32: 128}, 10),
+}
+
+
+def make_files(count: int, seed: int = 0) -> list[bytes]:
+    """`count` JPEG files made from the example images, 300 to 640 px wide."""
+    from PIL import Image
+
+    sources = [Image.open(p).convert("RGB") for p in sorted(EXAMPLES.glob("*.jpg"))]
+    rng = random.Random(seed)
+    files = []
+    for i in range(count):
+        image = sources[i % len(sources)]
+        width = rng.randint(300, 640)
+        buffer = io.BytesIO()
+        image.resize((width, max(32, width * image.height // image.width))).save(
+            buffer, format="JPEG", quality=90
+        )
+        files.append(buffer.getvalue())
+    return files
+
+
+@dataclass
+class LoadResult:
+    concurrency: int
+    requests: int
+    seconds: float
+    latencies: list[float]  # seconds, one per request
+    errors: int
+    batch_sizes: dict[int, int]  # session calls the replica ran at each batch size
+
+    @property
+    def p50(self) -> float:
+        return float(np.percentile(self.latencies, 50))
+
+    @property
+    def p99(self) -> float:
+        return float(np.percentile(self.latencies, 99))
+
+    @property
+    def throughput(self) -> float:
+        return self.requests / self.seconds
+
+
+def _post(connection: http.client.HTTPConnection, path: str, body: bytes) -> tuple[int, bytes]:
+    connection.request("POST", path, body=body, headers={"Content-Type": "image/jpeg"})
+    response = connection.getresponse()
+    return response.status, response.read()
+
+
+def _stats(port: int, prefix: str) -> dict[int, int]:
+    connection = http.client.HTTPConnection("127.0.0.1", port, timeout=60)
+    try:
+        connection.request("GET", f"{prefix}/stats")
+        response = connection.getresponse()
+        body = response.read()
+    finally:
+        connection.close()
+    if response.status != 200:  # e.g. Ray's memory monitor killed the replica
+        raise RuntimeError(f"{prefix}/stats answered {response.status}: {body[:300]!r}")
+    stats = json.loads(body)
+    return {int(k): v for k, v in stats["batch_sizes"].items()}
+
+
+def run_load(
+    port: int, prefix: str, files: list[bytes], concurrency: int, requests: int
+) -> LoadResult:
+    """`requests` POSTs of `files` (in turn) from `concurrency` threads, each with its own
+    keep-alive connection to 127.0.0.1:`port`; returns when all have been answered."""
+    before = _stats(port, prefix)
+    latencies: list[float] = []
+    errors = [0]
+    lock = threading.Lock()
+    counter = iter(range(requests))
+    start_line = threading.Barrier(concurrency + 1)
+
+    def worker() -> None:
+        connection = http.client.HTTPConnection("127.0.0.1", port, timeout=300)
+        start_line.wait()
+        try:
+            while True:
+                with lock:
+                    i = next(counter, None)
+                if i is None:
+                    return
+                start = time.perf_counter()
+                try:
+                    status, _ = _post(connection, f"{prefix}/explain", files[i % len(files)])
+                except OSError:
+                    status = None
+                    connection.close()
+                    connection = http.client.HTTPConnection("127.0.0.1", port, timeout=300)
+                seconds = time.perf_counter() - start
+                with lock:
+                    latencies.append(seconds)
+                    errors[0] += status != 200
+        finally:
+            connection.close()
+
+    threads = [threading.Thread(target=worker) for _ in range(concurrency)]
+    for thread in threads:
+        thread.start()
+    start_line.wait()
+    start = time.perf_counter()
+    for thread in threads:
+        thread.join()
+    seconds = time.perf_counter() - start
+    after = _stats(port, prefix)
+    ran = {k: v - before.get(k, 0) for k, v in after.items() if v != before.get(k, 0)}
+    return LoadResult(concurrency, requests, seconds, latencies, errors[0], ran)
+
+
+def _median_seconds(fn, rounds: int) -> float:
+    times = []
+    for _ in range(rounds):
+        start = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - start)
+    return statistics.median(times)
+
+
+class Bare:
+    """The bare session in this process, with as many threads as the replica: timed right
+    before each served level, so that each ratio compares figures taken minutes apart at most
+    (this machine's load drifts)."""
+
+    def __init__(self, model: Path, files: list[bytes], threads: int, rounds: int):
+        import torch
+
+        from gradcam_fast import GradCAMSession
+
+        self.session = GradCAMSession(model, device="cpu", intra_op_threads=threads)
+        self.files, self.rounds = files, rounds
+        self.x1 = self.decode(files[0])[None]
+        self.x8 = torch.stack([self.decode(files[i % len(files)]) for i in range(8)])
+        self.session(self.x8)  # warm-up, both shapes
+        self.session(self.x1)
+
+    def decode(self, data: bytes):
+        from gradcam_fast.images import load_image, preprocess
+
+        meta = self.session.metadata
+        return preprocess(load_image(data), meta.image_size, meta.mean, meta.std)
+
+    def figures(self, concurrency: int) -> dict[str, float]:
+        """At concurrency 1: seconds per batch-1 call, tensor in and with the decoding; above:
+        seconds per image at batch 8."""
+        if concurrency == 1:
+            return {
+                "bare_b1_s": _median_seconds(lambda: self.session(self.x1), self.rounds),
+                "bare_decode_b1_s": _median_seconds(
+                    lambda: self.session(self.decode(self.files[1])[None]), self.rounds
+                ),
+            }
+        rounds = max(2, self.rounds // 3)
+        return {"bare_b8_s_per_image": _median_seconds(lambda: self.session(self.x8), rounds) / 8}
+
+    def expected_maps(self, data: bytes) -> np.ndarray:
+        return self.session(self.decode(data)[None]).cams_lowres[0].numpy()
+
+
+def check_answer(port: int, prefix: str, data: bytes, expected: np.ndarray) -> None:
+    """The served maps of `data` equal the bare session's (relative error under 1e-4)."""
+    connection = http.client.HTTPConnection("127.0.0.1", port, timeout=300)
+    try:
+        status, body = _post(connection, f"{prefix}/explain", data)
+    finally:
+        connection.close()
+    if status != 200:
+        raise AssertionError(f"{prefix}/explain answered {status}: {body[:500]!r}")
+    got = np.asarray(json.loads(body)["cams_lowres"], dtype=np.float64)
+    error = np.abs(got - expected).max() / max(np.abs(expected).max(), 1e-12)
+    if got.shape != expected.shape or not np.isfinite(got).all() or not error < 1e-4:
+        raise AssertionError(f"served maps differ from the session's: relative error {error}")
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def export_model(arch: str, image_size: int, folder: Path) -> Path:
+    from gradcam_fast import export_onnx
+
+    if arch == "tiny":
+        sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
+        from tiny_models import make_tiny_vgg
+
+        return export_onnx(
+            make_tiny_vgg(), folder / "model.onnx", image_size=image_size, validate=False
+        )
+    return export_onnx(
+        arch, folder / "model.onnx", image_size=image_size, weights="random", validate=False
+    )
+
+
+CONFIGS = {"batching": (8, 5.0), "no_batching": (1, 0.0)}  # max_batch_size, batch_wait_ms
+
+
+def run(setting: Setting, cpus: int | None = None) -> dict:
+    """The whole benchmark; returns {"config", "served": {config: [(LoadResult, bare figures
+    timed just before it)...]}}."""
+    import ray
+    from ray import serve
+
+    from gradcam_fast.runtime import cpu_count
+    from gradcam_fast.serve import app
+
+    cpus = cpus or cpu_count()
+    files = make_files(16)
+    work = Path(tempfile.mkdtemp(prefix="bench_serve_"))
+    served: dict[str, list[tuple[LoadResult, dict[str, float]]]] = {}
+    port = free_port()
+    try:
+        model = export_model(setting.arch, setting.image_size, work)
+        bare = Bare(model, files, cpus, setting.bare_rounds)
+        expected = bare.expected_maps(files[3])
+        load = os.getloadavg()
+        started = time.perf_counter()
+        ray.init(num_cpus=cpus, include_dashboard=False, log_to_driver=False)
+        serve.start(http_options={"host": "127.0.0.1", "port": port})
+        startup = time.perf_counter() - started
+        for name, (max_batch_size, wait_ms) in CONFIGS.items():
+            prefix = f"/{name}"
+            serve.run(
+                app(str(model), cpus_per_replica=cpus, max_batch_size=max_batch_size,
+                    batch_wait_ms=wait_ms, max_ongoing_requests=32),
+                name=name, route_prefix=prefix,
+            )  # fmt: skip
+            check_answer(port, prefix, files[3], expected)
+            run_load(port, prefix, files, 8, 16)  # warm-up: both batch shapes, connections
+            served[name] = []
+            for c in CONCURRENCY:
+                reference = bare.figures(c)
+                served[name].append(
+                    (run_load(port, prefix, files, c, setting.requests[c]), reference)
+                )
+            serve.delete(name)  # one replica at a time holds the model and the CPUs
+    finally:
+        serve.shutdown()
+        ray.shutdown()
+        shutil.rmtree(work, ignore_errors=True)
+    config = {
+        "arch": setting.arch,
+        "image_size": setting.image_size,
+        "cpus": cpus,
+        "requests": setting.requests,
+        "python": platform.python_version(),
+        "ray": ray.__version__,
+        "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
+        "load_average_before_and_after": [round(v, 2) for v in (*load, *os.getloadavg())],
+        "ray_and_serve_start_s": round(startup, 1),
+    }
+    return {"config": config, "served": served}
+
+
+def report(figures: dict) -> str:
+    """The table printed by the script, with the issue's target ratios (each against the bare
+    figure timed just before that level)."""
+    lines = [
+        json.dumps(figures["config"]),
+        f"{'config':<13}{'conc':>5}{'reqs':>6}{'p50 ms':>9}{'p99 ms':>9}{'img/s':>8}"
+        f"{'bare':>18}{'err':>5}  batch sizes run (size: calls)",
+    ]
+    for name, results in figures["served"].items():
+        for r, bare in results:
+            sizes = ", ".join(f"{k}: {v}" for k, v in sorted(r.batch_sizes.items()))
+            if r.concurrency == 1:
+                reference = f"{bare['bare_b1_s'] * 1e3:.0f}/{bare['bare_decode_b1_s'] * 1e3:.0f} ms"
+            else:
+                reference = f"b8 {1 / bare['bare_b8_s_per_image']:.2f} img/s"
+            lines.append(
+                f"{name:<13}{r.concurrency:>5}{r.requests:>6}{r.p50 * 1e3:>9.1f}"
+                f"{r.p99 * 1e3:>9.1f}{r.throughput:>8.2f} {reference:>17}{r.errors:>5}  {sizes}"
+            )
+    by = {(n, r.concurrency): (r, b) for n, rs in figures["served"].items() for r, b in rs}
+    r1, b1 = by[("batching", 1)]
+    r8, b8 = by[("batching", 8)]
+    r32, _ = by[("batching", 32)]
+    none32, _ = by[("no_batching", 32)]
+    lines += [
+        "bare: at c=1 the batch-1 call without/with decoding, else batch 8 (timed before the level)",
+        "targets (issue 16), batching deployment:",
+        f"  c=1  p50 / bare batch-1 call        {r1.p50 / b1['bare_b1_s']:.3f}  (target <= 1.10)",
+        f"  c=1  p50 / bare decode + call       {r1.p50 / b1['bare_decode_b1_s']:.3f}",
+        f"  c=8  throughput / bare batch 8      "
+        f"{r8.throughput * b8['bare_b8_s_per_image']:.3f}  (target >= 0.9)",
+        f"  c=32 p99 / p50                      {r32.p99 / r32.p50:.3f}  (target <= 3)",
+        f"  c=32 throughput batching / none     {r32.throughput / none32.throughput:.3f}",
+    ]
+    return "\n".join(lines)
+
+
+def _as_json(figures: dict) -> dict:
+    served = {
+        name: [
+            {
+                "concurrency": r.concurrency,
+                "requests": r.requests,
+                "seconds": r.seconds,
+                "p50_s": r.p50,
+                "p99_s": r.p99,
+                "images_per_s": r.throughput,
+                "errors": r.errors,
+                "batch_sizes": r.batch_sizes,
+                "bare": bare,
+            }
+            for r, bare in results
+        ]
+        for name, results in figures["served"].items()
+    }
+    return {"config": figures["config"], "served": served}
+
+
+def test_serve_load_runs_and_answers_right():
+    """Once, cheaply (tiny model, a few requests per level): every request answered 200, the
+    replica's batch sizes add up to the requests and respect max_batch_size, figures finite."""
+    import pytest
+
+    pytest.importorskip("ray.serve", reason='Ray Serve is optional: pip install ".[serve]"')
+    pytest.importorskip("starlette", reason='Ray Serve is optional: pip install ".[serve]"')
+    setting = SETTINGS[os.environ.get("GRADCAM_BENCH_PROFILE", "tiny")]
+    figures = run(setting)
+    for name, results in figures["served"].items():
+        limit = CONFIGS[name][0]
+        for r, _ in results:
+            assert r.errors == 0 and len(r.latencies) == r.requests
+            assert sum(k * v for k, v in r.batch_sizes.items()) == r.requests
+            assert max(r.batch_sizes) <= limit
+            assert np.isfinite([r.p50, r.p99, r.throughput]).all()
+    print(report(figures))
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--arch", default="vgg19")
+    parser.add_argument("--image-size", type=int, default=224)
+    parser.add_argument("--scale", type=float, default=1.0, help="multiply the request counts")
+    parser.add_argument("--json", type=Path, help="also write the figures here")
+    args = parser.parse_args(argv)
+    full = SETTINGS["full"]
+    requests = {c: max(c, round(n * args.scale)) for c, n in full.requests.items()}
+    figures = run(Setting(args.arch, args.image_size, requests, full.bare_rounds))
+    print(report(figures))
+    if args.json:
+        args.json.write_text(json.dumps(_as_json(figures), indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

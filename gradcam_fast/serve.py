@@ -1,0 +1,451 @@
+"""Online Grad-CAM on Ray Serve: one `GradCAMSession` per replica, concurrent requests batched.
+
+`GradCAMDeployment` answers HTTP (docs/serving.md): `GET /healthz`, `GET /stats` and
+`POST /explain` with an image file as the body. A request is checked (query, body size) on the
+event loop and decoded in a thread pool; decoded requests are coalesced by `@serve.batch` (up to
+`max_batch_size`, waiting at most `batch_wait_ms` for more) into one session call per CAM method,
+run in the replica's one inference thread, so the loop keeps reading and decoding the next
+requests meanwhile. Bad input gets a 4xx with `{"error": ...}` naming the problem; anything else a
+500, logged with its traceback in the replica's log.
+
+Bind it into your own application (`GradCAMDeployment.options(...).bind(model, ...)`) or build the
+one `gradcam-fast serve` runs with `app(...)`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import io
+import json
+import logging
+import os
+import threading
+from collections import Counter
+from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from typing import Any
+
+try:
+    from ray import serve
+    from starlette.requests import Request
+    from starlette.responses import JSONResponse, Response
+except ImportError as exc:  # pragma: no cover - depends on the environment
+    raise ImportError(
+        'gradcam_fast.serve needs Ray Serve: pip install "gradcam_fast[serve]" '
+        '(or pip install "ray[serve]>=2.51")'
+    ) from exc
+
+import numpy as np
+import torch
+
+from .classes import resolve_classes
+from .classes import top_predictions as _top_predictions
+from .images import ImageError, load_image, model_view, to_tensor
+from .methods import METHODS
+
+__all__ = [
+    "DEFAULT_BATCH_WAIT_MS",
+    "DEFAULT_MAX_BATCH_SIZE",
+    "DEFAULT_MAX_BODY_BYTES",
+    "GradCAMDeployment",
+    "app",
+]
+
+# Replica logs (Ray Serve collects the "ray.serve" logger into each replica's log file).
+log = logging.getLogger("ray.serve")
+
+DEFAULT_MAX_BATCH_SIZE = 8
+DEFAULT_BATCH_WAIT_MS = 5.0
+DEFAULT_MAX_BODY_BYTES = 32 << 20  # 32 MiB: a large photo; decoding is bounded by PIL's limit
+QUERY_PARAMETERS = ("class", "top_k", "method", "overlay")
+SessionFactory = Callable[[], Any]  # a zero-argument callable returning a GradCAMSession
+
+
+class HTTPError(Exception):
+    """A request that cannot be served: its HTTP status and a message naming the problem."""
+
+    def __init__(self, status: int, message: str):
+        super().__init__(message)
+        self.status = status
+
+
+@dataclass
+class _Job:
+    """One decoded request on its way through the batch."""
+
+    image: torch.Tensor | np.ndarray  # normalized float32 [3, S, S], or uint8 [S, S, 3] pixels
+    view: np.ndarray  # uint8 [S, S, 3], what the model sees (overlays are drawn on it)
+    targets: list[int]  # K session targets: classes (padded with the last) or ranks -1..-K
+    maps: int  # how many of the K maps are returned
+    method: str
+    overlay: bool
+
+
+@dataclass
+class _Outcome:
+    """One image's part of a batch result, on the CPU."""
+
+    probabilities: torch.Tensor  # [num_classes]
+    explained: list[int]
+    cams_lowres: np.ndarray  # [maps, h, w]
+    cams: np.ndarray | None  # [maps, S, S] when overlays are asked for
+
+
+def _assigned_cpus() -> float:
+    """CPUs Ray reserved for this replica (1 outside Ray)."""
+    try:
+        import ray
+
+        return float(ray.get_runtime_context().get_assigned_resources().get("CPU", 1.0))
+    except Exception:
+        return 1.0
+
+
+def _replica_id() -> str:
+    try:
+        return serve.get_replica_context().replica_id.unique_id
+    except Exception:  # outside a replica
+        return "local"
+
+
+@serve.deployment(name="GradCAM", max_ongoing_requests=32, ray_actor_options={"num_cpus": 1})
+class GradCAMDeployment:
+    """A Ray Serve replica holding one Grad-CAM session, answering the HTTP API of
+    docs/serving.md.
+
+    `model`: an exported gradcam_fast .onnx file (run by ONNX Runtime on `device`, with
+    `intra_op_threads`, default the CPUs Ray reserved for the replica), or a zero-argument
+    callable returning a `GradCAMSession` (e.g. one built by `GradCAMSession.from_model` for the
+    torch backend on CUDA), called once in each replica. `max_batch_size` and `batch_wait_ms`:
+    how `@serve.batch` coalesces concurrent requests (keep the deployment's
+    `max_ongoing_requests` at least `max_batch_size`). `max_body_bytes`: larger bodies get a
+    413. `decode_threads`: threads decoding images and encoding overlays. `crop`, `colormap`,
+    `alpha`: as in `gradcam-fast explain`.
+    """
+
+    def __init__(
+        self,
+        model: str | os.PathLike | SessionFactory,
+        *,
+        device: str = "auto",
+        intra_op_threads: int | None = None,
+        tensorrt: bool = False,
+        max_batch_size: int = DEFAULT_MAX_BATCH_SIZE,
+        batch_wait_ms: float = DEFAULT_BATCH_WAIT_MS,
+        max_body_bytes: int = DEFAULT_MAX_BODY_BYTES,
+        decode_threads: int = 2,
+        crop: bool = True,
+        colormap: str = "jet",
+        alpha: float = 0.5,
+    ):
+        from .runtime import GradCAMSession
+        from .visualize import colormap_lut
+
+        if max_batch_size < 1 or batch_wait_ms < 0 or max_body_bytes < 1 or decode_threads < 1:
+            raise ValueError(
+                "max_batch_size, max_body_bytes and decode_threads must be at least 1 and "
+                f"batch_wait_ms at least 0; got {max_batch_size}, {max_body_bytes}, "
+                f"{decode_threads} and {batch_wait_ms}"
+            )
+        colormap_lut(colormap)  # an unknown colormap fails at start, not in every request
+        threads = intra_op_threads or max(1, int(_assigned_cpus()))
+        torch.set_num_threads(threads)  # post-processing stays within the replica's CPUs
+        if callable(model):
+            self.session = model()
+        else:
+            self.session = GradCAMSession(
+                model, device=device, intra_op_threads=threads, tensorrt=tensorrt
+            )
+        meta = self.session.metadata
+        self.names = tuple(meta.categories)
+        self.raw_pixels = meta.input_format == "uint8_nhwc"
+        self.max_body_bytes = max_body_bytes
+        self.crop, self.colormap, self.alpha = crop, colormap, alpha
+        self.max_batch_size, self.batch_wait_ms = max_batch_size, batch_wait_ms
+        self._explain_batch.set_max_batch_size(max_batch_size)
+        self._explain_batch.set_batch_wait_timeout_s(batch_wait_ms / 1000.0)
+        self._decode_pool = ThreadPoolExecutor(decode_threads, thread_name_prefix="gradcam-decode")
+        # One inference thread: batches run one after another while the loop decodes the next.
+        self._infer_pool = ThreadPoolExecutor(1, thread_name_prefix="gradcam-infer")
+        self._lock = threading.Lock()
+        self._idle = asyncio.Event()  # no batch is running
+        self._idle.set()
+        self._counts: Counter[str] = Counter()
+        self._batch_sizes: Counter[int] = Counter()
+        self.replica = _replica_id()
+        log.info("gradcam replica %s ready: %r", self.replica, self.session)
+
+    # -------------------------------------------------------------------------------- routing
+
+    async def __call__(self, request: Request) -> Response:
+        path = request.url.path
+        root = request.scope.get("root_path", "")
+        if root and path.startswith(root):
+            path = path[len(root) :]
+        path = "/" + path.strip("/")
+        try:
+            if path == "/explain":
+                _allow(request, "POST")
+                return await self._explain(request)
+            if path == "/healthz":
+                _allow(request, "GET")
+                return JSONResponse({"status": "ok", "replica": self.replica})
+            if path == "/stats":
+                _allow(request, "GET")
+                return JSONResponse(self.stats())
+            raise HTTPError(404, f"no route {path}: use POST /explain, GET /healthz, GET /stats")
+        except HTTPError as exc:
+            self._count("rejected")
+            return JSONResponse({"error": str(exc)}, status_code=exc.status)
+        except Exception as exc:  # a bug or a resource problem: logged with its cause
+            self._count("failed")
+            log.exception("gradcam replica %s: %s %s failed", self.replica, request.method, path)
+            return JSONResponse(
+                {"error": f"internal server error ({type(exc).__name__}); see the server log"},
+                status_code=500,
+            )
+
+    def stats(self) -> dict[str, Any]:
+        """This replica's counters: requests explained, rejected (4xx) and failed (500), and how
+        many session calls ran at each batch size."""
+        with self._lock:
+            return {
+                "replica": self.replica,
+                "max_batch_size": self.max_batch_size,
+                "batch_wait_ms": self.batch_wait_ms,
+                "explained": self._counts["explained"],
+                "rejected": self._counts["rejected"],
+                "failed": self._counts["failed"],
+                "batch_sizes": {str(k): v for k, v in sorted(self._batch_sizes.items())},
+                "model": repr(self.session),
+            }
+
+    def _count(self, key: str, batch_size: int | None = None) -> None:
+        with self._lock:
+            self._counts[key] += 1
+            if batch_size is not None:
+                self._batch_sizes[batch_size] += 1
+
+    # -------------------------------------------------------------------------------- /explain
+
+    async def _explain(self, request: Request) -> Response:
+        targets, maps, method, want_overlay = self._parse_query(request)
+        data = await self._read_body(request)
+        loop = asyncio.get_running_loop()
+        image, view = await loop.run_in_executor(self._decode_pool, self._decode, data)
+        job = _Job(image, view, targets, maps, method, want_overlay)
+        await self._idle.wait()  # while a batch runs, requests gather here for the next one
+        outcome: _Outcome = await self._explain_batch(job)
+        body = {
+            "predictions": _predictions(outcome.probabilities, self.names),
+            "explained": outcome.explained,
+            "cams_lowres": outcome.cams_lowres.tolist(),
+        }
+        if want_overlay:
+            body["overlay_png_base64"] = await loop.run_in_executor(
+                self._decode_pool, self._overlays, view, outcome.cams
+            )
+        self._count("explained")
+        return Response(json.dumps(body), media_type="application/json")
+
+    def _parse_query(self, request: Request) -> tuple[list[int], int, str, bool]:
+        """The session targets, the number of maps returned, the method and whether overlays are
+        asked for; HTTPError 400 for anything the model cannot do."""
+        query = request.query_params
+        unknown = sorted(set(query.keys()) - set(QUERY_PARAMETERS))
+        if unknown:
+            raise HTTPError(
+                400,
+                f"unknown query parameter(s) {', '.join(unknown)}; this endpoint takes "
+                f"{', '.join(QUERY_PARAMETERS)}",
+            )
+        meta = self.session.metadata
+        k = meta.num_targets
+        classes = query.getlist("class")
+        top_k = query.get("top_k")
+        if classes and top_k is not None:
+            raise HTTPError(400, "give either class or top_k, not both")
+        if classes:
+            try:
+                resolved = resolve_classes(classes, meta.categories, meta.num_classes)
+            except ValueError as exc:  # its messages speak of --class: say class= here
+                raise HTTPError(400, str(exc).replace("--class ", "class=")) from None
+            if len(resolved) > k:
+                raise HTTPError(
+                    400,
+                    f"{len(resolved)} classes asked for; this model gives at most {k} per image",
+                )
+            targets = resolved + [resolved[-1]] * (k - len(resolved))
+            maps = len(resolved)
+        else:
+            maps = 1
+            if top_k is not None:
+                try:
+                    maps = int(top_k)
+                except ValueError:
+                    raise HTTPError(400, f"top_k={top_k!r} is not an integer") from None
+                if not 1 <= maps <= k:
+                    raise HTTPError(
+                        400, f"top_k={maps}: this model gives 1 to {k} map(s) per image"
+                    )
+            targets = list(range(-1, -k - 1, -1))
+        method = query.get("method", "gradcam")
+        if method not in METHODS:
+            raise HTTPError(400, f"unknown method {method!r}; choose one of {', '.join(METHODS)}")
+        if method != "gradcam" and not meta.gradients:
+            raise HTTPError(
+                400,
+                f"method {method!r} needs the gradients, and this server's model outputs "
+                "Grad-CAM's channel weights only: use method=gradcam",
+            )
+        overlay = query.get("overlay")
+        if overlay not in (None, "png"):
+            raise HTTPError(400, f"overlay={overlay!r}: the only overlay format is png")
+        return targets, maps, method, overlay == "png"
+
+    async def _read_body(self, request: Request) -> bytes:
+        """The request body, refused (413) as soon as it is known to exceed the limit."""
+        limit = self.max_body_bytes
+        declared = request.headers.get("content-length")
+        if declared is not None:
+            if not declared.isdigit():
+                raise HTTPError(400, f"Content-Length {declared!r} is not a number of bytes")
+            if int(declared) > limit:
+                raise HTTPError(413, f"body of {declared} bytes is over this server's {limit}")
+        chunks, size = [], 0
+        async for chunk in request.stream():
+            size += len(chunk)
+            if size > limit:
+                raise HTTPError(413, f"body is over this server's limit of {limit} bytes")
+            chunks.append(chunk)
+        if not size:
+            raise HTTPError(400, "empty body: send the image file as the request body")
+        return b"".join(chunks)
+
+    def _decode(self, data: bytes) -> tuple[torch.Tensor | np.ndarray, np.ndarray]:
+        """In a decode thread: the model's input and view of an image file's bytes."""
+        try:
+            view = model_view(
+                load_image(data, name="request body"), self.session.image_size, self.crop
+            )
+        except ImageError as exc:
+            raise HTTPError(400, str(exc)) from None
+        if self.raw_pixels:
+            return view, view
+        meta = self.session.metadata
+        return to_tensor(view, meta.mean, meta.std), view
+
+    def _overlays(self, view: np.ndarray, cams: np.ndarray) -> list[str]:
+        """In a decode thread: one base64 PNG per map, the map blended on the model's view."""
+        from PIL import Image
+
+        from .visualize import overlay
+
+        encoded = []
+        for cam in cams:
+            buffer = io.BytesIO()
+            picture = overlay(view, cam, self.colormap, self.alpha)
+            Image.fromarray(picture).save(buffer, format="PNG", compress_level=1)
+            encoded.append(base64.b64encode(buffer.getvalue()).decode("ascii"))
+        return encoded
+
+    # -------------------------------------------------------------------------------- batching
+
+    @serve.batch(max_batch_size=DEFAULT_MAX_BATCH_SIZE, batch_wait_timeout_s=0.005)
+    async def _explain_batch(self, jobs: list[_Job]) -> list[_Outcome]:
+        # Ray Serve forms a batch from the requests queued within the wait time, even while the
+        # previous batch still runs: requests that arrive during a run wait at `_idle` instead
+        # and enter the queue together when it ends, so a busy replica runs full batches and
+        # an idle one starts a lone request after the wait time only.
+        self._idle.clear()
+        try:
+            self._count("batches", batch_size=len(jobs))
+            log.debug("gradcam replica %s: batch of %d", self.replica, len(jobs))
+            loop = asyncio.get_running_loop()
+            return await loop.run_in_executor(self._infer_pool, self._infer, jobs)
+        finally:
+            self._idle.set()
+
+    def _infer(self, jobs: Sequence[_Job]) -> list[_Outcome]:
+        """In the inference thread: one session call per method among `jobs`."""
+        outcomes: list[_Outcome | None] = [None] * len(jobs)
+        for method in dict.fromkeys(job.method for job in jobs):
+            index = [i for i, job in enumerate(jobs) if job.method == method]
+            group = [jobs[i] for i in index]
+            stack = np.stack if self.raw_pixels else torch.stack
+            x = stack([job.image for job in group])
+            if self.raw_pixels:
+                x = torch.from_numpy(x)
+            t = torch.tensor([job.targets for job in group], dtype=torch.int64)
+            result = self.session(x, t, method=method).to("cpu")
+            probs = result.probabilities()
+            overlays = any(job.overlay for job in group)
+            cams = result.cams.numpy() if overlays else None
+            lowres = result.cams_lowres.numpy()
+            for b, (i, job) in enumerate(zip(index, group, strict=True)):
+                outcomes[i] = _Outcome(
+                    probabilities=probs[b],
+                    explained=result.target_classes[b, : job.maps].tolist(),
+                    cams_lowres=lowres[b, : job.maps],
+                    cams=None if cams is None else cams[b, : job.maps],
+                )
+        return outcomes
+
+    def __del__(self):
+        for pool in ("_decode_pool", "_infer_pool"):
+            if hasattr(self, pool):
+                getattr(self, pool).shutdown(wait=False, cancel_futures=True)
+
+
+def _allow(request: Request, method: str) -> None:
+    if request.method != method:
+        raise HTTPError(405, f"{request.method} is not allowed here; use {method}")
+
+
+def _predictions(probabilities: torch.Tensor, names: Sequence[str]) -> list[dict[str, Any]]:
+    """The top-5 classes as {"class", "name", "probability"} (explain's rows, with the index
+    under "class" as this API names it)."""
+    return [
+        {"class": p["index"], "name": p["name"], "probability": p["probability"]}
+        for p in _top_predictions(probabilities, names)
+    ]
+
+
+def app(
+    model: str | os.PathLike | SessionFactory,
+    *,
+    replicas: int = 1,
+    cpus_per_replica: float = 1.0,
+    gpus_per_replica: float = 0.0,
+    max_batch_size: int = DEFAULT_MAX_BATCH_SIZE,
+    batch_wait_ms: float = DEFAULT_BATCH_WAIT_MS,
+    max_ongoing_requests: int | None = None,
+    env: dict[str, str] | None = None,
+    **options: Any,
+) -> serve.Application:
+    """The bound application `gradcam-fast serve` runs: `replicas` copies of
+    `GradCAMDeployment`, each reserving `cpus_per_replica` CPUs and `gpus_per_replica` GPUs (a
+    replica with a GPU runs on CUDA unless `device` says otherwise). `max_ongoing_requests` per
+    replica defaults to 4 x `max_batch_size` (a batch running, the next ones forming). `env`:
+    environment variables of the replica processes. Other `options` go to the deployment
+    (`device`, `max_body_bytes`, ...). Run it with `serve.run(app(...), route_prefix=...)`.
+    """
+    if replicas < 1:
+        raise ValueError(f"replicas must be at least 1, got {replicas}")
+    if gpus_per_replica > 0:
+        options.setdefault("device", "cuda")
+    actor_options: dict[str, Any] = {"num_cpus": cpus_per_replica, "num_gpus": gpus_per_replica}
+    if env:
+        actor_options["runtime_env"] = {"env_vars": dict(env)}
+    if not options.get("intra_op_threads"):
+        options["intra_op_threads"] = max(1, int(cpus_per_replica))
+    deployment = GradCAMDeployment.options(
+        num_replicas=replicas,
+        max_ongoing_requests=max_ongoing_requests or 4 * max_batch_size,
+        ray_actor_options=actor_options,
+    )
+    return deployment.bind(
+        model, max_batch_size=max_batch_size, batch_wait_ms=batch_wait_ms, **options
+    )

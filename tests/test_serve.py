@@ -1,0 +1,341 @@
+"""Ray Serve: the served maps equal the session's, concurrent requests get their own image's
+result, every bad request gets a 4xx naming the problem, a killed replica is replaced.
+
+One local Ray (2 CPUs) and one Serve instance on 127.0.0.1 (a free port) for the module, with two
+applications of tiny VGGs at 64 px: `/gc` (K = 2, gradients, class names, batches of up to 4
+waiting 200 ms, a 200 kB body limit) and `/lean` (K = 1, channel weights only), each one replica
+reserving half a CPU. All traffic stays on loopback.
+"""
+
+from __future__ import annotations
+
+import base64
+import http.client
+import io
+import json
+import socket
+import time
+import urllib.error
+import urllib.request
+from concurrent.futures import ThreadPoolExecutor, wait
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+ray = pytest.importorskip("ray")
+serve = pytest.importorskip(
+    "ray.serve", reason='Ray Serve is an optional extra: pip install -e ".[cpu,dev,serve]"'
+)
+pytest.importorskip("starlette", reason='Ray Serve is an optional extra: pip install ".[serve]"')
+
+from PIL import Image  # noqa: E402
+from test_images import png_declaring  # noqa: E402
+from tiny_models import make_tiny_vgg  # noqa: E402
+
+from gradcam_fast import GradCAMSession, export_onnx  # noqa: E402
+from gradcam_fast.images import load_image, model_view, preprocess  # noqa: E402
+from gradcam_fast.models import ModelInfo  # noqa: E402
+from gradcam_fast.serve import app  # noqa: E402
+from gradcam_fast.visualize import overlay  # noqa: E402
+
+SIZE = 64
+NAMES = ("tabby cat", "rocket", "astronaut", "tiger", "bus", "zebu", "lamp", "pot", "kite", "ox")
+BODY_LIMIT = 200_000
+EXAMPLES = Path(__file__).resolve().parents[1] / "examples" / "images"
+TIMEOUT = 60  # seconds any one request may take before it counts as a hang
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _export(folder: Path, name: str, num_targets: int, gradients: bool, seed: int) -> Path:
+    model = make_tiny_vgg(num_classes=len(NAMES), seed=seed)
+    model.gradcam_fast_info = ModelInfo(arch="vgg", weights="random:tiny", categories=NAMES)
+    return export_onnx(
+        model, folder / name, image_size=SIZE, num_targets=num_targets, gradients=gradients,
+        validate=False,
+    )  # fmt: skip
+
+
+@pytest.fixture(scope="module")
+def models(tmp_path_factory) -> dict[str, Path]:
+    folder = tmp_path_factory.mktemp("serve_models")
+    return {
+        "gc": _export(folder, "gc.onnx", 2, True, seed=5),
+        "lean": _export(folder, "lean.onnx", 1, False, seed=6),
+    }
+
+
+@pytest.fixture(scope="module")
+def server(models) -> str:
+    """The base URL of one Serve instance holding both applications."""
+    if ray.is_initialized():
+        ray.shutdown()
+    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+    port = _free_port()
+    try:
+        serve.start(http_options={"host": "127.0.0.1", "port": port})
+        common = {"cpus_per_replica": 0.5, "intra_op_threads": 1, "decode_threads": 2}
+        serve.run(
+            app(str(models["gc"]), max_batch_size=4, batch_wait_ms=200,
+                max_body_bytes=BODY_LIMIT, **common),
+            name="gc", route_prefix="/gc",
+        )  # fmt: skip
+        serve.run(
+            app(str(models["lean"]), max_batch_size=4, batch_wait_ms=20, **common),
+            name="lean", route_prefix="/lean",
+        )  # fmt: skip
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        serve.shutdown()
+        ray.shutdown()
+
+
+def _call(url: str, data: bytes | None = None, method: str | None = None) -> tuple[int, dict]:
+    """(status, JSON body) of one request; an HTTP error status is returned, not raised."""
+    request = urllib.request.Request(url, data=data, method=method)
+    try:
+        with urllib.request.urlopen(request, timeout=TIMEOUT) as response:
+            return response.status, json.loads(response.read())
+    except urllib.error.HTTPError as exc:
+        body = exc.read()
+        try:
+            return exc.code, json.loads(body)
+        except ValueError:
+            return exc.code, {"raw": body.decode(errors="replace")}
+
+
+def _photos() -> list[bytes]:
+    """Distinct JPEG and PNG files: the examples at several sizes and seeded noise pictures."""
+    files = []
+    for i, path in enumerate(sorted(EXAMPLES.glob("*.jpg"))):
+        image = Image.open(path).convert("RGB")
+        for width in (90, 150):
+            buffer = io.BytesIO()
+            small = image.resize((width, max(16, width * image.height // image.width)))
+            small.save(buffer, format="PNG" if (i + width) % 2 else "JPEG")
+            files.append(buffer.getvalue())
+    rng = np.random.default_rng(0)
+    while len(files) < 12:
+        pixels = rng.integers(0, 256, (70 + len(files), 80, 3), dtype=np.uint8)
+        buffer = io.BytesIO()
+        Image.fromarray(pixels).save(buffer, format="PNG")
+        files.append(buffer.getvalue())
+    return files
+
+
+@pytest.fixture(scope="module")
+def photos() -> list[bytes]:
+    return _photos()
+
+
+def _expected(model: Path, data: bytes, targets, method: str = "gradcam"):
+    """The in-process session's result for one image file (the server's preprocessing)."""
+    session = GradCAMSession(model, device="cpu", intra_op_threads=1)
+    meta = session.metadata
+    x = preprocess(load_image(data), SIZE, meta.mean, meta.std)
+    return session(x[None], targets, method=method)
+
+
+def _relative_error(got, expected) -> float:
+    got, expected = np.asarray(got, dtype=np.float64), np.asarray(expected, dtype=np.float64)
+    assert got.shape == expected.shape, (got.shape, expected.shape)
+    assert np.isfinite(got).all() and np.isfinite(expected).all()
+    return float(np.abs(got - expected).max() / max(np.abs(expected).max(), 1e-12))
+
+
+def _check(body: dict, result, maps: int) -> None:
+    """A 200 body against the session's result: maps, explained classes, top-5 predictions."""
+    lowres = result.cams_lowres[0, :maps].numpy()
+    assert _relative_error(body["cams_lowres"], lowres) < 1e-4
+    assert body["explained"] == result.target_classes[0, :maps].tolist()
+    probs = result.probabilities()[0]
+    top = probs.topk(5)
+    assert [p["class"] for p in body["predictions"]] == top.indices.tolist()
+    assert [p["name"] for p in body["predictions"]] == [NAMES[i] for i in top.indices.tolist()]
+    np.testing.assert_allclose(
+        [p["probability"] for p in body["predictions"]], top.values.numpy(), atol=2e-6
+    )
+
+
+# ------------------------------------------------------------------------------ served = session
+
+
+def test_healthz_and_stats(server):
+    status, body = _call(f"{server}/gc/healthz")
+    assert status == 200 and body["status"] == "ok"
+    status, stats = _call(f"{server}/gc/stats")
+    assert status == 200 and stats["max_batch_size"] == 4 and stats["replica"] == body["replica"]
+
+
+@pytest.mark.parametrize(
+    ("query", "targets", "maps", "method"),
+    [
+        ("", [-1, -2], 1, "gradcam"),
+        ("?top_k=2", [-1, -2], 2, "gradcam"),
+        ("?class=zebu&class=3", [5, 3], 2, "gradcam"),
+        ("?class=Tabby_Cat&method=gradcam%2B%2B", [0, 0], 1, "gradcam++"),
+        ("?top_k=2&method=layercam", [-1, -2], 2, "layercam"),
+    ],
+)
+def test_served_maps_equal_the_session(server, models, photos, query, targets, maps, method):
+    data = photos[1]
+    status, body = _call(f"{server}/gc/explain{query}", data)
+    assert status == 200, body
+    _check(body, _expected(models["gc"], data, [targets], method), maps)
+    assert "overlay_png_base64" not in body
+
+
+def test_overlay_png_is_the_map_on_the_model_view(server, models, photos):
+    data = photos[0]
+    status, body = _call(f"{server}/gc/explain?top_k=2&overlay=png", data)
+    assert status == 200, body
+    result = _expected(models["gc"], data, [[-1, -2]])
+    view = model_view(load_image(data), SIZE)
+    assert len(body["overlay_png_base64"]) == 2
+    for k, encoded in enumerate(body["overlay_png_base64"]):
+        picture = np.asarray(Image.open(io.BytesIO(base64.b64decode(encoded))))
+        expected = overlay(view, result.cams[0, k].numpy())
+        assert picture.shape == (SIZE, SIZE, 3)
+        difference = np.abs(picture.astype(int) - expected.astype(int))
+        assert difference.max() <= 3 and (difference == 0).mean() > 0.99
+
+
+def test_concurrent_requests_get_their_own_image(server, models, photos):
+    """12 different images from 8 threads at once: each answer is its own image's, and the
+    replica ran them in batches (the batch sizes it reports add up to the 12 images)."""
+    before = _call(f"{server}/gc/stats")[1]["batch_sizes"]
+    with ThreadPoolExecutor(8) as pool:
+        futures = [pool.submit(_call, f"{server}/gc/explain?top_k=2", data) for data in photos]
+        answers = [f.result(timeout=2 * TIMEOUT) for f in futures]
+    for data, (status, body) in zip(photos, answers, strict=True):
+        assert status == 200, body
+        _check(body, _expected(models["gc"], data, [[-1, -2]]), 2)
+    after = _call(f"{server}/gc/stats")[1]["batch_sizes"]
+    ran = {int(k): v - before.get(k, 0) for k, v in after.items() if v != before.get(k, 0)}
+    assert sum(size * n for size, n in ran.items()) == len(photos)
+    assert max(ran) > 1 and max(ran) <= 4, ran
+
+
+# ------------------------------------------------------------------------------ bad requests
+
+JPEG = (EXAMPLES / "cat.jpg").read_bytes()
+
+BAD = [  # (path and query, body, status, phrase the error must contain)
+    ("/gc/explain", b"this is not an image\n", 400, "not an image file"),
+    ("/gc/explain", b"", 400, "empty body"),
+    ("/gc/explain", JPEG[: len(JPEG) // 2], 400, "truncated"),
+    ("/gc/explain", png_declaring(100_000, 100_000), 400, "decompression bomb"),
+    ("/gc/explain?class=unicorn", JPEG, 400, "unknown class name"),
+    ("/gc/explain?class=tabby%20ca", JPEG, 400, "close matches: 'tabby cat'"),
+    ("/gc/explain?class=10", JPEG, 400, "out of range"),
+    ("/gc/explain?class=1&class=1", JPEG, 400, "given twice"),
+    ("/gc/explain?class=1&class=2&class=3", JPEG, 400, "at most 2"),
+    ("/gc/explain?top_k=3", JPEG, 400, "1 to 2 map(s)"),
+    ("/gc/explain?top_k=0", JPEG, 400, "1 to 2 map(s)"),
+    ("/gc/explain?top_k=two", JPEG, 400, "not an integer"),
+    ("/gc/explain?top_k=1&class=1", JPEG, 400, "either class or top_k"),
+    ("/gc/explain?method=smoothgrad", JPEG, 400, "unknown method"),
+    ("/lean/explain?method=gradcam%2B%2B", JPEG, 400, "needs the gradients"),
+    ("/gc/explain?overlay=jpeg", JPEG, 400, "only overlay format is png"),
+    ("/gc/explain?topk=2", JPEG, 400, "unknown query parameter(s) topk"),
+    ("/gc/explain", b"\xff" * (BODY_LIMIT + 1), 413, "over this server's"),
+    ("/gc/healthz", JPEG, 405, "use GET"),
+    ("/gc/predict", JPEG, 404, "no route /predict"),
+]
+
+
+@pytest.mark.parametrize(("path", "data", "status", "phrase"), BAD, ids=[b[0] for b in BAD])
+def test_bad_request_gets_4xx_naming_the_problem(server, path, data, status, phrase):
+    got, body = _call(server + path, data, method="POST")
+    assert (got, phrase in body.get("error", "")) == (status, True), body
+
+
+def test_get_explain_is_405(server):
+    assert _call(f"{server}/gc/explain")[0] == 405
+
+
+def test_chunked_body_over_the_limit_is_413(server):
+    """A body sent without Content-Length is counted as it streams in."""
+    host, port = server.removeprefix("http://").split(":")
+    connection = http.client.HTTPConnection(host, int(port), timeout=TIMEOUT)
+    chunks = (b"\x00" * 50_000 for _ in range(6))
+    connection.request("POST", "/gc/explain", body=chunks, encode_chunked=True)
+    response = connection.getresponse()
+    body = json.loads(response.read())
+    connection.close()
+    assert response.status == 413 and "over this server's limit" in body["error"]
+
+
+def test_bad_requests_were_counted_as_rejected_not_failed(server):
+    stats = _call(f"{server}/gc/stats")[1]
+    assert stats["failed"] == 0 and stats["rejected"] >= len(BAD) - 1
+
+
+# ------------------------------------------------------------------------------ a replica dies
+
+
+def _replica_actor(app_name: str) -> str:
+    names = [
+        a["name"]
+        for a in ray.util.list_named_actors(all_namespaces=True)
+        if a["name"].startswith(f"SERVE_REPLICA::{app_name}#")
+    ]
+    assert len(names) == 1, names
+    return names[0]
+
+
+def test_killed_replica_is_replaced_and_failures_are_errors(server, models, photos):
+    """The replica of /lean is killed while 24 requests are under way: every request ends
+    within the timeout (an answer or an error, never a hang), every 200 is right, and once
+    Ray Serve has started a new replica the next requests succeed."""
+    url = f"{server}/lean/explain"
+    expected = [_expected(models["lean"], data, [[-1]]) for data in photos]
+    old = _call(f"{server}/lean/healthz")[1]["replica"]
+
+    def one(i: int):
+        try:
+            return i, *_call(url, photos[i % len(photos)])
+        except OSError as exc:  # connection reset or timeout: an error, reported
+            return i, None, {"error": repr(exc)}
+
+    with ThreadPoolExecutor(4) as pool:
+        futures = [pool.submit(one, i) for i in range(24)]
+        while sum(f.done() for f in futures) < 4:
+            time.sleep(0.02)
+        under_way = sum(not f.done() for f in futures)
+        ray.kill(ray.get_actor(_replica_actor("lean"), namespace="serve"), no_restart=True)
+        done, pending = wait(futures, timeout=3 * TIMEOUT)
+    assert not pending, f"{len(pending)} requests hung"
+    assert under_way > 0, "the replica was killed after the load, not during it"
+    outcomes = [f.result() for f in done]
+    print("statuses after the kill:", sorted(str(status) for _, status, _ in outcomes))
+    for i, status, body in outcomes:
+        if status == 200:
+            _check_lean(body, expected[i % len(photos)])
+        else:
+            assert status is None or status >= 500, (status, body)
+
+    deadline = time.monotonic() + 120
+    while True:
+        try:
+            status, body = _call(f"{server}/lean/healthz")
+        except OSError:
+            status, body = None, {}
+        if status == 200 and body["replica"] != old:
+            break
+        assert time.monotonic() < deadline, "no new replica within 120 s"
+        time.sleep(0.5)
+    for i in range(4):
+        status, body = _call(url, photos[i])
+        assert status == 200, body
+        _check_lean(body, expected[i])
+
+
+def _check_lean(body: dict, result) -> None:
+    assert _relative_error(body["cams_lowres"], result.cams_lowres[0].numpy()) < 1e-4
+    assert body["explained"] == result.target_classes[0].tolist()
