@@ -40,10 +40,10 @@ except ImportError as exc:  # pragma: no cover - depends on the environment
 import numpy as np
 import torch
 
-from .classes import resolve_classes
 from .classes import top_predictions as _top_predictions
-from .images import ImageError, load_image, model_view, to_tensor
-from .methods import METHODS
+from .finite import NONFINITE, NonFiniteMapsError
+from .serve_query import ExplainQuery, HTTPError, parse_query
+from .steps import Decoded, decode, model_input
 
 __all__ = [
     "DEFAULT_BATCH_WAIT_MS",
@@ -59,28 +59,15 @@ log = logging.getLogger("ray.serve")
 DEFAULT_MAX_BATCH_SIZE = 8
 DEFAULT_BATCH_WAIT_MS = 5.0
 DEFAULT_MAX_BODY_BYTES = 32 << 20  # 32 MiB: a large photo; decoding is bounded by PIL's limit
-QUERY_PARAMETERS = ("class", "top_k", "method", "overlay")
 SessionFactory = Callable[[], Any]  # a zero-argument callable returning a GradCAMSession
-
-
-class HTTPError(Exception):
-    """A request that cannot be served: its HTTP status and a message naming the problem."""
-
-    def __init__(self, status: int, message: str):
-        super().__init__(message)
-        self.status = status
 
 
 @dataclass
 class _Job:
     """One decoded request on its way through the batch."""
 
-    image: torch.Tensor | np.ndarray  # normalized float32 [3, S, S], or uint8 [S, S, 3] pixels
-    view: np.ndarray  # uint8 [S, S, 3], what the model sees (overlays are drawn on it)
-    targets: list[int]  # K session targets: classes (padded with the last) or ranks -1..-K
-    maps: int  # how many of the K maps are returned
-    method: str
-    overlay: bool
+    decoded: Decoded  # the model's input, and its view (overlays are drawn on it)
+    query: ExplainQuery
 
 
 @dataclass
@@ -91,6 +78,7 @@ class _Outcome:
     explained: list[int]
     cams_lowres: np.ndarray  # [maps, h, w]
     cams: np.ndarray | None  # [maps, S, S] when overlays are asked for
+    error: str | None = None  # the model's outputs for this image were not finite
 
 
 def _assigned_cpus() -> float:
@@ -231,79 +219,25 @@ class GradCAMDeployment:
     # -------------------------------------------------------------------------------- /explain
 
     async def _explain(self, request: Request) -> Response:
-        targets, maps, method, want_overlay = self._parse_query(request)
+        query = parse_query(request.query_params, self.session.metadata)
         data = await self._read_body(request)
         loop = asyncio.get_running_loop()
-        image, view = await loop.run_in_executor(self._decode_pool, self._decode, data)
-        job = _Job(image, view, targets, maps, method, want_overlay)
+        decoded = await loop.run_in_executor(self._decode_pool, self._decode, data)
         await self._idle.wait()  # while a batch runs, requests gather here for the next one
-        outcome: _Outcome = await self._explain_batch(job)
+        outcome: _Outcome = await self._explain_batch(_Job(decoded, query))
+        if outcome.error is not None:
+            raise RuntimeError(outcome.error)
         body = {
             "predictions": _predictions(outcome.probabilities, self.names),
             "explained": outcome.explained,
             "cams_lowres": outcome.cams_lowres.tolist(),
         }
-        if want_overlay:
+        if query.overlay:
             body["overlay_png_base64"] = await loop.run_in_executor(
-                self._decode_pool, self._overlays, view, outcome.cams
+                self._decode_pool, self._overlays, decoded.view, outcome.cams
             )
         self._count("explained")
         return Response(json.dumps(body), media_type="application/json")
-
-    def _parse_query(self, request: Request) -> tuple[list[int], int, str, bool]:
-        """The session targets, the number of maps returned, the method and whether overlays are
-        asked for; HTTPError 400 for anything the model cannot do."""
-        query = request.query_params
-        unknown = sorted(set(query.keys()) - set(QUERY_PARAMETERS))
-        if unknown:
-            raise HTTPError(
-                400,
-                f"unknown query parameter(s) {', '.join(unknown)}; this endpoint takes "
-                f"{', '.join(QUERY_PARAMETERS)}",
-            )
-        meta = self.session.metadata
-        k = meta.num_targets
-        classes = query.getlist("class")
-        top_k = query.get("top_k")
-        if classes and top_k is not None:
-            raise HTTPError(400, "give either class or top_k, not both")
-        if classes:
-            try:
-                resolved = resolve_classes(classes, meta.categories, meta.num_classes)
-            except ValueError as exc:  # its messages speak of --class: say class= here
-                raise HTTPError(400, str(exc).replace("--class ", "class=")) from None
-            if len(resolved) > k:
-                raise HTTPError(
-                    400,
-                    f"{len(resolved)} classes asked for; this model gives at most {k} per image",
-                )
-            targets = resolved + [resolved[-1]] * (k - len(resolved))
-            maps = len(resolved)
-        else:
-            maps = 1
-            if top_k is not None:
-                try:
-                    maps = int(top_k)
-                except ValueError:
-                    raise HTTPError(400, f"top_k={top_k!r} is not an integer") from None
-                if not 1 <= maps <= k:
-                    raise HTTPError(
-                        400, f"top_k={maps}: this model gives 1 to {k} map(s) per image"
-                    )
-            targets = list(range(-1, -k - 1, -1))
-        method = query.get("method", "gradcam")
-        if method not in METHODS:
-            raise HTTPError(400, f"unknown method {method!r}; choose one of {', '.join(METHODS)}")
-        if method != "gradcam" and not meta.gradients:
-            raise HTTPError(
-                400,
-                f"method {method!r} needs the gradients, and this server's model outputs "
-                "Grad-CAM's channel weights only: use method=gradcam",
-            )
-        overlay = query.get("overlay")
-        if overlay not in (None, "png"):
-            raise HTTPError(400, f"overlay={overlay!r}: the only overlay format is png")
-        return targets, maps, method, overlay == "png"
 
     async def _read_body(self, request: Request) -> bytes:
         """The request body, refused (413) as soon as it is known to exceed the limit."""
@@ -324,18 +258,12 @@ class GradCAMDeployment:
             raise HTTPError(400, "empty body: send the image file as the request body")
         return b"".join(chunks)
 
-    def _decode(self, data: bytes) -> tuple[torch.Tensor | np.ndarray, np.ndarray]:
+    def _decode(self, data: bytes) -> Decoded:
         """In a decode thread: the model's input and view of an image file's bytes."""
-        try:
-            view = model_view(
-                load_image(data, name="request body"), self.session.image_size, self.crop
-            )
-        except ImageError as exc:
-            raise HTTPError(400, str(exc)) from None
-        if self.raw_pixels:
-            return view, view
-        meta = self.session.metadata
-        return to_tensor(view, meta.mean, meta.std), view
+        decoded = decode(data, self.session.metadata, name="request body", crop=self.crop)
+        if decoded.error is not None:
+            raise HTTPError(400, decoded.error)
+        return decoded
 
     def _overlays(self, view: np.ndarray, cams: np.ndarray) -> list[str]:
         """In a decode thread: one base64 PNG per map, the map blended on the model's view."""
@@ -371,25 +299,28 @@ class GradCAMDeployment:
     def _infer(self, jobs: Sequence[_Job]) -> list[_Outcome]:
         """In the inference thread: one session call per method among `jobs`."""
         outcomes: list[_Outcome | None] = [None] * len(jobs)
-        for method in dict.fromkeys(job.method for job in jobs):
-            index = [i for i, job in enumerate(jobs) if job.method == method]
+        for method in dict.fromkeys(job.query.method for job in jobs):
+            index = [i for i, job in enumerate(jobs) if job.query.method == method]
             group = [jobs[i] for i in index]
-            stack = np.stack if self.raw_pixels else torch.stack
-            x = stack([job.image for job in group])
-            if self.raw_pixels:
-                x = torch.from_numpy(x)
-            t = torch.tensor([job.targets for job in group], dtype=torch.int64)
-            result = self.session(x, t, method=method).to("cpu")
+            x = model_input([job.decoded for job in group])
+            t = torch.tensor([job.query.targets for job in group], dtype=torch.int64)
+            failed: list[int] = []
+            try:
+                result = self.session(x, t, method=method).to("cpu")
+            except NonFiniteMapsError as exc:  # those requests fail; the others are fine
+                result, failed = exc.result.to("cpu"), exc.indices
             probs = result.probabilities()
-            overlays = any(job.overlay for job in group)
+            overlays = any(job.query.overlay for job in group)
             cams = result.cams.numpy() if overlays else None
             lowres = result.cams_lowres.numpy()
             for b, (i, job) in enumerate(zip(index, group, strict=True)):
+                maps = job.query.maps
                 outcomes[i] = _Outcome(
                     probabilities=probs[b],
-                    explained=result.target_classes[b, : job.maps].tolist(),
-                    cams_lowres=lowres[b, : job.maps],
-                    cams=None if cams is None else cams[b, : job.maps],
+                    explained=result.target_classes[b, :maps].tolist(),
+                    cams_lowres=lowres[b, :maps],
+                    cams=None if cams is None else cams[b, :maps],
+                    error=NONFINITE if b in failed else None,
                 )
         return outcomes
 
