@@ -23,7 +23,7 @@ from .inputs import as_image_batch, as_pixel_batch, as_targets
 from .metadata import ModelMetadata
 from .methods import cam_lowres, check_method
 from .ort_backend import OrtRunner, available_devices, cpu_count, tensorrt_provider_options
-from .postprocess import upsample_normalize, weighted_sum
+from .postprocess import weighted_sum
 from .result import GradCAMResult
 from .smooth import aug_smooth_cams
 
@@ -236,23 +236,21 @@ class GradCAMSession:
         weights = None
         if not self.metadata.gradients:  # the channel-weights model: Grad-CAM's weights only
             weights, gradients = gradients, None
+        outputs = {
+            "target_classes": classes,
+            "logits": logits,
+            "activations": activations,
+            "gradients": gradients,
+            "channel_weights": weights,
+        }
         if maps:  # computed in the graph (export_onnx(..., maps=True)) for this method
             cams, lowres = maps
+            return GradCAMResult(cams=cams, cams_lowres=lowres, **outputs)
+        if weights is not None:
+            lowres = weighted_sum(weights, activations)
         else:
-            if weights is not None:
-                lowres = weighted_sum(weights, activations)
-            else:
-                lowres = cam_lowres(method, activations, gradients)
-            cams = upsample_normalize(lowres, self.metadata.image_size)
-        return GradCAMResult(
-            cams=cams,
-            cams_lowres=lowres,
-            target_classes=classes,
-            logits=logits,
-            activations=activations,
-            gradients=gradients,
-            channel_weights=weights,
-        )
+            lowres = cam_lowres(method, activations, gradients)
+        return GradCAMResult.from_lowres(lowres, self.metadata.image_size, **outputs)
 
     def __repr__(self) -> str:
         m = self.metadata
