@@ -207,6 +207,7 @@ def test_targets_take_the_interleaved_ratios_when_there():
     assert "### Interleaved rounds" in text and "| 8 | gradcam_fast |" in text
 
 
+@pytest.mark.slow
 def test_interleaved_rounds_run_checked_contenders(profile, setup):
     models = setup.paths["gradcam_k1"].parent
     cmd = [sys.executable, "-m", "benchmarks.interleaved", "--models", str(models)]

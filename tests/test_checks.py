@@ -138,6 +138,7 @@ def test_export_refuses_nonfinite_weights_and_leaves_nothing(
 # --------------------------------------------------------------------------- 2. publication
 
 
+@pytest.mark.slow
 def test_interrupted_validation_leaves_nothing_and_keeps_an_earlier_model(tmp_path, monkeypatch):
     path = tmp_path / "m.onnx"
     good = export_onnx(make_tiny_vgg(seed=1), path, image_size=SIZE, validate=False)
@@ -156,6 +157,7 @@ def test_interrupted_validation_leaves_nothing_and_keeps_an_earlier_model(tmp_pa
     assert sorted(p.name for p in tmp_path.iterdir()) == ["m.onnx"]
 
 
+@pytest.mark.slow
 def test_external_data_model_validates_before_it_is_published(tmp_path, images):
     """The model references its weights file by the final name; validation ran on the copy in
     the temporary folder, and the published pair works from its place."""
@@ -181,6 +183,7 @@ def test_external_data_model_validates_before_it_is_published(tmp_path, images):
     assert sorted(p.name for p in tmp_path.iterdir()) == ["ext.onnx"]
 
 
+@pytest.mark.slow
 def test_the_cache_never_keeps_a_refused_model(tmp_path, monkeypatch):
     """A model refused at export is not left in the cache, so the next call exports (and
     refuses) again instead of reusing it."""
@@ -228,6 +231,7 @@ sys.exit(main(["explain", {image!r}, "--out", sys.argv[2], "--arch", "vgg11",
 """
 
 
+@pytest.mark.slow
 def test_two_processes_export_into_one_cache(tmp_path):
     """Two `explain` runs started together on an empty cache: both succeed with the same maps
     and leave one model and no temporary files (the export runs once, under the cache's lock).

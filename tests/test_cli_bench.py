@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import pytest
+
 from gradcam_fast.cli import main
 
 
+@pytest.mark.slow
 def test_bench_prints_a_row_per_batch_size_with_the_eager_speedup(tmp_path, monkeypatch, capsys):
     monkeypatch.setenv("GRADCAM_FAST_CACHE", str(tmp_path))
     code = main(["bench", "--arch", "vgg11", "--weights", "random", "--image-size", "32",

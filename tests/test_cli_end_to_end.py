@@ -82,6 +82,7 @@ def test_aug_smooth_saves_the_smoothed_maps(capsys, float_model, tmp_path):
     assert not np.allclose(saved, session_maps(float_model, CAT)[0], atol=1e-3)  # really smoothed
 
 
+@pytest.mark.slow
 def test_fp16_export_then_explain_with_it(capsys, tiny_loader, float_model, tmp_path):
     path = tmp_path / "fp16.onnx"
     argv = ["export", "--arch", "vgg11", "--weights", "random", "--image-size", str(SIZE)]
@@ -98,6 +99,7 @@ def test_fp16_export_then_explain_with_it(capsys, tiny_loader, float_model, tmp_
         assert np.abs(saved - session_maps(float_model, image)[0]).max() < 5e-2
 
 
+@pytest.mark.slow
 def test_raw_pixel_model_through_explain(capsys, tiny_loader, float_model, tmp_path):
     """`export --raw-pixels`, then `explain` feeds it decoded pixels: the same predictions and
     maps as the float model fed normalized tensors."""

@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import pytest
 import torch
 
 from gradcam_fast import GradCAMSession
 from gradcam_fast.cli import main
 
 
+@pytest.mark.slow
 def test_export_writes_a_validated_model(tmp_path, capsys):
     out = tmp_path / "vgg11.onnx"
     code = main(
@@ -61,6 +63,7 @@ def test_export_error_is_one_line_without_traceback(tmp_path, capsys):
     assert "Traceback" not in err
 
 
+@pytest.mark.slow
 def test_export_channel_weights_only_with_external_data(tmp_path, capsys):
     out = tmp_path / "lean.onnx"
     code = main(["export", "--arch", "vgg11", "--weights", "random", "--image-size", "32",

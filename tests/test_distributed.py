@@ -99,6 +99,7 @@ def _single_process(model_path: Path, paths: list[Path]) -> dict[str, np.ndarray
     return maps
 
 
+@pytest.mark.slow
 def test_every_file_one_row_errors_and_maps_match(ray_local, folder, model_path):
     """Two actors, batches of 4, the folder as Ray lists it: one row per image file, errors for
     the corrupt ones, and for the others the maps a single in-process session gives."""
@@ -128,6 +129,7 @@ def test_every_file_one_row_errors_and_maps_match(ray_local, folder, model_path)
         assert row["explained"] == [p["index"] for p in row["predictions"][:2]]
 
 
+@pytest.mark.slow
 def test_cli_writes_parquet_and_overlays(ray_local, folder, model_path, tmp_path, capsys):
     """The subcommand on the running Ray: Parquet rows for every file, exit 1 because some
     failed, one overlay PNG per good image and class, and the maps of the library call."""

@@ -133,6 +133,7 @@ def write_bad_files(folder: Path) -> dict[str, str]:
 # --------------------------------------------------------------------------- issue 2: the real path
 
 
+@pytest.mark.slow
 def test_explain_two_samples_exports_once_and_caches(run, tmp_path, monkeypatch):
     cache = tmp_path / "cache"
     monkeypatch.setenv("GRADCAM_FAST_CACHE", str(cache))

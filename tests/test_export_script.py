@@ -22,6 +22,7 @@ def _options(help_text: str) -> set[str]:
     return {word.strip("[],") for word in help_text.split() if word.startswith(("-", "[-"))}
 
 
+@pytest.mark.slow
 def test_script_has_every_option_of_the_export_command():
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
     script = subprocess.run(

@@ -43,6 +43,7 @@ CASES = [
 ]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(("layer", "size"), CASES)
 def test_vgg19_layers_and_sizes_match_eager(vgg19, layer, size, rng):
     images = torch.randn(3, 3, size, size, generator=rng)
@@ -51,6 +52,7 @@ def test_vgg19_layers_and_sizes_match_eager(vgg19, layer, size, rng):
     assert_matches_eager(vgg19, images, targets, layer)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("batch", [1, 3, 8])
 def test_batch_sizes_match_eager(vgg19, batch, rng):
     images = torch.randn(batch, 3, 64, 64, generator=rng)
@@ -140,6 +142,7 @@ def test_graph_registers_no_hooks_and_needs_no_grad(vgg19, rng):
     assert gradients.shape == (1, 2, 512, 4, 4) and not gradients.requires_grad
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(
     ("layer", "size", "shortcut"),
     [(None, 224, True), (None, 90, True), ("features.36", 100, True), ("features.34", 64, False)],

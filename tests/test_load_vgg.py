@@ -19,6 +19,7 @@ def _random(arch: str, seed: int = 0):
         return load_vgg(arch, "random", seed=seed)
 
 
+@pytest.mark.slow
 def test_random_weights_are_seeded_and_in_eval_mode():
     a, b, c = _random("vgg11", 3), _random("vgg11", 3), _random("vgg11", 4)
     assert not a.training
@@ -28,6 +29,7 @@ def test_random_weights_are_seeded_and_in_eval_mode():
     assert a.gradcam_fast_info.categories[281] == "tabby"
 
 
+@pytest.mark.slow
 def test_random_weights_warn_once(monkeypatch):
     monkeypatch.setattr(models, "_warned_random", set())
     with pytest.warns(UserWarning, match="explain nothing"):
@@ -54,6 +56,7 @@ def test_imagenet_without_network_names_the_alternatives(monkeypatch):
         load_vgg("vgg11", "imagenet")
 
 
+@pytest.mark.slow
 def test_state_dict_file_round_trip(tmp_path):
     source = _random("vgg11", 5)
     path = tmp_path / "vgg11.pth"
@@ -63,6 +66,7 @@ def test_state_dict_file_round_trip(tmp_path):
     assert loaded.gradcam_fast_info.weights.startswith("file:")
 
 
+@pytest.mark.slow
 def test_state_dict_of_another_model_names_keys(tmp_path):
     path = tmp_path / "vgg11.pth"
     torch.save(_random("vgg11").state_dict(), path)

@@ -83,12 +83,14 @@ def report(what: str, calls: int, start: float, end: float, peak: float) -> None
     )
 
 
+@pytest.mark.slow
 def test_rss_does_not_grow_over_2000_calls(onnx_path):
     start, end, peak = measure(GradCAMSession(onnx_path, device="cpu", intra_op_threads=1))
     report("onnxruntime", CALLS, start, end, peak)
     assert peak - start < GROWTH_LIMIT_MB
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("backend", ["onnxruntime, max_batch_size=4", "torch"])
 def test_rss_does_not_grow_chunked_and_torch(onnx_path, backend):
     if backend == "torch":

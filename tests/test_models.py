@@ -175,6 +175,7 @@ def test_other_vgg_instances_match_eager_at_every_layer(cfg, pool, num_classes, 
         assert_graph_matches_eager(model, images, targets, name)
 
 
+@pytest.mark.slow
 def test_other_vgg_instance_exports_and_runs(tmp_path):
     """A torchvision VGG with another config, class count and pooling size, BatchNorm with
     random statistics, through ONNX Runtime (export validates it; a second batch checks again)."""

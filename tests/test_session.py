@@ -46,6 +46,7 @@ def session_224(vgg19_onnx_224):
     return GradCAMSession(vgg19_onnx_224, device="cpu")
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("batch", [1, 3, 8])  # traced at batch 2: each of these is untraced
 def test_vgg19_224_matches_eager(session_224, vgg19, batch, rng):
     images = torch.randn(batch, 3, 224, 224, generator=rng)
@@ -74,6 +75,7 @@ def small_exports(vgg19, tmp_path_factory):
     }
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("key", ["odd", "pool", "early"])
 def test_layer_variants_match_eager(small_exports, vgg19, key, rng):
     session = small_exports[key]
@@ -83,6 +85,7 @@ def test_layer_variants_match_eager(small_exports, vgg19, key, rng):
     assert_session_matches_eager(session, vgg19, images, targets)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(
     "targets",
     [None, 7, [1, 2, 3, 4], np.array([[5], [-1], [-3], [-1000]]), torch.tensor([[-2]] * 4)],
@@ -96,6 +99,7 @@ def test_target_forms(small_exports, vgg19, targets, rng):
         assert torch.equal(got.target_classes[:, 0], got.logits.argmax(dim=1))
 
 
+@pytest.mark.slow
 def test_numpy_and_single_image_inputs(small_exports, rng):
     session = small_exports["pool"]
     image = torch.randn(3, 64, 64, generator=rng)
@@ -105,6 +109,7 @@ def test_numpy_and_single_image_inputs(small_exports, rng):
     assert torch.equal(from_tensor.cams, from_numpy.cams)
 
 
+@pytest.mark.slow
 def test_results_do_not_alias_reused_buffers(small_exports, rng):
     session = small_exports["pool"]
     first_images = torch.randn(2, 3, 64, 64, generator=rng)
@@ -115,6 +120,7 @@ def test_results_do_not_alias_reused_buffers(small_exports, rng):
         assert torch.equal(getattr(first, name), kept[name]), name
 
 
+@pytest.mark.slow
 def test_max_batch_size_splits_without_losing_items(small_exports, vgg19, rng):
     path = small_exports["pool"].path
     chunked = GradCAMSession(path, device="cpu", max_batch_size=2)
@@ -126,6 +132,7 @@ def test_max_batch_size_splits_without_losing_items(small_exports, vgg19, rng):
         assert relative_error(getattr(parts, name), getattr(whole, name)) < TOLERANCE
 
 
+@pytest.mark.slow
 def test_tie_model_exports_and_matches_autograd(tmp_path):
     from test_graph import _integer_tie_model
 
@@ -143,6 +150,7 @@ def test_tie_model_exports_and_matches_autograd(tmp_path):
     assert_session_matches_eager(GradCAMSession(path, "cpu"), model, images.float(), targets)
 
 
+@pytest.mark.slow
 def test_metadata_round_trip(session_224):
     meta = session_224.metadata
     assert (meta.arch, meta.target_layer, meta.image_size, meta.num_targets) == (
@@ -156,6 +164,7 @@ def test_metadata_round_trip(session_224):
     assert meta.mean == pytest.approx((0.485, 0.456, 0.406))
 
 
+@pytest.mark.slow
 def test_export_validation_reports_error_figures(small_exports):
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
@@ -167,6 +176,7 @@ def test_export_validation_reports_error_figures(small_exports):
 # ---- refusals: each names the problem ----
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(
     ("images", "error", "match"),
     [
@@ -187,6 +197,7 @@ def test_bad_images_are_refused(small_exports, images, error, match):
         small_exports["pool"](images)
 
 
+@pytest.mark.slow
 def test_non_finite_images_are_refused(small_exports):
     images = torch.zeros(2, 3, 64, 64)
     images[1, 0, 3, 4] = float("nan")
@@ -195,6 +206,7 @@ def test_non_finite_images_are_refused(small_exports):
         small_exports["pool"](images)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(
     ("targets", "error", "match"),
     [
@@ -211,6 +223,7 @@ def test_bad_targets_are_refused(small_exports, targets, error, match):
         small_exports["pool"](torch.zeros(2, 3, 64, 64), targets)
 
 
+@pytest.mark.slow
 def test_files_that_are_not_gradcam_models_are_refused(tmp_path, small_exports):
     text = tmp_path / "notes.onnx"
     text.write_text("this is not a model")
@@ -252,6 +265,7 @@ def test_unknown_format_version_is_refused(tmp_path):
         GradCAMSession(path, "cpu")
 
 
+@pytest.mark.slow
 def test_cuda_without_provider_is_an_error_not_a_fallback(small_exports):
     import onnxruntime as ort
 
@@ -271,6 +285,7 @@ def lean_session(vgg19, tmp_path_factory):
     )  # export validates the channel weights against the eager reference
 
 
+@pytest.mark.slow
 def test_channel_weights_model_matches_eager(lean_session, vgg19, rng):
     images = torch.randn(3, 3, 64, 64, generator=rng)
     targets = torch.tensor([[-1, 4], [7, -2], [-1000, 0]])
@@ -281,6 +296,7 @@ def test_channel_weights_model_matches_eager(lean_session, vgg19, rng):
     assert torch.allclose(chunked.cams, got.cams, atol=1e-6) and chunked.gradients is None
 
 
+@pytest.mark.slow
 def test_channel_weights_model_refuses_methods_needing_gradients(lean_session):
     with pytest.raises(ValueError, match=r"'hirescam' needs the gradients.*gradients=False"):
         lean_session(torch.zeros(1, 3, 64, 64), method="hirescam")
