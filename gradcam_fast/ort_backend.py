@@ -10,6 +10,7 @@ buffers are static, one set per batch size, and runs are serialized, as graph re
 
 from __future__ import annotations
 
+import ctypes
 import os
 import threading
 from pathlib import Path
@@ -28,7 +29,9 @@ __all__ = [
     "available_devices",
     "cpu_count",
     "cuda_provider_options",
+    "provider_load_error",
     "session_options",
+    "tensorrt_available",
     "tensorrt_provider_options",
 ]
 
@@ -95,6 +98,23 @@ def cuda_provider_options(
     }
 
 
+# The TensorRT provider's boolean options (besides those named *_enable): ONNX Runtime's Python
+# binding takes "True"/"False" (or lower case) for them and refuses "1"/"0".
+_TRT_FLAGS = (
+    "trt_int8_use_native_calibration_table",
+    "trt_dump_subgraphs",
+    "trt_force_sequential_engine_build",
+    "trt_layer_norm_fp32_fallback",
+    "trt_force_timing_cache",
+    "trt_detailed_build_log",
+    "trt_dump_ep_context_model",
+)
+
+
+def _is_trt_flag(key: str) -> bool:
+    return key.endswith("_enable") or key in _TRT_FLAGS
+
+
 def tensorrt_provider_options(
     device: torch.device,
     engine_cache: str | os.PathLike,
@@ -107,16 +127,83 @@ def tensorrt_provider_options(
     the head in float32, which a whole-graph float16 build would not). TensorRT picks its own
     kernels, TF32 included on Ampere and newer GPUs: compare its maps with the float16 limits,
     not the strict float32 ones."""
+    for key, value in (extra or {}).items():
+        if _is_trt_flag(key) and value not in ("True", "False", "true", "false"):
+            raise ValueError(
+                f"TensorRT option {key} takes 'True' or 'False' (ONNX Runtime refuses {value!r})"
+            )
     cache = os.fspath(engine_cache)
     return {
         "device_id": str(device.index or 0),
-        "trt_engine_cache_enable": "1",
+        "trt_engine_cache_enable": "True",  # boolean keys: "True"/"False", nothing else
         "trt_engine_cache_path": cache,
-        "trt_timing_cache_enable": "1",
+        "trt_timing_cache_enable": "True",
         "trt_timing_cache_path": cache,
-        "trt_fp16_enable": "0",
+        "trt_fp16_enable": "False",
         **(extra or {}),
     }
+
+
+# The library each GPU provider lives in (onnxruntime/capi/), and what a missing dependency is.
+_PROVIDER_LIBRARIES = {
+    CUDA_EP: "onnxruntime_providers_cuda",
+    TENSORRT_EP: "onnxruntime_providers_tensorrt",
+}
+_MISSING = (
+    ("libcuda.", "the NVIDIA driver (libcuda): no driver here, or no GPU"),
+    ("libcudnn", "cuDNN 9 (pip install nvidia-cudnn-cu13, or import torch first)"),
+    ("libnvinfer", "TensorRT (pip install tensorrt)"),
+    ("libnvonnxparser", "TensorRT's ONNX parser (pip install tensorrt)"),
+    ("libcu", "the CUDA runtime libraries (import torch first, or onnxruntime.preload_dlls())"),
+    ("libnv", "the CUDA runtime libraries (import torch first, or onnxruntime.preload_dlls())"),
+)
+
+
+def provider_load_error(provider: str) -> str | None:
+    """Why `provider`'s library cannot load here (the loader's message, naming the missing
+    library: the driver's libcuda, cuDNN, CUDA, TensorRT's libnvinfer), or None when it loads.
+
+    ONNX Runtime lists a GPU provider whenever it was compiled in, and where the provider's
+    library fails to load it logs a warning and builds a session without it: only loading the
+    library tells whether it can start."""
+    if provider not in ort.get_available_providers():
+        return f"this onnxruntime ({ort.__version__}) has no {provider}: install onnxruntime-gpu"
+    capi = Path(ort.__file__).parent / "capi"
+    if os.name == "nt":
+        shared, library = "onnxruntime_providers_shared.dll", f"{_PROVIDER_LIBRARIES[provider]}.dll"
+    else:
+        shared, library = (
+            "libonnxruntime_providers_shared.so",
+            f"lib{_PROVIDER_LIBRARIES[provider]}.so",
+        )
+    try:
+        ctypes.CDLL(str(capi / shared), mode=ctypes.RTLD_GLOBAL)  # as ONNX Runtime loads it
+        ctypes.CDLL(str(capi / library))
+    except OSError as exc:
+        return str(exc)
+    return None
+
+
+def tensorrt_available() -> bool:
+    """True where ONNX Runtime's TensorRT provider can start: listed and its library (which
+    links TensorRT's libnvinfer) loads."""
+    return provider_load_error(TENSORRT_EP) is None
+
+
+def _what_is_missing(provider: str, message: str = "") -> str:
+    """A sentence naming what keeps `provider` from starting, from its library's load error or
+    from ONNX Runtime's message."""
+    reasons = []
+    for ep in (TENSORRT_EP, CUDA_EP) if provider == TENSORRT_EP else (CUDA_EP,):
+        error = provider_load_error(ep)
+        if error is not None:
+            what = next((name for key, name in _MISSING if key in error), None)
+            reasons.append(f"{ep} does not load: {error}" + (f" (missing: {what})" if what else ""))
+    if not reasons and "cudnn" in message.lower():
+        reasons.append("cuDNN failed (cuDNN 9 must match onnxruntime-gpu's CUDA version)")
+    if not reasons and "driver" in message.lower():
+        reasons.append("the NVIDIA driver is missing or older than onnxruntime-gpu's CUDA needs")
+    return "; ".join(reasons) or "see ONNX Runtime's message above"
 
 
 def providers_for(
@@ -162,19 +249,30 @@ def _open(path: Path, options: ort.SessionOptions, providers: list) -> ort.Infer
         raise FileNotFoundError(f"no model file at {path}: export one with `gradcam-fast export`")
     if path.stat().st_size == 0:
         raise NotAGradCAMModel(f"{path} is empty, not an ONNX model: export it again")
+    wanted = providers[0][0] if isinstance(providers[0], tuple) else providers[0]
     try:
-        session = ort.InferenceSession(str(path), options, providers=providers)
+        # enable_fallback=0: without it, a provider failing at creation turns into a session on
+        # the fall-back providers (the CPU) with the error only printed
+        session = ort.InferenceSession(str(path), options, providers=providers, enable_fallback=0)
     except Exception as exc:  # ORT raises its own Fail/InvalidProtobuf/InvalidGraph types
-        if any(ep in str(exc) for ep in ("CUDA", "TensorRT", "Tensorrt")) and CUDA_EP in str(
-            providers
-        ):
-            raise RuntimeError(f"could not start the GPU provider for {path}: {exc}") from None
+        if wanted != CPU_EP and not _model_error(exc):
+            raise RuntimeError(
+                f"could not start {wanted} for {path}: {exc}. {_what_is_missing(wanted, str(exc))}"
+            ) from None
         raise NotAGradCAMModel(
             f"{path} is not a readable ONNX model (truncated, corrupt or another format): "
             f"{str(exc).splitlines()[0]}"
         ) from None
     session.disable_fallback()  # a failing CUDA run must raise, not rerun on the CPU
     return session
+
+
+def _model_error(exc: Exception) -> bool:
+    """Whether session creation failed on the model file itself, not on a provider."""
+    text = str(exc)
+    gpu = any(word in text for word in ("CUDA", "CUDNN", "cuDNN", "TensorRT", "Tensorrt"))
+    kinds = ("InvalidProtobuf", "InvalidGraph", "NoSuchFile", "NoModel")
+    return not gpu and (type(exc).__name__ in kinds or "Load model from" in text)
 
 
 class _Buffers:
@@ -249,11 +347,12 @@ class OrtRunner:
         self.providers: list[str] = self.session.get_providers()
         wanted = TENSORRT_EP if tensorrt_options is not None else CUDA_EP
         if device.type == "cuda" and self.providers[0] != wanted:
+            # ONNX Runtime builds the session without a provider whose library fails to load
             raise RuntimeError(
-                f"ONNX Runtime did not start its {wanted} (got {self.providers}); check that "
-                "the CUDA, cuDNN (and for TensorRT, TensorRT) libraries onnxruntime-gpu needs "
-                "are installed (import torch before onnxruntime, or call "
-                "onnxruntime.preload_dlls())"
+                f"ONNX Runtime did not start its {wanted} (got {self.providers}): "
+                f"{_what_is_missing(wanted)}; onnxruntime-gpu needs the driver, CUDA and cuDNN "
+                "(and for TensorRT, TensorRT) libraries (import torch before creating the "
+                "session, or call onnxruntime.preload_dlls())"
             )
         props = self.session.get_modelmeta().custom_metadata_map
         self.metadata = ModelMetadata.from_props(props, source=str(path))

@@ -150,16 +150,18 @@ TRT_AVAILABLE = ["TensorrtExecutionProvider", "CUDAExecutionProvider", "CPUExecu
 def test_tensorrt_goes_first_with_cuda_behind_it(monkeypatch, tmp_path):
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
     cuda = ort_backend.cuda_provider_options(CUDA)
-    trt = ort_backend.tensorrt_provider_options(CUDA, tmp_path, extra={"trt_fp16_enable": "1"})
+    trt = ort_backend.tensorrt_provider_options(CUDA, tmp_path, extra={"trt_fp16_enable": "True"})
     providers = ort_backend.providers_for(CUDA, cuda, TRT_AVAILABLE, trt)
     assert providers == [
         ("TensorrtExecutionProvider", trt),
         ("CUDAExecutionProvider", cuda),  # runs the nodes TensorRT does not take
         "CPUExecutionProvider",
     ]
-    assert trt["trt_engine_cache_enable"] == "1" and trt["trt_engine_cache_path"] == str(tmp_path)
-    assert trt["trt_fp16_enable"] == "1"  # the caller's override wins
-    assert ort_backend.tensorrt_provider_options(CUDA, tmp_path)["trt_fp16_enable"] == "0"
+    assert trt["trt_engine_cache_enable"] == "True" and trt["trt_engine_cache_path"] == str(
+        tmp_path
+    )
+    assert trt["trt_fp16_enable"] == "True"  # the caller's override wins
+    assert ort_backend.tensorrt_provider_options(CUDA, tmp_path)["trt_fp16_enable"] == "False"
 
 
 def test_tensorrt_without_its_provider_says_how_to_get_it(monkeypatch, tmp_path):
@@ -176,7 +178,7 @@ def test_tensorrt_session_options_are_checked(tiny_fp32_onnx, tmp_path, monkeypa
     with pytest.raises(ValueError, match="tensorrt=True needs device='cuda'"):
         GradCAMSession(tiny_fp32_onnx, device="cpu", tensorrt=True)
     with pytest.raises(ValueError, match="tensorrt_options given without tensorrt=True"):
-        GradCAMSession(tiny_fp32_onnx, device="cpu", tensorrt_options={"trt_fp16_enable": "1"})
+        GradCAMSession(tiny_fp32_onnx, device="cpu", tensorrt_options={"trt_fp16_enable": "True"})
     with pytest.raises(ValueError, match="cannot be combined with tensorrt=True"):
         ort_backend.OrtRunner(tiny_fp32_onnx, CUDA, cuda_graphs=True, tensorrt_options={})
     assert not (tmp_path / "tensorrt").exists()  # nothing made on the way to an error
