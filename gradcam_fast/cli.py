@@ -13,6 +13,8 @@ import sys
 import warnings
 from pathlib import Path
 
+from .precision_options import add_precision_options, precision_kwargs
+
 __all__ = [
     "add_class_options",
     "add_model_options",
@@ -86,6 +88,7 @@ def add_model_options(parser: argparse.ArgumentParser) -> None:
         help="run on ONNX Runtime's TensorRT provider (CUDA; needs onnxruntime-gpu and "
         "TensorRT; the first run per batch size builds an engine, cached on disk)",
     )
+    add_precision_options(group)
 
 
 def _add_network_options(group) -> None:
@@ -113,6 +116,7 @@ def open_session(
     from .cache import cached_model
     from .runtime import GradCAMSession
 
+    int8 = precision_kwargs(args)
     path = args.model or cached_model(
         args.arch,
         args.weights,
@@ -121,6 +125,7 @@ def open_session(
         num_targets=num_targets,
         seed=args.seed,
         gradients=gradients,
+        **int8,
     )
     return GradCAMSession(path, device=args.device, tensorrt=args.tensorrt, **session_options)
 
@@ -142,6 +147,7 @@ def _export(args: argparse.Namespace) -> int:
         fp16=args.fp16,
         external_data=args.external_data,
         gradients=not args.channel_weights_only,
+        **precision_kwargs(args),
     )
     print(path)
     return EXIT_OK
@@ -180,6 +186,7 @@ def _add_export_parser(subparsers) -> None:
         action="store_true",
         help="take uint8 [B,S,S,3] decoded RGB pixels as input; normalize inside the model",
     )
+    add_precision_options(p, export=True)
     p.set_defaults(func=_export)
 
 

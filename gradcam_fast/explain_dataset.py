@@ -88,6 +88,7 @@ def _run(args: argparse.Namespace) -> int:
         return EXIT_ERROR
     from .cache import cached_model
     from .explain import resolve_classes
+    from .precision_options import precision_kwargs
     from .visualize import colormap_lut
 
     colormap_lut(args.colormap)  # an unknown colormap fails here, not in every actor
@@ -105,6 +106,7 @@ def _run(args: argparse.Namespace) -> int:
         num_targets=wanted or 1,
         seed=args.seed,
         gradients=False,  # the rows hold Grad-CAM maps: channel weights are enough
+        **precision_kwargs(args),
     )
     meta = read_metadata(model_path)
     if wanted is not None and wanted != meta.num_targets:
