@@ -20,6 +20,7 @@ photos its calibration never saw. Prints markdown.
 from __future__ import annotations
 
 import argparse
+import json
 import statistics
 import sys
 import tempfile
@@ -118,7 +119,7 @@ def speed(model, folder: Path, names: list[str]) -> dict[str, dict]:
                 print(f"# CHECK FAILED at batch {batch}: {exc}", file=sys.stderr, flush=True)
         calls = {n: (lambda c=contenders[n], x=images, t=classes: c.run(x, t)) for n in here}
         results[batch] = round_robin_ratios(interleave(calls, ROUNDS[batch]))
-        print(f"# batch {batch} done", file=sys.stderr, flush=True)
+        print(f"# batch {batch}: {json.dumps(results[batch])}", file=sys.stderr, flush=True)
     # K=5 against K=1 on the int8 session
     from gradcam_fast import GradCAMSession
 
@@ -183,6 +184,7 @@ def main(argv: list[str] | None = None) -> int:
         export_floor(model, folder / "floor.onnx", 224)
         print(f"# exported in {time.perf_counter() - started:.0f} s", file=sys.stderr, flush=True)
         fid = fidelity(model, folder, images, args.method)
+        print(f"# fidelity: {json.dumps(fid)}", file=sys.stderr, flush=True)  # partial runs
         spd = speed(model, folder, [*SESSIONS, "floor_ort", *PEERS])
     report = render(fid, spd, files, time.perf_counter() - started)
     print(report)

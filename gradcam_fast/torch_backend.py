@@ -3,9 +3,9 @@
 On CUDA it can capture one CUDA graph per batch size (static input and output buffers, replayed
 under a lock), run the body below the target layer in float16 (the head stays float32, see
 GradCAMGraph.forward) and keeps TF32 off on the strict float32 path. On the CPU the body can run
-in bfloat16 (channels-last, oneDNN): about twice float32's speed where the CPU has native
-bfloat16 (AVX512-BF16 or AMX); elsewhere oneDNN emulates it, slower than float32, and a warning
-says so.
+in bfloat16 (channels-last, oneDNN), meant for CPUs with native bfloat16 (AVX512-BF16 or AMX;
+elsewhere oneDNN emulates it and a warning says it will be slow). Measured on VGG19 here it was
+not faster than float32 yet (benchmarks/RESULTS.md, int8 and bfloat16 section).
 """
 
 from __future__ import annotations
