@@ -35,6 +35,9 @@ GROUP = [
     "torchcam",
     "gradcam_fast",
     "gradcam_fast_lean",
+    "gradcam_fast_int8",
+    "torch_float32",
+    "torch_bfloat16",
     "floor_ort",
     "torch_no_grad",
 ]

@@ -33,6 +33,7 @@ def model_files(folder: Path, num_targets: int) -> dict[str, Path]:
         "floor": folder / "floor.onnx",
         "gradcam_channel_weights": folder / "gradcam_channel_weights.onnx",
         "gradcam_external": folder / "gradcam_external.onnx",  # weights in .onnx.data beside it
+        "gradcam_int8": folder / "gradcam_int8.onnx",  # int8 body, channel weights only
     }
 
 
@@ -57,6 +58,14 @@ def export_all(model: torch.nn.Module, folder: Path, profile: Profile) -> dict[s
     export_onnx(
         model, paths["gradcam_external"], image_size=profile.image_size, external_data=True,
         validate=False,
+    )  # fmt: skip
+    # int8: calibrated on seeded noise images (the cost does not depend on the calibration set;
+    # benchmarks/lowp.py measures fidelity on photos)
+    calibration = torch.randn(8, 3, profile.image_size, profile.image_size,
+                              generator=torch.Generator().manual_seed(99))  # fmt: skip
+    export_onnx(
+        model, paths["gradcam_int8"], image_size=profile.image_size, gradients=False,
+        quantize="int8", calibration=calibration, validate=False,
     )  # fmt: skip
     export_floor(model, paths["floor"], profile.image_size)
     return paths

@@ -21,7 +21,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from gradcam_fast.compare import relative_error
+from gradcam_fast.compare import LIMITS, map_correlations, relative_error
 from gradcam_fast.graph import resolve_target_layer
 from gradcam_fast.models import load_vgg
 from gradcam_fast.ort_backend import session_options
@@ -326,6 +326,28 @@ class FloorOrt(_Contender):
         return Output(logits=logits.clone())
 
 
+class TorchBackend(_Contender):
+    """7. the torch backend, `GradCAMSession.from_model(model, device="cpu", precision=...)`:
+    float32, or bfloat16 (body in bfloat16, channels-last oneDNN; head float32)."""
+
+    def __init__(self, setup: Setup, precision: str):
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", RuntimeWarning)  # no native bfloat16: timed anyway
+            self.session = GradCAMSession.from_model(
+                setup.model,
+                target_layer=setup.target_layer,
+                image_size=setup.image_size,
+                device="cpu",
+                precision=precision,
+            )
+
+    def run(self, images, classes):
+        return self.session(images, classes)
+
+    def output(self, raw):
+        return Output(raw.cams, raw.cams_lowres, raw.target_classes, raw.logits)
+
+
 class TorchNoGrad(_Contender):
     """5b. torch inference of the unmodified model under `no_grad`, for reference."""
 
@@ -344,7 +366,9 @@ class ContenderSpec:
     name: str
     label: str
     factory: Callable[[Setup], _Contender]
-    kind: str = "gradcam"  # "gradcam" (checked on maps) or "floor" (checked on logits)
+    # "gradcam" (checked on maps), "floor" (checked on logits), or a lower precision ("int8",
+    # "bfloat16": checked on logits and map correlation with LIMITS[kind])
+    kind: str = "gradcam"
     optional: bool = False
 
 
@@ -377,6 +401,23 @@ CONTENDERS: dict[str, ContenderSpec] = {
             lambda setup: FastSession(setup, "gradcam_external", low_memory=True),
         ),
         ContenderSpec(
+            "gradcam_fast_int8",
+            "4i. gradcam_fast session, int8 body, channel weights only",
+            lambda setup: FastSession(setup, "gradcam_int8"),
+            kind="int8",
+        ),
+        ContenderSpec(
+            "torch_float32",
+            "7. gradcam_fast torch backend, float32",
+            lambda setup: TorchBackend(setup, "float32"),
+        ),
+        ContenderSpec(
+            "torch_bfloat16",
+            "7b. gradcam_fast torch backend, bfloat16 body",
+            lambda setup: TorchBackend(setup, "bfloat16"),
+            kind="bfloat16",
+        ),
+        ContenderSpec(
             "gradcam_fast_k5",
             "6. gradcam_fast session, K=5",
             lambda setup: FastSession(setup, "gradcam_k5"),
@@ -404,7 +445,17 @@ def check_output(name: str, got: Output, reference: Any) -> dict[str, float]:
                 f"{name}: {output} holds {bad} non-finite values (NaN or Inf) of {tensor.numel()}"
             )
     errors: dict[str, float] = {}
-    if CONTENDERS[name].kind == "floor":
+    kind = CONTENDERS[name].kind
+    if kind in LIMITS:  # a lower precision: logits and map shapes, with that precision's limits
+        errors["logits"] = relative_error(got.logits, reference.logits)
+        corr = map_correlations(got.lowres, reference.cams_lowres).flatten()
+        errors["cams_lowres_decorrelation"] = 1.0 - corr.median().item()
+        errors["cams_lowres_worst_decorrelation"] = 1.0 - corr.min().item()
+        failed = [k for k, v in errors.items() if not v <= LIMITS[kind].get(k, float("inf"))]
+        if failed:
+            raise AssertionError(f"{name}: {failed} beyond the {kind} limits: {errors}")
+        return errors
+    if kind == "floor":
         errors["logits"] = relative_error(got.logits, reference.logits)
         if errors["logits"] > LOWRES_RTOL:
             raise AssertionError(

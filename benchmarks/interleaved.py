@@ -32,7 +32,13 @@ __all__ = ["ROUNDS", "interleave", "main", "round_robin_ratios"]
 ROUNDS = {1: 9, 8: 5, 32: 3}
 FLOOR = "floor_ort"
 EAGER = "eager_hook"
-SESSIONS = ("gradcam_fast", "gradcam_fast_lean")
+SESSIONS = (
+    "gradcam_fast",
+    "gradcam_fast_lean",
+    "gradcam_fast_int8",
+    "torch_float32",
+    "torch_bfloat16",
+)
 EAGER_MAX_BATCH = 8
 
 

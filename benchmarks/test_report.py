@@ -217,6 +217,14 @@ def test_interleaved_rounds_run_checked_contenders(profile, setup):
     batches = json.loads(done.stdout.strip().splitlines()[-1])["batches"]
     assert set(batches) == {str(b) for b in profile.batches}
     for rows in batches.values():
-        assert set(rows) == {"gradcam_fast", "gradcam_fast_lean", "floor_ort", "eager_hook"}
+        assert set(rows) == {
+            "gradcam_fast",
+            "gradcam_fast_lean",
+            "gradcam_fast_int8",
+            "torch_float32",
+            "torch_bfloat16",
+            "floor_ort",
+            "eager_hook",
+        }
         assert rows["floor_ort"]["ratio_to_floor"] == 1.0
         assert all(r["median_ms"] > 0 and r["speedup_vs_eager"] > 0 for r in rows.values())

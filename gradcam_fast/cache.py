@@ -45,16 +45,27 @@ def cached_model(
     num_targets: int = 1,
     seed: int = 0,
     gradients: bool = True,
+    quantize: str | None = None,
+    calibration: str | os.PathLike | None = None,
+    calibration_method: str = "minmax",
 ) -> Path:
     """Path of the exported model for these settings, exporting (and validating) it if missing.
 
     `gradients=False` caches the channel-weights model (`export_onnx(..., gradients=False)`,
     file name ending in `-cw`): enough for Grad-CAM, and cheaper at small batches; the other
     methods need the gradients.
+    `quantize="int8"` caches the int8 model calibrated on the `calibration` folder, keyed by a
+    hash of the folder's images (another set of photos gives another model).
     """
     from .export import export_onnx
 
     name = "-".join([arch, _weights_key(weights, seed), target_layer or "default", str(image_size)])
+    if quantize is not None:
+        from .quantize import calibration_fingerprint
+
+        if calibration is None:
+            raise ValueError("quantize='int8' needs a calibration folder")
+        name += f"-{quantize}-{calibration_method}-{calibration_fingerprint(calibration)}"
     path = cache_dir() / f"{name}-k{num_targets}{'' if gradients else '-cw'}.onnx"
     if path.is_file():
         return path
@@ -71,6 +82,9 @@ def cached_model(
             weights=weights,
             seed=seed,
             gradients=gradients,
+            quantize=quantize,
+            calibration=calibration,
+            calibration_method=calibration_method,
         )
     return path
 

@@ -8,6 +8,7 @@ import shutil
 import tempfile
 import time
 import warnings
+from collections.abc import Callable
 from pathlib import Path
 
 import onnx
@@ -76,6 +77,9 @@ def export_onnx(
     gradients: bool = True,
     maps: bool = False,
     method: str | None = None,
+    quantize: str | None = None,
+    calibration: str | os.PathLike | torch.Tensor | None = None,
+    calibration_method: str = "minmax",
 ) -> Path:
     """Export the Grad-CAM graph of a VGG (an arch name loaded with `weights`, or a model) to
     `path` and return it. Batch is dynamic; image size and K (`num_targets`) are fixed.
@@ -105,9 +109,21 @@ def export_onnx(
 
     With `external_data`, the weights go to `<path>.data` beside the model, which ONNX Runtime
     can memory-map instead of copying (see GradCAMSession's `low_memory`).
+
+    With `quantize="int8"`, the body below the target layer is quantized statically to int8
+    (per-channel weights, uint8 activations, ONNX Runtime's QOperator format), its activation
+    ranges taken from `calibration` (a folder of images, or a tensor in the model's input
+    format; at least `quantize.MIN_CALIBRATION_IMAGES`) with `calibration_method` (minmax,
+    percentile or entropy); the head and its backward stay float32. Validated on calibration
+    images with LIMITS["int8"]; the file is only written when it passes. See quantize.py.
     """
     if method is not None and not maps:
         raise ValueError(f"method={method!r} names the maps' method: pass maps=True with it")
+    if maps and quantize is not None:
+        raise ValueError(
+            "maps=True with quantize='int8' is not supported yet (the in-graph maps have no int8 "
+            "limits): export the int8 model without maps, or the maps model in float32"
+        )
     if maps:
         from .maps import check_exportable
 
@@ -157,14 +173,26 @@ def export_onnx(
     proto = program.model_proto
     if fp16:
         proto = _to_float16(proto)
+    int8, check_images = {}, None
+    if quantize is not None:
+        from .quantize import quantize_for_export
+
+        proto, int8, check_images = quantize_for_export(
+            proto, quantize, calibration, calibration_method, fp16, image_size, num_targets,
+            graph.info, raw_pixels,
+        )  # fmt: skip
     meta = graph.metadata(
         image_size,
-        precision="float16" if fp16 else "float32",
+        precision="int8" if quantize else "float16" if fp16 else "float32",
         input_format="uint8_nhwc" if raw_pixels else "float_nchw",
         maps=maps,
         method=method,
+        **int8,
     )
-    _save(proto, meta, path, external_data, model if validate else None)
+    check = None
+    if validate:
+        check = lambda staged: validate_onnx(staged, model, images=check_images, name=path)  # noqa: E731
+    _save(proto, meta, path, external_data, check)
     log.info("exported %s in %.1f s", path, time.perf_counter() - started)
     return path
 
@@ -198,13 +226,13 @@ def _save(
     meta: ModelMetadata,
     path: Path,
     external_data: bool,
-    validate_against: nn.Module | None,
+    check: Callable[[Path], object] | None = None,
 ) -> None:
-    """Write with metadata into a fresh temporary folder beside `path`, validate that copy
-    against `validate_against` (unless None), then rename it into place: the weights file (if
-    any) first, the model last. The model references its weights file by the final name, which
-    inside the temporary folder is the temporary copy's. On any failure or interrupt the folder
-    is removed: no refused or partial model is ever found at `path` (or in the cache)."""
+    """Write with metadata into a fresh temporary folder beside `path`, run `check` (the
+    validation) on that copy, then rename it into place: the weights file (if any) first, the
+    model last. The model references its weights file by the final name, which inside the
+    temporary folder is the temporary copy's. On any failure or interrupt the folder is removed:
+    no refused or partial model is ever found at `path` (or in the cache)."""
     del proto.metadata_props[:]
     for key, value in meta.to_props().items():
         proto.metadata_props.add(key=key, value=value)
@@ -221,8 +249,8 @@ def _save(
             location=data.name,
             size_threshold=1024,
         )
-        if validate_against is not None:
-            validate_onnx(staged, validate_against, name=path)
+        if check is not None:
+            check(staged)
         if external_data:
             os.replace(staging / data.name, data)
         os.replace(staged, path)
@@ -236,15 +264,18 @@ def validate_onnx(
     path: str | os.PathLike,
     model: nn.Module,
     batch: int = VALIDATE_BATCH,
+    images: torch.Tensor | None = None,
     *,
     name: str | os.PathLike | None = None,
 ) -> dict[str, float]:
-    """Run the exported file on the CPU at `batch` and compare with `eager_gradcam` (float32).
+    """Run the exported file on the CPU at `batch` (or on `images`, in the model's input format)
+    and compare with `eager_gradcam` (float32).
 
     Returns the relative errors by output; raises `ExportValidationError` when an output is not
     finite (NaN or Inf: weights holding them, or an overflow), when one exceeds its limit for
-    the model's precision (LIMITS), or when a resolved class differs. `name`: what the messages
-    call the model (default `path`).
+    the model's precision (LIMITS), or when a resolved class differs. An int8 model is compared
+    at the classes it resolved, and the share of top-1 classes it kept is reported. `name`: what
+    the messages call the model (default `path`).
     """
     from .finite import NonFiniteMapsError
     from .reference import eager_gradcam
@@ -253,23 +284,33 @@ def validate_onnx(
     name = path if name is None else name
     session = GradCAMSession(path, device="cpu")
     meta = session.metadata
+    given = images
+    if given is not None:
+        batch = given.shape[0]
     images, targets = _example_inputs(
         batch, meta.image_size, meta.num_targets, meta.num_classes, seed=1
     )
     inputs = images
     if meta.input_format == "uint8_nhwc":  # raw pixels in; eager gets the float path's input
-        inputs = _example_pixels(batch, meta.image_size, seed=1)
+        inputs = _example_pixels(batch, meta.image_size, seed=1) if given is None else given
         images = normalize_pixels(inputs, meta.mean, meta.std)
+    elif given is not None:
+        images = inputs = given
     try:
         got = session(inputs, targets)
     except NonFiniteMapsError as exc:  # compared below, which names the outputs
         got = exc.result
-    ref = eager_gradcam(model, images, targets, meta.target_layer)
+    # an int8 model's maps are compared at the classes it chose; top-1 agreement is reported
+    ref_targets = got.target_classes if meta.precision == "int8" else targets
+    ref = eager_gradcam(model, images, ref_targets, meta.target_layer)
     if meta.maps:  # the exported method's maps, from the eager activations and gradients
         from .maps import MAP_LIMITS, compare_maps, failing_map_figures, reference_maps
 
         ref = reference_maps(ref, meta.method, meta.image_size)
     errors = compare_with_reference(got, ref)
+    if meta.precision == "int8":
+        kept = got.logits.argmax(1).cpu() == ref.logits.argmax(1).cpu()
+        errors["top1_kept"] = kept.double().mean().item()
     failed = failing_figures(errors, meta.precision)
     nonfinite = [
         f"{k.removesuffix('_nonfinite')}: {int(v)} elements" for k, v in errors.items()

@@ -43,11 +43,13 @@ class ModelMetadata:
     std: tuple[float, ...]
     weights: str
     categories: tuple[str, ...] = field(default=(), repr=False)
-    precision: str = "float32"  # or "float16": the body below the target layer runs in float16
+    precision: str = "float32"  # or "float16" / "int8": the precision of the body below the target
     input_format: str = "float_nchw"  # or "uint8_nhwc": raw decoded pixels, normalized in-graph
     gradients: bool = True  # False: the channel-weights model, channel_weights [B,K,C] out
     maps: bool = False  # True: also outputs cams [B,K,S,S] and cams_lowres [B,K,h,w] (maps.py)
     method: str | None = None  # the CAM method of those maps (None without maps)
+    calibration_method: str = ""  # int8: how activation ranges were calibrated (e.g. "minmax")
+    calibration_images: int = 0  # int8: how many images calibrated them
     format_version: int = FORMAT_VERSION
 
     @property
@@ -80,6 +82,7 @@ class ModelMetadata:
             )
         names = set(cls.__dataclass_fields__)
         optional = {"categories", "precision", "input_format", "gradients", "maps", "method"}
+        optional |= {"calibration_method", "calibration_images"}
         missing = sorted(names - set(values) - optional)
         if missing:
             raise NotAGradCAMModel(f"{source} lacks gradcam_fast metadata fields {missing}")

@@ -157,8 +157,10 @@ class GradCAMSession:
         max_batch_size: int | None = None,
     ) -> GradCAMSession:
         """The torch backend: `GradCAMGraph` of a copy of `model`, run natively in torch, behind
-        the same API. `precision` "float16" runs the network in half precision (float32 inputs
-        and results); `cuda_graphs` captures one CUDA graph per batch size."""
+        the same API. `precision` "float16" (CUDA) or "bfloat16" (CPUs with AVX512-BF16 or
+        AMX, warned as slow elsewhere) runs the body below the target layer in half precision
+        (float32 head, inputs and results); `cuda_graphs` captures one CUDA graph per batch
+        size."""
         from .torch_backend import TorchRunner
 
         runner = TorchRunner(

@@ -2,14 +2,20 @@
 
 On CUDA it can capture one CUDA graph per batch size (static input and output buffers, replayed
 under a lock), run the body below the target layer in float16 (the head stays float32, see
-GradCAMGraph.forward) and keeps TF32 off on the strict float32 path.
+GradCAMGraph.forward) and keeps TF32 off on the strict float32 path. On the CPU the body can run
+in bfloat16 (channels-last, oneDNN), meant for CPUs with native bfloat16 (AVX512-BF16 or AMX;
+elsewhere oneDNN emulates it and a warning says it will be slow). Measured on VGG19 here it was
+not faster than float32 yet (benchmarks/RESULTS.md, int8 and bfloat16 section).
 """
 
 from __future__ import annotations
 
 import contextlib
 import copy
+import functools
+import sys
 import threading
+import warnings
 
 import torch
 from torch import nn
@@ -20,7 +26,28 @@ __all__ = ["PRECISIONS", "TorchRunner"]
 
 # "tf32": float32 tensors with TensorFloat-32 convolutions and matmuls on CUDA (what torch does
 # by default for convolutions); "float32" keeps TF32 off for results within 1e-4 of the CPU.
-PRECISIONS = {"float32": torch.float32, "tf32": torch.float32, "float16": torch.float16}
+# "bfloat16": the body in bfloat16 (meant for CPUs with AVX512-BF16 or AMX; see native_bfloat16).
+PRECISIONS = {
+    "float32": torch.float32,
+    "tf32": torch.float32,
+    "float16": torch.float16,
+    "bfloat16": torch.bfloat16,
+}
+
+
+@functools.cache
+def native_bfloat16() -> bool:
+    """Whether this CPU computes bfloat16 natively (AVX512-BF16 or AMX-BF16 on x86, read from
+    /proc/cpuinfo on Linux); elsewhere, whether oneDNN supports bfloat16 at all."""
+    if sys.platform.startswith("linux"):
+        try:
+            with open("/proc/cpuinfo") as f:
+                flags = next((line for line in f if line.startswith("flags")), "").split()
+        except OSError:
+            flags = []
+        if flags:
+            return "avx512_bf16" in flags or "amx_bf16" in flags
+    return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
 
 
 # torch's TF32 and cuDNN flags are process-wide: CUDA calls that set them hold this lock, so two
@@ -67,6 +94,14 @@ class TorchRunner:
             raise ValueError(f"precision must be one of {sorted(PRECISIONS)}, got {precision!r}")
         if cuda_graphs and device.type != "cuda":
             raise ValueError("cuda_graphs=True needs device='cuda'")
+        cpu_bf16 = precision == "bfloat16" and device.type == "cpu"
+        if cpu_bf16 and not native_bfloat16():
+            warnings.warn(
+                "precision='bfloat16' on a CPU without native bfloat16 (no AVX512-BF16 or AMX): "
+                "oneDNN emulates it, which runs slower than float32; use precision='float32'",
+                RuntimeWarning,
+                stacklevel=3,
+            )
         self.device = device
         self.dtype = PRECISIONS[precision]
         self.precision = precision
@@ -75,8 +110,11 @@ class TorchRunner:
         self.graph.body.to(self.dtype)
         self.metadata = self.graph.metadata(image_size, precision=precision)
         self.providers = [f"torch ({precision}{', CUDA graphs' if cuda_graphs else ''})"]
-        # NHWC is cuDNN's native layout for tensor-core convolutions (default on CUDA).
-        self.channels_last = device.type == "cuda" if channels_last is None else channels_last
+        # NHWC is cuDNN's native layout for tensor-core convolutions (default on CUDA), and
+        # oneDNN's for bfloat16 convolutions on the CPU.
+        if channels_last is None:
+            channels_last = device.type == "cuda" or cpu_bf16
+        self.channels_last = channels_last
         if self.channels_last:
             self.graph.body.to(memory_format=torch.channels_last)
         self.cuda_graphs = cuda_graphs

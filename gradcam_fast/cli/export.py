@@ -7,6 +7,7 @@ from pathlib import Path
 
 from ..catalog import EXPORTABLE_METHODS
 from .options import EXIT_OK, add_network_options, network_options, pick
+from .precision import add_precision_options
 
 __all__ = ["DESCRIPTION", "HELP", "add_arguments", "run"]
 
@@ -40,6 +41,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     """The options of `gradcam-fast export`."""
     p.add_argument("-o", "--out", type=Path, required=True, help="output .onnx path")
     add_network_options(p)
+    add_precision_options(p, export=True)
     p.add_argument("--num-targets", "-k", type=int, default=1, help="maps per image (K)")
     p.add_argument("--opset", type=int, help="ONNX opset (default: the exporter's)")
     p.add_argument("--no-validate", action="store_true", help="skip the check against eager")

@@ -9,6 +9,7 @@ import sys
 from pathlib import Path
 
 from ..catalog import ARCHS
+from .precision import add_precision_options, precision_kwargs
 
 __all__ = [
     "EXIT_ERROR",
@@ -86,6 +87,7 @@ def add_model_options(parser: argparse.ArgumentParser) -> None:
     group = parser.add_argument_group("model")
     group.add_argument("--model", type=Path, help="an exported gradcam_fast .onnx file")
     add_network_options(group)
+    add_precision_options(group)
     group.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
     group.add_argument(
         "--tensorrt",
@@ -101,8 +103,10 @@ def pick(args: argparse.Namespace, *names: str) -> dict:
 
 
 def network_options(args: argparse.Namespace) -> dict:
-    """The network options as keyword arguments of `export_onnx` / `cache.cached_model`."""
-    return pick(args, "arch", "weights", "seed", "target_layer", "image_size")
+    """The network options (and the int8 ones, `precision.precision_kwargs`) as keyword
+    arguments of `export_onnx` / `cache.cached_model`."""
+    network = pick(args, "arch", "weights", "seed", "target_layer", "image_size")
+    return network | precision_kwargs(args)
 
 
 def session_options(args: argparse.Namespace) -> dict:

@@ -14,7 +14,14 @@ import sys
 import threading
 from pathlib import Path
 
-from .options import EXIT_ERROR, EXIT_OK, add_model_options, non_negative_float, positive
+from .options import (
+    EXIT_ERROR,
+    EXIT_OK,
+    add_model_options,
+    network_options,
+    non_negative_float,
+    positive,
+)
 
 __all__ = ["DESCRIPTION", "EPILOG", "HELP", "add_arguments", "run"]
 
@@ -36,12 +43,8 @@ def run(args: argparse.Namespace) -> int:
     if args.model is not None and not args.model.is_file():
         raise FileNotFoundError(f"--model {args.model}: no such file")
     model = args.model or cached_model(
-        args.arch,
-        args.weights,
-        target_layer=args.target_layer,
-        image_size=args.image_size,
+        **network_options(args),
         num_targets=args.num_targets,
-        seed=args.seed,
         gradients=not args.channel_weights_only,
     )
     started_ray = not ray.is_initialized()

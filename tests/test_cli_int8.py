@@ -1,0 +1,64 @@
+"""The int8 command-line options: `export --int8 --calibration DIR`, `--precision int8`."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from gradcam_fast import GradCAMSession
+from gradcam_fast.cli import main
+
+
+@pytest.fixture
+def photos(tmp_path):
+    folder = tmp_path / "calibration"
+    folder.mkdir()
+    rng = np.random.default_rng(0)
+    for i in range(8):
+        Image.fromarray(rng.integers(0, 256, (40, 40, 3), dtype=np.uint8)).save(folder / f"{i}.png")
+    return folder
+
+
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        (["export", "-o", "m.onnx", "--int8"], "int8 needs --calibration DIR"),
+        (["export", "-o", "m.onnx", "--calibration", "."], "--calibration is for int8 models"),
+        (["bench", "--precision", "int8"], "int8 needs --calibration DIR"),
+        (
+            ["bench", "--precision", "int8", "--calibration", ".", "--model", "m.onnx"],
+            "leave out --model",
+        ),
+    ],
+)
+def test_int8_option_mistakes_are_one_line_errors(tmp_path, monkeypatch, capsys, argv, message):
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("GRADCAM_FAST_CACHE", str(tmp_path / "cache"))
+    assert main(argv) == 2
+    assert message in capsys.readouterr().err
+    assert not (tmp_path / "m.onnx").exists() and not (tmp_path / "cache").exists()
+
+
+@pytest.mark.slow
+def test_export_int8_and_bench_precision_int8(tmp_path, monkeypatch, capsys, photos):
+    """A real VGG11 (random weights) at 32 px through the CLI; bench caches its int8 model under
+    a key holding the calibration set's hash."""
+    out = tmp_path / "vgg11-int8.onnx"
+    common = ["--arch", "vgg11", "--weights", "random", "--image-size", "32"]
+    assert main(["export", *common, "--int8", "--calibration", str(photos), "-o", str(out)]) == 0
+    meta = GradCAMSession(out, "cpu").metadata
+    assert (meta.precision, meta.calibration_images, meta.calibration_method) == (
+        "int8",
+        8,
+        "minmax",
+    )
+    monkeypatch.setenv("GRADCAM_FAST_CACHE", str(tmp_path / "cache"))
+    bench = ["bench", *common, "--batch-size", "2", "--rounds", "1", "--device", "cpu"]
+    assert main([*bench, "--precision", "int8", "--calibration", str(photos)]) == 0
+    assert "precision='int8'" not in capsys.readouterr().out  # the table only
+    cached = sorted(p.name for p in (tmp_path / "cache").glob("*.onnx"))
+    assert len(cached) == 1 and "-int8-minmax-" in cached[0]
+    Image.new("RGB", (40, 40), (9, 9, 9)).save(photos / "extra.png")
+    assert main([*bench, "--precision", "int8", "--calibration", str(photos)]) == 0
+    assert len(list((tmp_path / "cache").glob("*int8*.onnx"))) == 2  # another set, another model

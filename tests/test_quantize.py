@@ -1,0 +1,340 @@
+"""int8 export (quantize.py) and the bfloat16 torch backend: structure, bad input, fidelity.
+
+Fidelity is judged as issue 13 states it, on a small VGG trained here on a task with a known
+answer (one shape at a random position on noise, class = shape): per-map Pearson correlation of
+`cams_lowres` with the float32 session (median >= 0.98, worst >= 0.95), top-1 kept for at least
+15 of 16 images, and the pointing game (the map's maximum inside the shape) within 0.02 of
+float32.
+"""
+
+from __future__ import annotations
+
+import warnings
+from collections import Counter
+
+import numpy as np
+import onnx
+import pytest
+import torch
+import torch.nn.functional as F
+from PIL import Image
+from tiny_models import make_tiny_vgg
+
+from gradcam_fast import GradCAMSession, eager_gradcam, export_onnx
+from gradcam_fast.compare import LIMITS, compare_with_reference, failing_figures, map_correlations
+from gradcam_fast.export import ExportValidationError
+from gradcam_fast.metadata import ModelMetadata
+from gradcam_fast.quantize import MIN_CALIBRATION_IMAGES, calibration_fingerprint
+
+SIZE = 32
+
+
+def _noise(n: int, seed: int, size: int = SIZE) -> torch.Tensor:
+    return torch.randn(n, 3, size, size, generator=torch.Generator().manual_seed(seed))
+
+
+def _int8_ops(path) -> Counter:
+    return Counter(node.op_type for node in onnx.load(path).graph.node)
+
+
+@pytest.fixture(scope="module")
+def tiny():
+    return make_tiny_vgg()
+
+
+@pytest.mark.parametrize("gradients", [True, False])
+def test_int8_export_quantizes_the_body_only_and_passes_validation(tmp_path, tiny, gradients):
+    path = export_onnx(
+        tiny,
+        tmp_path / "m.onnx",
+        image_size=SIZE,
+        num_targets=2,
+        gradients=gradients,
+        quantize="int8",
+        calibration=_noise(16, 0),
+    )
+    ops = _int8_ops(path)
+    assert ops["QLinearConv"] == 3 and ops["Conv"] == 0  # every body conv in int8
+    # the head's three Linear layers (forward) and the written-out backward stay float32
+    assert ops["QLinearMatMul"] == ops["QGemm"] == ops["MatMulInteger"] == 0
+    assert ops["Gemm"] + ops["MatMul"] >= 3
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["m.onnx"]  # nothing else left
+    session = GradCAMSession(path, device="cpu")
+    meta = session.metadata
+    assert (meta.precision, meta.calibration_method, meta.calibration_images) == (
+        "int8",
+        "minmax",
+        16,
+    )
+    x = _noise(6, 5)
+    got = session(x, [[-1, 3]] * 6)
+    ref = eager_gradcam(tiny, x, got.target_classes)
+    errors = compare_with_reference(got, ref)
+    assert failing_figures(errors, "int8") == [], errors
+    assert errors["logits"] > 1e-4  # really quantized: not the float32 model
+    assert (got.channel_weights is None) == gradients
+
+
+@pytest.mark.parametrize(
+    ("cfg", "batch_norm", "layer", "body_convs"),
+    [
+        ((8, "M", 16, "M", 16, "M"), False, "features.2", 1),  # the first block's pool
+        ((8, "M", 16, "M", 16, "M"), True, "features.4", 2),  # BatchNorm folded, a bare conv
+        ((8, 8, "M", 16, "M"), False, None, 3),
+    ],
+)
+def test_int8_every_target_layer_and_depth(tmp_path, cfg, batch_norm, layer, body_convs):
+    model = make_tiny_vgg(cfg=cfg, batch_norm=batch_norm, seed=2)
+    path = export_onnx(
+        model,
+        tmp_path / "m.onnx",
+        image_size=SIZE,
+        target_layer=layer,
+        quantize="int8",
+        calibration=_noise(8, 1),
+    )
+    ops = _int8_ops(path)
+    assert ops["QLinearConv"] == body_convs  # the body's convs (BatchNorm folded in), no other
+    session = GradCAMSession(path, device="cpu")
+    assert session.metadata.target_layer == (layer or session.metadata.target_layer)
+
+
+def test_int8_raw_pixels(tmp_path, tiny):
+    pixels = torch.randint(0, 256, (8, SIZE, SIZE, 3), generator=torch.Generator().manual_seed(3))
+    path = export_onnx(
+        tiny,
+        tmp_path / "raw.onnx",
+        image_size=SIZE,
+        raw_pixels=True,
+        quantize="int8",
+        calibration=pixels.to(torch.uint8),
+    )
+    assert _int8_ops(path)["QLinearConv"] == 3
+
+
+def test_too_few_calibration_images_says_how_many(tmp_path, tiny):
+    with pytest.raises(ValueError, match=f"at least {MIN_CALIBRATION_IMAGES} images, got 3"):
+        export_onnx(
+            tiny, tmp_path / "m.onnx", image_size=SIZE, quantize="int8", calibration=_noise(3, 0)
+        )
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_calibration_folder_skips_and_names_unreadable_files(tmp_path, tiny):
+    folder = tmp_path / "cal"
+    folder.mkdir()
+    rng = np.random.default_rng(0)
+    for i in range(MIN_CALIBRATION_IMAGES):
+        pixels = rng.integers(0, 256, (40, 48, 3), dtype=np.uint8)
+        Image.fromarray(pixels).save(folder / f"img{i}.png")
+    (folder / "broken.jpg").write_bytes(b"not an image")
+    with pytest.warns(UserWarning, match=r"skipped 1 unreadable file.*broken\.jpg"):
+        path = export_onnx(
+            tiny, tmp_path / "m.onnx", image_size=SIZE, quantize="int8", calibration=folder
+        )
+    assert GradCAMSession(path, device="cpu").metadata.calibration_images == 8
+    (folder / "img0.png").unlink()
+    with (
+        pytest.raises(ValueError, match=f"at least {MIN_CALIBRATION_IMAGES} images, got 7"),
+        warnings.catch_warnings(),
+    ):
+        warnings.simplefilter("ignore")
+        export_onnx(tiny, tmp_path / "n.onnx", image_size=SIZE, quantize="int8", calibration=folder)
+    assert not (tmp_path / "n.onnx").exists()
+
+
+@pytest.mark.parametrize(
+    ("options", "message"),
+    [
+        ({"quantize": "int4", "calibration": _noise(8, 0)}, "quantize must be None or 'int8'"),
+        ({"quantize": "int8"}, "needs calibration images"),
+        ({"quantize": "int8", "calibration": _noise(8, 0), "fp16": True}, "exclude each other"),
+        ({"quantize": "int8", "calibration": _noise(8, 0)[:, :, :16]}, r"must be \[N, 3, 32, 32\]"),
+        ({"quantize": "int8", "calibration": "/nonexistent/cal"}, "does not exist"),
+        (
+            {"quantize": "int8", "calibration": _noise(8, 0), "calibration_method": "mean"},
+            "calibration method must be one of",
+        ),
+    ],
+)
+def test_bad_int8_options_are_refused(tmp_path, tiny, options, message):
+    with pytest.raises((ValueError, FileNotFoundError), match=message):
+        export_onnx(tiny, tmp_path / "m.onnx", image_size=SIZE, **options)
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_a_model_failing_validation_is_not_published(tmp_path, tiny, monkeypatch):
+    monkeypatch.setitem(LIMITS, "int8", {"logits": 1e-9})
+    with pytest.raises(ExportValidationError, match=r"\(int8\).*\['logits'\]"):
+        export_onnx(
+            tiny, tmp_path / "m.onnx", image_size=SIZE, quantize="int8", calibration=_noise(8, 0)
+        )
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_old_metadata_without_calibration_fields_still_reads():
+    meta = ModelMetadata("vgg19", "features.35", 224, 1, 1000, (0.5,) * 3, (0.2,) * 3, "random0")
+    props = meta.to_props()
+    del props["gradcam_fast.calibration_method"], props["gradcam_fast.calibration_images"]
+    back = ModelMetadata.from_props(props)
+    assert back == meta and back.calibration_images == 0
+
+
+def test_calibration_fingerprint_tells_sets_apart(tmp_path):
+    a, b = _noise(8, 0), _noise(8, 1)
+    assert calibration_fingerprint(a) == calibration_fingerprint(a.clone())
+    assert calibration_fingerprint(a) != calibration_fingerprint(b)
+    folder = tmp_path / "f"
+    folder.mkdir()
+    Image.new("RGB", (8, 8), (1, 2, 3)).save(folder / "a.png")
+    first = calibration_fingerprint(folder)
+    Image.new("RGB", (8, 8), (1, 2, 4)).save(folder / "a.png")
+    assert calibration_fingerprint(folder) != first
+
+
+def test_map_correlations():
+    a = torch.rand(2, 3, 5, 5, generator=torch.Generator().manual_seed(0))
+    corr = map_correlations(a, 2 * a + 1)
+    assert torch.allclose(corr, torch.ones_like(corr), atol=1e-12)
+    assert map_correlations(a, -a).max().item() == pytest.approx(-1.0)
+    flat = torch.zeros(1, 5, 5)
+    assert map_correlations(flat, flat).item() == 1.0
+    assert map_correlations(flat, a[0, :1]).item() == 0.0
+    nan = a.clone()
+    nan[0, 0, 0, 0] = float("nan")
+    assert torch.isnan(map_correlations(nan, a)[0, 0])  # a NaN map never passes a >= limit
+
+
+# bfloat16 torch backend ---------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("batch_norm", [False, True])
+def test_bfloat16_torch_backend_matches_eager_within_limits(batch_norm):
+    model = make_tiny_vgg(batch_norm=batch_norm)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)  # a CPU without native bfloat16
+        session = GradCAMSession.from_model(
+            model, image_size=40, num_targets=2, device="cpu", precision="bfloat16"
+        )
+    x = _noise(4, 0, 40)
+    got = session(x)
+    assert got.cams.dtype == got.logits.dtype == got.gradients.dtype == torch.float32
+    assert next(session._runner.graph.body.parameters()).dtype == torch.bfloat16
+    assert session._runner.graph.head[-1].weight.dtype == torch.float32  # head stays float32
+    ref = eager_gradcam(model, x, got.target_classes)
+    errors = compare_with_reference(got, ref)
+    assert failing_figures(errors, "bfloat16") == [], errors
+    assert errors["activations"] > 1e-5  # really bfloat16
+
+
+def test_bfloat16_warns_on_a_cpu_without_native_support(monkeypatch):
+    from gradcam_fast import torch_backend
+
+    monkeypatch.setattr(torch_backend, "native_bfloat16", lambda: False)
+    with pytest.warns(RuntimeWarning, match="without native bfloat16.*slower than float32"):
+        GradCAMSession.from_model(
+            make_tiny_vgg(), image_size=40, device="cpu", precision="bfloat16"
+        )
+
+
+# fidelity on a trained network --------------------------------------------------------------
+
+SHAPES = ("square", "frame", "cross")
+TASK_SIZE = 32
+
+
+def _shape_images(n: int, seed: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Images of one shape (class = shape index) at a random place on noise, and its masks."""
+    gen = torch.Generator().manual_seed(seed)
+    labels = torch.randint(0, len(SHAPES), (n,), generator=gen)
+    images = 0.6 * torch.randn(n, 3, TASK_SIZE, TASK_SIZE, generator=gen)
+    masks = torch.zeros(n, TASK_SIZE, TASK_SIZE, dtype=torch.bool)
+    yy, xx = torch.meshgrid(torch.arange(TASK_SIZE), torch.arange(TASK_SIZE), indexing="ij")
+    for i in range(n):
+        r = int(torch.randint(5, 8, (1,), generator=gen))
+        cy, cx = (int(v) for v in torch.randint(r, TASK_SIZE - r, (2,), generator=gen))
+        dy, dx = (yy - cy).abs(), (xx - cx).abs()
+        kind = SHAPES[labels[i]]
+        if kind == "square":
+            mask = (dy <= r) & (dx <= r)
+        elif kind == "frame":
+            mask = (dy <= r) & (dx <= r) & ((dy >= r - 2) | (dx >= r - 2))
+        else:
+            mask = ((dy <= r) & (dx <= r // 3)) | ((dx <= r) & (dy <= r // 3))
+        masks[i] = mask
+        images[i, :, mask] = 2.0
+    return images, labels, masks
+
+
+@pytest.fixture(scope="module")
+def trained():
+    """A small VGG trained for a few seconds on the shapes task (above 90% accuracy)."""
+    model = make_tiny_vgg(cfg=(16, "M", 32, "M", 32, "M"), num_classes=3, hidden=64, seed=0)
+    images, labels, _ = _shape_images(1024, seed=10)
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(0)
+        for m in model.classifier:  # make_tiny_vgg's wide init and dropout train slowly
+            if isinstance(m, torch.nn.Dropout):
+                m.p = 0.0
+            if isinstance(m, torch.nn.Linear):
+                torch.nn.init.kaiming_uniform_(m.weight, a=5**0.5)
+                torch.nn.init.zeros_(m.bias)
+        model.train()
+        opt = torch.optim.Adam(model.parameters(), lr=3e-3)
+        for _ in range(6):
+            for i in range(0, len(images), 64):
+                loss = F.cross_entropy(model(images[i : i + 64]), labels[i : i + 64])
+                opt.zero_grad()
+                loss.backward()
+                opt.step()
+    model.eval()
+    test_images, test_labels, _ = _shape_images(256, seed=11)
+    with torch.no_grad():
+        accuracy = (model(test_images).argmax(1) == test_labels).double().mean().item()
+    assert accuracy >= 0.9, f"the shapes task did not train ({accuracy:.2f})"
+    return model
+
+
+def _pointing_game(cams: torch.Tensor, masks: torch.Tensor) -> float:
+    flat = cams[:, 0].flatten(1).argmax(1)
+    return masks.flatten(1).gather(1, flat[:, None]).double().mean().item()
+
+
+def test_int8_fidelity_on_a_trained_vgg(tmp_path, trained):
+    calibration, _, _ = _shape_images(32, seed=20)
+    float_path = export_onnx(trained, tmp_path / "f32.onnx", image_size=TASK_SIZE)
+    int8_path = export_onnx(
+        trained,
+        tmp_path / "int8.onnx",
+        image_size=TASK_SIZE,
+        quantize="int8",
+        calibration=calibration,
+    )
+    images, labels, masks = _shape_images(128, seed=21)  # held out from training and calibration
+    reference = GradCAMSession(float_path, device="cpu")(images, labels[:, None])
+    int8 = GradCAMSession(int8_path, device="cpu")(images, labels[:, None])
+    corr = map_correlations(int8.cams_lowres, reference.cams_lowres).flatten()
+    assert corr.median().item() >= 0.98 and corr.min().item() >= 0.95, corr.sort().values[:5]
+    kept = (int8.logits.argmax(1) == reference.logits.argmax(1)).double().mean().item()
+    assert kept >= 15 / 16
+    float_pointing = _pointing_game(reference.cams, masks)
+    # the trained model's maps point at the shape well above chance (the shape covers ~15%)
+    assert float_pointing >= 0.3, float_pointing
+    assert abs(_pointing_game(int8.cams, masks) - float_pointing) <= 0.02
+
+
+def test_bfloat16_fidelity_on_a_trained_vgg(trained):
+    images, labels, masks = _shape_images(128, seed=21)
+    reference = GradCAMSession.from_model(trained, image_size=TASK_SIZE, device="cpu")(
+        images, labels[:, None]
+    )
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)
+        session = GradCAMSession.from_model(
+            trained, image_size=TASK_SIZE, device="cpu", precision="bfloat16"
+        )
+    got = session(images, labels[:, None])
+    corr = map_correlations(got.cams_lowres, reference.cams_lowres).flatten()
+    assert corr.median().item() >= 0.98 and corr.min().item() >= 0.95
+    assert (got.logits.argmax(1) == reference.logits.argmax(1)).double().mean().item() >= 15 / 16
+    assert abs(_pointing_game(got.cams, masks) - _pointing_game(reference.cams, masks)) <= 0.02
