@@ -26,6 +26,7 @@ from .metadata import (
 )
 from .models import load_vgg
 from .pixels import RawPixelGradCAM, normalize_pixels
+from .quantize import body_nodes
 
 __all__ = ["ExportValidationError", "export_onnx", "validate_onnx"]
 
@@ -202,13 +203,7 @@ def _to_float16(proto: onnx.ModelProto) -> onnx.ModelProto:
     resolution and the written-out backward stay float32, with casts at the boundary."""
     from onnxruntime.transformers.float16 import convert_float_to_float16
 
-    producers = {out: node for node in proto.graph.node for out in node.output}
-    body, stack = set(), ["activations"]
-    while stack:
-        node = producers.get(stack.pop())
-        if node is not None and node.name not in body:
-            body.add(node.name)
-            stack.extend(node.input)
+    body = body_nodes(proto)
     head = [node.name for node in proto.graph.node if node.name not in body]
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")

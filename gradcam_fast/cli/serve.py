@@ -14,14 +14,8 @@ import sys
 import threading
 from pathlib import Path
 
-from .options import (
-    EXIT_ERROR,
-    EXIT_OK,
-    add_model_options,
-    network_options,
-    non_negative_float,
-    positive,
-)
+from . import options
+from .options import non_negative_float, positive
 
 __all__ = ["DESCRIPTION", "EPILOG", "HELP", "add_arguments", "run"]
 
@@ -37,13 +31,13 @@ def run(args: argparse.Namespace) -> int:
         from ..serve import app
     except ImportError:
         print(f"gradcam-fast: error: serve {INSTALL_HINT}", file=sys.stderr)
-        return EXIT_ERROR
+        return options.EXIT_ERROR
     from ..cache import cached_model
 
     if args.model is not None and not args.model.is_file():
         raise FileNotFoundError(f"--model {args.model}: no such file")
     model = args.model or cached_model(
-        **network_options(args),
+        **options.network_options(args),
         num_targets=args.num_targets,
         gradients=not args.channel_weights_only,
     )
@@ -91,7 +85,7 @@ def run(args: argparse.Namespace) -> int:
         else:  # a cluster this command did not start: remove only this application
             serve.delete(APP_NAME)
     print("gradcam-fast: stopped", file=sys.stderr)
-    return EXIT_OK
+    return options.EXIT_OK
 
 
 HELP = "serve Grad-CAM over HTTP on Ray Serve (batched, replicated)"
@@ -148,7 +142,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         default=os.environ.get("RAY_ADDRESS"),
         help="Ray cluster to run on (default: $RAY_ADDRESS, else a local Ray on this machine)",
     )
-    add_model_options(p)
+    options.add_model_options(p)
     model = p.add_argument_group("model to export (without --model)")
     model.add_argument(
         "-k",
