@@ -189,7 +189,7 @@ def test_outputs_that_fail_to_write_fail_their_files(capsys, float_model, tmp_pa
     def disk_full(*args, **kwargs):
         raise OSError(28, "No space left on device")
 
-    monkeypatch.setattr("gradcam_fast.explain.save_png", disk_full)
+    monkeypatch.setattr("gradcam_fast.steps.save_png", disk_full)
     out = tmp_path / "out"
     status, err = explain(capsys, CAT, COFFEE, "--out", out, "--model", float_model, "-q")
     assert status == EXIT_SOME_FAILED
