@@ -54,7 +54,7 @@ def fidelity(model, folder: Path, images: torch.Tensor, method: str) -> dict[str
     from gradcam_fast import GradCAMSession, export_onnx
     from gradcam_fast.compare import map_correlations
 
-    f32 = GradCAMSession(folder / "gradcam_lean.onnx", device="cpu")
+    f32 = GradCAMSession(folder / "gradcam_channel_weights.onnx", device="cpu")
     ref = f32(images, -1)
     classes = ref.target_classes
     halves = [torch.arange(len(images))[i::2] for i in (0, 1)]
@@ -176,7 +176,7 @@ def main(argv: list[str] | None = None) -> int:
     with tempfile.TemporaryDirectory(prefix="gradcam-lowp-") as tmp:
         folder = Path(tmp)
         export_onnx(model, folder / "gradcam_k1.onnx", validate=False)
-        export_onnx(model, folder / "gradcam_lean.onnx", gradients=False, validate=False)
+        export_onnx(model, folder / "gradcam_channel_weights.onnx", gradients=False, validate=False)
         for name, k in (("gradcam_int8", 1), ("int8_k5", 5)):
             export_onnx(model, folder / f"{name}.onnx", gradients=False, num_targets=k,
                         quantize="int8", calibration=calib, calibration_method=args.method,
