@@ -5,13 +5,12 @@ TensorRT's boolean options in the form ONNX Runtime's Python binding accepts."""
 from __future__ import annotations
 
 import ctypes
-import ctypes as ctypes_module
 
 import pytest
 import torch
 from tiny_models import make_tiny_vgg
 
-from gradcam_fast import GradCAMSession, export_onnx, ort_backend, runtime
+from gradcam_fast import GradCAMSession, export_onnx, ort_backend, providers, runtime
 from gradcam_fast.metadata import NotAGradCAMModel
 
 CUDA = torch.device("cuda", 0)
@@ -70,10 +69,10 @@ def test_a_provider_that_is_not_built_in_does_not_load():
 
 def test_a_listed_provider_whose_library_fails_to_load_is_not_available(gpu_listed, monkeypatch):
     """onnxruntime-gpu lists TensorRT without TensorRT installed: only loading tells."""
-    monkeypatch.setattr(ctypes_module, "CDLL", _loader_failing_on("libnvinfer.so.10"))
+    monkeypatch.setattr(providers.ctypes, "CDLL", _loader_failing_on("libnvinfer.so.10"))
     assert not ort_backend.tensorrt_available()
     assert "libnvinfer.so.10" in ort_backend.provider_load_error("TensorrtExecutionProvider")
-    monkeypatch.setattr(ctypes_module, "CDLL", lambda name, mode=0: object())
+    monkeypatch.setattr(providers.ctypes, "CDLL", lambda name, mode=0: object())
     assert ort_backend.tensorrt_available()
 
 
@@ -92,7 +91,7 @@ def test_cuda_that_does_not_load_names_what_is_missing(
     """ONNX Runtime logs a warning and builds a CPU session when the CUDA provider's library does
     not load (seen with onnxruntime-gpu 1.31.1, enable_fallback=0 too): the session refuses, and
     says which library is missing."""
-    monkeypatch.setattr(ctypes_module, "CDLL", _loader_failing_on(missing))
+    monkeypatch.setattr(providers.ctypes, "CDLL", _loader_failing_on(missing))
     with pytest.raises(RuntimeError, match="did not start its CUDAExecutionProvider") as info:
         GradCAMSession(tiny_onnx, device="cuda")
     assert missing in str(info.value) and named in str(info.value)
@@ -101,7 +100,7 @@ def test_cuda_that_does_not_load_names_what_is_missing(
 def test_forced_cuda_on_a_cpu_onnxruntime_raises_never_a_cpu_session(gpu_listed, tiny_onnx):
     """The real (CPU) onnxruntime, told CUDA is there: it builds a CPU session, which must never
     reach the caller; the error names the provider library that is not there."""
-    assert ctypes_module.CDLL is ctypes.CDLL  # the real loader
+    assert providers.ctypes.CDLL is ctypes.CDLL  # the real loader
     with pytest.raises(RuntimeError, match="did not start its CUDAExecutionProvider") as info:
         GradCAMSession(tiny_onnx, device="cuda")
     assert "libonnxruntime_providers_cuda" in str(info.value)
@@ -110,7 +109,7 @@ def test_forced_cuda_on_a_cpu_onnxruntime_raises_never_a_cpu_session(gpu_listed,
 def test_session_creation_never_falls_back(gpu_listed, monkeypatch, tiny_onnx):
     """Fall-back is off before creation (ONNX Runtime otherwise retries on the CPU, or on CUDA
     for TensorRT, and only prints the error); the real error comes out with what is missing."""
-    monkeypatch.setattr(ctypes_module, "CDLL", _loader_failing_on("libnvinfer.so.10"))
+    monkeypatch.setattr(providers.ctypes, "CDLL", _loader_failing_on("libnvinfer.so.10"))
     calls, failure = [], {}
 
     def failing_session(path, options, providers, **kwargs):
@@ -122,21 +121,21 @@ def test_session_creation_never_falls_back(gpu_listed, monkeypatch, tiny_onnx):
         "onnxruntime_pybind_state.cc:729 RegisterTensorRTPluginsAsCustomOps Please install "
         "TensorRT libraries as mentioned in the GPU requirements page"
     )
-    providers = [
+    provider_list = [
         ("TensorrtExecutionProvider", {}),
         ("CUDAExecutionProvider", {}),
         "CPUExecutionProvider",
     ]
     with pytest.raises(RuntimeError, match="could not start TensorrtExecutionProvider") as info:
-        ort_backend._open(tiny_onnx, ort_backend.session_options(1), providers)
+        ort_backend._open(tiny_onnx, ort_backend.session_options(1), provider_list)
     assert calls == [{"enable_fallback": 0}]
     assert "libnvinfer.so.10" in str(info.value) and "pip install tensorrt" in str(info.value)
 
     failure["error"] = RuntimeError("CUDNN failure 1003: CUDNN_STATUS_BAD_PARAM")
     with pytest.raises(RuntimeError, match=r"could not start CUDAExecutionProvider.*CUDNN"):
-        ort_backend._open(tiny_onnx, ort_backend.session_options(1), providers[1:])
+        ort_backend._open(tiny_onnx, ort_backend.session_options(1), provider_list[1:])
 
     # a broken model file stays a model error, whatever the providers
     failure["error"] = RuntimeError("Load model from x.onnx failed: Protobuf parsing failed")
     with pytest.raises(NotAGradCAMModel, match="not a readable ONNX model"):
-        ort_backend._open(tiny_onnx, ort_backend.session_options(1), providers[1:])
+        ort_backend._open(tiny_onnx, ort_backend.session_options(1), provider_list[1:])
