@@ -2,9 +2,17 @@
 
 The convolutions up to the target layer (19.6 of VGG19's 19.7 GMAC) become QLinearConv with
 per-channel int8 weights and uint8 activations whose ranges come from calibration images; the
-head above the target layer, its written-out backward and the target resolution stay float32
-(int8 gradients would be meaningless). QOperator format after `quant_pre_process`: measured here
-2-3.6x faster than float32, while the QDQ format ran slower than float32 on this CPU (issue 13).
+head above the target layer, its written-out backward and the target resolution keep float32
+activations and gradients (int8 gradients would be meaningless). QOperator format after
+`quant_pre_process`: measured here 2-3.6x faster than float32, while the QDQ format ran slower
+than float32 on this CPU (issue 13).
+
+The head's Linear weights (VGG19's first Linear alone is 392 MiB, read once per call: most of
+the batch-1 time once the convolutions are int8) are then stored in int8 too, block-wise with a
+float scale per HEAD_BLOCK_SIZE weights (ONNX Runtime's MatMulNBits, 8 bits, accuracy level 4:
+each block of the float activations or gradients is quantized on the fly). Calibration plays no
+part there, so unlike a static QGemm (which kept VGG19's top-1 class for 14 of 16 photos) it
+moves the logits by about as much as the int8 body does (benchmarks/RESULTS.md).
 
 `export_onnx(..., quantize="int8", calibration=...)` calls `quantize_body`; the model is then
 judged against the float32 eager reference with `export.LIMITS["int8"]` (map similarity, not
@@ -27,12 +35,14 @@ import torch
 
 __all__ = [
     "CALIBRATION_METHODS",
+    "HEAD_BLOCK_SIZE",
     "MIN_CALIBRATION_IMAGES",
     "body_nodes",
     "calibration_fingerprint",
     "calibration_images",
     "quantize_body",
     "quantize_for_export",
+    "quantize_head_weights",
 ]
 
 log = logging.getLogger(__name__)
@@ -43,6 +53,7 @@ MIN_CALIBRATION_IMAGES = 8
 CALIBRATION_METHODS = ("minmax", "percentile", "entropy")
 CALIBRATION_BATCH = 4  # images per calibration run (bounds the augmented model's memory)
 VALIDATE_IMAGES = 8  # calibration images the exported int8 model is validated on
+HEAD_BLOCK_SIZE = 128  # head weights per float scale (MatMulNBits block size)
 
 
 def calibration_images(
@@ -153,11 +164,83 @@ def body_nodes(proto: onnx.ModelProto) -> set[str]:
     return body
 
 
-def _largest_matmul(proto: onnx.ModelProto, body: set[str]) -> str:
-    """The head's Gemm/MatMul with the largest weight initializer: VGG's first Linear."""
-    sizes = {i.name: int(np.prod(i.dims)) for i in proto.graph.initializer}
-    nodes = [n for n in proto.graph.node if n.op_type in ("Gemm", "MatMul") and n.name not in body]
-    return max(nodes, key=lambda n: max(sizes.get(i, 0) for i in n.input)).name
+def _gemms_as_matmuls(proto: onnx.ModelProto, body: set[str]) -> set[str]:
+    """Each head Gemm with a constant weight (VGG's Linear layers) rewritten in place as MatMul
+    (+ Add for a bias), the form ONNX Runtime's MatMulNBits quantizer takes. Returns the names
+    of the Linear weights (both orientations) and of `channel_sums`, which is derived from one."""
+    from onnx import helper, numpy_helper
+
+    graph = proto.graph
+    inits = {i.name: i for i in graph.initializer}
+    weights = {"channel_sums"}  # GradCAMGraph's per-channel sums of the first Linear weight
+    for index, node in enumerate(list(graph.node)):
+        if node.op_type != "Gemm" or node.name in body or node.input[1] not in inits:
+            continue
+        attrs = {a.name: helper.get_attribute_value(a) for a in node.attribute}
+        if (
+            attrs.get("transA", 0)
+            or attrs.get("alpha", 1.0) != 1.0
+            or attrs.get("beta", 1.0) != 1.0
+        ):
+            continue
+        weight = inits[node.input[1]]
+        weights.add(weight.name)  # the backward's MatMuls read it as it is
+        if attrs.get("transB", 0):
+            array = numpy_helper.to_array(weight).T
+            weight = numpy_helper.from_array(np.ascontiguousarray(array), f"{weight.name}_t")
+            graph.initializer.append(weight)
+            weights.add(weight.name)
+        has_bias = len(node.input) > 2 and node.input[2]
+        product = f"{node.output[0]}_matmul" if has_bias else node.output[0]
+        nodes = [helper.make_node("MatMul", [node.input[0], weight.name], [product], node.name)]
+        if has_bias:
+            nodes.append(
+                helper.make_node(
+                    "Add", [product, node.input[2]], [node.output[0]], f"{node.name}_bias"
+                )
+            )
+        graph.node.remove(node)
+        for offset, new in enumerate(nodes):
+            graph.node.insert(index + offset, new)
+    used = {name for n in graph.node for name in n.input}
+    for init in [i for i in graph.initializer if i.name not in used]:
+        graph.initializer.remove(init)
+    return weights
+
+
+def quantize_head_weights(proto: onnx.ModelProto, body: set[str]) -> onnx.ModelProto:
+    """The head's Linear weights (forward and written-out backward) stored in int8, block-wise
+    (MatMulNBits, 8 bits, HEAD_BLOCK_SIZE, symmetric, accuracy level 4); see the module note.
+    Other constant matrices (adaptive-pooling bins) stay float32."""
+    root = logging.getLogger()
+    handlers, root_level = list(root.handlers), root.level
+    # that module calls logging.basicConfig(level=INFO) when imported: undo it for our users
+    from onnxruntime.quantization.matmul_nbits_quantizer import MatMulNBitsQuantizer
+
+    root.handlers[:] = handlers
+    root.setLevel(root_level)
+    weights = _gemms_as_matmuls(proto, body)
+    keep = sorted(
+        node.name
+        for node in proto.graph.node
+        if node.op_type == "MatMul" and (node.name in body or node.input[1] not in weights)
+    )
+    quantizer_log = logging.getLogger("onnxruntime.quantization.matmul_nbits_quantizer")
+    level = quantizer_log.level
+    quantizer_log.setLevel(logging.WARNING)  # it logs every node at INFO
+    try:
+        quantizer = MatMulNBitsQuantizer(
+            proto,
+            bits=8,
+            block_size=HEAD_BLOCK_SIZE,
+            is_symmetric=True,
+            accuracy_level=4,
+            nodes_to_exclude=keep,
+        )
+        quantizer.process()
+    finally:
+        quantizer_log.setLevel(level)
+    return quantizer.model.model
 
 
 class _Reader:
@@ -215,14 +298,14 @@ def quantize_body(
     images: torch.Tensor,
     num_targets: int,
     method: str = "minmax",
-    classifier: bool = False,
+    head_weights: bool = True,
 ) -> onnx.ModelProto:
     """`proto` (a float32 gradcam_fast graph) with its body statically quantized to int8,
     calibrated on `images` (the model's input format); every node above the target layer stays
     float32. Intermediate files live in a temporary folder that is always removed.
 
-    `classifier=True` also quantizes the head's first Linear forward (a QGemm): measured in
-    benchmarks/RESULTS.md, not used by export_onnx (it cost top-1 agreement on VGG19)."""
+    `head_weights` also stores the head's Linear weights in int8 (quantize_head_weights); False
+    keeps them float32 (benchmarks/lowp.py measures both)."""
     from onnxruntime.quantization import (
         CalibrationDataReader,
         CalibrationMethod,
@@ -250,8 +333,6 @@ def quantize_body(
         quant_pre_process(source, prepared, skip_symbolic_shape=True)
         graph = onnx.load(prepared)
         body = body_nodes(graph)
-        if classifier:
-            body.add(_largest_matmul(graph, body))
         del graph
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
@@ -268,5 +349,10 @@ def quantize_body(
                 calibration_providers=["CPUExecutionProvider"],
             )
         result = onnx.load(quantized)
-    log.info("int8 ops: %s", Counter(n.op_type for n in result.graph.node if "Q" in n.op_type))
+    if head_weights:
+        result = quantize_head_weights(result, body_nodes(result))
+    log.info(
+        "int8 ops: %s",
+        Counter(n.op_type for n in result.graph.node if "Q" in n.op_type or "Bits" in n.op_type),
+    )
     return result

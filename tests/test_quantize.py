@@ -55,9 +55,19 @@ def test_int8_export_quantizes_the_body_only_and_passes_validation(tmp_path, tin
     )
     ops = _int8_ops(path)
     assert ops["QLinearConv"] == 3 and ops["Conv"] == 0  # every body conv in int8
-    # the head's three Linear layers (forward) and the written-out backward stay float32
-    assert ops["QLinearMatMul"] == ops["QGemm"] == ops["MatMulInteger"] == 0
-    assert ops["Gemm"] + ops["MatMul"] >= 3
+    # the head's Linear weights in int8 blocks (three forward, two backward), its activations
+    # and gradients float32: no statically quantized head op, no float Linear weight left
+    assert ops["MatMulNBits"] == 5, ops
+    assert ops["QLinearMatMul"] == ops["QGemm"] == ops["MatMulInteger"] == ops["Gemm"] == 0
+    proto = onnx.load(path)
+    float_matrices = {
+        i.name for i in proto.graph.initializer
+        if len(i.dims) == 2 and i.data_type == onnx.TensorProto.FLOAT
+    }  # fmt: skip
+    weights = {n for n in float_matrices if not n.endswith("_scales")}  # not the block scales
+    assert not {n for n in weights if "weight" in n or n == "channel_sums"} - {
+        "head.9.weight"  # the last Linear's rows, gathered for the targets' gradients
+    }, float_matrices
     assert sorted(p.name for p in tmp_path.iterdir()) == ["m.onnx"]  # nothing else left
     session = GradCAMSession(path, device="cpu")
     meta = session.metadata
@@ -110,6 +120,24 @@ def test_int8_raw_pixels(tmp_path, tiny):
         calibration=pixels.to(torch.uint8),
     )
     assert _int8_ops(path)["QLinearConv"] == 3
+
+
+def test_int8_model_on_cuda_is_refused_naming_the_alternative(tmp_path, tiny, monkeypatch):
+    """ONNX Runtime's CUDA provider has no QLinearConv: an int8 model asked for CUDA is refused
+    instead of running its convolutions on the CPU. Simulated here on a CPU session: only the
+    device type decides."""
+    from gradcam_fast import ort_backend
+
+    path = export_onnx(
+        tiny, tmp_path / "q.onnx", image_size=SIZE, quantize="int8", calibration=_noise(8, 0)
+    )
+    monkeypatch.setattr(ort_backend, "providers_for", lambda *a: ["CPUExecutionProvider"])
+    monkeypatch.setattr(ort_backend, "cuda_provider_options", lambda *a, **k: {})
+    with pytest.raises(ValueError, match=r"int8 model, which runs on the CPU only.*--fp16"):
+        ort_backend.OrtRunner(path, torch.device("cuda"))
+    float_path = export_onnx(tiny, tmp_path / "f.onnx", image_size=SIZE, validate=False)
+    with pytest.raises(RuntimeError, match="did not start"):  # past the int8 check
+        ort_backend.OrtRunner(float_path, torch.device("cuda"))
 
 
 def test_too_few_calibration_images_says_how_many(tmp_path, tiny):
