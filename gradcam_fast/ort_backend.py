@@ -177,15 +177,6 @@ class OrtRunner:
         if tensorrt_options is not None:  # where TensorRT keeps its engines
             Path(tensorrt_options["trt_engine_cache_path"]).mkdir(parents=True, exist_ok=True)
         self.session = _open(path, options, providers)
-        props = self.session.get_modelmeta().custom_metadata_map
-        self.metadata = ModelMetadata.from_props(props, source=str(path))
-        if device.type == "cuda" and self.metadata.precision == "int8":
-            raise ValueError(
-                f"{path} is an int8 model, which runs on the CPU only: ONNX Runtime's CUDA "
-                "provider has no int8 convolution (QLinearConv) and would run each one on the "
-                "CPU with copies in between. On a GPU use a float16 export (`export --fp16`) or "
-                "GradCAMSession.from_model(..., precision='float16')"
-            )
         self.providers: list[str] = self.session.get_providers()
         wanted = TENSORRT_EP if tensorrt_options is not None else CUDA_EP
         if device.type == "cuda" and self.providers[0] != wanted:
@@ -195,6 +186,15 @@ class OrtRunner:
                 f"{what_is_missing(wanted)}; onnxruntime-gpu needs the driver, CUDA and cuDNN "
                 "(and for TensorRT, TensorRT) libraries (import torch before creating the "
                 "session, or call onnxruntime.preload_dlls())"
+            )
+        props = self.session.get_modelmeta().custom_metadata_map
+        self.metadata = ModelMetadata.from_props(props, source=str(path))
+        if device.type == "cuda" and self.metadata.precision == "int8":
+            raise ValueError(
+                f"{path} is an int8 model, which runs on the CPU only: ONNX Runtime's CUDA "
+                "provider has no int8 convolution (QLinearConv) and would run each one on the "
+                "CPU with copies in between. On a GPU use a float16 export (`export --fp16`) or "
+                "GradCAMSession.from_model(..., precision='float16')"
             )
         self._check_io(path)
         self._local = threading.local()

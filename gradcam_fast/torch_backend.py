@@ -3,9 +3,13 @@
 On CUDA it can capture one CUDA graph per batch size (static input and output buffers, replayed
 under a lock), run the body below the target layer in float16 (the head stays float32, see
 GradCAMGraph.forward) and keeps TF32 off on the strict float32 path. On the CPU the body can run
-in bfloat16 (channels-last, oneDNN), meant for CPUs with native bfloat16 (AVX512-BF16 or AMX;
-elsewhere oneDNN emulates it and a warning says it will be slow). Measured on VGG19 here it was
-not faster than float32 yet (benchmarks/RESULTS.md, int8 and bfloat16 section).
+in bfloat16 (oneDNN), meant for CPUs with native bfloat16 (AVX512-BF16 or AMX; elsewhere oneDNN
+emulates it and a warning says it will be slow). The body runs channels-last by default.
+
+On this project's Zen 4 CPU bfloat16 is slower than float32: torch's bfloat16 GEMM reaches 160
+GFLOP/s against 280 in float32, and each oneDNN bfloat16 convolution of VGG19 takes longer than
+its float32 twin (benchmarks/RESULTS.md, int8 and bfloat16 section). It pays where bfloat16 has
+more throughput than float32 (AMX on Intel Xeon).
 """
 
 from __future__ import annotations
@@ -110,10 +114,10 @@ class TorchRunner:
         self.graph.body.to(self.dtype)
         self.metadata = self.graph.metadata(image_size, precision=precision)
         self.providers = [f"torch ({precision}{', CUDA graphs' if cuda_graphs else ''})"]
-        # NHWC is cuDNN's native layout for tensor-core convolutions (default on CUDA), and
-        # oneDNN's for bfloat16 convolutions on the CPU.
+        # NHWC is cuDNN's native layout for tensor-core convolutions, and oneDNN's fastest on
+        # the CPU (VGG19's body 1.16x faster at batch 1 and 1.23x at batch 8 in float32 here).
         if channels_last is None:
-            channels_last = device.type == "cuda" or cpu_bf16
+            channels_last = True
         self.channels_last = channels_last
         if self.channels_last:
             self.graph.body.to(memory_format=torch.channels_last)
