@@ -34,7 +34,7 @@ from benchmarks.interleaved import interleave, round_robin_ratios
 
 ROOT = Path(__file__).resolve().parents[1]
 PHOTOS = [ROOT / "examples" / "images", ROOT / "examples" / "fidelity_photos"]
-ROUNDS = {1: 5, 8: 3, 32: 2}
+ROUNDS = {1: 7, 8: 5, 32: 2}
 PEERS = ("eager_autograd", "pytorch_grad_cam", "captum", "torchcam")
 PEER_MAX_BATCH = 8
 SESSIONS = ("gradcam_fast", "gradcam_fast_lean", "gradcam_fast_int8", "torch_float32",

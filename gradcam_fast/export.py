@@ -115,8 +115,10 @@ def export_onnx(
     (per-channel weights, uint8 activations, ONNX Runtime's QOperator format), its activation
     ranges taken from `calibration` (a folder of images, or a tensor in the model's input
     format; at least `quantize.MIN_CALIBRATION_IMAGES`) with `calibration_method` (minmax,
-    percentile or entropy); the head and its backward stay float32. Validated on calibration
-    images with LIMITS["int8"]; the file is only written when it passes. See quantize.py.
+    percentile or entropy). The head's Linear weights are stored in int8 blocks too (weight-only,
+    ONNX Runtime's MatMulNBits); its activations and the written-out backward's gradients stay
+    float32. Validated on calibration images with LIMITS["int8"]; the file is only written when
+    it passes. See quantize.py.
     """
     if method is not None and not maps:
         raise ValueError(f"method={method!r} names the maps' method: pass maps=True with it")

@@ -2,10 +2,17 @@
 
 `GradCAMDeployment` answers HTTP (docs/serving.md): `GET /healthz`, `GET /stats` and
 `POST /explain` with an image file as the body. A request is checked (query, body size) on the
-event loop and decoded in a thread pool; decoded requests are coalesced by `@serve.batch` (up to
-`max_batch_size`, waiting at most `batch_wait_ms` for more) into one session call per CAM method,
-run in the replica's one inference thread, so the loop keeps reading and decoding the next
-requests meanwhile. Bad input gets a 4xx with `{"error": ...}` naming the problem; anything else a
+event loop and decoded in a thread pool; decoded requests are coalesced by `@serve.batch` into
+one session call per CAM method, run in the replica's one inference thread, so the loop keeps
+reading and decoding the next requests meanwhile.
+
+Batches adapt to the load: the next batch expects as many requests as the last one held plus
+those that arrived while it ran (at most `max_batch_size`), starts as soon as that many are in,
+and waits for the rest at most `batch_wait_ms` or a quarter of the last batch's run time,
+whichever is shorter (so a load that drops costs at most a quarter of a batch once). A lone
+client is never kept waiting (its batch of one starts at once), while the clients of a full
+batch, who send their next requests when their answers come back, find the next batch waiting
+for them instead of starting with the first one to return. Bad input gets a 4xx with `{"error": ...}` naming the problem; anything else a
 500, logged with its traceback in the replica's log.
 
 Bind it into your own application (`GradCAMDeployment.options(...).bind(model, ...)`) or build the
@@ -21,6 +28,7 @@ import json
 import logging
 import os
 import threading
+import time
 from collections import Counter
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -57,7 +65,8 @@ __all__ = [
 log = logging.getLogger("ray.serve")
 
 DEFAULT_MAX_BATCH_SIZE = 8
-DEFAULT_BATCH_WAIT_MS = 5.0
+DEFAULT_BATCH_WAIT_MS = 200.0  # the most a batch waits for the requests it expects
+WAIT_SHARE = 0.25  # ... and at most this share of the last batch's run time
 DEFAULT_MAX_BODY_BYTES = 32 << 20  # 32 MiB: a large photo; decoding is bounded by PIL's limit
 SessionFactory = Callable[[], Any]  # a zero-argument callable returning a GradCAMSession
 
@@ -106,9 +115,9 @@ class GradCAMDeployment:
     `model`: an exported gradcam_fast .onnx file (run by ONNX Runtime on `device`, with
     `intra_op_threads`, default the CPUs Ray reserved for the replica), or a zero-argument
     callable returning a `GradCAMSession` (e.g. one built by `GradCAMSession.from_model` for the
-    torch backend on CUDA), called once in each replica. `max_batch_size` and `batch_wait_ms`:
-    how `@serve.batch` coalesces concurrent requests (keep the deployment's
-    `max_ongoing_requests` at least `max_batch_size`). `max_body_bytes`: larger bodies get a
+    torch backend on CUDA), called once in each replica. `max_batch_size`: the largest batch;
+    `batch_wait_ms`: the longest a batch waits for the requests it expects (see the module
+    note; keep the deployment's `max_ongoing_requests` at least `max_batch_size`). `max_body_bytes`: larger bodies get a
     413. `decode_threads`: threads decoding images and encoding overlays. `crop`, `colormap`,
     `alpha`: as in `gradcam-fast explain`.
     """
@@ -152,8 +161,11 @@ class GradCAMDeployment:
         self.max_body_bytes = max_body_bytes
         self.crop, self.colormap, self.alpha = crop, colormap, alpha
         self.max_batch_size, self.batch_wait_ms = max_batch_size, batch_wait_ms
-        self._explain_batch.set_max_batch_size(max_batch_size)
+        self.expected_batch_size = 1  # what the next batch waits for: see _expect_next
+        self.batch_wait_s = batch_wait_ms / 1000.0
+        self._explain_batch.set_max_batch_size(1)
         self._explain_batch.set_batch_wait_timeout_s(batch_wait_ms / 1000.0)
+        self._pending = 0  # requests read but not yet in a batch (decoding, or at the gate)
         self._decode_pool = ThreadPoolExecutor(decode_threads, thread_name_prefix="gradcam-decode")
         # One inference thread: batches run one after another while the loop decodes the next.
         self._infer_pool = ThreadPoolExecutor(1, thread_name_prefix="gradcam-infer")
@@ -196,13 +208,15 @@ class GradCAMDeployment:
             )
 
     def stats(self) -> dict[str, Any]:
-        """This replica's counters: requests explained, rejected (4xx) and failed (500), and how
-        many session calls ran at each batch size."""
+        """This replica's counters: requests explained, rejected (4xx) and failed (500), how
+        many session calls ran at each batch size, and the size the next batch expects."""
         with self._lock:
             return {
                 "replica": self.replica,
                 "max_batch_size": self.max_batch_size,
                 "batch_wait_ms": self.batch_wait_ms,
+                "expected_batch_size": self.expected_batch_size,
+                "next_batch_wait_ms": round(self.batch_wait_s * 1000.0, 3),
                 "explained": self._counts["explained"],
                 "rejected": self._counts["rejected"],
                 "failed": self._counts["failed"],
@@ -222,8 +236,12 @@ class GradCAMDeployment:
         query = parse_query(request.query_params, self.session.metadata)
         data = await self._read_body(request)
         loop = asyncio.get_running_loop()
-        decoded = await loop.run_in_executor(self._decode_pool, self._decode, data)
-        await self._idle.wait()  # while a batch runs, requests gather here for the next one
+        self._pending += 1
+        try:
+            decoded = await loop.run_in_executor(self._decode_pool, self._decode, data)
+            await self._idle.wait()  # while a batch runs, requests gather here for the next one
+        finally:
+            self._pending -= 1
         outcome: _Outcome = await self._explain_batch(_Job(decoded, query))
         if outcome.error is not None:
             raise RuntimeError(outcome.error)
@@ -285,16 +303,27 @@ class GradCAMDeployment:
     async def _explain_batch(self, jobs: list[_Job]) -> list[_Outcome]:
         # Ray Serve forms a batch from the requests queued within the wait time, even while the
         # previous batch still runs: requests that arrive during a run wait at `_idle` instead
-        # and enter the queue together when it ends, so a busy replica runs full batches and
-        # an idle one starts a lone request after the wait time only.
+        # and enter the queue together when it ends.
         self._idle.clear()
         try:
             self._count("batches", batch_size=len(jobs))
             log.debug("gradcam replica %s: batch of %d", self.replica, len(jobs))
             loop = asyncio.get_running_loop()
+            started = time.perf_counter()
             return await loop.run_in_executor(self._infer_pool, self._infer, jobs)
         finally:
+            self._expect_next(len(jobs), time.perf_counter() - started)
             self._idle.set()
+
+    def _expect_next(self, last_batch: int, seconds: float) -> None:
+        """The next batch's size: the requests of the batch that just ran (their clients are
+        likely to send again) plus those that arrived meanwhile, at most max_batch_size; and
+        its longest wait for them: batch_wait_ms, at most WAIT_SHARE of the `seconds` the last
+        batch ran. Ray Serve starts a batch when it is full, or after the wait."""
+        self.expected_batch_size = min(self.max_batch_size, max(1, last_batch + self._pending))
+        self.batch_wait_s = min(self.batch_wait_ms / 1000.0, WAIT_SHARE * seconds)
+        self._explain_batch.set_max_batch_size(self.expected_batch_size)
+        self._explain_batch.set_batch_wait_timeout_s(self.batch_wait_s)
 
     def _infer(self, jobs: Sequence[_Job]) -> list[_Outcome]:
         """In the inference thread: one session call per method among `jobs`."""

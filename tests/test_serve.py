@@ -221,6 +221,49 @@ def test_concurrent_requests_get_their_own_image(server, models, photos):
     assert max(ran) > 1 and max(ran) <= 4, ran
 
 
+def test_batches_expect_the_last_batch_plus_the_requests_that_came_meanwhile():
+    """The batching policy (serve.GradCAMDeployment._expect_next) on its own: a lone client's
+    next batch expects one request (it starts at once), a full batch's clients are all
+    expected back, never more than max_batch_size; the wait for them is batch_wait_ms, at most
+    a quarter of the last batch's run time."""
+    from types import SimpleNamespace
+
+    from gradcam_fast.serve import GradCAMDeployment
+
+    expect_next = GradCAMDeployment.func_or_class._expect_next
+    sizes: list[int] = []
+    waits: list[float] = []
+    for last, pending, largest, seconds, expected, wait_s in [
+        (1, 0, 8, 0.2, 1, 0.05),  # one client, nothing else in: no wait for more
+        (8, 0, 8, 1.3, 8, 0.2),  # a full CPU batch: its 8 clients will send again
+        (2, 6, 8, 0.4, 8, 0.1),  # 6 came while 2 ran: expect all of them
+        (8, 24, 8, 0.004, 8, 0.001),  # more than fit; a GPU's short batch waits 1 ms at most
+        (3, 0, 4, 1.0, 3, 0.2),  # the load dropped: expect fewer
+    ]:
+        replica = SimpleNamespace(
+            max_batch_size=largest,
+            batch_wait_ms=200.0,
+            _pending=pending,
+            _explain_batch=SimpleNamespace(
+                set_max_batch_size=sizes.append, set_batch_wait_timeout_s=waits.append
+            ),
+        )
+        expect_next(replica, last, seconds)
+        assert sizes[-1] == replica.expected_batch_size == expected, (last, pending, largest)
+        assert waits[-1] == replica.batch_wait_s == pytest.approx(wait_s), (last, seconds)
+
+
+def test_a_lone_client_is_expected_alone(server, models, photos):
+    """After requests one at a time, the replica's next batch expects one request (so a lone
+    request does not wait `batch_wait_ms`, 200 ms here, for others)."""
+    for data in photos[:3]:
+        status, body = _call(f"{server}/gc/explain", data)
+        assert status == 200, body
+    stats = _call(f"{server}/gc/stats")[1]
+    assert stats["expected_batch_size"] == 1 and stats["batch_wait_ms"] == 200
+    assert 0 < stats["next_batch_wait_ms"] <= 200
+
+
 # ------------------------------------------------------------------------------ bad requests
 
 JPEG = (EXAMPLES / "cat.jpg").read_bytes()

@@ -123,8 +123,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     run.add_argument(
         "--batch-wait-ms",
         type=non_negative_float,
-        default=5.0,
-        help="how long a batch waits for more requests once it has one (default 5)",
+        default=200.0,
+        help="the longest a batch waits for the requests it expects: as many as the last "
+        "batch held plus those that came meanwhile; never more than a quarter of the last "
+        "batch's run time (default 200)",
     )
     run.add_argument(
         "--cpus-per-replica",
