@@ -8,8 +8,9 @@ reading and decoding the next requests meanwhile.
 
 Batches adapt to the load: the next batch expects as many requests as the last one held plus
 those that arrived while it ran (at most `max_batch_size`), starts as soon as that many are in,
-and waits for the rest at most `batch_wait_ms` or a quarter of the last batch's run time,
-whichever is shorter (so a load that drops costs at most a quarter of a batch once). A lone
+and waits for the rest at most `batch_wait_ms` or a quarter of the time that batch will run
+(estimated from the last batch's time per image), whichever is shorter: a load that drops
+costs at most a quarter of a batch, once. A lone
 client is never kept waiting (its batch of one starts at once), while the clients of a full
 batch, who send their next requests when their answers come back, find the next batch waiting
 for them instead of starting with the first one to return. Bad input gets a 4xx with `{"error": ...}` naming the problem; anything else a
@@ -66,7 +67,7 @@ log = logging.getLogger("ray.serve")
 
 DEFAULT_MAX_BATCH_SIZE = 8
 DEFAULT_BATCH_WAIT_MS = 200.0  # the most a batch waits for the requests it expects
-WAIT_SHARE = 0.25  # ... and at most this share of the last batch's run time
+WAIT_SHARE = 0.25  # ... and at most this share of the expected batch's estimated run time
 DEFAULT_MAX_BODY_BYTES = 32 << 20  # 32 MiB: a large photo; decoding is bounded by PIL's limit
 SessionFactory = Callable[[], Any]  # a zero-argument callable returning a GradCAMSession
 
@@ -318,10 +319,13 @@ class GradCAMDeployment:
     def _expect_next(self, last_batch: int, seconds: float) -> None:
         """The next batch's size: the requests of the batch that just ran (their clients are
         likely to send again) plus those that arrived meanwhile, at most max_batch_size; and
-        its longest wait for them: batch_wait_ms, at most WAIT_SHARE of the `seconds` the last
-        batch ran. Ray Serve starts a batch when it is full, or after the wait."""
-        self.expected_batch_size = min(self.max_batch_size, max(1, last_batch + self._pending))
-        self.batch_wait_s = min(self.batch_wait_ms / 1000.0, WAIT_SHARE * seconds)
+        its longest wait for them: batch_wait_ms, at most WAIT_SHARE of the time the expected
+        batch will run, estimated from the last one's `seconds` per image. Ray Serve starts a
+        batch when it is full, or after the wait."""
+        expected = min(self.max_batch_size, max(1, last_batch + self._pending))
+        estimate = seconds / max(1, last_batch) * expected
+        self.expected_batch_size = expected
+        self.batch_wait_s = min(self.batch_wait_ms / 1000.0, WAIT_SHARE * estimate)
         self._explain_batch.set_max_batch_size(self.expected_batch_size)
         self._explain_batch.set_batch_wait_timeout_s(self.batch_wait_s)
 

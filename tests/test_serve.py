@@ -225,7 +225,7 @@ def test_batches_expect_the_last_batch_plus_the_requests_that_came_meanwhile():
     """The batching policy (serve.GradCAMDeployment._expect_next) on its own: a lone client's
     next batch expects one request (it starts at once), a full batch's clients are all
     expected back, never more than max_batch_size; the wait for them is batch_wait_ms, at most
-    a quarter of the last batch's run time."""
+    a quarter of the expected batch's run time, estimated from the last batch's per image."""
     from types import SimpleNamespace
 
     from gradcam_fast.serve import GradCAMDeployment
@@ -236,9 +236,10 @@ def test_batches_expect_the_last_batch_plus_the_requests_that_came_meanwhile():
     for last, pending, largest, seconds, expected, wait_s in [
         (1, 0, 8, 0.2, 1, 0.05),  # one client, nothing else in: no wait for more
         (8, 0, 8, 1.3, 8, 0.2),  # a full CPU batch: its 8 clients will send again
-        (2, 6, 8, 0.4, 8, 0.1),  # 6 came while 2 ran: expect all of them
+        (2, 6, 8, 0.4, 8, 0.2),  # 6 came while 2 ran: expect all of them (1.6 s of work)
+        (1, 7, 8, 0.2, 8, 0.2),  # a lone batch, then a crowd: the wait scales with 8 images
         (8, 24, 8, 0.004, 8, 0.001),  # more than fit; a GPU's short batch waits 1 ms at most
-        (3, 0, 4, 1.0, 3, 0.2),  # the load dropped: expect fewer
+        (3, 0, 4, 0.03, 3, 0.0075),  # the load dropped: expect fewer
     ]:
         replica = SimpleNamespace(
             max_batch_size=largest,

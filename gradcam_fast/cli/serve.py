@@ -125,8 +125,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         type=non_negative_float,
         default=200.0,
         help="the longest a batch waits for the requests it expects: as many as the last "
-        "batch held plus those that came meanwhile; never more than a quarter of the last "
-        "batch's run time (default 200)",
+        "batch held plus those that came meanwhile; never more than a quarter of that "
+        "batch's estimated run time (default 200)",
     )
     run.add_argument(
         "--cpus-per-replica",
