@@ -49,9 +49,8 @@ except ImportError as exc:  # pragma: no cover - depends on the environment
 import numpy as np
 import torch
 
-from .classes import top_predictions as _top_predictions
 from .finite import NONFINITE, NonFiniteMapsError
-from .serve_query import ExplainQuery, HTTPError, parse_query
+from .serve_query import ExplainQuery, HTTPError, answer_predictions, parse_query, require_method
 from .steps import Decoded, decode, model_input
 
 __all__ = [
@@ -188,13 +187,13 @@ class GradCAMDeployment:
         path = "/" + path.strip("/")
         try:
             if path == "/explain":
-                _allow(request, "POST")
+                require_method(request.method, "POST")
                 return await self._explain(request)
             if path == "/healthz":
-                _allow(request, "GET")
+                require_method(request.method, "GET")
                 return JSONResponse({"status": "ok", "replica": self.replica})
             if path == "/stats":
-                _allow(request, "GET")
+                require_method(request.method, "GET")
                 return JSONResponse(self.stats())
             raise HTTPError(404, f"no route {path}: use POST /explain, GET /healthz, GET /stats")
         except HTTPError as exc:
@@ -247,7 +246,7 @@ class GradCAMDeployment:
         if outcome.error is not None:
             raise RuntimeError(outcome.error)
         body = {
-            "predictions": _predictions(outcome.probabilities, self.names),
+            "predictions": answer_predictions(outcome.probabilities, self.names),
             "explained": outcome.explained,
             "cams_lowres": outcome.cams_lowres.tolist(),
         }
@@ -361,20 +360,6 @@ class GradCAMDeployment:
         for pool in ("_decode_pool", "_infer_pool"):
             if hasattr(self, pool):
                 getattr(self, pool).shutdown(wait=False, cancel_futures=True)
-
-
-def _allow(request: Request, method: str) -> None:
-    if request.method != method:
-        raise HTTPError(405, f"{request.method} is not allowed here; use {method}")
-
-
-def _predictions(probabilities: torch.Tensor, names: Sequence[str]) -> list[dict[str, Any]]:
-    """The top-5 classes as {"class", "name", "probability"} (explain's rows, with the index
-    under "class" as this API names it)."""
-    return [
-        {"class": p["index"], "name": p["name"], "probability": p["probability"]}
-        for p in _top_predictions(probabilities, names)
-    ]
 
 
 def app(

@@ -1,4 +1,5 @@
-"""The query of `POST /explain` (docs/serving.md), checked against the served model.
+"""The query of `POST /explain` (docs/serving.md), checked against the served model, and the
+small pieces of its answer.
 
 Separate from the deployment so that it reads, and is tested, without Ray: every way a query can
 ask for what the model cannot give is an `HTTPError` 400 naming the problem.
@@ -6,13 +7,21 @@ ask for what the model cannot give is an `HTTPError` 400 naming the problem.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any, NamedTuple
 
 from .catalog import METHOD_NAMES
-from .classes import resolve_classes
+from .classes import resolve_classes, top_predictions
 from .metadata import ModelMetadata
 
-__all__ = ["QUERY_PARAMETERS", "ExplainQuery", "HTTPError", "parse_query"]
+__all__ = [
+    "QUERY_PARAMETERS",
+    "ExplainQuery",
+    "HTTPError",
+    "answer_predictions",
+    "parse_query",
+    "require_method",
+]
 
 QUERY_PARAMETERS = ("class", "top_k", "method", "overlay")
 
@@ -89,3 +98,18 @@ def parse_query(query: Any, meta: ModelMetadata) -> ExplainQuery:
     if overlay not in (None, "png"):
         raise HTTPError(400, f"overlay={overlay!r}: the only overlay format is png")
     return ExplainQuery(targets, maps, method, overlay == "png")
+
+
+def require_method(method: str, allowed: str) -> None:
+    """A 405 for a route asked with another HTTP method."""
+    if method != allowed:
+        raise HTTPError(405, f"{method} is not allowed here; use {allowed}")
+
+
+def answer_predictions(probabilities, names: Sequence[str]) -> list[dict[str, Any]]:
+    """The top-5 classes as {"class", "name", "probability"} (explain's rows, with the index
+    under "class" as this API names it)."""
+    return [
+        {"class": p["index"], "name": p["name"], "probability": p["probability"]}
+        for p in top_predictions(probabilities, names)
+    ]

@@ -139,13 +139,15 @@ class TorchRunner:
             images = images.contiguous(memory_format=torch.channels_last)
         with self._context():
             if not self.cuda_graphs:
-                return self.graph(images, targets)  # fresh tensors, float32
+                # fresh float32 tensors, contiguous (the body may run channels-last)
+                return tuple(t.contiguous() for t in self.graph(images, targets))
             with self._lock:
                 static_in, static_t, graph, static_out = self._capture(images, targets)
                 static_in.copy_(images)
                 static_t.copy_(targets)
                 graph.replay()
-                return tuple(out.clone() for out in static_out)  # the next replay overwrites
+                # the next replay overwrites the static outputs
+                return tuple(out.clone(memory_format=torch.contiguous_format) for out in static_out)
 
     def _capture(self, images: torch.Tensor, targets: torch.Tensor) -> tuple:
         batch = images.shape[0]

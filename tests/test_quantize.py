@@ -260,6 +260,9 @@ def test_bfloat16_torch_backend_matches_eager_within_limits(batch_norm):
     x = _noise(4, 0, 40)
     got = session(x)
     assert got.cams.dtype == got.logits.dtype == got.gradients.dtype == torch.float32
+    # the body runs channels-last; what the caller gets is plain contiguous
+    assert session._runner.channels_last
+    assert got.activations.is_contiguous() and got.gradients.is_contiguous()
     assert next(session._runner.graph.body.parameters()).dtype == torch.bfloat16
     assert session._runner.graph.head[-1].weight.dtype == torch.float32  # head stays float32
     ref = eager_gradcam(model, x, got.target_classes)
