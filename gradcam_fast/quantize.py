@@ -305,7 +305,7 @@ def quantize_body(
     float32. Intermediate files live in a temporary folder that is always removed.
 
     `head_weights` also stores the head's Linear weights in int8 (quantize_head_weights); False
-    keeps them float32 (benchmarks/lowp.py measures both)."""
+    keeps them float32 (benchmarks/RESULTS.md compares the two)."""
     from onnxruntime.quantization import (
         CalibrationDataReader,
         CalibrationMethod,

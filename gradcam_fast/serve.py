@@ -8,13 +8,13 @@ reading and decoding the next requests meanwhile.
 
 Batches adapt to the load: the next batch expects as many requests as the last one held plus
 those that arrived while it ran (at most `max_batch_size`), starts as soon as that many are in,
-and waits for the rest at most `batch_wait_ms` or a quarter of the time that batch will run
-(estimated from the last batch's time per image), whichever is shorter: a load that drops
-costs at most a quarter of a batch, once. A lone
-client is never kept waiting (its batch of one starts at once), while the clients of a full
-batch, who send their next requests when their answers come back, find the next batch waiting
-for them instead of starting with the first one to return. Bad input gets a 4xx with `{"error": ...}` naming the problem; anything else a
-500, logged with its traceback in the replica's log.
+and waits for the rest at most `batch_wait_ms` or a quarter of its estimated run time
+(whichever is shorter: a dropping load costs a quarter of a batch, once). A lone client never
+waits; the clients of a full batch, sending again as their answers come back, find the next
+batch waiting for all of them instead of starting with the first to return.
+
+Bad input gets a 4xx with `{"error": ...}` naming the problem; anything else a 500, logged with
+its traceback in the replica's log.
 
 Bind it into your own application (`GradCAMDeployment.options(...).bind(model, ...)`) or build the
 one `gradcam-fast serve` runs with `app(...)`.
@@ -305,11 +305,11 @@ class GradCAMDeployment:
         # previous batch still runs: requests that arrive during a run wait at `_idle` instead
         # and enter the queue together when it ends.
         self._idle.clear()
+        started = time.perf_counter()
         try:
             self._count("batches", batch_size=len(jobs))
             log.debug("gradcam replica %s: batch of %d", self.replica, len(jobs))
             loop = asyncio.get_running_loop()
-            started = time.perf_counter()
             return await loop.run_in_executor(self._infer_pool, self._infer, jobs)
         finally:
             self._expect_next(len(jobs), time.perf_counter() - started)

@@ -6,9 +6,9 @@ GradCAMGraph.forward) and keeps TF32 off on the strict float32 path. On the CPU 
 in bfloat16 (oneDNN), meant for CPUs with native bfloat16 (AVX512-BF16 or AMX; elsewhere oneDNN
 emulates it and a warning says it will be slow). The body runs channels-last by default.
 
-On this project's Zen 4 CPU bfloat16 is slower than float32: torch's bfloat16 GEMM reaches 160
-GFLOP/s against 280 in float32, and each oneDNN bfloat16 convolution of VGG19 takes longer than
-its float32 twin (benchmarks/RESULTS.md, int8 and bfloat16 section). It pays where bfloat16 has
+On this project's Zen 4 CPU bfloat16 is slower than float32: torch's bfloat16 GEMM reaches 142
+GFLOP/s against 261 in float32, and VGG19's body in bfloat16 is slower than in float32 however
+its weights are laid out (`python -m benchmarks.bf16_probe`; benchmarks/RESULTS.md). It pays where bfloat16 has
 more throughput than float32 (AMX on Intel Xeon).
 """
 
@@ -115,7 +115,7 @@ class TorchRunner:
         self.metadata = self.graph.metadata(image_size, precision=precision)
         self.providers = [f"torch ({precision}{', CUDA graphs' if cuda_graphs else ''})"]
         # NHWC is cuDNN's native layout for tensor-core convolutions, and oneDNN's fastest on
-        # the CPU (VGG19's body 1.16x faster at batch 1 and 1.23x at batch 8 in float32 here).
+        # the CPU (VGG19's body 1.37x faster at batch 8 in float32 here: benchmarks/bf16_probe).
         if channels_last is None:
             channels_last = True
         self.channels_last = channels_last
