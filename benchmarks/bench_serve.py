@@ -7,13 +7,14 @@ with and without batching, next to the bare session call, in one run.
 The load generator sends a fixed number of requests (JPEG files of 300 to 640 px, as bodies of
 `POST /explain`) at concurrency 1, 8 and 32 from client threads with keep-alive connections to
 127.0.0.1 only, then stops. Per level: p50 and p99 latency, images/s, and the batch sizes the
-replica actually ran (the difference of its `/stats` before and after). Two deployments on one
-replica holding all the CPUs: batching (`max_batch_size` 8, `batch_wait_ms` 200) and none
-(`max_batch_size` 1). The bare session runs in this process with as many threads, timed next
-to each level (this machine's load drifts): before concurrency 1 on the decoded tensor and with
-the decoding at batch 1, then in rounds of one bare call and one served request after it
-(`paired_c1`); before and after 8 and 32 at batch 8. The client runs on the same CPUs as the
-server.
+replica actually ran (the difference of its `/stats` before and after). Requests go through the
+ingress `gradcam-fast serve` uses (`--ingress`; auto is HAProxy where Ray Serve bundles it, see
+gradcam_fast/serve_ingress.py). Two deployments on one replica holding all the CPUs: batching
+(`max_batch_size` 8, `batch_wait_ms` 200) and none (`max_batch_size` 1). The bare session runs
+in this process with as many threads, timed next to each level (this machine's load drifts):
+before concurrency 1 on the decoded tensor and with the decoding at batch 1, then in rounds of
+one bare call and one served request after it, each started after a quiet 0.1 s (`paired_c1`);
+before and after 8 and 32 at batch 8. The client runs on the same CPUs as the server.
 Every served answer is checked against the bare session's result for the same file first.
 
 Under pytest (benchmarks/conftest.py: once each, on a tiny model) it runs the same code on a small
@@ -45,6 +46,7 @@ __all__ = ["LoadResult", "main", "run_load"]
 
 EXAMPLES = Path(__file__).resolve().parents[1] / "examples" / "images"
 CONCURRENCY = (1, 8, 32)
+SETTLE_S = 0.1  # quiet time before each side of a paired c=1 round
 
 
 @dataclass(frozen=True)
@@ -172,14 +174,19 @@ def run_load(
 def paired_c1(port: int, prefix: str, bare: Bare, files: list[bytes], pairs: int) -> dict:
     """At concurrency 1, `pairs` rounds of one bare batch-1 call (decoded tensor) then one
     served request of the same file: the median of the within-round ratios, which both sides'
-    share of this machine's drifting load cancels out of (as benchmarks/interleaved.py does)."""
+    share of this machine's drifting load cancels out of (as benchmarks/interleaved.py does).
+    Each side starts SETTLE_S after the other ended: ONNX Runtime's threads spin for a while
+    after a run, and on 2 cores the bare session's spinning slowed the served request right
+    after it by about 13 ms (170 against 157 ms, 2026-12-01)."""
     connection = http.client.HTTPConnection("127.0.0.1", port, timeout=300)
     served, bare_s = [], []
     try:
         for i in range(pairs):
             data = files[i % len(files)]
             x = bare.decode(data)[None]
+            time.sleep(SETTLE_S)
             bare_s.append(_median_seconds(lambda x=x: bare.session(x), 1))
+            time.sleep(SETTLE_S)
             start = time.perf_counter()
             status, body = _post(connection, f"{prefix}/explain", data)
             served.append(time.perf_counter() - start)
@@ -286,26 +293,31 @@ REPLICA_ENV = {"OMP_WAIT_POLICY": "PASSIVE"}
 CONFIGS = {"batching": (8, 200.0), "no_batching": (1, 0.0)}
 
 
-def run(setting: Setting, cpus: int | None = None, configs: dict | None = None) -> dict:
-    """The whole benchmark; returns {"config", "served": {config: [(LoadResult, bare figures
-    timed just before it)...]}}."""
+def run(
+    setting: Setting, cpus: int | None = None, configs: dict | None = None, ingress: str = "auto"
+) -> dict:
+    """The whole benchmark, behind `ingress` (gradcam_fast.serve_ingress); returns {"config",
+    "served": {config: [(LoadResult, bare figures timed just before it)...]}}."""
     import ray
     from ray import serve
 
     from gradcam_fast.runtime import cpu_count
     from gradcam_fast.serve import app
+    from gradcam_fast.serve_ingress import use_ingress
 
     cpus = cpus or cpu_count()
     files = make_files(16)
     work = Path(tempfile.mkdtemp(prefix="bench_serve_"))
     served: dict[str, list[tuple[LoadResult, dict[str, float]]]] = {}
     port = free_port()
+    environment = dict(os.environ)  # use_ingress sets Ray's variables; restored at the end
     try:
         model = export_model(setting.arch, setting.image_size, work)
         bare = Bare(model, files, cpus, setting.bare_rounds)
         expected = bare.expected_maps(files[3])
         load = os.getloadavg()
         started = time.perf_counter()
+        ingress = use_ingress(ingress)
         ray.init(num_cpus=cpus, include_dashboard=False, log_to_driver=False)
         serve.start(http_options={"host": "127.0.0.1", "port": port})
         startup = time.perf_counter() - started
@@ -335,6 +347,8 @@ def run(setting: Setting, cpus: int | None = None, configs: dict | None = None) 
         serve.shutdown()
         ray.shutdown()
         shutil.rmtree(work, ignore_errors=True)
+        os.environ.clear()
+        os.environ.update(environment)
     config = {
         "arch": setting.arch,
         "image_size": setting.image_size,
@@ -342,6 +356,7 @@ def run(setting: Setting, cpus: int | None = None, configs: dict | None = None) 
         "requests": setting.requests,
         "python": platform.python_version(),
         "ray": ray.__version__,
+        "ingress": ingress,
         "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
         "load_average_before_and_after": [round(v, 2) for v in (*load, *os.getloadavg())],
         "ray_and_serve_start_s": round(startup, 1),
@@ -437,11 +452,17 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--json", type=Path, help="also write the figures here")
     parser.add_argument("--max-batch-size", type=int, default=CONFIGS["batching"][0])
     parser.add_argument("--batch-wait-ms", type=float, default=CONFIGS["batching"][1])
+    parser.add_argument(
+        "--ingress", choices=("auto", "haproxy", "proxy"), default="auto",
+        help="HAProxy or Ray Serve's Python proxy before the replicas (default auto: as "
+        "`gradcam-fast serve`)",
+    )  # fmt: skip
     args = parser.parse_args(argv)
     configs = {**CONFIGS, "batching": (args.max_batch_size, args.batch_wait_ms)}
     full = SETTINGS["full"]
     requests = {c: max(c, round(n * args.scale)) for c, n in full.requests.items()}
-    figures = run(Setting(args.arch, args.image_size, requests, full.bare_rounds), configs=configs)
+    setting = Setting(args.arch, args.image_size, requests, full.bare_rounds)
+    figures = run(setting, configs=configs, ingress=args.ingress)
     print(report(figures))
     if args.json:
         args.json.write_text(json.dumps(_as_json(figures), indent=2))

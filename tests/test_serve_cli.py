@@ -1,5 +1,6 @@
 """`gradcam-fast serve` as a user runs it: a process that starts its own Ray, answers on
-127.0.0.1, and on SIGTERM shuts Ray Serve and Ray down and exits 0.
+127.0.0.1 (behind HAProxy, the default where Ray Serve bundles it, and behind Ray's proxy), and
+on SIGTERM shuts Ray Serve and Ray down and exits 0.
 
 A separate module from test_serve.py so that its Ray (which this command must start itself) never
 runs next to that module's.
@@ -28,6 +29,7 @@ from tiny_models import make_tiny_vgg
 
 from gradcam_fast import GradCAMSession, export_onnx
 from gradcam_fast.images import load_image, preprocess
+from gradcam_fast.serve_ingress import haproxy_binary
 
 ROOT = Path(__file__).resolve().parents[1]
 JPEG = (ROOT / "examples" / "images" / "cat.jpg").read_bytes()
@@ -45,13 +47,15 @@ def _get(url: str, data: bytes | None = None) -> tuple[int, dict]:
 
 
 @pytest.mark.slow
-def test_serve_command_answers_then_stops_cleanly_on_sigterm(tmp_path):
+@pytest.mark.parametrize("ingress", ["auto", "proxy"])
+def test_serve_command_answers_then_stops_cleanly_on_sigterm(tmp_path, ingress):
     model = export_onnx(
         make_tiny_vgg(seed=2), tmp_path / "tiny.onnx", image_size=64, validate=False
     )
     port = _free_port()
     argv = [sys.executable, "-m", "gradcam_fast.cli", "serve", "--model", str(model)]
     argv += ["--port", str(port), "--cpus-per-replica", "1", "--max-batch-size", "2"]
+    argv += ["--ingress", ingress]
     env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}  # a Ray of its own
     env["PYTHONPATH"] = str(ROOT)
     log = tmp_path / "serve.log"
@@ -85,5 +89,7 @@ def test_serve_command_answers_then_stops_cleanly_on_sigterm(tmp_path):
             process.wait(timeout=30)
     text = log.read_text()
     assert "shutting down" in text and "gradcam-fast: stopped" in text, text[-3000:]
+    chosen = "haproxy" if ingress == "auto" and haproxy_binary() else "proxy"
+    assert f"ingress: {chosen})" in text, text[-3000:]
     with pytest.raises(OSError), socket.create_connection(("127.0.0.1", port), timeout=5):
         pass  # nothing listens on the port any more
