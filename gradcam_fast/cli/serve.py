@@ -121,9 +121,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         choices=INGRESS_CHOICES,
         default="auto",
         help="what forwards requests to the replicas in a Ray this command starts: HAProxy "
-        "(each replica answers HTTP itself; about 1 ms a request) or Ray Serve's Python proxy "
-        "(10-15 ms on 2 cores). auto: HAProxy where ray[serve] installed it (Linux), else "
-        "the proxy (default auto)",
+        "(each replica answers HTTP itself) or Ray Serve's Python proxy (about 8 ms more a "
+        "request on 2 cores). auto: HAProxy where ray[serve] installed it (Linux), else the "
+        "proxy (default auto)",
     )
     net.add_argument(
         "--max-body-mb",
