@@ -52,8 +52,8 @@ def run(args: argparse.Namespace) -> int:
         num_targets=args.num_targets,
         gradients=not args.channel_weights_only,
     )
-    if started_ray:  # address None: a new local Ray (or one `ray start` left running)
-        ray.init(address=args.address)
+    if started_ray:  # without --address a Ray of its own ("local"), with the ingress set above
+        ray.init(address=args.address or "local")
     cores = int(ray.available_resources().get("CPU", 1))
     cpus = args.cpus_per_replica or max(1.0, float(cores // args.replicas))
     stop = threading.Event()
