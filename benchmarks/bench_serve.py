@@ -445,6 +445,8 @@ def test_serve_load_runs_and_answers_right():
 
 
 def main(argv: list[str] | None = None) -> int:
+    from gradcam_fast.serve_ingress import INGRESS_CHOICES
+
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--arch", default="vgg19")
     parser.add_argument("--image-size", type=int, default=224)
@@ -453,7 +455,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--max-batch-size", type=int, default=CONFIGS["batching"][0])
     parser.add_argument("--batch-wait-ms", type=float, default=CONFIGS["batching"][1])
     parser.add_argument(
-        "--ingress", choices=("auto", "haproxy", "proxy"), default="auto",
+        "--ingress", choices=INGRESS_CHOICES, default="auto",
         help="HAProxy or Ray Serve's Python proxy before the replicas (default auto: as "
         "`gradcam-fast serve`)",
     )  # fmt: skip
