@@ -50,6 +50,11 @@ class ModelMetadata:
     method: str | None = None  # the CAM method of those maps (None without maps)
     calibration_method: str = ""  # int8: how activation ranges were calibrated (e.g. "minmax")
     calibration_images: int = 0  # int8: how many images calibrated them
+    # The weights' preprocessing: the shorter side resized to resize_size * image_size /
+    # crop_size, then a center crop of image_size, with this interpolation (images.py).
+    resize_size: int = 256
+    crop_size: int = 224
+    interpolation: str = "bilinear"
     format_version: int = FORMAT_VERSION
 
     @property
@@ -83,6 +88,7 @@ class ModelMetadata:
         names = set(cls.__dataclass_fields__)
         optional = {"categories", "precision", "input_format", "gradients", "maps", "method"}
         optional |= {"calibration_method", "calibration_images"}
+        optional |= {"resize_size", "crop_size", "interpolation"}
         missing = sorted(names - set(values) - optional)
         if missing:
             raise NotAGradCAMModel(f"{source} lacks gradcam_fast metadata fields {missing}")

@@ -1,4 +1,5 @@
-"""Loading torchvision VGG models and the facts about them that export and preprocessing need."""
+"""Loading torchvision CNNs (and a caller's classifiers) and the facts about them that export
+and preprocessing need: weights identity, class names, mean/std, resize, crop, interpolation."""
 
 from __future__ import annotations
 
@@ -12,7 +13,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from .catalog import ARCHS
+from .catalog import ARCH_TABLE, ARCHS, TRANSFORMER_PREFIXES
 
 __all__ = [
     "ARCHS",
@@ -20,7 +21,8 @@ __all__ = [
     "IMAGENET_STD",
     "ModelInfo",
     "default_target_layer",
-    "feature_layer_names",
+    "layer_names",
+    "load_model",
     "load_vgg",
     "model_info",
 ]
@@ -35,30 +37,39 @@ _warned_random: set[str] = set()
 class ModelInfo:
     """What an exported model records about where its network came from."""
 
-    arch: str = "vgg"  # "vgg19", ... or "vgg" for a caller's own VGG instance
+    arch: str = "vgg"  # "vgg19", "resnet50", ... or the class name of a caller's own model
     weights: str = "unknown"  # "imagenet:<enum name>", "file:<sha256 prefix>", "random:seed=<n>"
     mean: tuple[float, float, float] = IMAGENET_MEAN
     std: tuple[float, float, float] = IMAGENET_STD
     categories: tuple[str, ...] = field(default=(), repr=False)
+    # The weights' preprocessing: Resize(resize_size) of the shorter side, CenterCrop(crop_size)
+    # (scaled to an export's image size), with this interpolation.
+    resize_size: int = 256
+    crop_size: int = 224
+    interpolation: str = "bilinear"
 
 
 def model_info(model: nn.Module) -> ModelInfo:
-    """The `ModelInfo` that `load_vgg` attached to `model`, or a generic one."""
-    return getattr(model, "gradcam_fast_info", None) or ModelInfo()
+    """The `ModelInfo` that `load_model` attached to `model`, or a generic one named after its
+    class (ImageNet's preprocessing)."""
+    info = getattr(model, "gradcam_fast_info", None)
+    return info or ModelInfo(arch=type(model).__name__.lower())
 
 
-def feature_layer_names(model: nn.Module) -> list[str]:
-    """Every layer of `model.features` by its module name (`features.0`, ...)."""
-    return [f"features.{i}" for i in range(len(model.features))]
+def layer_names(model: nn.Module, image_size: int = 224) -> list[str]:
+    """Every traced layer of `model` by node name (`features.0`, `layer4.1.relu_1`, ...)."""
+    from .trace import layer_table, trace_model
+
+    return [layer.name for layer in layer_table(trace_model(model, image_size))]
 
 
-def default_target_layer(model: nn.Module) -> str:
-    """The last layer before the final max-pool of `features` (`features.35` in VGG19)."""
-    feats = list(model.features)
-    last_pool = max((i for i, m in enumerate(feats) if isinstance(m, nn.MaxPool2d)), default=None)
-    if last_pool is None or last_pool == 0:
-        return f"features.{len(feats) - 1}"
-    return f"features.{last_pool - 1}"
+def default_target_layer(model: nn.Module, image_size: int = 224) -> str:
+    """The default Grad-CAM target: the last stage's output (`features.35` in VGG19, the output
+    of `layer4` in ResNets; see `trace.default_target_node` and docs/models.md)."""
+    from .trace import default_target_node, trace_model
+
+    traced = trace_model(model, image_size)
+    return traced.name_of(default_target_node(traced))
 
 
 def file_identity(path: Path) -> str:
@@ -114,40 +125,68 @@ def _few(items: list[str], limit: int = 6) -> str:
     return "[" + ", ".join(items[:limit]) + "]" + more
 
 
-def load_vgg(
+def _builder_kwargs(arch: str) -> dict:
+    """Build the architecture the ImageNet weights have: GoogLeNet and Inception v3 rescale
+    their input in the graph (transform_input) and drop the auxiliary classifiers."""
+    if arch in ("googlenet", "inception_v3"):
+        return {"transform_input": True, "aux_logits": False, "init_weights": True}
+    return {}
+
+
+def _check_arch(arch: str) -> None:
+    if arch in ARCHS:
+        return
+    if arch.startswith(TRANSFORMER_PREFIXES):
+        raise ValueError(
+            f"{arch} is a vision transformer: gradcam_fast explains CNNs for now (transformers "
+            "need their token activations reshaped to a grid, a later step); choose a CNN: "
+            f"{', '.join(sorted(ARCHS))}"
+        )
+    import difflib
+
+    close = difflib.get_close_matches(arch, list(ARCHS), n=4, cutoff=0.5)
+    hint = f" (did you mean {', '.join(close)}?)" if close else ""
+    raise ValueError(f"unknown arch {arch!r}{hint}; choose one of {', '.join(sorted(ARCHS))}")
+
+
+def load_model(
     arch: str = "vgg19", weights: str | os.PathLike = "imagenet", *, seed: int = 0
 ) -> nn.Module:
-    """Build a torchvision VGG in eval mode with `weights`: "imagenet", a state_dict path, or
-    "random" (seeded with `seed`).
+    """Build the torchvision CNN `arch` (any of `ARCHS`: the 68 CNNs in torchvision's registry)
+    in eval mode with `weights`: "imagenet" (its default ImageNet weights), a state_dict path,
+    or "random" (seeded with `seed`).
 
     The returned model carries a `ModelInfo` (`model.gradcam_fast_info`) that export records in
-    the ONNX metadata: arch, weights identity, mean/std and class names.
+    the ONNX metadata: arch, weights identity, class names and the weights' own preprocessing
+    (mean/std, resize, crop, interpolation; also for random weights and files, which are taken
+    to be trained like the ImageNet weights).
     """
-    if arch not in ARCHS:
-        raise ValueError(f"unknown arch {arch!r}; choose one of {sorted(ARCHS)}")
+    _check_arch(arch)
     from torchvision import models as tvm
 
-    builder = getattr(tvm, arch)
     imagenet = getattr(tvm, ARCHS[arch]).DEFAULT
     categories = tuple(imagenet.meta["categories"])
     weights_str = os.fspath(weights)
 
+    def build() -> nn.Module:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # torchvision's notes on init and aux_logits
+            return tvm.get_model(arch, weights=None, **_builder_kwargs(arch))
+
     if weights_str == "imagenet":
-        model = builder(weights=None)
         try:
-            state = imagenet.get_state_dict(progress=True, check_hash=True)
+            model = tvm.get_model(arch, weights=imagenet)
         except Exception as exc:
             raise RuntimeError(
                 f"could not load torchvision's ImageNet weights for {arch} ({imagenet.url}): "
                 f"{exc}. Without network access, pass weights=<path to a state_dict file> "
                 "(CLI: --weights FILE) or weights='random' (untrained, for testing the pipeline)."
             ) from exc
-        model.load_state_dict(state)
         identity = f"imagenet:{imagenet}"
     elif weights_str == "random":
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(seed)
-            model = builder(weights=None)
+            model = build()
         identity = f"random:seed={seed}"
         if arch not in _warned_random:
             _warned_random.add(arch)
@@ -162,10 +201,11 @@ def load_vgg(
             raise FileNotFoundError(
                 f"weights {weights_str!r} is neither 'imagenet', 'random' nor an existing file"
             )
-        model = builder(weights=None)
+        model = build()
         _load_state_dict_file(model, path, arch)
         identity = file_identity(path)
 
+    _, resize, crop, interpolation = ARCH_TABLE[arch]
     model.eval()
     model.gradcam_fast_info = ModelInfo(
         arch=arch,
@@ -173,5 +213,17 @@ def load_vgg(
         mean=tuple(imagenet.transforms().mean),
         std=tuple(imagenet.transforms().std),
         categories=categories,
+        resize_size=resize,
+        crop_size=crop,
+        interpolation=interpolation,
     )
     return model
+
+
+def load_vgg(
+    arch: str = "vgg19", weights: str | os.PathLike = "imagenet", *, seed: int = 0
+) -> nn.Module:
+    """`load_model` for a VGG (the name this package started with; kept as a thin alias)."""
+    if not arch.startswith("vgg"):
+        raise ValueError(f"load_vgg loads VGGs; use load_model({arch!r}, ...) for other CNNs")
+    return load_model(arch, weights, seed=seed)
