@@ -26,7 +26,7 @@ import torch
 
 from .classes import TOP_PREDICTIONS, class_targets, maps_per_image, top_predictions
 from .finite import NONFINITE, NonFiniteMapsError
-from .images import IMAGE_EXTENSIONS
+from .images import IMAGE_EXTENSIONS, preprocessing_of
 from .metadata import ModelMetadata
 from .steps import decode, model_input, slug, write_overlays
 from .visualize import atomic_file
@@ -138,6 +138,7 @@ class GradCAMPredictor:
             path, device=device, intra_op_threads=self.num_threads, tensorrt=tensorrt
         )
         meta = self.session.metadata
+        preprocessing_of(meta)  # metadata no image could be preprocessed with fails here, once
         self.names = tuple(meta.categories)
         self.maps = maps_per_image(path, meta.num_targets, classes, top_k)
         self.targets = class_targets(classes, meta.num_targets)

@@ -27,6 +27,7 @@ import torch
 from .classes import class_targets, maps_per_image, top_predictions
 from .finite import NONFINITE, NonFiniteMapsError
 from .gallery import write_gallery
+from .images import preprocessing_of
 from .result import GradCAMResult, Session
 from .steps import Decoded, decode, model_input, slug, write_overlays
 
@@ -172,6 +173,7 @@ def explain(
     out.mkdir(parents=True, exist_ok=True)
     if on_error is None:
         on_error = lambda message: tqdm.write(f"gradcam-fast: {message}", file=sys.stderr)  # noqa: E731
+    preprocessing_of(meta)  # metadata no image could be preprocessed with fails here, once
     read = partial(decode, meta=meta, crop=crop, keep_original=full_image, verbose=verbose)
     write = partial(
         write_overlays, colormap=colormap, alpha=alpha, full_image=full_image, save_maps=save_maps

@@ -24,7 +24,7 @@ from .metadata import (
     OUTPUT_NAMES,
     ModelMetadata,
 )
-from .models import load_vgg
+from .models import load_model
 from .pixels import RawPixelGradCAM, normalize_pixels
 from .quantize import body_nodes
 
@@ -42,10 +42,11 @@ class ExportValidationError(RuntimeError):
 
 def _as_model(model_or_arch: nn.Module | str, weights: str | os.PathLike, seed: int) -> nn.Module:
     if isinstance(model_or_arch, str):
-        return load_vgg(model_or_arch, weights, seed=seed)
+        return load_model(model_or_arch, weights, seed=seed)
     if not isinstance(model_or_arch, nn.Module):
         raise TypeError(
-            f"export_onnx takes an arch name or a torchvision VGG, got {type(model_or_arch).__name__}"
+            "export_onnx takes an arch name or a classifier nn.Module, got "
+            f"{type(model_or_arch).__name__}"
         )
     return model_or_arch
 
@@ -82,8 +83,10 @@ def export_onnx(
     calibration: str | os.PathLike | torch.Tensor | None = None,
     calibration_method: str = "minmax",
 ) -> Path:
-    """Export the Grad-CAM graph of a VGG (an arch name loaded with `weights`, or a model) to
-    `path` and return it. Batch is dynamic; image size and K (`num_targets`) are fixed.
+    """Export the Grad-CAM graph of a CNN (an arch name loaded with `weights`, or a classifier
+    module that torch.fx traces) to `path` and return it. Batch is dynamic; image size and K
+    (`num_targets`) are fixed. `target_layer`: a node or module name (`gradcam-fast layers`);
+    None: the last stage's output.
 
     With `validate`, the file is run in ONNX Runtime at a batch size other than the traced one
     and compared with `eager_gradcam`; `ExportValidationError` reports the error figures, or the
@@ -132,9 +135,9 @@ def export_onnx(
 
         method = check_exportable(method or "gradcam", gradients)
     model = _as_model(model_or_arch, weights, seed)
-    graph = GradCAMGraph(model, target_layer, num_targets, gradients=gradients)
-    if graph.num_classes is None:
-        raise ValueError("the model's classifier must end with an nn.Linear layer")
+    graph = GradCAMGraph(
+        model, target_layer, num_targets, gradients=gradients, image_size=image_size
+    )
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
 

@@ -20,7 +20,8 @@ from torch import fx, nn
 
 from .metadata import ModelMetadata
 from .models import model_info
-from .trace import TracedModel, ancestors as _ancestors, resolve_target, trace_model
+from .trace import TracedModel, resolve_target, trace_model
+from .trace import ancestors as _ancestors
 from .vjp import rule_for, supported_ops
 
 __all__ = ["GradCAMGraph", "UnsupportedOpError", "resolve_targets"]

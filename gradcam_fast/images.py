@@ -2,10 +2,12 @@
 
 `load_image` turns a path or bytes into an RGB `PIL.Image` (EXIF orientation applied, first frame
 of animations, alpha composited on white, 16-bit and float scaled to 8 bits) or raises
-`ImageError` naming the file and the problem. `preprocess` is torchvision's ImageNet evaluation
-transform (resize the shorter side to 256/224 of S, center crop S, normalize); `model_view` is the
-same crop as uint8 pixels, what overlays are drawn on; `cam_to_image` places a map computed on
-that crop back onto the original image's pixels.
+`ImageError` naming the file and the problem. `preprocess` is the weights' evaluation transform
+as torchvision's weights define it (resize the shorter side to resize_size/crop_size of S with
+their interpolation, center crop S, normalize; VGG's 256/224 bilinear by default, the model's own
+through `preprocessing_of(meta)`); `model_view` is the same crop as uint8 pixels, what overlays
+are drawn on; `cam_to_image` places a map computed on that crop back onto the original image's
+pixels.
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ import threading
 import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import TYPE_CHECKING, TypedDict
 
 import numpy as np
 import torch
@@ -25,16 +28,24 @@ from PIL import Image, ImageOps
 from .models import IMAGENET_MEAN, IMAGENET_STD
 from .pixels import normalize_pixels
 
+if TYPE_CHECKING:
+    from .metadata import ModelMetadata
+    from .models import ModelInfo
+
 __all__ = [
     "IMAGE_EXTENSIONS",
+    "INTERPOLATIONS",
     "ImageError",
     "ModelCrop",
+    "Preprocessing",
     "cam_to_image",
     "load_image",
     "model_crop",
     "model_view",
     "preprocess",
+    "preprocessing_of",
     "to_tensor",
+    "view_of",
 ]
 
 # Extensions a directory scan picks up; files named explicitly are tried whatever their name.
@@ -159,9 +170,59 @@ def load_image(source: str | os.PathLike | bytes, name: str | None = None) -> Im
         ) from None
 
 
-def _resize_size(width: int, height: int, size: int) -> tuple[int, int]:
-    """torchvision's Resize(round(size * 256 / 224)): the shorter side to that, aspect kept."""
-    short_target = round(size * 256 / 224)
+# The interpolations of torchvision's weights transforms, as PIL filters (torchvision's Resize on
+# a PIL image calls Image.resize with these; PIL's resize always antialiases when downscaling).
+INTERPOLATIONS = {"bilinear": Image.Resampling.BILINEAR, "bicubic": Image.Resampling.BICUBIC}
+
+
+class Preprocessing(TypedDict):
+    """The weights' resize and crop, as keyword arguments of `model_crop`, `model_view` and
+    `preprocess`: `preprocess(image, S, **preprocessing_of(meta))`."""
+
+    resize_size: int
+    crop_size: int
+    interpolation: str
+
+
+# What models exported before the fields existed were preprocessed with: VGG's 256/224 bilinear.
+_DEFAULT_PREPROCESSING = Preprocessing(resize_size=256, crop_size=224, interpolation="bilinear")
+
+
+def preprocessing_of(meta: ModelMetadata | ModelInfo) -> Preprocessing:
+    """The resize and crop a model's weights expect, from its `ModelMetadata` (or `ModelInfo`);
+    fields an older object lacks take VGG's 256/224 bilinear. Refuses values `model_view`
+    cannot apply (an unknown interpolation, a resize smaller than the crop) with a ValueError."""
+    values = {k: getattr(meta, k, v) for k, v in _DEFAULT_PREPROCESSING.items()}
+    try:
+        _check_preprocessing(**values)
+    except ValueError as exc:
+        raise ValueError(f"the model's preprocessing metadata: {exc}") from None
+    return Preprocessing(**values)  # type: ignore[typeddict-item]
+
+
+def _check_preprocessing(resize_size: int, crop_size: int, interpolation: str) -> None:
+    if interpolation not in INTERPOLATIONS:
+        raise ValueError(
+            f"interpolation must be one of {sorted(INTERPOLATIONS)}, got {interpolation!r}"
+        )
+    if not (isinstance(resize_size, int) and isinstance(crop_size, int) and crop_size >= 1):
+        raise ValueError(
+            f"resize_size and crop_size must be positive integers, got {resize_size!r} and "
+            f"{crop_size!r}"
+        )
+    if resize_size < crop_size:
+        raise ValueError(
+            f"resize_size ({resize_size}) must be at least crop_size ({crop_size}): the center "
+            "crop is taken inside the resized image"
+        )
+
+
+def _resize_size(
+    width: int, height: int, size: int, resize_size: int = 256, crop_size: int = 224
+) -> tuple[int, int]:
+    """torchvision's Resize(round(size * resize_size / crop_size)): the shorter side to that,
+    aspect kept."""
+    short_target = round(size * resize_size / crop_size)
     if width <= height:
         return short_target, int(short_target * height / width)
     return int(short_target * width / height), short_target
@@ -169,14 +230,15 @@ def _resize_size(width: int, height: int, size: int) -> tuple[int, int]:
 
 @dataclass(frozen=True)
 class ModelCrop:
-    """Where the model's S x S input comes from: resize the image to `resized` (w, h), then take
-    the S x S window at (`left`, `top`) of the resized image."""
+    """Where the model's S x S input comes from: resize the image to `resized` (w, h) with
+    `interpolation`, then take the S x S window at (`left`, `top`) of the resized image."""
 
     size: int
     original: tuple[int, int]  # (width, height) of the decoded image
     resized: tuple[int, int]  # (width, height) after the resize
     left: int
     top: int
+    interpolation: str = "bilinear"
 
     def box(self) -> tuple[float, float, float, float]:
         """The window in the original image's pixel coordinates: (x0, y0, x1, y1)."""
@@ -190,33 +252,61 @@ class ModelCrop:
         )
 
 
-def model_crop(width: int, height: int, size: int = 224, crop: bool = True) -> ModelCrop:
-    """The resize and crop `preprocess` applies to a `width` x `height` image."""
+def model_crop(
+    width: int,
+    height: int,
+    size: int = 224,
+    crop: bool = True,
+    resize_size: int = 256,
+    crop_size: int = 224,
+    interpolation: str = "bilinear",
+) -> ModelCrop:
+    """The resize and crop `preprocess` applies to a `width` x `height` image: the shorter side
+    to round(size * resize_size / crop_size), then the center size x size (the weights'
+    Resize(resize_size) + CenterCrop(crop_size) scaled to `size`)."""
     if size < 1:
         raise ValueError(f"size must be a positive number of pixels, got {size}")
+    _check_preprocessing(resize_size, crop_size, interpolation)
     if not crop:
-        return ModelCrop(size, (width, height), (size, size), 0, 0)
-    rw, rh = _resize_size(width, height, size)
+        return ModelCrop(size, (width, height), (size, size), 0, 0, interpolation)
+    rw, rh = _resize_size(width, height, size, resize_size, crop_size)
     # torchvision's center_crop: int(round((dim - size) / 2)).
-    return ModelCrop(
-        size, (width, height), (rw, rh), round((rw - size) / 2), round((rh - size) / 2)
-    )
+    left, top = round((rw - size) / 2), round((rh - size) / 2)
+    return ModelCrop(size, (width, height), (rw, rh), left, top, interpolation)
 
 
-def model_view(image: Image.Image, size: int = 224, crop: bool = True) -> np.ndarray:
-    """The uint8 RGB pixels [S, S, 3] the model sees: torchvision's Resize + CenterCrop, or with
-    `crop=False` the whole image resized to S x S. Bilinear with antialiasing (PIL's resize)."""
+def model_view(
+    image: Image.Image,
+    size: int = 224,
+    crop: bool = True,
+    *,
+    resize_size: int = 256,
+    crop_size: int = 224,
+    interpolation: str = "bilinear",
+) -> np.ndarray:
+    """The uint8 RGB pixels [S, S, 3] the model sees: torchvision's Resize + CenterCrop (see
+    `model_crop`), or with `crop=False` the whole image resized to S x S. PIL's resize with
+    `interpolation` ("bilinear" or "bicubic", antialiased), as torchvision's Resize on PIL."""
+    c = model_crop(image.width, image.height, size, crop, resize_size, crop_size, interpolation)
+    return view_of(image, c)
+
+
+def view_of(image: Image.Image, c: ModelCrop) -> np.ndarray:
+    """The uint8 [S, S, 3] pixels of `image` (RGB, `c.original` in size) that the crop `c`
+    describes: what `model_view` returns."""
     if image.mode != "RGB":
         raise ValueError(f"expected an RGB image (use load_image), got mode {image.mode}")
-    c = model_crop(image.width, image.height, size, crop)
-    if crop and c.resized[0] * c.resized[1] > FULL_RESIZE_LIMIT:
+    if image.size != c.original:
+        raise ValueError(f"the crop was computed for a {c.original} image, got {image.size}")
+    resample = INTERPOLATIONS[c.interpolation]
+    size = c.size
+    if c.resized[0] * c.resized[1] > FULL_RESIZE_LIMIT:
         # A very elongated image (a 157-byte 1 x 20000 PNG asks for 256 x 5,120,000 pixels):
         # resample only the window, from the source region it covers. Same filter and support,
         # within one 8-bit level of resize-then-crop (the coefficients round differently).
-        box = c.box()
-        return np.array(image.resize((size, size), Image.Resampling.BILINEAR, box=box))
-    resized = image.resize(c.resized, Image.Resampling.BILINEAR)
-    if crop:
+        return np.array(image.resize((size, size), resample, box=c.box()))
+    resized = image.resize(c.resized, resample)
+    if c.resized != (size, size):
         resized = resized.crop((c.left, c.top, c.left + size, c.top + size))
     return np.array(resized, dtype=np.uint8)  # a writable copy
 
@@ -237,11 +327,24 @@ def preprocess(
     mean: Sequence[float] = IMAGENET_MEAN,
     std: Sequence[float] = IMAGENET_STD,
     crop: bool = True,
+    *,
+    resize_size: int = 256,
+    crop_size: int = 224,
+    interpolation: str = "bilinear",
 ) -> torch.Tensor:
-    """The model input [3, S, S] float32 for an RGB image: torchvision's ImageNet evaluation
-    transform (Resize(256) + CenterCrop(224) scaled to S, ToTensor, Normalize(mean, std)), or with
-    `crop=False` the whole image resized to S x S (aspect ratio not kept)."""
-    return to_tensor(model_view(image, size, crop), mean, std)
+    """The model input [3, S, S] float32 for an RGB image: the weights' evaluation transform
+    (Resize(resize_size) + CenterCrop(crop_size) scaled to S with `interpolation`, ToTensor,
+    Normalize(mean, std); the defaults are VGG's 256/224 bilinear), or with `crop=False` the
+    whole image resized to S x S (aspect ratio not kept)."""
+    view = model_view(
+        image,
+        size,
+        crop,
+        resize_size=resize_size,
+        crop_size=crop_size,
+        interpolation=interpolation,
+    )
+    return to_tensor(view, mean, std)
 
 
 def cam_to_image(cam: np.ndarray | torch.Tensor, crop: ModelCrop) -> np.ndarray:

@@ -28,10 +28,14 @@ import warnings
 from collections import Counter
 from collections.abc import Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import onnx
 import torch
+
+if TYPE_CHECKING:
+    from .images import Preprocessing
 
 __all__ = [
     "CALIBRATION_METHODS",
@@ -62,9 +66,11 @@ def calibration_images(
     mean: Sequence[float],
     std: Sequence[float],
     raw_pixels: bool = False,
+    preprocessing: Preprocessing | None = None,
 ) -> torch.Tensor:
     """The calibration batch: a folder of image files (read and preprocessed like `explain`
-    does; unreadable files are skipped with a warning naming them) or a tensor already in the
+    does, resized and cropped as `preprocessing` says, default VGG's 256/224 bilinear;
+    unreadable files are skipped with a warning naming them) or a tensor already in the
     model's input format (float [N,3,S,S] normalized, or uint8 [N,S,S,3] with raw_pixels).
     Refuses fewer than MIN_CALIBRATION_IMAGES."""
     if isinstance(calibration, np.ndarray):
@@ -82,7 +88,9 @@ def calibration_images(
         if not raw_pixels and not torch.isfinite(x).all():
             raise ValueError("calibration tensor has NaN or infinite values")
     elif isinstance(calibration, str | os.PathLike):
-        x, source = _read_folder(Path(calibration), image_size, mean, std, raw_pixels)
+        x, source = _read_folder(
+            Path(calibration), image_size, mean, std, raw_pixels, preprocessing or {}
+        )
     else:
         raise TypeError(
             "calibration must be a folder of images or a tensor of preprocessed images, got "
@@ -110,14 +118,19 @@ def _image_files(folder: Path) -> list[Path]:
 
 
 def _read_folder(
-    folder: Path, image_size: int, mean: Sequence[float], std: Sequence[float], raw_pixels: bool
+    folder: Path,
+    image_size: int,
+    mean: Sequence[float],
+    std: Sequence[float],
+    raw_pixels: bool,
+    preprocessing: Preprocessing | dict,
 ) -> tuple[torch.Tensor, str]:
     from .images import ImageError, load_image, model_view, to_tensor
 
     images, skipped = [], []
     for path in _image_files(folder):
         try:
-            pixels = model_view(load_image(path), image_size)
+            pixels = model_view(load_image(path), image_size, **preprocessing)
         except ImageError as exc:
             skipped.append(f"{path.name} ({' '.join(str(exc).split())})")
             continue
@@ -287,7 +300,11 @@ def quantize_for_export(
         )
     if method not in CALIBRATION_METHODS:
         raise ValueError(f"calibration method must be one of {CALIBRATION_METHODS}, got {method!r}")
-    images = calibration_images(calibration, image_size, info.mean, info.std, raw_pixels)
+    from .images import preprocessing_of
+
+    images = calibration_images(
+        calibration, image_size, info.mean, info.std, raw_pixels, preprocessing_of(info)
+    )
     proto = quantize_body(proto, images, num_targets, method)
     fields = {"calibration_method": method, "calibration_images": len(images)}
     return proto, fields, images[:VALIDATE_IMAGES]

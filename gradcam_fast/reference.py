@@ -50,11 +50,12 @@ class _Tap(nn.Module):
 _TAPPED: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
 
 
-def _tapped(model: nn.Module, target_layer: str | None) -> fx.GraphModule:
+def _tapped(model: nn.Module, target_layer: str | None, image_size: int) -> fx.GraphModule:
     cache = _TAPPED.setdefault(model, {})
-    module = cache.get(target_layer)
+    key = target_layer or ("default", image_size)
+    module = cache.get(key)
     if module is None or not _current(module, model):
-        module = cache[target_layer] = _splice_tap(model, target_layer)
+        module = cache[key] = _splice_tap(model, target_layer, image_size)
     return module
 
 
@@ -70,7 +71,7 @@ def _current(module: fx.GraphModule, model: nn.Module) -> bool:
         return False
 
 
-def _splice_tap(model: nn.Module, target_layer: str | None) -> fx.GraphModule:
+def _splice_tap(model: nn.Module, target_layer: str | None, image_size: int) -> fx.GraphModule:
     from torchvision.models.feature_extraction import NodePathTracer
 
     tracer = NodePathTracer(leaf_modules=[], autowrap_modules=(math,))
@@ -79,7 +80,7 @@ def _splice_tap(model: nn.Module, target_layer: str | None) -> fx.GraphModule:
     if target_layer is None:
         from .models import default_target_layer  # the documented default, by name only
 
-        target_layer = default_target_layer(model)
+        target_layer = default_target_layer(model, image_size)
     # torchvision's rule (create_feature_extractor): the last node named `target_layer` or
     # inside the module of that name
     pattern = re.compile(rf"^{re.escape(target_layer)}(\.|$)")
@@ -113,10 +114,10 @@ def eager_gradcam(
     mode.
     """
     model.eval()
-    module = _tapped(model, target_layer)
-    tap: _Tap = module.gradcam_tap
     device = next(model.parameters()).device
     x = as_image_batch(images, device=device)
+    module = _tapped(model, target_layer, x.shape[-1])
+    tap: _Tap = module.gradcam_tap
     tap.activations, tap.gradients = None, []
     try:
         with torch.enable_grad():

@@ -51,7 +51,7 @@ import torch
 
 from .finite import NONFINITE, NonFiniteMapsError
 from .serve_query import ExplainQuery, HTTPError, answer_predictions, parse_query, require_method
-from .steps import Decoded, decode, model_input
+from .steps import Decoded, decode, model_input, preprocessing_of
 
 __all__ = [
     "DEFAULT_BATCH_WAIT_MS",
@@ -109,8 +109,7 @@ def _replica_id() -> str:
 
 @serve.deployment(name="GradCAM", max_ongoing_requests=32, ray_actor_options={"num_cpus": 1})
 class GradCAMDeployment:
-    """A Ray Serve replica holding one Grad-CAM session, answering the HTTP API of
-    docs/serving.md.
+    """A Ray Serve replica holding one Grad-CAM session, answering docs/serving.md's HTTP API.
 
     `model`: an exported gradcam_fast .onnx file (run by ONNX Runtime on `device`, with
     `intra_op_threads`, default the CPUs Ray reserved for the replica), or a zero-argument
@@ -156,6 +155,7 @@ class GradCAMDeployment:
                 model, device=device, intra_op_threads=threads, tensorrt=tensorrt
             )
         meta = self.session.metadata
+        preprocessing_of(meta)  # bad preprocessing metadata fails at start, not in every request
         self.names = tuple(meta.categories)
         self.raw_pixels = meta.input_format == "uint8_nhwc"
         self.max_body_bytes = max_body_bytes

@@ -24,13 +24,22 @@ from .images import (
     cam_to_image,
     load_image,
     model_crop,
-    model_view,
+    preprocessing_of,
     to_tensor,
+    view_of,
 )
 from .metadata import ModelMetadata
 from .visualize import overlay, save_npy, save_png
 
-__all__ = ["Decoded", "decode", "model_input", "overlay_name", "slug", "write_overlays"]
+__all__ = [
+    "Decoded",
+    "decode",
+    "model_input",
+    "overlay_name",
+    "preprocessing_of",
+    "slug",
+    "write_overlays",
+]
 
 
 @dataclass
@@ -54,18 +63,23 @@ def decode(
     verbose: bool = False,
 ) -> Decoded:
     """Read `source` (a path, or bytes labeled `name`) into the model's input for `meta`: the
-    view, and the normalized tensor unless the model takes raw pixels. An unreadable image gives
+    view (resized and cropped as the metadata's resize_size, crop_size and interpolation say),
+    and the normalized tensor unless the model takes raw pixels. An unreadable image gives
     `Decoded(error=...)` naming the file; so does an unexpected failure (its traceback printed
     when `verbose`)."""
     label = name if name is not None else os.fspath(source)
     try:
         image = load_image(source, name=name)
-        view = model_view(image, meta.image_size, crop)
+        # one crop for the view and for mapping maps back onto the original (cam_to_image)
+        where = model_crop(
+            image.width, image.height, meta.image_size, crop, **preprocessing_of(meta)
+        )
+        view = view_of(image, where)
         raw = meta.input_format == "uint8_nhwc"
         return Decoded(
             view=view,
             tensor=None if raw else to_tensor(view, meta.mean, meta.std),
-            crop=model_crop(image.width, image.height, meta.image_size, crop),
+            crop=where,
             original=np.asarray(image) if keep_original else None,
         )
     except ImageError as exc:

@@ -110,8 +110,8 @@ class TorchRunner:
         self.dtype = PRECISIONS[precision]
         self.precision = precision
         model = copy.deepcopy(model).to(device=device).eval()
-        self.graph = GradCAMGraph(model, target_layer, num_targets)
-        self.graph.body.to(self.dtype)
+        self.graph = GradCAMGraph(model, target_layer, num_targets, image_size=image_size)
+        self.graph.set_body_dtype(self.dtype)
         self.metadata = self.graph.metadata(image_size, precision=precision)
         self.providers = [f"torch ({precision}{', CUDA graphs' if cuda_graphs else ''})"]
         # NHWC is cuDNN's native layout for tensor-core convolutions, and oneDNN's fastest on
@@ -120,7 +120,8 @@ class TorchRunner:
             channels_last = True
         self.channels_last = channels_last
         if self.channels_last:
-            self.graph.body.to(memory_format=torch.channels_last)
+            for module in self.graph.body_modules():
+                module.to(memory_format=torch.channels_last)
         self.cuda_graphs = cuda_graphs
         self.cudnn_benchmark = cudnn_benchmark
         self._captured: dict[int, tuple] = {}

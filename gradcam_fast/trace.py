@@ -127,10 +127,14 @@ def _propagate_shapes(traced: TracedModel, image_size: int) -> None:
     from torch._subclasses.fake_tensor import FakeTensorMode
     from torch.fx.passes.shape_prop import ShapeProp
 
-    mode = FakeTensorMode(allow_non_fake_inputs=True)
-    example = mode.from_tensor(torch.empty(traced.batch, 3, image_size, image_size))
+    shape = (traced.batch, 3, image_size, image_size)
+    on_meta = any(p.is_meta for p in traced.module.parameters())
     try:
-        ShapeProp(traced.module, fake_mode=mode).propagate(example)
+        if on_meta:  # a model built on the meta device (no weights): run it there
+            ShapeProp(traced.module).propagate(torch.empty(shape, device="meta"))
+        else:
+            mode = FakeTensorMode(allow_non_fake_inputs=True)
+            ShapeProp(traced.module, fake_mode=mode).propagate(mode.from_tensor(torch.empty(shape)))
     except Exception as exc:
         raise ValueError(
             f"image size {image_size} does not fit {type(traced.module).__name__}: "
@@ -167,7 +171,7 @@ def default_target_node(traced: TracedModel) -> fx.Node:
     for node in traced.nodes:
         shape = traced.shape_of(node)
         is_global = shape is not None and len(shape) == 4 and shape[2] == shape[3] == 1
-        if node in pooled or is_global and _is_pool(traced, node):
+        if node in pooled or (is_global and _is_pool(traced, node)):
             size = math.prod(shape[1:]) if shape else 0
             pooled.update(u for u in node.users if _per_image_size(traced, u) <= size)
     for node in reversed(traced.nodes):
@@ -216,7 +220,7 @@ def resolve_target(traced: TracedModel, name: str | None) -> fx.Node:
     shape = traced.shape_of(node)
     if shape is None or len(shape) != 4:
         raise ValueError(
-            f"target layer {name!r} outputs shape {list(shape) if shape else 'no tensor'}, not a "
+            f"target layer {name!r} outputs {_shape_text(shape)}, not a "
             "feature map [B, C, H, W]: Grad-CAM weighs the channels of a convolutional layer's "
             "output; pick a layer before the global pooling"
         )
@@ -236,3 +240,7 @@ def layer_table(traced: TracedModel) -> list[LayerInfo]:
 
 def _per_image(shape: tuple[int, ...] | None) -> tuple[int, ...] | None:
     return None if shape is None else shape[1:]
+
+
+def _shape_text(shape: tuple[int, ...] | None) -> str:
+    return "no single tensor" if shape is None else f"shape [B, {', '.join(map(str, shape[1:]))}]"

@@ -124,9 +124,9 @@ SIGMOID = _pointwise(
 
 
 def _hardswish_grad(op: Any, x: torch.Tensor, g: torch.Tensor) -> torch.Tensor:
-    # PyTorch's hardswish_backward: 0 below -3, x/3 + 1/2 on [-3, 3], 1 above
-    inner = torch.where(x <= 3, g * (x / 3 + 0.5), g)
-    return torch.where(x < -3, _zero(g), inner)
+    # PyTorch's hardswish_backward (since 2.7): 0 up to -3, x/3 + 1/2 inside, 1 from 3 on
+    inner = torch.where(x < 3, g * (x / 3 + 0.5), g)
+    return torch.where(x <= -3, _zero(g), inner)
 
 
 HARDSWISH = _pointwise(lambda op, x, *a, **k: F.hardswish(x), _hardswish_grad)
@@ -482,7 +482,11 @@ def _mean_forward(op: Any, x: torch.Tensor, dim: Any = None, keepdim: bool = Fal
     if dim is None or kw:
         raise NotImplementedError("mean over every axis or with a dtype has no VJP rule")
     dims = (dim,) if isinstance(dim, int) else tuple(dim)
-    return x.mean(dims, keepdim=keepdim), (tuple(x.shape), tuple(d % x.dim() for d in dims), keepdim)
+    return x.mean(dims, keepdim=keepdim), (
+        tuple(x.shape),
+        tuple(d % x.dim() for d in dims),
+        keepdim,
+    )
 
 
 def _mean_vjp(op: Any, g: torch.Tensor, saved: tuple, needs: tuple) -> Grads:
@@ -607,7 +611,9 @@ def _add_forward(op: Any, a: Any, b: Any, **kwargs: Any) -> tuple:
 
 
 def _add_vjp(op: Any, g: torch.Tensor, shapes: tuple, needs: tuple) -> Grads:
-    return tuple(_unbroadcast(g, s) if need else None for s, need in zip(shapes, needs, strict=True))
+    return tuple(
+        _unbroadcast(g, s) if need else None for s, need in zip(shapes, needs, strict=True)
+    )
 
 
 def _mul_forward(op: Any, a: Any, b: Any) -> tuple:

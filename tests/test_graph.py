@@ -73,9 +73,14 @@ def test_default_target_is_last_layer_before_final_pool(vgg19):
     assert GradCAMGraph(vgg19).target_layer == "features.35"
 
 
-def test_unknown_target_layer_is_refused_with_valid_names(vgg19):
-    with pytest.raises(ValueError, match=r"classifier\.0.*valid names are features\.0"):
+def test_target_that_is_no_feature_map_is_refused_naming_its_shape(vgg19):
+    with pytest.raises(ValueError, match=r"'classifier\.0' outputs shape \[B, 4096\], not a feature"):
         GradCAMGraph(vgg19, "classifier.0")
+
+
+def test_unknown_target_layer_is_refused_with_close_matches(vgg19):
+    with pytest.raises(ValueError, match=r"no layer 'features\.355'.*close matches: features\.35"):
+        GradCAMGraph(vgg19, "features.355")
 
 
 def _integer_tie_model(seed: int = 0) -> nn.Module:

@@ -1,5 +1,6 @@
-"""The whole VGG family: every named arch (BatchNorm ones with non-identity statistics) and other
-torchvision VGG instances against the eager reference; target-layer names, defaults and refusals."""
+"""The VGG family in depth (every named arch, BatchNorm ones with non-identity statistics, other
+torchvision VGG instances) against the eager reference; the arch table against torchvision's
+registry; target-layer names, defaults and refusals. Other families: tests/test_families.py."""
 
 from __future__ import annotations
 
@@ -16,13 +17,14 @@ from torchvision.models.vgg import cfgs, make_layers
 
 from gradcam_fast import GradCAMGraph, GradCAMSession, eager_gradcam, export_onnx, load_vgg
 from gradcam_fast.compare import TOLERANCE, relative_error
-from gradcam_fast.graph import resolve_target_layer
+from gradcam_fast.catalog import ARCH_TABLE, TRANSFORMER_PREFIXES
 from gradcam_fast.models import (
     ARCHS,
     IMAGENET_MEAN,
     IMAGENET_STD,
     default_target_layer,
-    feature_layer_names,
+    layer_names,
+    load_model,
 )
 from gradcam_fast.postprocess import gradcam_lowres
 
@@ -39,10 +41,14 @@ FAMILY = {
 }
 
 
-def features_only(arch: str) -> SimpleNamespace:
-    """`model.features` of `arch` without its 100M-parameter classifier (names need no more)."""
-    cfg, bn, _ = FAMILY[arch]
-    return SimpleNamespace(features=make_layers(cfgs[cfg], batch_norm=bn))
+def on_meta(arch: str) -> nn.Module:
+    """torchvision's `arch` built on the meta device: its layers and shapes, no weights."""
+    with torch.device("meta"):
+        return tvm.get_model(arch, weights=None).eval()
+
+
+def feature_names(model: nn.Module) -> list[str]:
+    return [f"features.{i}" for i in range(len(model.features))]
 
 
 def randomize_batchnorm(model: nn.Module, seed: int = 0) -> int:
@@ -59,7 +65,7 @@ def randomize_batchnorm(model: nn.Module, seed: int = 0) -> int:
 
 
 def assert_graph_matches_eager(model, images, targets, layer):
-    graph = GradCAMGraph(model, layer, targets.shape[1])
+    graph = GradCAMGraph(model, layer, targets.shape[1], image_size=images.shape[-1])
     with torch.inference_mode():
         logits, classes, activations, gradients = graph(images, targets)
     ref = eager_gradcam(model, images, targets, layer)
@@ -74,50 +80,81 @@ def assert_graph_matches_eager(model, images, targets, layer):
         assert relative_error(got, want) < TOLERANCE, f"{name} at {layer}"
 
 
-def test_family_is_complete():
-    assert set(ARCHS) == set(FAMILY)
-    for arch, weights in ARCHS.items():  # ImageNet weights by name, with their transforms
-        assert callable(getattr(tvm, arch)), arch
-        default = getattr(tvm, weights).DEFAULT
-        assert len(default.meta["categories"]) == 1000, arch
-        assert tuple(default.transforms().mean) == IMAGENET_MEAN
-        assert tuple(default.transforms().std) == IMAGENET_STD
+def test_arch_table_is_torchvisions_cnn_registry():
+    """ARCHS holds every CNN of torchvision's registry (68), transformers aside, each with its
+    default weights' enum and preprocessing (resize, crop, interpolation)."""
+    cnns = {n for n in tvm.list_models(module=tvm) if not n.startswith(TRANSFORMER_PREFIXES)}
+    assert set(ARCHS) == cnns and len(cnns) == 68
+    assert set(FAMILY) <= set(ARCHS)
+    for arch, (weights, resize, crop, interpolation) in ARCH_TABLE.items():
+        enum = tvm.get_model_weights(arch)
+        assert enum.__name__ == weights, arch
+        transforms = enum.DEFAULT.transforms()
+        assert len(enum.DEFAULT.meta["categories"]) == 1000, arch
+        assert (transforms.resize_size[0], transforms.crop_size[0]) == (resize, crop), arch
+        assert transforms.interpolation.value == interpolation, arch
+
+
+@pytest.mark.parametrize("arch", ["vit_b_16", "swin_t", "maxvit_t"])
+def test_transformers_are_refused_clearly(arch):
+    with pytest.raises(ValueError, match=rf"{arch} is a vision transformer.*CNNs"):
+        load_model(arch, "random")
+
+
+def test_unknown_arch_names_close_matches():
+    with pytest.raises(ValueError, match=r"unknown arch 'resnet05'.*did you mean.*resnet50"):
+        load_model("resnet05", "random")
+
+
+def test_load_model_records_the_weights_preprocessing():
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        info = load_model("mobilenet_v3_small", "random").gradcam_fast_info
+    assert (info.arch, info.resize_size, info.crop_size, info.interpolation) == (
+        "mobilenet_v3_small",
+        256,
+        224,
+        "bilinear",
+    )
+    assert info.categories[281] == "tabby"
 
 
 @pytest.mark.parametrize("arch", list(FAMILY))
 def test_default_target_is_the_last_layer_before_the_final_pool(arch):
-    model = features_only(arch)
+    model = on_meta(arch)
     expected = FAMILY[arch][2]
     assert default_target_layer(model) == expected
     index = int(expected.split(".")[1])
     assert isinstance(model.features[index], nn.ReLU)
     assert isinstance(model.features[index + 1], nn.MaxPool2d)
     assert index + 2 == len(model.features)
-    assert resolve_target_layer(model, None) == (expected, index)
 
 
 @pytest.mark.parametrize("arch", list(FAMILY))
-def test_every_features_layer_is_accepted(arch):
-    model = features_only(arch)
-    names = feature_layer_names(model)
-    assert len(names) == len(model.features)
-    for i, name in enumerate(names):
-        assert resolve_target_layer(model, name) == (name, i)
+def test_every_features_layer_is_a_layer(arch):
+    model = on_meta(arch)
+    names = layer_names(model)
+    assert set(feature_names(model)) <= set(names)
+    assert names[-1] == "classifier.6"
 
 
 @pytest.mark.parametrize(
-    "bad", ["features.99", "features.-1", "features", "35", "classifier.0", "avgpool", "Features.0"]
+    ("bad", "message"),
+    [
+        ("features.99", r"no layer 'features\.99'; close matches: features\.\d"),
+        ("Features.0", r"no layer 'Features\.0'; close matches: features\.0"),
+        ("35", r"no layer '35'"),
+        ("classifier.0", r"'classifier\.0' outputs shape \[B, 32\], not a feature map"),
+        ("avgpool", None),  # a feature map: accepted
+    ],
 )
-def test_an_invalid_target_layer_is_refused_with_the_valid_names(bad):
-    model = features_only("vgg19")
-    with pytest.raises(ValueError) as info:
-        resolve_target_layer(model, bad)
-    message = str(info.value)
-    assert repr(bad) in message
-    assert re.search(r"features\.0\b.*features\.36\b", message)  # the valid range
-    assert "features.35" in message  # the default
-    with pytest.raises(ValueError, match="valid names are"):
-        GradCAMGraph(make_tiny_vgg(), bad)
+def test_an_invalid_target_layer_is_refused_naming_the_problem(bad, message):
+    model = make_tiny_vgg()
+    if message is None:
+        assert GradCAMGraph(model, bad, image_size=32).target_layer == bad
+        return
+    with pytest.raises(ValueError, match=message):
+        GradCAMGraph(model, bad, image_size=32)
 
 
 def small_classifier(num_classes: int = 1000) -> nn.Sequential:
@@ -171,7 +208,7 @@ def test_other_vgg_instances_match_eager_at_every_layer(cfg, pool, num_classes, 
     model = make_tiny_vgg(cfg=cfg, pool=pool, num_classes=num_classes, batch_norm=True, seed=4)
     images = torch.randn(2, 3, size, size, generator=torch.Generator().manual_seed(5))
     targets = torch.tensor([[-1, 1], [num_classes - 1, -2]])
-    for name in feature_layer_names(model):
+    for name in feature_names(model):
         assert_graph_matches_eager(model, images, targets, name)
 
 

@@ -30,7 +30,15 @@ __all__ = [
 ]
 
 # Modules of this package that add a subcommand, in the order --help lists them.
-SUBCOMMANDS: list[str] = ["export", "explain", "explain_dataset", "bench", "serve"]
+SUBCOMMANDS: list[str] = [
+    "export",
+    "explain",
+    "explain_dataset",
+    "bench",
+    "serve",
+    "layers",
+    "sweep",
+]
 
 
 class _Parser(argparse.ArgumentParser):
@@ -45,7 +53,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     parser = _Parser(
         prog="gradcam-fast",
-        description="Grad-CAM for VGG-family CNNs at the cost of one forward pass.",
+        description="Grad-CAM for torchvision CNNs at the cost of one forward pass.",
     )
     parser.add_argument("--version", action="version", version=f"gradcam_fast {__version__}")
     parser.add_argument("-v", "--verbose", action="store_true", help="tracebacks and debug logs")

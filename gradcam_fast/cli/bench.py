@@ -12,7 +12,7 @@ __all__ = ["DESCRIPTION", "HELP", "add_arguments", "run"]
 
 def run(args: argparse.Namespace) -> int:
     from ..cache import open_session
-    from ..models import load_vgg
+    from ..models import load_model
     from ..timing import time_session
 
     if args.eager and args.model is not None:
@@ -20,7 +20,7 @@ def run(args: argparse.Namespace) -> int:
     session = open_session(**session_options(args), **network_options(args))
     model = None
     if args.eager:
-        model = load_vgg(args.arch, args.weights, seed=args.seed).to(session.device)
+        model = load_model(args.arch, args.weights, seed=args.seed).to(session.device)
     print(f"# {session!r}", file=sys.stderr)
     print("| batch | gradcam_fast ms | images/s | eager hook ms | speedup |")
     print("| ---: | ---: | ---: | ---: | ---: |")

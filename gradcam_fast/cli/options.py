@@ -8,7 +8,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from ..catalog import ARCHS
+from ..catalog import ARCH_TABLE, ARCHS
 from .precision import add_precision_options, precision_kwargs
 
 __all__ = [
@@ -69,16 +69,29 @@ def add_class_options(parser: argparse.ArgumentParser) -> None:
 
 def add_network_options(group) -> None:
     """--arch, --weights, --seed, --target-layer, --image-size: what is exported."""
-    group.add_argument("--arch", default="vgg19", choices=sorted(ARCHS))
+    group.add_argument(
+        "--arch",
+        default="vgg19",
+        choices=sorted(ARCHS),
+        metavar="ARCH",
+        help="a torchvision CNN (vgg19, resnet50, efficientnet_b0, convnext_tiny, ...; "
+        "`gradcam-fast layers --list-archs` lists all 68)",
+    )
     group.add_argument(
         "--weights",
         default="imagenet",
         help="'imagenet' (torchvision's, downloaded once), a state_dict file, or 'random'",
     )
     group.add_argument("--seed", type=int, default=0, help="seed for --weights random")
-    group.add_argument("--target-layer", help="layer of model.features (default: last before pool)")
     group.add_argument(
-        "--image-size", type=positive, default=224, help="fixed input size S (S x S)"
+        "--target-layer",
+        help="a layer name as `gradcam-fast layers ARCH` lists them (features.35, layer4, "
+        "layer4.1.relu_1, ...; default: the last stage's output)",
+    )
+    group.add_argument(
+        "--image-size",
+        type=positive,
+        help="fixed input size S (S x S; default: the arch's weights' crop size, 224 for most)",
     )
 
 
@@ -106,6 +119,7 @@ def network_options(args: argparse.Namespace) -> dict:
     """The network options (and the int8 ones, `precision.precision_kwargs`) as keyword
     arguments of `export_onnx` / `cache.cached_model`."""
     network = pick(args, "arch", "weights", "seed", "target_layer", "image_size")
+    network["image_size"] = network["image_size"] or ARCH_TABLE[args.arch][2]
     return network | precision_kwargs(args)
 
 
