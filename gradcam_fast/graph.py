@@ -113,6 +113,8 @@ class GradCAMGraph(nn.Module):
         self._shortcut, channel_sums = None, None
         if not gradients:
             self._shortcut, channel_sums = self._channel_sums(traced, target)
+        # the Linear whose per-channel weight sums give the channel weights, if any
+        self.first_linear = None if self._shortcut is None else traced.name_of(self._shortcut)
         self.register_buffer("channel_sums", channel_sums, persistent=False)
         self.body_dtype = torch.float32
         self.eval()

@@ -195,7 +195,7 @@ def test_the_cache_never_keeps_a_refused_model(tmp_path, monkeypatch):
         loads.append(arch)
         return nan_model()
 
-    monkeypatch.setattr("gradcam_fast.export.load_vgg", load)
+    monkeypatch.setattr("gradcam_fast.export.load_model", load)
     for attempt in (1, 2):
         with pytest.raises(ExportValidationError, match="not finite"):
             cached_model("vgg11", "random", image_size=SIZE)
@@ -213,7 +213,7 @@ import torch
 from tiny_models import make_tiny_vgg
 import onnx
 import gradcam_fast.export
-gradcam_fast.export.load_vgg = lambda arch, weights, seed=0: make_tiny_vgg(seed=seed)
+gradcam_fast.export.load_model = lambda arch, weights, seed=0: make_tiny_vgg(seed=seed)
 save = onnx.save
 def slow_save(*args, **kwargs):  # writing VGG's 500 MB takes seconds: a race window as wide
     save(*args, **kwargs)

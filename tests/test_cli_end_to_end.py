@@ -37,7 +37,7 @@ def tiny_vgg():
 @pytest.fixture
 def tiny_loader(monkeypatch):
     """`load_vgg(arch, ...)` in the exporter returns the tiny VGG, whatever the arch."""
-    monkeypatch.setattr("gradcam_fast.export.load_vgg", lambda arch, weights, seed=0: tiny_vgg())
+    monkeypatch.setattr("gradcam_fast.export.load_model", lambda arch, weights, seed=0: tiny_vgg())
 
 
 @pytest.fixture(scope="module")

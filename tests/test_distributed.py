@@ -229,7 +229,7 @@ def test_cli_without_model_top_k_exports_into_the_cache(
     cache = tmp_path / "cache"
     monkeypatch.setenv("GRADCAM_FAST_CACHE", str(cache))
     monkeypatch.setattr(
-        "gradcam_fast.export.load_vgg", lambda arch, weights, seed=0: make_tiny_vgg(seed=3)
+        "gradcam_fast.export.load_model", lambda arch, weights, seed=0: make_tiny_vgg(seed=3)
     )
     out = tmp_path / "out"
     argv = ["explain-dataset", str(folder), "--out", str(out), "--arch", "vgg11", "--weights"]

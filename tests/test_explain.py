@@ -16,6 +16,7 @@ from pathlib import Path
 from urllib.parse import unquote, urlparse
 
 import numpy as np
+import onnx
 import pytest
 from PIL import Image
 from tiny_models import make_tiny_vgg
@@ -24,8 +25,17 @@ from gradcam_fast import GradCAMSession, export_onnx
 from gradcam_fast.classes import resolve_classes
 from gradcam_fast.cli import EXIT_ERROR, EXIT_OK, EXIT_SOME_FAILED, main
 from gradcam_fast.discover import collect_inputs
-from gradcam_fast.images import load_image, model_view, preprocess
+from gradcam_fast.images import (
+    cam_to_image,
+    load_image,
+    model_crop,
+    model_view,
+    preprocess,
+    preprocessing_of,
+)
 from gradcam_fast.models import ModelInfo
+from gradcam_fast.steps import decode
+from gradcam_fast.visualize import overlay
 
 SAMPLES = Path(__file__).resolve().parent.parent / "examples" / "images"
 NAMES = (
@@ -300,6 +310,69 @@ def test_overlay_is_drawn_on_what_the_model_saw(run, tiny_model, tmp_path):
         x = preprocess(image, SIZE, meta.mean, meta.std, crop=crop)
         expected = session(x[None]).cams[0, 0].numpy()
         np.testing.assert_allclose(np.load(out / record["outputs"][1]), expected, atol=1e-6)
+
+
+# Another weights' preprocessing (ResNet-50's 232/224 with EfficientNet's bicubic filter): at
+# S = 32 the shorter side goes to 33 instead of VGG's 37.
+OTHER_WEIGHTS = {"resize_size": 232, "crop_size": 224, "interpolation": "bicubic"}
+
+
+@pytest.fixture(scope="module")
+def other_weights_model(tmp_path_factory) -> Path:
+    """The tiny VGG exported with OTHER_WEIGHTS' preprocessing in its ModelInfo."""
+    model = make_tiny_vgg(num_classes=len(NAMES), pool=7)
+    model.gradcam_fast_info = ModelInfo(
+        arch="vgg", weights="random:tiny", categories=NAMES, **OTHER_WEIGHTS
+    )
+    path = tmp_path_factory.mktemp("other") / "other.onnx"
+    return export_onnx(model, path, image_size=SIZE, num_targets=2)
+
+
+def test_images_are_preprocessed_as_the_models_metadata_says(run, other_weights_model, tmp_path):
+    """End to end: the export records the weights' preprocessing, and explain resizes (shorter
+    side 33, bicubic), crops and maps overlays back the way the metadata says, not VGG's way."""
+    session = GradCAMSession(other_weights_model, device="cpu")
+    meta = session.metadata
+    assert preprocessing_of(meta) == OTHER_WEIGHTS
+    image = load_image(SAMPLES / "rocket.jpg")
+    status, err = run(SAMPLES / "rocket.jpg", "--out", tmp_path / "view", "--model",
+                      other_weights_model, "--alpha", "0", "--save-maps", "-q")  # fmt: skip
+    assert status == EXIT_OK, err
+    record = read_results(tmp_path / "view")["rocket.jpg"]
+    with Image.open(tmp_path / "view" / record["outputs"][0]) as png:  # alpha 0: the view
+        view = np.asarray(png)
+    np.testing.assert_array_equal(view, model_view(image, SIZE, **OTHER_WEIGHTS))
+    assert (view != model_view(image, SIZE)).mean() > 0.5  # VGG's 256/224 would be another view
+    x = preprocess(image, SIZE, meta.mean, meta.std, **OTHER_WEIGHTS)
+    cam = np.load(tmp_path / "view" / record["outputs"][1])
+    np.testing.assert_allclose(cam, session(x[None]).cams[0, 0].numpy(), atol=1e-6)
+
+    status, err = run(SAMPLES / "rocket.jpg", "--out", tmp_path / "full", "--model",
+                      other_weights_model, "--full-image", "-q")  # fmt: skip
+    assert status == EXIT_OK, err
+    with Image.open(
+        tmp_path / "full" / read_results(tmp_path / "full")["rocket.jpg"]["outputs"][0]
+    ) as png:
+        full = np.asarray(png)
+    crop = model_crop(image.width, image.height, SIZE, **OTHER_WEIGHTS)
+    assert decode(SAMPLES / "rocket.jpg", meta).crop == crop
+    np.testing.assert_array_equal(full, overlay(np.asarray(image), cam_to_image(cam, crop)))
+    vgg_crop = model_crop(image.width, image.height, SIZE)
+    assert not np.array_equal(full, overlay(np.asarray(image), cam_to_image(cam, vgg_crop)))
+
+
+def test_preprocessing_metadata_no_image_can_follow_is_refused_at_start(run, tiny_model, tmp_path):
+    proto = onnx.load(tiny_model)
+    for prop in proto.metadata_props:
+        if prop.key == "gradcam_fast.interpolation":
+            prop.value = '"lanczos"'
+    onnx.save(proto, tmp_path / "lanczos.onnx")
+    status, err = run(SAMPLES / "cat.jpg", "--out", tmp_path / "out", "--model",
+                      tmp_path / "lanczos.onnx", "-q")  # fmt: skip
+    assert status == EXIT_ERROR
+    assert "interpolation must be one of ['bicubic', 'bilinear'], got 'lanczos'" in err
+    assert err.count("lanczos") == 1  # one error at start, not one per image
+    assert not (tmp_path / "out" / "results.jsonl").exists()
 
 
 def test_top_k_explains_the_k_best_classes(run, tiny_model, tmp_path):

@@ -78,36 +78,46 @@ ELONGATED = {
 }
 
 
+# The weights' preprocessing: VGG's (the defaults), and the 232/224 bicubic of other weights.
+PREPROCESSING = {
+    "vgg": {},
+    "232-bicubic": {"resize_size": 232, "crop_size": 224, "interpolation": "bicubic"},
+}
+
+
 @pytest.mark.parametrize("name", sorted(ELONGATED))
 @pytest.mark.parametrize("size", [224, 32])
-def test_elongated_images_preprocess_in_bounded_memory(resize_sizes, name, size):
+@pytest.mark.parametrize("weights", sorted(PREPROCESSING))
+def test_elongated_images_preprocess_in_bounded_memory(resize_sizes, name, size, weights):
     data = ELONGATED[name]()
     assert len(data) < 3000  # tiny files
     image = load_image(data, name=name)
-    x = preprocess(image, size)
+    x = preprocess(image, size, **PREPROCESSING[weights])
     assert x.shape == (3, size, size) and bool(x.isfinite().all())
     assert resize_sizes and max(w * h for w, h in resize_sizes) <= FULL_RESIZE_LIMIT
     # a uniform image stays uniform: the window was resampled from the right pixels
     assert float(x.amax(dim=(1, 2)).sub(x.amin(dim=(1, 2))).abs().max()) < 1e-6
-    crop = model_crop(image.width, image.height, size)
+    crop = model_crop(image.width, image.height, size, **PREPROCESSING[weights])
     placed = cam_to_image(np.ones((size, size), np.float32), crop)
     assert placed.shape == (image.height, image.width)
     assert np.isnan(placed).any() and np.nanmin(placed) == 1.0  # the unseen part stays NaN
 
 
-def test_window_resampling_is_within_one_level_of_resize_then_crop():
+@pytest.mark.parametrize("weights", sorted(PREPROCESSING))
+def test_window_resampling_is_within_one_level_of_resize_then_crop(weights):
     """Where both fit in memory, the bounded path equals torchvision's resize-then-crop to
-    within one 8-bit level (PIL's filter coefficients round differently)."""
+    within one 8-bit level (PIL's filter coefficients round differently), with either filter."""
     rng = np.random.default_rng(0)
     pixels = rng.integers(0, 256, (20_000, 1, 3), dtype=np.uint8)
     pixels = np.cumsum(pixels, axis=0, dtype=np.uint8)  # some structure along the long side
     image = Image.fromarray(pixels, "RGB")
     size = 32
-    c = model_crop(image.width, image.height, size)
+    c = model_crop(image.width, image.height, size, **PREPROCESSING[weights])
     assert c.resized[0] * c.resized[1] > FULL_RESIZE_LIMIT  # takes the bounded path
-    exact = image.resize(c.resized, Image.Resampling.BILINEAR)
+    resample = {"bilinear": Image.Resampling.BILINEAR, "bicubic": Image.Resampling.BICUBIC}
+    exact = image.resize(c.resized, resample[c.interpolation])
     exact = np.asarray(exact.crop((c.left, c.top, c.left + size, c.top + size)), dtype=int)
-    got = model_view(image, size).astype(int)
+    got = model_view(image, size, **PREPROCESSING[weights]).astype(int)
     assert got.shape == exact.shape == (size, size, 3)
     assert np.abs(got - exact).max() <= 1
     assert (got != exact).mean() < 0.3

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import io
 import struct
 import threading
@@ -22,8 +23,11 @@ from gradcam_fast.images import (
     model_crop,
     model_view,
     preprocess,
+    preprocessing_of,
+    view_of,
 )
-from gradcam_fast.models import IMAGENET_MEAN, IMAGENET_STD
+from gradcam_fast.metadata import ModelMetadata
+from gradcam_fast.models import IMAGENET_MEAN, IMAGENET_STD, ModelInfo
 from gradcam_fast.visualize import (
     COLORMAPS,
     apply_colormap,
@@ -114,6 +118,158 @@ def test_cam_to_image_puts_the_map_where_the_model_looked():
 def test_cam_to_image_refuses_a_map_of_another_size():
     with pytest.raises(ValueError, match=r"\[32, 32\] map"):
         cam_to_image(np.zeros((16, 16)), model_crop(100, 100, 32))
+
+
+# ------------------------------------------------------------- the weights' own preprocessing
+
+VGG_META = ModelMetadata(
+    arch="vgg19", target_layer="features.35", image_size=224, num_targets=1, num_classes=1000,
+    mean=IMAGENET_MEAN, std=IMAGENET_STD, weights="imagenet:VGG19_Weights.IMAGENET1K_V1",
+)  # fmt: skip
+RESNET50 = {"resize_size": 232, "crop_size": 224, "interpolation": "bilinear"}
+INCEPTION_V3 = {"resize_size": 342, "crop_size": 299, "interpolation": "bilinear"}
+EFFICIENTNET_B0 = {"resize_size": 256, "crop_size": 224, "interpolation": "bicubic"}
+
+
+@pytest.mark.parametrize(
+    ("size", "weights", "short"),
+    [
+        (224, {}, 256),  # VGG, the defaults: 256/224
+        (240, {}, 274),  # round(240 * 256 / 224) = round(274.29)
+        (224, RESNET50, 232),
+        (240, RESNET50, 249),  # round(240 * 232 / 224) = round(248.57)
+        (32, RESNET50, 33),  # round(33.14); VGG's would be 37
+        (299, INCEPTION_V3, 342),
+        (224, INCEPTION_V3, 256),  # round(224 * 342 / 299) = round(256.21)
+        (224, EFFICIENTNET_B0, 256),
+    ],
+)
+def test_the_shorter_side_follows_the_weights_resize(size, weights, short):
+    for width, height in ((640, 480), (480, 640)):
+        c = model_crop(width, height, size, **weights)
+        assert min(c.resized) == short
+        assert max(c.resized) == int(short * 640 / 480)  # torchvision's long side: truncated
+        assert (c.left, c.top) == (
+            round((c.resized[0] - size) / 2),
+            round((c.resized[1] - size) / 2),
+        )
+        assert c.interpolation == weights.get("interpolation", "bilinear")
+
+
+@pytest.mark.parametrize("name", ["cat.jpg", "rocket.jpg"])
+@pytest.mark.parametrize("size", [224, 240, 61])
+@pytest.mark.parametrize("weights", [RESNET50, INCEPTION_V3, EFFICIENTNET_B0])
+def test_weights_preprocessing_equals_torchvision(name, size, weights):
+    """torchvision's Resize(round(S * resize / crop), interpolation) + CenterCrop(S) on the PIL
+    image, the weights' transform scaled to S; bicubic included."""
+    image = load_image(SAMPLES / name)
+    mode = T.InterpolationMode(weights["interpolation"])
+    short = round(size * weights["resize_size"] / weights["crop_size"])
+    view = T.Compose([T.Resize(short, interpolation=mode), T.CenterCrop(size), T.PILToTensor()])
+    expected = view(image).permute(1, 2, 0).numpy().astype(int)
+    got = model_view(image, size, **weights)
+    assert got.shape == (size, size, 3)
+    assert np.abs(got.astype(int) - expected).max() <= 1  # the same PIL filter: equal in practice
+    assert (got != expected).mean() < 0.01
+    normalize = T.Compose([T.Resize(short, interpolation=mode), T.CenterCrop(size), T.ToTensor(),
+                           T.Normalize(IMAGENET_MEAN, IMAGENET_STD)])  # fmt: skip
+    x = preprocess(image, size, IMAGENET_MEAN, IMAGENET_STD, **weights)
+    torch.testing.assert_close(x, normalize(image), rtol=0, atol=2 / 255 / min(IMAGENET_STD))
+
+
+def test_bicubic_is_not_bilinear():
+    image = load_image(SAMPLES / "astronaut.jpg")
+    bilinear = model_view(image, 64).astype(int)
+    bicubic = model_view(image, 64, interpolation="bicubic").astype(int)
+    assert (bilinear != bicubic).mean() > 0.3  # another filter, not the same pixels
+    whole = model_view(image, 64, crop=False, interpolation="bicubic")
+    np.testing.assert_array_equal(whole, np.asarray(image.resize((64, 64), Image.BICUBIC)))
+
+
+def test_preprocessing_of_reads_the_metadata_and_defaults_to_vgg():
+    assert preprocessing_of(VGG_META) == {
+        "resize_size": 256, "crop_size": 224, "interpolation": "bilinear"
+    }  # fmt: skip
+    resnet = dataclasses.replace(VGG_META, arch="resnet50", resize_size=232)
+    assert preprocessing_of(resnet)["resize_size"] == 232
+    assert preprocessing_of(ModelInfo(crop_size=299, resize_size=342)) == {
+        **INCEPTION_V3, "interpolation": "bilinear"
+    }  # fmt: skip
+
+    class Older:  # an object from before the fields existed
+        image_size = 224
+
+    assert preprocessing_of(Older()) == preprocessing_of(VGG_META)  # type: ignore[arg-type]
+
+
+def test_files_exported_before_the_fields_preprocess_as_before():
+    """Metadata without resize_size/crop_size/interpolation reads as VGG's 256/224 bilinear."""
+    props = {
+        k: v
+        for k, v in dataclasses.replace(VGG_META, **EFFICIENTNET_B0).to_props().items()
+        if not k.endswith(("resize_size", "crop_size", "interpolation"))
+    }
+    old = ModelMetadata.from_props(props)
+    assert preprocessing_of(old) == {
+        "resize_size": 256,
+        "crop_size": 224,
+        "interpolation": "bilinear",
+    }
+    image = load_image(SAMPLES / "coffee.jpg")
+    np.testing.assert_array_equal(
+        model_view(image, 64, **preprocessing_of(old)),
+        T.Compose([T.Resize(73), T.CenterCrop(64), T.PILToTensor()])(image)
+        .permute(1, 2, 0)
+        .numpy(),
+    )
+    new = ModelMetadata.from_props(dataclasses.replace(VGG_META, **EFFICIENTNET_B0).to_props())
+    assert preprocessing_of(new) == EFFICIENTNET_B0
+
+
+@pytest.mark.parametrize(
+    ("fields", "problem"),
+    [
+        ({"interpolation": "nearest"}, r"interpolation must be one of \['bicubic', 'bilinear'\]"),
+        ({"interpolation": "BICUBIC"}, "got 'BICUBIC'"),
+        ({"resize_size": 200}, r"resize_size \(200\) must be at least crop_size \(224\)"),
+        ({"crop_size": 0}, "positive integers"),
+    ],
+)
+def test_unusable_preprocessing_is_refused(fields, problem):
+    with pytest.raises(ValueError, match=problem):
+        preprocessing_of(dataclasses.replace(VGG_META, **fields))
+    with pytest.raises(ValueError, match=problem):
+        model_crop(100, 80, 32, **{**preprocessing_of(VGG_META), **fields})
+
+
+def test_cam_to_image_follows_the_weights_crop():
+    """232/224 crops less than 256/224: the map covers more of the original, and only that."""
+    width, height, size = 300, 180, 64
+    ramp = np.tile(np.linspace(0, 255, width), (height, 1))
+    pixels = np.stack([ramp, ramp, ramp], 2).round().astype(np.uint8)
+    image = Image.fromarray(pixels)
+    seen = {}
+    for name, weights in (("vgg", {}), ("resnet50", RESNET50)):
+        crop = model_crop(width, height, size, **weights)
+        view = view_of(image, crop)
+        np.testing.assert_array_equal(view, model_view(image, size, **weights))
+        placed = cam_to_image(view[..., 0] / 255.0, crop)
+        seen[name] = ~np.isnan(placed)
+        short = min(crop.resized)
+        # the rows the map covers: size / short of the height, the crop of the resized image
+        assert abs(seen[name].any(axis=1).sum() - height * size / short) <= 1
+        middle = height // 2
+        first, last = np.flatnonzero(seen[name][middle])[[0, -1]]
+        inner = slice(first + 4, last - 4)
+        assert np.abs(placed[middle, inner] - ramp[middle, inner] / 255.0).max() < 0.01
+    assert seen["resnet50"].sum() > seen["vgg"].sum()
+    assert (seen["resnet50"] | seen["vgg"] == seen["resnet50"]).all()  # VGG's window inside
+
+
+def test_view_of_refuses_a_crop_of_another_image():
+    image = load_image(SAMPLES / "cat.jpg")
+    with pytest.raises(ValueError, match="computed for a"):
+        view_of(image, model_crop(image.width + 1, image.height, 32))
 
 
 # --------------------------------------------------------------------------- decoding

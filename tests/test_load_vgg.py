@@ -96,7 +96,9 @@ def test_pickle_that_runs_code_is_refused_and_runs_nothing(tmp_path):
 
 
 def test_unknown_arch_and_missing_file():
-    with pytest.raises(ValueError, match=r"unknown arch 'resnet50'.*vgg19"):
+    with pytest.raises(ValueError, match=r"load_vgg loads VGGs; use load_model\('resnet50'"):
         load_vgg("resnet50", "random")
+    with pytest.raises(ValueError, match=r"unknown arch 'vgg20'.*vgg19"):
+        load_vgg("vgg20", "random")
     with pytest.raises(FileNotFoundError, match="neither 'imagenet', 'random' nor an existing"):
         load_vgg("vgg11", "/nonexistent/weights.pth")

@@ -12,6 +12,7 @@ from pathlib import Path
 
 import numpy as np
 import onnx
+import PIL
 import pytest
 import torch
 from PIL import Image
@@ -25,6 +26,11 @@ from gradcam_fast.pixels import normalize_pixels
 EXAMPLE = Path(__file__).resolve().parent.parent / "examples" / "node"
 NODE = shutil.which("node")
 S, K = 32, 2
+# Another weights' preprocessing: at S = 32 the shorter side goes to 33 (VGG's: 37), bicubic.
+OTHER_WEIGHTS = {"resize_size": 232, "crop_size": 224, "interpolation": "bicubic"}
+PREPROCESSING_KEYS = ("resize_size", "crop_size", "interpolation")
+# The example follows Pillow 13's order of the two resampling passes (image.mjs).
+PILLOW_13 = int(PIL.__version__.split(".")[0]) >= 13
 
 pytestmark = [
     pytest.mark.skipif(NODE is None, reason="node is not installed (Node.js 20+ runs the example)"),
@@ -34,6 +40,15 @@ pytestmark = [
         "ONNXRUNTIME_NODE_INSTALL=skip npm ci)`",
     ),
 ]
+
+
+def _set_props(proto: onnx.ModelProto, values: dict[str, str]) -> None:
+    """Set metadata_props entries of `proto` (replacing those of the same key)."""
+    kept = [p for p in proto.metadata_props if p.key not in values]
+    del proto.metadata_props[:]
+    proto.metadata_props.extend(kept)
+    for key, value in values.items():
+        proto.metadata_props.add(key=key, value=value)
 
 
 def run_node(*args: str | Path) -> subprocess.CompletedProcess:
@@ -60,6 +75,15 @@ def models(tiny, tmp_path_factory):
         validate=False,
     )  # fmt: skip
     flt = export_onnx(tiny, folder / "float.onnx", image_size=S, num_targets=K, maps=True)
+    raw_proto = onnx.load(raw)
+    _set_props(raw_proto, {f"gradcam_fast.{k}": json.dumps(v) for k, v in OTHER_WEIGHTS.items()})
+    onnx.save(raw_proto, folder / "other_weights.onnx")
+    _set_props(raw_proto, {"gradcam_fast.interpolation": '"lanczos"'})
+    onnx.save(raw_proto, folder / "lanczos.onnx")
+    kept = [p for p in raw_proto.metadata_props if not p.key.endswith(PREPROCESSING_KEYS)]
+    del raw_proto.metadata_props[:]
+    raw_proto.metadata_props.extend(kept)
+    onnx.save(raw_proto, folder / "before_fields.onnx")
     proto = onnx.load(flt)
     for prop in proto.metadata_props:
         if prop.key == "gradcam_fast.maps":
@@ -72,6 +96,9 @@ def models(tiny, tmp_path_factory):
         "float": flt,
         "no_maps": folder / "no_maps.onnx",
         "foreign": folder / "foreign.onnx",
+        "other_weights": folder / "other_weights.onnx",
+        "lanczos": folder / "lanczos.onnx",
+        "before_fields": folder / "before_fields.onnx",
     }
 
 
@@ -168,6 +195,7 @@ def test_node_bad_images_one_line_each_others_processed(models, images, tmp_path
         ("foreign", "not a gradcam_fast model"),
         ("missing", "cannot open the model"),
         ("not_onnx", "not a readable ONNX model"),
+        ("lanczos", 'asks for "lanczos" interpolation'),
     ],
 )
 def test_node_refuses_models(models, images, tmp_path, model, problem):
@@ -188,3 +216,40 @@ def test_node_targets_follow_the_session_semantics(models, images, tmp_path):
     assert [e["class"] for e in record["explained"]] == [3, record["top"][0]["class"]]
     wrong = run_node("--model", models["raw"], "--out", tmp_path, "--targets=3", images["square"])
     assert wrong.returncode == 1 and "needs 2 integers" in wrong.stderr
+
+
+def test_node_resizes_as_the_models_preprocessing_metadata_says(models, images, tmp_path):
+    """resize_size/crop_size/interpolation from the metadata: bicubic 232/224 gives Python's
+    pixels exactly (PNG), a tall image included (Pillow 13 resamples it vertically first); a
+    file exported before the fields existed gets VGG's 256/224 bilinear."""
+    tall = tmp_path / "tall.png"
+    rng = np.random.default_rng(3)
+    Image.fromarray(rng.integers(0, 256, (200, 40, 3), dtype=np.uint8)).save(tall)
+    pngs = [images["square"], images["wide"], tall]
+    session = GradCAMSession(models["other_weights"], device="cpu")
+    assert session.metadata.interpolation == "bicubic"
+    for full_image in (False, True):
+        out = tmp_path / f"out{full_image}"
+        flags = ["--full-image"] if full_image else []
+        done = run_node("--model", models["other_weights"], "--out", out, "--dump-maps", *flags,
+                        *pngs)  # fmt: skip
+        assert done.returncode == 0, done.stderr
+        for path in pngs:
+            dump = _dump(out, path.stem)
+            pixels = np.array(dump["pixels"], dtype=np.uint8).reshape(S, S, 3)
+            image = load_image(path)
+            want = model_view(image, S, not full_image, **OTHER_WEIGHTS)
+            if PILLOW_13 or path != tall:
+                assert np.array_equal(pixels, want), path.name
+            else:  # Pillow 12 resamples tall images horizontally first: a level apart at most
+                assert np.abs(pixels.astype(int) - want).max() <= 1
+            if image.size != (S, S) or not full_image:  # an S x S image is not resized then
+                vgg = model_view(image, S, not full_image)
+                assert not np.array_equal(pixels, vgg)  # not VGG's 256/224 bilinear
+            _check_maps(dump, session, torch.from_numpy(pixels).unsqueeze(0))
+    out = tmp_path / "before_fields"
+    done = run_node("--model", models["before_fields"], "--out", out, "--dump-maps", tall)
+    assert done.returncode == 0, done.stderr
+    pixels = np.array(_dump(out, "tall")["pixels"], dtype=np.uint8).reshape(S, S, 3)
+    want = model_view(load_image(tall), S).astype(int)
+    assert np.abs(pixels.astype(int) - want).max() <= (0 if PILLOW_13 else 1)

@@ -20,10 +20,12 @@ import torch.nn.functional as F
 from PIL import Image
 from tiny_models import make_tiny_vgg
 
-from gradcam_fast import GradCAMSession, eager_gradcam, export_onnx
+from gradcam_fast import GradCAMSession, eager_gradcam, export_onnx, quantize
 from gradcam_fast.compare import LIMITS, compare_with_reference, failing_figures, map_correlations
 from gradcam_fast.export import ExportValidationError
+from gradcam_fast.images import load_image, model_view
 from gradcam_fast.metadata import ModelMetadata
+from gradcam_fast.models import ModelInfo
 from gradcam_fast.quantize import MIN_CALIBRATION_IMAGES, calibration_fingerprint
 
 SIZE = 32
@@ -211,6 +213,28 @@ def test_a_model_failing_validation_is_not_published(tmp_path, tiny, monkeypatch
             tiny, tmp_path / "m.onnx", image_size=SIZE, quantize="int8", calibration=_noise(8, 0)
         )
     assert list(tmp_path.iterdir()) == []
+
+
+def test_calibration_folder_is_preprocessed_as_the_weights_say(tmp_path, monkeypatch):
+    """A calibration folder is resized and cropped with the model's resize_size, crop_size and
+    interpolation (its ModelInfo), as explain will resize the images the model sees."""
+    rng = np.random.default_rng(1)
+    for i in range(MIN_CALIBRATION_IMAGES):
+        Image.fromarray(rng.integers(0, 256, (70, 45, 3), dtype=np.uint8)).save(
+            tmp_path / f"{i}.png"
+        )
+    files = sorted(tmp_path.glob("*.png"))
+    weights = {"resize_size": 232, "crop_size": 224, "interpolation": "bicubic"}
+    monkeypatch.setattr(quantize, "quantize_body", lambda proto, *args: proto)
+    info = ModelInfo(**weights)
+    _, fields, images = quantize.quantize_for_export(
+        None, "int8", tmp_path, "minmax", False, SIZE, 1, info, True
+    )
+    assert fields["calibration_images"] == len(files)
+    expected = np.stack([model_view(load_image(p), SIZE, **weights) for p in files])
+    np.testing.assert_array_equal(images.numpy(), expected)
+    vgg = np.stack([model_view(load_image(p), SIZE) for p in files])
+    assert not np.array_equal(images.numpy(), vgg)  # 256/224 bilinear would be another view
 
 
 def test_old_metadata_without_calibration_fields_still_reads():
