@@ -228,10 +228,11 @@ class Bare:
         self.session(self.x1)
 
     def decode(self, data: bytes):
-        from gradcam_fast.images import load_image, preprocess
+        from gradcam_fast.images import load_image, preprocess, preprocessing_of
 
         meta = self.session.metadata
-        return preprocess(load_image(data), meta.image_size, meta.mean, meta.std)
+        image = load_image(data)
+        return preprocess(image, meta.image_size, meta.mean, meta.std, **preprocessing_of(meta))
 
     def figures(self, concurrency: int) -> dict[str, float]:
         """At concurrency 1: seconds per batch-1 call, tensor in and with the decoding; above:

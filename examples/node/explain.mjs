@@ -25,7 +25,7 @@ const USAGE = `usage: node explain.mjs --model MODEL.onnx [--out DIR] [--top N] 
   --targets     K comma-separated targets: a class index (>= 0) or -r, the r-th highest
                 logit (default: -1,..,-K, the top K classes); write --targets=-1,-2
                 with "=": a value that starts with "-" is read as an option otherwise
-  --full-image  resize the whole image to S x S instead of resize 256/224 S + centre crop
+  --full-image  resize the whole image to S x S instead of the model's resize + centre crop
   --alpha       the heatmap's weight in the overlay (default: 0.5)
   --dump-maps   also write DIR/<name>.maps.json: the model's input pixels, cams, cams_lowres`;
 
@@ -108,7 +108,7 @@ function uniqueStem(path, used) {
 }
 
 async function explainOne(session, meta, args, targets, path, stem) {
-  const view = modelView(loadImage(path), meta.image_size, args["full-image"]);
+  const view = modelView(loadImage(path), meta.image_size, args["full-image"], meta);
   const out = await session.run({
     images: inputTensor(view, meta),
     targets: new ort.Tensor("int64", targets, [1, targets.length]),

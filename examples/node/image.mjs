@@ -1,10 +1,11 @@
 // Decoding PNG/JPEG files, the model's view of them (gradcam_fast.images.model_view), overlays.
 //
-// The resize is PIL's bilinear resampling with antialiasing (what torchvision's Resize does on
-// PIL images, and what gradcam_fast uses), re-implemented with PIL's own 8-bit fixed-point
-// arithmetic: a horizontal pass, rounded to 8 bits, then a vertical pass; a dimension whose size
-// does not change is not resampled. PNG pixels therefore match Python's exactly; JPEG decoders
-// differ (jpeg-js versus libjpeg in Pillow) by a few levels at some pixels.
+// The resize is PIL's bilinear or bicubic resampling with antialiasing (what torchvision's Resize
+// does on PIL images, and what gradcam_fast uses, as the model's metadata says), re-implemented
+// with PIL's own 8-bit fixed-point arithmetic: one pass along each axis, each rounded to 8 bits,
+// in Pillow 13's order (see `resize`); a dimension whose size does not change is not resampled.
+// PNG pixels therefore match Python's exactly; JPEG decoders differ (jpeg-js versus libjpeg in
+// Pillow) by a few levels at some pixels.
 
 import { readFileSync } from "node:fs";
 import jpeg from "jpeg-js";
@@ -56,11 +57,31 @@ export function loadImage(path) {
   }
 }
 
-/** PIL's coefficients for resampling `inSize` samples to `outSize` (bilinear, antialiased). */
-function coefficients(inSize, outSize) {
+/** PIL's resampling filters (Resample.c): the kernel and its support. */
+const FILTERS = {
+  bilinear: {
+    support: 1,
+    kernel: (t) => (t < 1 ? 1 - t : 0),
+  },
+  bicubic: {
+    support: 2,
+    kernel: (t) => {
+      const a = -0.5; // PIL's bicubic_filter
+      if (t < 1) return ((a + 2) * t - (a + 3)) * t * t + 1;
+      if (t < 2) return (((t - 5) * t + 8) * t - 4) * a;
+      return 0;
+    },
+  },
+};
+
+/** The interpolations this example resamples with (gradcam_fast.images.INTERPOLATIONS). */
+export const INTERPOLATIONS = Object.keys(FILTERS);
+
+/** PIL's coefficients for resampling `inSize` samples to `outSize` with `filter`, antialiased. */
+function coefficients(inSize, outSize, filter) {
   const scale = inSize / outSize;
   const filterscale = Math.max(scale, 1);
-  const support = 1.0 * filterscale; // the bilinear filter's support is 1
+  const support = filter.support * filterscale;
   const bounds = [];
   const weights = [];
   const ss = 1.0 / filterscale;
@@ -71,13 +92,17 @@ function coefficients(inSize, outSize) {
     const k = [];
     let sum = 0;
     for (let x = 0; x < xmax; x++) {
-      const t = Math.abs((x + xmin - center + 0.5) * ss);
-      const w = t < 1 ? 1 - t : 0;
+      const w = filter.kernel(Math.abs((x + xmin - center + 0.5) * ss));
       k.push(w);
       sum += w;
     }
-    // normalized, then to fixed point as PIL's normalize_coeffs_8bpc does
-    weights.push(k.map((w) => Math.trunc((sum ? w / sum : 0) * 2 ** PRECISION_BITS + 0.5)));
+    // normalized, then to fixed point as PIL's normalize_coeffs_8bpc does: halves away from 0
+    // (bicubic weights can be negative)
+    const fixed = (w) => {
+      const v = (sum ? w / sum : 0) * 2 ** PRECISION_BITS;
+      return Math.trunc(v < 0 ? v - 0.5 : v + 0.5);
+    };
+    weights.push(k.map(fixed));
     bounds.push(xmin);
   }
   return { bounds, weights };
@@ -89,10 +114,10 @@ function clip8(acc) {
 }
 
 /** One resampling pass along x (`horizontal`) or y, PIL's ImagingResampleHorizontal/Vertical. */
-function resamplePass(img, outSize, horizontal) {
+function resamplePass(img, outSize, horizontal, filter) {
   const { width, height, data } = img;
   const inSize = horizontal ? width : height;
-  const { bounds, weights } = coefficients(inSize, outSize);
+  const { bounds, weights } = coefficients(inSize, outSize, filter);
   const w = horizontal ? outSize : width;
   const h = horizontal ? height : outSize;
   const out = new Uint8Array(w * h * 3);
@@ -113,11 +138,20 @@ function resamplePass(img, outSize, horizontal) {
   return { width: w, height: h, data: out };
 }
 
-/** PIL's Image.resize((width, height), BILINEAR). */
-export function resize(img, width, height) {
+/** PIL's Image.resize((width, height), BILINEAR or BICUBIC). */
+export function resize(img, width, height, interpolation = "bilinear") {
+  const filter = FILTERS[interpolation];
+  if (filter === undefined) {
+    throw new Error(`interpolation must be one of ${INTERPOLATIONS.join(", ")}, got ${interpolation}`);
+  }
+  // Pillow 13 resamples vertically first when the height loses more than twice as many pixels as
+  // the width (python-pillow/Pillow#9549); Pillow 12 and earlier always went horizontally first,
+  // which differs by a level at some pixels of tall images.
+  const verticalFirst = height < img.height && img.height - height > 2 * (img.width - width);
   let out = img;
-  if (width !== out.width) out = resamplePass(out, width, true);
-  if (height !== out.height) out = resamplePass(out, height, false);
+  if (verticalFirst && height !== out.height) out = resamplePass(out, height, false, filter);
+  if (width !== out.width) out = resamplePass(out, width, true, filter);
+  if (height !== out.height) out = resamplePass(out, height, false, filter);
   return out;
 }
 
@@ -137,18 +171,21 @@ function roundHalfEven(x) {
 }
 
 /**
- * The S x S RGB pixels the model sees: the shorter side resized to round(S * 256 / 224), the
+ * The S x S RGB pixels the model sees: the shorter side resized to round(S * resize / crop), the
  * centre S x S cropped (torchvision's Resize + CenterCrop), or with `fullImage` the whole image
- * resized to S x S (gradcam_fast.images.model_view).
+ * resized to S x S (gradcam_fast.images.model_view). `preprocessing` is the model metadata's
+ * {resize_size, crop_size, interpolation} (default VGG's 256, 224, bilinear).
  */
-export function modelView(img, size, fullImage = false) {
-  if (fullImage) return resize(img, size, size);
-  const short = roundHalfEven((size * 256) / 224);
+export function modelView(img, size, fullImage = false, preprocessing = {}) {
+  const { resize_size: resizeSize = 256, crop_size: cropSize = 224 } = preprocessing;
+  const { interpolation = "bilinear" } = preprocessing;
+  if (fullImage) return resize(img, size, size, interpolation);
+  const short = roundHalfEven((size * resizeSize) / cropSize);
   const [w, h] =
     img.width <= img.height
       ? [short, Math.trunc((short * img.height) / img.width)]
       : [Math.trunc((short * img.width) / img.height), short];
-  const resized = resize(img, w, h);
+  const resized = resize(img, w, h, interpolation);
   return crop(resized, roundHalfEven((w - size) / 2), roundHalfEven((h - size) / 2), size, size);
 }
 

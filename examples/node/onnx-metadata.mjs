@@ -9,6 +9,7 @@
 // weights among them, is skipped by its length without being read.
 
 import { closeSync, fstatSync, openSync, readSync } from "node:fs";
+import { INTERPOLATIONS } from "./image.mjs";
 
 const METADATA_PROPS = 14;
 const PREFIX = "gradcam_fast.";
@@ -164,5 +165,19 @@ export function gradcamMetadata(path) {
   }
   meta.input_format ??= "float_nchw";
   meta.categories ??= [];
+  // the weights' preprocessing; files exported before these fields existed used VGG's
+  meta.resize_size ??= 256;
+  meta.crop_size ??= 224;
+  meta.interpolation ??= "bilinear";
+  if (!INTERPOLATIONS.includes(meta.interpolation)) {
+    throw new ModelError(
+      `${path} asks for ${JSON.stringify(meta.interpolation)} interpolation; this program ` +
+        `resamples with ${INTERPOLATIONS.join(" or ")} only`,
+    );
+  }
+  const { resize_size: resize, crop_size: crop } = meta;
+  if (!(Number.isInteger(resize) && Number.isInteger(crop) && crop >= 1 && resize >= crop)) {
+    throw new ModelError(`${path} has unusable resize_size ${resize} and crop_size ${crop}`);
+  }
   return meta;
 }
