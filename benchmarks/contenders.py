@@ -22,8 +22,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from gradcam_fast.compare import LIMITS, map_correlations, relative_error
-from gradcam_fast.graph import resolve_target_layer
-from gradcam_fast.models import load_vgg
+from gradcam_fast.models import load_model
 from gradcam_fast.ort_backend import session_options
 from gradcam_fast.postprocess import gradcam_lowres, upsample_normalize
 from gradcam_fast.reference import eager_gradcam
@@ -58,13 +57,14 @@ class Setup:
     """Everything contenders are built from, shared by one benchmark run."""
 
     model: nn.Module | None  # None for contenders that run from their ONNX file alone
-    target_layer: str
+    target_layer: str  # a module's name (the peers hook modules): features.35, layer4, ...
     image_size: int
     paths: dict[str, Path] = field(default_factory=dict)  # "gradcam_k1", "gradcam_k5", "floor"
 
     @property
-    def layer_index(self) -> int:
-        return resolve_target_layer(self.model, self.target_layer)[1]
+    def target_module(self) -> nn.Module:
+        """The module whose output is the target: what the other libraries hook."""
+        return self.model.get_submodule(self.target_layer)
 
 
 @dataclass
@@ -78,14 +78,13 @@ class Output:
 
 
 def make_model(kind: str, seed: int = 0) -> nn.Module:
-    """The benchmarked network: "vgg19" (torchvision's, seeded random weights: weights do not
-    change the cost) or "tiny" (a small seeded VGG with a small classifier, for CI)."""
-    if kind == "vgg19":
+    """The benchmarked network: a torchvision CNN by arch name ("vgg19", "resnet50", ...;
+    seeded random weights: weights do not change the cost) or "tiny" (a small seeded VGG with
+    a small classifier, for CI)."""
+    if kind != "tiny":
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")  # "random weights explain nothing": known here
-            return load_vgg("vgg19", "random", seed=seed)
-    if kind != "tiny":
-        raise ValueError(f"unknown benchmark model {kind!r}: use 'vgg19' or 'tiny'")
+            return load_model(kind, "random", seed=seed)
     from gradcam_fast.testing import make_tiny_vgg
 
     return make_tiny_vgg(TINY_CFG, num_classes=10, pool=7, seed=seed)
@@ -174,7 +173,7 @@ class EagerAutograd(_Contender):
         for p in self.model.parameters():
             p.requires_grad_(False)
         self.activations: torch.Tensor | None = None
-        layer = self.model.features[setup.layer_index]
+        layer = setup.target_module
         self.handle = layer.register_forward_hook(self._hook)
 
     def _hook(self, module, inputs, output):
@@ -214,7 +213,7 @@ class PytorchGradCam(_Contender):
                 f"pytorch-grad-cam is not installed ({exc}): pip install 'gradcam_fast[bench]'"
             ) from None
         self.target_cls = ClassifierOutputTarget
-        layer = setup.model.features[setup.layer_index]
+        layer = setup.target_module
         self.cam = GradCAM(model=setup.model, target_layers=[layer])
 
     def run(self, images, classes):
@@ -242,7 +241,7 @@ class CaptumLayerGradCam(_Contender):
             ) from None
         self.interpolate = LayerAttribution.interpolate
         self.size = setup.image_size
-        self.method = LayerGradCam(setup.model, setup.model.features[setup.layer_index])
+        self.method = LayerGradCam(setup.model, setup.target_module)
 
     def run(self, images, classes):
         lowres = self.method.attribute(images, target=classes[:, 0], relu_attributions=True)
@@ -268,7 +267,7 @@ class TorchCamGradCAM(_Contender):
             ) from None
         self.model = setup.model
         self.size = setup.image_size
-        self.extractor = GradCAM(setup.model, setup.model.features[setup.layer_index])
+        self.extractor = GradCAM(setup.model, setup.target_module)
 
     def run(self, images, classes):
         scores = self.model(images)
@@ -383,7 +382,7 @@ CONTENDERS: dict[str, ContenderSpec] = {
         ContenderSpec("captum", "3b. Captum LayerGradCam", CaptumLayerGradCam, optional=True),
         ContenderSpec("torchcam", "3c. TorchCAM GradCAM", TorchCamGradCAM, optional=True),
         ContenderSpec("gradcam_fast", "4. gradcam_fast session (ORT)", FastSession),
-        ContenderSpec("floor_ort", "5a. floor: plain VGG in ORT", FloorOrt, kind="floor"),
+        ContenderSpec("floor_ort", "5a. floor: plain model in ORT", FloorOrt, kind="floor"),
         ContenderSpec("torch_no_grad", "5b. torch no_grad inference", TorchNoGrad, kind="floor"),
         ContenderSpec(
             "gradcam_fast_lean",

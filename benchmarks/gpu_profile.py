@@ -38,7 +38,7 @@ def main() -> None:
         xc = x.to(dtype).contiguous(memory_format=torch.channels_last)
         with torch.inference_mode(), runner._context():
             parts = {
-                "body": lambda r=runner, xc=xc: r.graph.body(xc),
+                "body": lambda r=runner, xc=xc: r.graph.run_body(xc),
                 "graph": lambda r=runner, xc=xc: r.graph(xc, t),
                 "runner": lambda r=runner: r(x, t),
             }
@@ -47,8 +47,8 @@ def main() -> None:
         print(
             precision,
             {k: round(v, 2) for k, v in figures.items()},
-            "body weight dtype",
-            runner.graph.body[0].weight.dtype,
+            "body dtype",
+            runner.graph.body_dtype,
             flush=True,
         )
         with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CUDA]) as prof:

@@ -242,18 +242,26 @@ class GradCAMGraph(nn.Module):
             return _fetch(self.net, node.target)
         raise NotImplementedError(node.op)
 
-    def forward(
-        self, images: torch.Tensor, targets: torch.Tensor
-    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
-        """images [B,3,S,S] float, targets [B,K] int64 -> logits [B,N], target_classes [B,K],
-        activations [B,C,h,w], gradients [B,K,C,h,w] (d logit_target / d activations), or
-        with gradients=False the channel weights [B,K,C]."""
+    def _run_body(self, images: torch.Tensor) -> dict[fx.Node, Any]:
         env: dict[fx.Node, Any] = {}
         for node in self._body:
             if node.op == "placeholder":
                 env[node] = images.to(self.body_dtype)
             else:
                 env[node] = self._call(node, env)
+        return env
+
+    def run_body(self, images: torch.Tensor) -> torch.Tensor:
+        """The body alone: the target's activations in the body's dtype (for profiling)."""
+        return self._run_body(images)[self._target]
+
+    def forward(
+        self, images: torch.Tensor, targets: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+        """images [B,3,S,S] float, targets [B,K] int64 -> logits [B,N], target_classes [B,K],
+        activations [B,C,h,w], gradients [B,K,C,h,w] (d logit_target / d activations), or
+        with gradients=False the channel weights [B,K,C]."""
+        env = self._run_body(images)
         # The body may run in float16 (see torch_backend); the head, forward and backward,
         # always runs in float32: it is a small part of the work, and float16 gradients would
         # underflow.

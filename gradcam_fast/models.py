@@ -20,6 +20,7 @@ __all__ = [
     "IMAGENET_MEAN",
     "IMAGENET_STD",
     "ModelInfo",
+    "build_architecture",
     "default_target_layer",
     "layer_names",
     "load_model",
@@ -149,6 +150,16 @@ def _check_arch(arch: str) -> None:
     raise ValueError(f"unknown arch {arch!r}{hint}; choose one of {', '.join(sorted(ARCHS))}")
 
 
+def build_architecture(arch: str) -> nn.Module:
+    """`arch` as its ImageNet weights expect it, untrained and unseeded (for its layers)."""
+    _check_arch(arch)
+    from torchvision import models as tvm
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # torchvision's notes on init and aux_logits
+        return tvm.get_model(arch, weights=None, **_builder_kwargs(arch)).eval()
+
+
 def load_model(
     arch: str = "vgg19", weights: str | os.PathLike = "imagenet", *, seed: int = 0
 ) -> nn.Module:
@@ -168,11 +179,6 @@ def load_model(
     categories = tuple(imagenet.meta["categories"])
     weights_str = os.fspath(weights)
 
-    def build() -> nn.Module:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")  # torchvision's notes on init and aux_logits
-            return tvm.get_model(arch, weights=None, **_builder_kwargs(arch))
-
     if weights_str == "imagenet":
         try:
             model = tvm.get_model(arch, weights=imagenet)
@@ -186,7 +192,7 @@ def load_model(
     elif weights_str == "random":
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(seed)
-            model = build()
+            model = build_architecture(arch)
         identity = f"random:seed={seed}"
         if arch not in _warned_random:
             _warned_random.add(arch)
@@ -201,7 +207,7 @@ def load_model(
             raise FileNotFoundError(
                 f"weights {weights_str!r} is neither 'imagenet', 'random' nor an existing file"
             )
-        model = build()
+        model = build_architecture(arch)
         _load_state_dict_file(model, path, arch)
         identity = file_identity(path)
 

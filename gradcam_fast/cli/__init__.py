@@ -53,7 +53,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     parser = _Parser(
         prog="gradcam-fast",
-        description="Grad-CAM for torchvision CNNs at the cost of one forward pass.",
+        description="Grad-CAM for CNNs (every CNN of torchvision's registry) at the cost of one forward pass.",
     )
     parser.add_argument("--version", action="version", version=f"gradcam_fast {__version__}")
     parser.add_argument("-v", "--verbose", action="store_true", help="tracebacks and debug logs")

@@ -18,14 +18,14 @@ def run(args: argparse.Namespace) -> int:
         return EXIT_OK
     import torch
 
-    from ..models import _check_arch
+    from ..models import build_architecture
     from ..trace import default_target_node, layer_table, trace_model
 
-    _check_arch(args.arch)
-    from torchvision import models as tvm
-
-    with torch.device("meta"):  # the layers and their shapes; no weights are made
-        model = tvm.get_model(args.arch, weights=None)
+    try:
+        with torch.device("meta"):  # the layers and their shapes; no weights are made
+            model = build_architecture(args.arch)
+    except NotImplementedError:  # an initializer that reads values (RegNetY's)
+        model = build_architecture(args.arch)
     size = args.image_size or ARCH_TABLE[args.arch][2]
     traced = trace_model(model, size)
     default = traced.name_of(default_target_node(traced))
@@ -40,7 +40,7 @@ def run(args: argparse.Namespace) -> int:
 
 HELP = "list a CNN's valid target layers with their output shapes"
 DESCRIPTION = (
-    "Every layer of ARCH (a torchvision CNN) by the name --target-layer takes, the op it runs "
+    "Every layer of ARCH (a CNN of torchvision's registry) by the name --target-layer takes, the op it runs "
     "and its output shape per image. Module names (layer4, features) name their block's last "
     "layer too. Without ARCH, or with --list-archs, lists the archs."
 )

@@ -74,7 +74,7 @@ def add_network_options(group) -> None:
         default="vgg19",
         choices=sorted(ARCHS),
         metavar="ARCH",
-        help="a torchvision CNN (vgg19, resnet50, efficientnet_b0, convnext_tiny, ...; "
+        help="a CNN of torchvision's registry (vgg19, resnet50, efficientnet_b0, convnext_tiny, ...; "
         "`gradcam-fast layers --list-archs` lists all 68)",
     )
     group.add_argument(

@@ -33,7 +33,7 @@ def run(args: argparse.Namespace) -> int:
     return EXIT_SOME_FAILED if failed else EXIT_OK
 
 
-HELP = "check Grad-CAM graphs of torchvision CNNs against autograd (random weights)"
+HELP = "check Grad-CAM graphs of the CNNs against autograd (random weights)"
 DESCRIPTION = (
     "For each ARCH (default: all 68 CNNs), on seeded random weights, builds the Grad-CAM graph at "
     "the default target, at a layer inside the last stage's blocks and at the stage before, and "
