@@ -1,4 +1,5 @@
-"""Grad-CAM for VGG-family CNNs at the cost of one forward pass, as an ONNX model.
+"""Grad-CAM for CNNs (every CNN of torchvision's registry, or your own) at the cost of one
+forward pass, as an ONNX model.
 
 The public names are imported on first use (PEP 562), so a service that only runs sessions
 does not load the exporter (onnx, onnxscript) and `gradcam-fast --help` starts quickly.
@@ -16,6 +17,7 @@ __all__ = [
     "GradCAMSession",
     "eager_gradcam",
     "export_onnx",
+    "load_model",
     "load_vgg",
 ]
 
@@ -26,13 +28,14 @@ _WHERE = {
     "GradCAMSession": "runtime",
     "eager_gradcam": "reference",
     "export_onnx": "export",
+    "load_model": "models",
     "load_vgg": "models",
 }
 
 if TYPE_CHECKING:
     from .export import export_onnx
     from .graph import GradCAMGraph
-    from .models import load_vgg
+    from .models import load_model, load_vgg
     from .reference import eager_gradcam
     from .result import GradCAMResult
     from .runtime import GradCAMSession

@@ -8,6 +8,7 @@ from __future__ import annotations
 import json
 import shutil
 import subprocess
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -18,7 +19,7 @@ import torch
 from PIL import Image
 from tiny_models import make_tiny_vgg
 
-from gradcam_fast import GradCAMSession, export_onnx
+from gradcam_fast import GradCAMSession, export_onnx, load_model
 from gradcam_fast.compare import relative_error
 from gradcam_fast.images import load_image, model_view
 from gradcam_fast.pixels import normalize_pixels
@@ -127,7 +128,8 @@ def _check_maps(dump: dict, session: GradCAMSession, x: torch.Tensor) -> None:
     want = session(x, torch.tensor([[-1, -2]]))
     cams = torch.tensor(dump["cams"]).reshape(dump["cams_shape"])
     lowres = torch.tensor(dump["cams_lowres"]).reshape(dump["cams_lowres_shape"])
-    assert cams.shape == want.cams.shape == (1, K, S, S)
+    size = session.metadata.image_size
+    assert cams.shape == want.cams.shape == (1, K, size, size)
     assert dump["target_classes"] == want.target_classes[0].tolist()
     assert (cams - want.cams).abs().max() <= 1e-4  # cams are in [0, 1]
     assert relative_error(lowres, want.cams_lowres) <= 1e-4
@@ -154,6 +156,29 @@ def test_node_maps_equal_python_raw_pixels(models, images, tmp_path):
     assert [e["class"] for e in record["explained"]] == _dump(out, "square")["target_classes"]
     for file in record["overlays"]:
         assert Image.open(file).size == (S, S)
+
+
+@pytest.mark.slow
+def test_node_maps_equal_python_for_a_resnet(images, tmp_path):
+    """A non-VGG network (ResNet-18: residual adds, BatchNorm, global pooling) in the maps
+    model, raw pixels in: the Node program's maps equal the Python session's."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        model = load_model("resnet18", "random", seed=2)
+    size = 64
+    path = export_onnx(
+        model, tmp_path / "resnet18.onnx", image_size=size, num_targets=K, maps=True,
+        raw_pixels=True,
+    )  # fmt: skip
+    out = tmp_path / "out"
+    done = run_node("--model", path, "--out", out, "--dump-maps", images["square"], images["wide"])
+    assert done.returncode == 0, done.stderr
+    session = GradCAMSession(path, device="cpu")
+    assert session.metadata.arch == "resnet18"
+    for stem in ("square", "wide"):
+        dump = _dump(out, stem)
+        pixels = np.array(dump["pixels"], dtype=np.uint8).reshape(size, size, 3)
+        _check_maps(dump, session, torch.from_numpy(pixels).unsqueeze(0))
 
 
 def test_node_maps_equal_python_float_input(models, images, tmp_path):
