@@ -109,7 +109,8 @@ def trace_model(model: nn.Module, image_size: int = 224) -> TracedModel:
             "forward, wrap the offending function with torch.fx.wrap, or export the part of the "
             "network up to the classifier as its own module"
         ) from None
-    traced = TracedModel(fx.GraphModule(tracer.root, graph), tracer.node_to_qualname, image_size)
+    module = fx.GraphModule(tracer.root, graph, class_name=type(model).__name__)
+    traced = TracedModel(module, tracer.node_to_qualname, image_size)
     _propagate_shapes(traced, image_size)
     out = traced.output_node()
     shape = traced.shape_of(out)

@@ -58,7 +58,7 @@ def test_export_error_is_one_line_without_traceback(tmp_path, capsys):
     assert code == 2
     errors = [line for line in err.splitlines() if "error:" in line]  # warnings may precede
     assert len(errors) == 1 and errors[0].startswith(
-        "gradcam-fast: error: target layer 'features.99'"
+        "gradcam-fast: error: VGG has no layer 'features.99'; close matches: features.9"
     )
     assert "Traceback" not in err
 

@@ -74,7 +74,9 @@ def test_default_target_is_last_layer_before_final_pool(vgg19):
 
 
 def test_target_that_is_no_feature_map_is_refused_naming_its_shape(vgg19):
-    with pytest.raises(ValueError, match=r"'classifier\.0' outputs shape \[B, 4096\], not a feature"):
+    with pytest.raises(
+        ValueError, match=r"'classifier\.0' outputs shape \[B, 4096\], not a feature"
+    ):
         GradCAMGraph(vgg19, "classifier.0")
 
 

@@ -4,24 +4,20 @@ registry; target-layer names, defaults and refusals. Other families: tests/test_
 
 from __future__ import annotations
 
-import re
 import warnings
-from types import SimpleNamespace
 
 import pytest
 import torch
 from tiny_models import make_tiny_vgg
 from torch import nn
 from torchvision import models as tvm
-from torchvision.models.vgg import cfgs, make_layers
+from torchvision.models.vgg import cfgs
 
 from gradcam_fast import GradCAMGraph, GradCAMSession, eager_gradcam, export_onnx, load_vgg
-from gradcam_fast.compare import TOLERANCE, relative_error
 from gradcam_fast.catalog import ARCH_TABLE, TRANSFORMER_PREFIXES
+from gradcam_fast.compare import TOLERANCE, relative_error
 from gradcam_fast.models import (
     ARCHS,
-    IMAGENET_MEAN,
-    IMAGENET_STD,
     default_target_layer,
     layer_names,
     load_model,

@@ -68,7 +68,7 @@ def test_int8_export_quantizes_the_body_only_and_passes_validation(tmp_path, tin
     }  # fmt: skip
     weights = {n for n in float_matrices if not n.endswith("_scales")}  # not the block scales
     assert not {n for n in weights if "weight" in n or n == "channel_sums"} - {
-        "head.9.weight"  # the last Linear's rows, gathered for the targets' gradients
+        "net.classifier.6.weight"  # the last Linear's rows, gathered for the targets' gradients
     }, float_matrices
     assert sorted(p.name for p in tmp_path.iterdir()) == ["m.onnx"]  # nothing else left
     session = GradCAMSession(path, device="cpu")
@@ -289,7 +289,7 @@ def test_bfloat16_torch_backend_matches_eager_within_limits(batch_norm):
     assert got.activations.is_contiguous() and got.gradients.is_contiguous()
     body = [p.dtype for m in session._runner.graph.body_modules() for p in m.parameters()]
     assert body and set(body) == {torch.bfloat16}
-    assert session._runner.graph.head[-1].weight.dtype == torch.float32  # head stays float32
+    assert session._runner.graph.net.get_submodule("classifier.6").weight.dtype == torch.float32
     ref = eager_gradcam(model, x, got.target_classes)
     errors = compare_with_reference(got, ref)
     assert failing_figures(errors, "bfloat16") == [], errors
