@@ -218,3 +218,29 @@ def test_non_default_colormap_is_drawn(capsys, float_model, tmp_path):
         index = np.clip((saved_map(out, record) * 256).astype(np.int64), 0, 255)
         np.testing.assert_array_equal(pngs[colormap], colormap_lut(colormap)[index])
     assert (pngs["jet"] != pngs["viridis"]).any(axis=-1).mean() > 0.9
+
+
+@pytest.mark.slow
+def test_explain_with_another_arch_exports_caches_and_explains(capsys, tmp_path, monkeypatch):
+    """`--arch mobilenet_v3_small --weights random`: the real loader, the cache, the arch's own
+    preprocessing in the metadata, maps equal to the library's on the same view."""
+    monkeypatch.setenv("GRADCAM_FAST_CACHE", str(tmp_path / "cache"))
+    out = tmp_path / "out"
+    status, err = explain(
+        capsys, CAT, "--arch", "mobilenet_v3_small", "--weights", "random", "--image-size", "64",
+        "--save-maps", "--out", out,
+    )  # fmt: skip
+    assert status == EXIT_OK, err
+    [model] = (tmp_path / "cache").glob("mobilenet_v3_small-*.onnx")
+    session = GradCAMSession(model, "cpu")
+    meta = session.metadata
+    assert (meta.arch, meta.target_layer, meta.image_size) == (
+        "mobilenet_v3_small",
+        "features.12.2",
+        64,
+    )
+    [record] = records(out)
+    from gradcam_fast.images import preprocessing_of
+
+    x = preprocess(load_image(CAT), 64, meta.mean, meta.std, **preprocessing_of(meta))[None]
+    np.testing.assert_allclose(saved_map(out, record), session(x).cams[0, 0].numpy(), atol=1e-5)
