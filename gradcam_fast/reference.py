@@ -75,7 +75,18 @@ def _splice_tap(model: nn.Module, target_layer: str | None, image_size: int) -> 
     from torchvision.models.feature_extraction import NodePathTracer
 
     tracer = NodePathTracer(leaf_modules=[], autowrap_modules=(math,))
-    graph = tracer.trace(model)
+    # Another library's hooks on a block (TorchCAM's, pytorch-grad-cam's) would run on fx's
+    # proxies while tracing: set them aside for the trace; the traced graph runs them again.
+    hooks = [(m, m._forward_hooks.copy(), m._forward_pre_hooks.copy()) for m in model.modules()]
+    try:
+        for m, _, _ in hooks:
+            m._forward_hooks.clear()
+            m._forward_pre_hooks.clear()
+        graph = tracer.trace(model)
+    finally:
+        for m, forward, pre in hooks:
+            m._forward_hooks.update(forward)
+            m._forward_pre_hooks.update(pre)
     names = {node: tracer.node_to_qualname.get(node, node.name) for node in graph.nodes}
     if target_layer is None:
         from .models import default_target_layer  # the documented default, by name only
