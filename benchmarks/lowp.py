@@ -15,12 +15,20 @@ examples/images and examples/fidelity_photos, with the float32 session's top-1 c
 per-map Pearson correlation of `cams_lowres` (median, worst), top-1 kept. The int8 model is
 calibrated on one half of the photos and judged on the other (two folds), so every figure is on
 photos its calibration never saw. Prints markdown.
+
+OpenVINO (issue 21, with the `openvino` extra): the session on OpenVINO in float32, bf16 and
+NNCF int8 (channel-weights and full exports), ONNX Runtime on NNCF's QDQ file, a bare OpenVINO
+call on the session's compiled model (the session's overhead), the THROUGHPUT hint; their
+fidelity as above (NNCF int8 in two held-out folds); and the start-up times (export, OpenVINO
+compile with and without its cache, first call). `--contenders` and `--batches` narrow a run,
+`--no-peers` leaves out the other libraries.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import statistics
 import sys
 import tempfile
@@ -39,6 +47,28 @@ PEERS = ("eager_autograd", "pytorch_grad_cam", "captum", "torchcam")
 PEER_MAX_BATCH = 8
 SESSIONS = ("gradcam_fast", "gradcam_fast_lean", "gradcam_fast_int8", "torch_float32",
             "torch_bfloat16")  # fmt: skip
+OPENVINO = ("openvino_float32", "openvino_full_float32", "openvino_bfloat16",
+            "openvino_full_bfloat16", "openvino_int8", "openvino_full_int8", "ort_qdq_int8",
+            "openvino_bare", "openvino_throughput")  # fmt: skip
+
+
+def has_openvino() -> bool:
+    from gradcam_fast.cpu_choice import openvino_installed
+
+    return openvino_installed()
+
+
+def nncf_int8(source: Path, out: Path, calibration: torch.Tensor) -> Path:
+    """The NNCF int8 file of `source` (int8_cache: made, validated, cached), moved to `out`."""
+    from gradcam_fast import GradCAMSession
+    from gradcam_fast.int8_cache import int8_model
+    from gradcam_fast.onnx_props import file_metadata
+
+    made = int8_model(source, file_metadata(source), "openvino", calibration,
+                      open_session=lambda f, **kw: GradCAMSession(f, device="cpu", **kw))  # fmt: skip
+    out.parent.mkdir(parents=True, exist_ok=True)
+    made.replace(out)
+    return out
 
 
 def photos(size: int = 224) -> tuple[list[str], torch.Tensor]:
@@ -70,11 +100,27 @@ def fidelity(model, folder: Path, images: torch.Tensor, method: str) -> dict[str
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", RuntimeWarning)
         bf16 = GradCAMSession.from_model(model, device="cpu", precision="bfloat16")(images, classes)
-    out = {}
-    for name, lowres, logits in [
+    rows = [
         ("int8 (held-out folds)", int8_lowres, int8_logits),
         ("bfloat16 torch", bf16.cams_lowres, bf16.logits),
-    ]:
+    ]
+    if has_openvino():
+        cw = folder / "gradcam_channel_weights.onnx"
+        ov = GradCAMSession(cw, device="cpu", backend="openvino", precision="bfloat16")
+        got = ov(images, classes)
+        rows.append(("bfloat16 OpenVINO", got.cams_lowres, got.logits))
+        lowres, logits = torch.empty_like(ref.cams_lowres), torch.empty_like(ref.logits)
+        for fold, (calib, judged) in enumerate([(halves[0], halves[1]), (halves[1], halves[0])]):
+            path = folder / "gradcam_ov_int8.onnx"
+            if fold == 1:
+                path = nncf_int8(cw, folder / "extra" / "ov_int8_fold1.onnx", images[calib])
+            got = GradCAMSession(path, device="cpu", backend="openvino")(
+                images[judged], classes[judged]
+            )
+            lowres[judged], logits[judged] = got.cams_lowres, got.logits
+        rows.append(("int8 OpenVINO NNCF (held-out folds)", lowres, logits))
+    out = {}
+    for name, lowres, logits in rows:
         corr = map_correlations(lowres, ref.cams_lowres).flatten()
         out[name] = {
             "median": corr.median().item(),
@@ -85,7 +131,7 @@ def fidelity(model, folder: Path, images: torch.Tensor, method: str) -> dict[str
     return out
 
 
-def speed(model, folder: Path, names: list[str]) -> dict[str, dict]:
+def speed(model, folder: Path, names: list[str], batches: list[int]) -> dict[str, dict]:
     """Interleaved ratios per batch size (see the module docstring)."""
     from benchmarks.contenders import (
         ContenderUnavailable,
@@ -105,7 +151,7 @@ def speed(model, folder: Path, names: list[str]) -> dict[str, dict]:
         except ContenderUnavailable as exc:
             print(f"# {name} left out: {exc}", file=sys.stderr)
     results = {}
-    for batch in ROUNDS:
+    for batch in batches:
         gen = torch.Generator().manual_seed(batch)
         images = torch.randn(batch, 3, 224, 224, generator=gen)
         reference = eager_gradcam(model, images, None)
@@ -120,6 +166,10 @@ def speed(model, folder: Path, names: list[str]) -> dict[str, dict]:
         calls = {n: (lambda c=contenders[n], x=images, t=classes: c.run(x, t)) for n in here}
         results[batch] = round_robin_ratios(interleave(calls, ROUNDS[batch]))
         print(f"# batch {batch}: {json.dumps(results[batch])}", file=sys.stderr, flush=True)
+    for c in contenders.values():
+        c.close()
+    if "gradcam_fast_int8" not in contenders:
+        return results
     # K=5 against K=1 on the int8 session
     from gradcam_fast import GradCAMSession
 
@@ -130,9 +180,34 @@ def speed(model, folder: Path, names: list[str]) -> dict[str, dict]:
     results["k5_over_k1_batch8"] = statistics.median(
         a / b for a, b in zip(times["k5"], times["k1"], strict=True)
     )
-    for c in contenders.values():
-        c.close()
     return results
+
+
+def start_times(folder: Path, calib: torch.Tensor) -> dict[str, float]:
+    """Seconds to start a session on the channel-weights file and make its first batch-1 call:
+    ONNX Runtime; OpenVINO without its compile cache, with an empty cache (it fills it), from
+    the cache; and the NNCF int8 file's making (quantization and validation)."""
+    from gradcam_fast import GradCAMSession
+
+    cw = folder / "gradcam_channel_weights.onnx"
+    x = torch.randn(1, 3, 224, 224)
+    out = {}
+    for name, options in [
+        ("ort_start", {}),
+        ("openvino_start_no_cache", {"backend": "openvino", "compile_cache": False}),
+        ("openvino_start_filling_cache", {"backend": "openvino"}),
+        ("openvino_start_from_cache", {"backend": "openvino"}),
+    ]:
+        start = time.perf_counter()
+        session = GradCAMSession(cw, device="cpu", **options)
+        out[name] = time.perf_counter() - start
+        session(x)
+        out[name.replace("start", "start+first_call")] = time.perf_counter() - start
+        del session
+    start = time.perf_counter()
+    nncf_int8(cw, folder / "extra" / "startup_int8.onnx", calib)
+    out["nncf_int8_made"] = time.perf_counter() - start
+    return out
 
 
 def render(fid: dict, spd: dict, files: list[str], seconds: float) -> str:
@@ -140,21 +215,29 @@ def render(fid: dict, spd: dict, files: list[str], seconds: float) -> str:
     lines += ["| variant | median Pearson | worst | top-1 kept |", "| --- | ---: | ---: | ---: |"]
     for name, f in fid.items():
         lines.append(f"| {name} | {f['median']:.4f} | {f['worst']:.4f} | {f['top1_kept']}/16 |")
-    lines += ["", "Per photo (int8, bfloat16): " + ", ".join(
-        f"{n} {a:.3f}/{b:.3f}" for n, a, b in zip(
+    lines += ["", f"Per photo ({', '.join(fid)}): " + ", ".join(
+        f"{n} " + "/".join(f"{c:.3f}" for c in cs) for n, *cs in zip(
             files, *(f["per_photo"] for f in fid.values()), strict=True)
     ), ""]  # fmt: skip
     lines += ["## Speed (interleaved; ratio = median over rounds of time / floor_ort)", ""]
     lines += ["| batch | contender | median ms | x floor | floor / it |", "| ---: | --- | ---: | ---: | ---: |"]  # fmt: skip
-    for batch in ROUNDS:
+    batches = [b for b in ROUNDS if b in spd]
+    for batch in batches:
         for name, row in spd[batch].items():
             r = row["ratio_to_floor"]
             lines.append(f"| {batch} | {name} | {row['median_ms']:.1f} | {r:.3f} | {1 / r:.2f}x |")
-    lines += ["", "bfloat16 vs float32 torch backend (median ms ratio): " + ", ".join(
-        f"batch {b}: {spd[b]['torch_float32']['median_ms'] / spd[b]['torch_bfloat16']['median_ms']:.2f}x"
-        for b in ROUNDS
-    )]  # fmt: skip
-    lines.append(f"int8 session K=5 / K=1 at batch 8: {spd['k5_over_k1_batch8']:.3f}")
+    if all({"torch_float32", "torch_bfloat16"} <= set(spd[b]) for b in batches):
+        lines += ["", "bfloat16 vs float32 torch backend (median ms ratio): " + ", ".join(
+            f"batch {b}: {spd[b]['torch_float32']['median_ms'] / spd[b]['torch_bfloat16']['median_ms']:.2f}x"
+            for b in batches
+        )]  # fmt: skip
+    if "k5_over_k1_batch8" in spd:
+        lines.append(f"int8 session K=5 / K=1 at batch 8: {spd['k5_over_k1_batch8']:.3f}")
+    if "startup" in spd:
+        lines += [
+            "",
+            "Start-up (s): " + ", ".join(f"{k} {v:.2f}" for k, v in spd["startup"].items()),
+        ]
     lines.append(f"\nRun took {seconds / 60:.1f} min.")
     return "\n".join(lines)
 
@@ -163,7 +246,15 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m benchmarks.lowp", description=__doc__)
     parser.add_argument("--out", type=Path, help="also write the markdown here")
     parser.add_argument("--method", default="minmax", help="int8 calibration method")
+    parser.add_argument("--batches", default="1,8,32", help="batch sizes, comma-separated")
+    parser.add_argument("--contenders", help="comma-separated names (default: all)")
+    parser.add_argument("--no-peers", action="store_true", help="leave out the other libraries")
     args = parser.parse_args(argv)
+    batches = [int(b) for b in args.batches.split(",")]
+    names = [*SESSIONS, "floor_ort", *(OPENVINO if has_openvino() else ())]
+    names += [] if args.no_peers else list(PEERS)
+    if args.contenders:
+        names = [*args.contenders.split(","), "floor_ort"]
     from benchmarks.contenders import export_floor, make_model
     from gradcam_fast import export_onnx
     from gradcam_fast.runtime import cpu_count
@@ -183,9 +274,19 @@ def main(argv: list[str] | None = None) -> int:
                         validate=False)  # fmt: skip
         export_floor(model, folder / "floor.onnx", 224)
         print(f"# exported in {time.perf_counter() - started:.0f} s", file=sys.stderr, flush=True)
+        startup = {}
+        if has_openvino():
+            os.environ["GRADCAM_FAST_CACHE"] = str(folder / "cache")  # compiled models, int8
+            startup = start_times(folder, calib)
+            for src, out in (("gradcam_channel_weights", "gradcam_ov_int8"),
+                             ("gradcam_k1", "gradcam_ov_int8_full")):  # fmt: skip
+                nncf_int8(folder / f"{src}.onnx", folder / f"{out}.onnx", calib)
+            print(f"# start-up: {json.dumps(startup)}", file=sys.stderr, flush=True)
         fid = fidelity(model, folder, images, args.method)
         print(f"# fidelity: {json.dumps(fid)}", file=sys.stderr, flush=True)  # partial runs
-        spd = speed(model, folder, [*SESSIONS, "floor_ort", *PEERS])
+        spd = speed(model, folder, names, batches)
+        if startup:
+            spd["startup"] = startup
     report = render(fid, spd, files, time.perf_counter() - started)
     print(report)
     if args.out:

@@ -20,14 +20,15 @@ Pure functions, no imports from the package: the CLI's parser and the session bo
 
 from __future__ import annotations
 
-import functools
 import importlib.util
+import os
 import sys
 from collections.abc import Iterable
 from typing import NamedTuple
 
 __all__ = [
     "BACKENDS",
+    "FLAGS_ENV",
     "ROWS",
     "SESSION_PRECISIONS",
     "Choice",
@@ -40,6 +41,7 @@ __all__ = [
 ]
 
 BACKENDS = ("onnxruntime", "openvino", "auto")
+FLAGS_ENV = "GRADCAM_FAST_CPU_FLAGS"
 SESSION_PRECISIONS = ("float32", "bfloat16", "int8", "auto")
 
 
@@ -96,9 +98,13 @@ class Choice(NamedTuple):
     reason: str
 
 
-@functools.cache
 def cpu_flags() -> frozenset[str]:
-    """This CPU's feature flags (/proc/cpuinfo on Linux; empty elsewhere: the last row)."""
+    """This CPU's feature flags (/proc/cpuinfo on Linux; empty elsewhere: the last row).
+    $GRADCAM_FAST_CPU_FLAGS, when set (space-separated, may be empty), replaces them: it pins
+    what auto picks (the test suite sets it empty, so auto means exact ONNX Runtime float32
+    whatever CPU runs the tests)."""
+    if (pinned := os.environ.get(FLAGS_ENV)) is not None:
+        return frozenset(pinned.split())
     if not sys.platform.startswith("linux"):
         return frozenset()
     try:

@@ -7,7 +7,7 @@ import sys
 
 import pytest
 
-from gradcam_fast.cpu_choice import ROWS, choose, cpu_flags, resolve
+from gradcam_fast.cpu_choice import FLAGS_ENV, ROWS, choose, cpu_flags, resolve
 
 SAPPHIRE_RAPIDS = {"avx512f", "avx512_bf16", "avx512_vnni", "amx_bf16", "amx_int8", "amx_tile"}
 ZEN4 = {"avx512f", "avx512_bf16", "avx512_vnni", "avx2"}
@@ -80,6 +80,9 @@ def test_bad_names_are_refused():
 
 
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc/cpuinfo")
-def test_this_machines_flags_are_read_from_proc_cpuinfo():
+def test_this_machines_flags_are_read_from_proc_cpuinfo(monkeypatch):
+    monkeypatch.delenv(FLAGS_ENV)
     flags = cpu_flags()
     assert isinstance(flags, frozenset) and "fpu" in flags
+    monkeypatch.setenv(FLAGS_ENV, "avx512_bf16 avx512_vnni")
+    assert cpu_flags() == {"avx512_bf16", "avx512_vnni"}

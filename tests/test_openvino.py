@@ -14,19 +14,22 @@ import pytest
 import torch
 from tiny_models import make_tiny_vgg
 
-from gradcam_fast import GradCAMSession, backends, eager_gradcam, export_onnx, openvino_backend
+from gradcam_fast import GradCAMSession, eager_gradcam, export_onnx, openvino_backend
 from gradcam_fast.compare import compare_with_reference, failing_figures
 from gradcam_fast.cpu_choice import cpu_flags
 
 pytest.importorskip("openvino")
 
 SIZE = 40
+_REAL_FLAGS = cpu_flags()  # read at collection, before conftest pins the flags
 
 
 @pytest.fixture(autouse=True)
 def own_cache(tmp_path, monkeypatch):
-    """Every test gets its own cache folder (compiled models, int8 files)."""
+    """Every test gets its own cache folder (compiled models, int8 files), and this CPU's own
+    flags (conftest pins none)."""
     monkeypatch.setenv("GRADCAM_FAST_CACHE", str(tmp_path / "cache"))
+    monkeypatch.delenv("GRADCAM_FAST_CPU_FLAGS", raising=False)
     return tmp_path / "cache"
 
 
@@ -81,7 +84,9 @@ def test_float32_is_what_the_compiled_model_runs(files):
     assert (session.backend, session.precision) == ("openvino", "float32")
 
 
-@pytest.mark.skipif(not cpu_flags() & {"avx512_bf16", "amx_bf16"}, reason="no native bfloat16")
+@pytest.mark.skipif(
+    not _REAL_FLAGS & {"avx512_bf16", "amx_bf16"}, reason="no native bfloat16 on this CPU"
+)
 def test_bfloat16_runs_bf16_and_keeps_the_maps(tiny, files):
     session = GradCAMSession(files["cw"], device="cpu", backend="openvino", precision="bfloat16")
     assert session._runner.inference_precision == "bf16"
@@ -94,7 +99,7 @@ def test_bfloat16_runs_bf16_and_keeps_the_maps(tiny, files):
 
 
 def test_bfloat16_without_native_support_warns(files, monkeypatch):
-    monkeypatch.setattr(backends, "cpu_flags", lambda: frozenset({"avx2"}))
+    monkeypatch.setenv("GRADCAM_FAST_CPU_FLAGS", "avx2")
     with pytest.warns(RuntimeWarning, match="without native bfloat16"):
         GradCAMSession(files["cw"], device="cpu", backend="openvino", precision="bfloat16")
 

@@ -6,6 +6,7 @@ Exit status: 0 every file explained, 1 some failed (see results.jsonl), 2 nothin
 from __future__ import annotations
 
 import argparse
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -24,6 +25,7 @@ from .options import (
     session_options,
     usage_error,
 )
+from .precision import choice_line
 
 __all__ = ["DESCRIPTION", "EPILOG", "HELP", "add_arguments", "run"]
 
@@ -64,6 +66,8 @@ def run(args: argparse.Namespace) -> int:
         num_targets=wanted or 1,
         gradients=args.method != "gradcam",
     )
+    if not args.quiet:
+        print(choice_line(args, session), file=sys.stderr)
     meta = session.metadata
     classes = None
     if args.classes:
