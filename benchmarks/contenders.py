@@ -335,6 +335,8 @@ class OpenVinoSession(FastSession):
             import openvino  # noqa: F401
         except ImportError as exc:
             raise ContenderUnavailable(f"openvino is not installed: {exc}") from None
+        if key not in setup.paths:
+            raise ContenderUnavailable(f"no {key} model in this run (OpenVINO's int8 needs nncf)")
         super().__init__(setup, key, backend="openvino", precision=precision, **options)
 
 
@@ -498,6 +500,15 @@ CONTENDERS: dict[str, ContenderSpec] = {
             lambda setup: OpenVinoSession(
                 setup, "gradcam_channel_weights", "float32", performance_hint="THROUGHPUT"
             ),
+            optional=True,
+        ),
+        ContenderSpec(
+            "openvino_bfloat16_throughput",
+            "8t. session on OpenVINO, bf16, PERFORMANCE_HINT=THROUGHPUT",
+            lambda setup: OpenVinoSession(
+                setup, "gradcam_channel_weights", "bfloat16", performance_hint="THROUGHPUT"
+            ),
+            kind="bfloat16",
             optional=True,
         ),
         ContenderSpec(

@@ -211,14 +211,19 @@ def start_times(folder: Path, calib: torch.Tensor) -> dict[str, float]:
 
 
 def render(fid: dict, spd: dict, files: list[str], seconds: float) -> str:
-    lines = ["## Fidelity (16 photos, VGG19 random weights, against the float32 session)", ""]
-    lines += ["| variant | median Pearson | worst | top-1 kept |", "| --- | ---: | ---: | ---: |"]
-    for name, f in fid.items():
-        lines.append(f"| {name} | {f['median']:.4f} | {f['worst']:.4f} | {f['top1_kept']}/16 |")
-    lines += ["", f"Per photo ({', '.join(fid)}): " + ", ".join(
-        f"{n} " + "/".join(f"{c:.3f}" for c in cs) for n, *cs in zip(
-            files, *(f["per_photo"] for f in fid.values()), strict=True)
-    ), ""]  # fmt: skip
+    lines: list[str] = []
+    if fid:
+        lines += ["## Fidelity (16 photos, VGG19 random weights, against the float32 session)", ""]
+        lines += [
+            "| variant | median Pearson | worst | top-1 kept |",
+            "| --- | ---: | ---: | ---: |",
+        ]
+        for name, f in fid.items():
+            lines.append(f"| {name} | {f['median']:.4f} | {f['worst']:.4f} | {f['top1_kept']}/16 |")
+        lines += ["", f"Per photo ({', '.join(fid)}): " + ", ".join(
+            f"{n} " + "/".join(f"{c:.3f}" for c in cs) for n, *cs in zip(
+                files, *(f["per_photo"] for f in fid.values()), strict=True)
+        ), ""]  # fmt: skip
     lines += ["## Speed (interleaved; ratio = median over rounds of time / floor_ort)", ""]
     lines += ["| batch | contender | median ms | x floor | floor / it |", "| ---: | --- | ---: | ---: | ---: |"]  # fmt: skip
     batches = [b for b in ROUNDS if b in spd]
@@ -249,6 +254,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--batches", default="1,8,32", help="batch sizes, comma-separated")
     parser.add_argument("--contenders", help="comma-separated names (default: all)")
     parser.add_argument("--no-peers", action="store_true", help="leave out the other libraries")
+    parser.add_argument(
+        "--speed-only", action="store_true", help="no fidelity, no start-up times, no int8 exports"
+    )
     args = parser.parse_args(argv)
     batches = [int(b) for b in args.batches.split(",")]
     names = [*SESSIONS, "floor_ort", *(OPENVINO if has_openvino() else ())]
@@ -268,22 +276,23 @@ def main(argv: list[str] | None = None) -> int:
         folder = Path(tmp)
         export_onnx(model, folder / "gradcam_k1.onnx", validate=False)
         export_onnx(model, folder / "gradcam_channel_weights.onnx", gradients=False, validate=False)
-        for name, k in (("gradcam_int8", 1), ("int8_k5", 5)):
+        for name, k in () if args.speed_only else (("gradcam_int8", 1), ("int8_k5", 5)):
             export_onnx(model, folder / f"{name}.onnx", gradients=False, num_targets=k,
                         quantize="int8", calibration=calib, calibration_method=args.method,
                         validate=False)  # fmt: skip
         export_floor(model, folder / "floor.onnx", 224)
         print(f"# exported in {time.perf_counter() - started:.0f} s", file=sys.stderr, flush=True)
-        startup = {}
-        if has_openvino():
+        startup, fid = {}, {}
+        if has_openvino() and not args.speed_only:
             os.environ["GRADCAM_FAST_CACHE"] = str(folder / "cache")  # compiled models, int8
             startup = start_times(folder, calib)
             for src, out in (("gradcam_channel_weights", "gradcam_ov_int8"),
                              ("gradcam_k1", "gradcam_ov_int8_full")):  # fmt: skip
                 nncf_int8(folder / f"{src}.onnx", folder / f"{out}.onnx", calib)
             print(f"# start-up: {json.dumps(startup)}", file=sys.stderr, flush=True)
-        fid = fidelity(model, folder, images, args.method)
-        print(f"# fidelity: {json.dumps(fid)}", file=sys.stderr, flush=True)  # partial runs
+        if not args.speed_only:
+            fid = fidelity(model, folder, images, args.method)
+            print(f"# fidelity: {json.dumps(fid)}", file=sys.stderr, flush=True)  # partial runs
         spd = speed(model, folder, names, batches)
         if startup:
             spd["startup"] = startup

@@ -49,13 +49,15 @@ def _choice(
                 "not a float16 export: export the model without fp16"
             )
         return Choice("onnxruntime", "float16", "a float16 file runs in ONNX Runtime as it is")
-    if meta.precision != "float32":
+    if meta.precision != "float32":  # an int8 file: it runs as it is
         if precision not in (None, "auto", meta.precision):
             raise ValueError(
                 f"{meta.precision} model file: it runs in {meta.precision}, not {precision} "
                 "(export a float32 file for other precisions)"
             )
-        precision = meta.precision
+        if backend == "auto" and meta.calibration_method == "nncf" and openvino_installed():
+            return Choice("openvino", "int8", "an int8 file NNCF made for OpenVINO")
+        precision, calibrated = meta.precision, True
     return resolve(
         backend,
         precision or "float32",

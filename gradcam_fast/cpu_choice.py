@@ -1,19 +1,20 @@
 """What `backend="auto"` and `precision="auto"` pick on this CPU: a table keyed by CPU features.
 
-Each row names the CPU features it needs (Linux /proc/cpuinfo flag names), the backend, and the
-precisions in order of preference; the first row whose flags the CPU has decides. int8 needs
+Each row names the CPU features it needs (Linux /proc/cpuinfo flag names) and the (backend,
+precision) pairs auto may pick, in order of preference; the first row whose flags the CPU has
+decides. int8 needs
 calibration photos (it is skipped without them) and is validated against float32 on them when
 the int8 model is made (`int8_cache.py`); bfloat16 is chosen only where it was measured to keep
 the maps (correlation with float32's at least 0.99, top-1 kept) and to be faster.
 Figures: speed-ups of VGG19 Grad-CAM (224, channel-weights model) over plain VGG19 float32 in
 ONNX Runtime, batch 1 / batch 8; benchmarks/RESULTS.md has the runs.
 
-| CPU features | backend | precision (int8 needs calibration) | measured |
+| CPU features | auto picks, in order (int8 needs calibration) | exact float32 | measured |
 | --- | --- | --- | --- |
-| amx_bf16 + amx_int8 (Intel Xeon 4th gen+) | openvino | int8, else bfloat16 | by the issue's author on a 2-core AMX Xeon, 2026-12-02: int8 5.8x / 11.4x, bf16 4.2x / 6.9x |
-| avx512_bf16 + avx512_vnni, no AMX (AMD Zen 4) | openvino | int8, else bfloat16 | here, AMD EPYC Zen 4: see ROWS and RESULTS.md |
-| avx512_vnni or avx_vnni | onnxruntime | int8, else float32 | ONNX Runtime's QOperator int8 (issue 13); OpenVINO not measured on such a CPU |
-| anything else | onnxruntime | float32 | today's default |
+| amx_bf16 + amx_int8 (Intel Xeon 4th gen+) | OpenVINO int8, OpenVINO bf16, ONNX Runtime int8 | ONNX Runtime | by the issue's author on a 2-core AMX Xeon, 2026-12-02: int8 5.8x / 11.4x, bf16 4.2x / 6.9x |
+| avx512_bf16 + avx512_vnni, no AMX (AMD Zen 4) | ONNX Runtime int8, OpenVINO int8, OpenVINO bf16 | ONNX Runtime | here, AMD EPYC Zen 4, 2026-12-02: see RESULTS.md |
+| avx512_vnni or avx_vnni | ONNX Runtime int8 | ONNX Runtime | ONNX Runtime's QOperator int8 (issue 13); OpenVINO not measured on such a CPU |
+| anything else | (none) | ONNX Runtime | today's default |
 
 Pure functions, no imports from the package: the CLI's parser and the session both use them.
 """
@@ -46,12 +47,14 @@ SESSION_PRECISIONS = ("float32", "bfloat16", "int8", "auto")
 
 
 class Row(NamedTuple):
-    """One row of the table: the CPU flags it needs, the backend, the precisions preferred."""
+    """One row of the table: the CPU flags it needs, the (backend, precision) pairs auto may
+    pick in order of preference (int8 only with calibration photos), the backend of exact
+    float32 on such a CPU, and where the figures come from."""
 
     name: str
     flags: frozenset[str]
-    backend: str
-    precisions: tuple[str, ...]
+    options: tuple[tuple[str, str], ...]
+    float32: str
     source: str
 
 
@@ -59,34 +62,34 @@ ROWS = (
     Row(
         "AMX",
         frozenset({"amx_bf16", "amx_int8"}),
-        "openvino",
-        ("int8", "bfloat16"),
+        (("openvino", "int8"), ("openvino", "bfloat16"), ("onnxruntime", "int8")),
+        "onnxruntime",
         "measured on a 2-core AMX Xeon by the issue's author (issue 21, 2026-12-02): OpenVINO "
-        "int8 5.8x/11.4x, bf16 4.2x/6.9x over ONNX Runtime float32 at batch 1/8",
+        "int8 5.8x/11.4x, bf16 4.2x/6.9x, ONNX Runtime int8 2.9x/3.2x over ONNX Runtime "
+        "float32 at batch 1/8; OpenVINO float32 1.0x",
     ),
     Row(
         "AVX512-BF16 + VNNI, no AMX",
         frozenset({"avx512_bf16", "avx512_vnni"}),
-        "openvino",
-        ("int8", "bfloat16"),
-        "measured on AMD EPYC Zen 4 (benchmarks/RESULTS.md, 2026-12-02): OpenVINO int8 and bf16 "
-        "faster than ONNX Runtime float32 and int8",
+        (("onnxruntime", "int8"), ("openvino", "int8"), ("openvino", "bfloat16")),
+        "onnxruntime",
+        "measured on AMD EPYC Zen 4 (benchmarks/RESULTS.md, 2026-12-02)",
     ),
     Row(
         "VNNI",
         frozenset({"avx512_vnni"}),
+        (("onnxruntime", "int8"),),
         "onnxruntime",
-        ("int8",),
         "ONNX Runtime's int8 (VNNI dot products), issue 13; OpenVINO unmeasured on such CPUs",
     ),
     Row(
         "AVX-VNNI",
         frozenset({"avx_vnni"}),
+        (("onnxruntime", "int8"),),
         "onnxruntime",
-        ("int8",),
         "ONNX Runtime's int8 (VNNI dot products); OpenVINO unmeasured on such CPUs",
     ),
-    Row("other", frozenset(), "onnxruntime", (), "today's default, exact float32"),
+    Row("other", frozenset(), (), "onnxruntime", "today's default, exact float32"),
 )
 
 
@@ -130,14 +133,15 @@ def openvino_installed() -> bool:
     return importlib.util.find_spec("openvino") is not None
 
 
-def _row(flags: Iterable[str], backend: str | None) -> Row:
+def _row(flags: Iterable[str]) -> Row:
     have = frozenset(flags)
-    return next(r for r in ROWS if r.flags <= have and backend in (None, r.backend))
+    return next(r for r in ROWS if r.flags <= have)
 
 
 def choose(flags: Iterable[str], *, calibration: bool = False, openvino: bool = True) -> Choice:
-    """backend="auto", precision="auto": the first row whose flags the CPU has; int8 only with
-    calibration photos; ONNX Runtime's rows when OpenVINO is not installed."""
+    """backend="auto", precision="auto": the first row whose flags the CPU has, its first
+    option that can run (int8 only with calibration photos, OpenVINO only where installed),
+    else exact float32."""
     return resolve("auto", "auto", flags, calibration=calibration, openvino=openvino)
 
 
@@ -149,34 +153,34 @@ def resolve(
     calibration: bool = False,
     openvino: bool = True,
 ) -> Choice:
-    """The backend and precision to run, either of them "auto" (resolved from the table) or
-    given; explicit values are kept as they are."""
+    """The backend and precision to run, either of them "auto" (resolved from the CPU's row)
+    or given; given values are kept as they are."""
     if backend not in BACKENDS:
         raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")
     if precision not in SESSION_PRECISIONS:
         raise ValueError(f"precision must be one of {SESSION_PRECISIONS}, got {precision!r}")
-    flags = frozenset(flags)
-    if backend == "auto":
-        row = _row(flags, None)
-        if row.backend == "openvino" and not openvino:
-            row = _row(flags - {"amx_bf16", "avx512_bf16"}, "onnxruntime")
-            note = " (OpenVINO not installed: the best ONNX Runtime row)"
-        else:
-            note = ""
-        backend = row.backend
-    else:
-        row = next((r for r in ROWS if r.flags <= flags and r.backend == backend), None)
-        note = ""
-    if precision != "auto":
-        why = f"{backend} {precision} as given"
-        return Choice(
-            backend, precision, why + (f"; backend from row {row.name!r}" if note else "")
-        )
-    for wanted in row.precisions if row is not None else ():
-        if wanted == "int8" and not calibration:
+    if backend != "auto" and precision != "auto":
+        return Choice(backend, precision, "as given")
+    row = _row(flags)
+    for option_backend, option_precision in row.options:
+        if option_precision == "int8" and not calibration:
             continue  # int8 needs calibration photos
-        if backend == "onnxruntime" and wanted == "bfloat16":
-            continue  # ONNX Runtime has no bfloat16 CPU path
-        return Choice(backend, wanted, f"row {row.name!r}: {row.source}{note}")
-    skipped = " (int8 left out: no calibration photos)" if row and "int8" in row.precisions else ""
-    return Choice(backend, "float32", f"float32: exact{skipped}{note}")
+        if option_backend == "openvino" and not openvino:
+            continue
+        if backend in ("auto", option_backend) and precision in ("auto", option_precision):
+            return Choice(option_backend, option_precision, f"row {row.name!r}: {row.source}")
+    if backend == "auto":
+        float32 = row.float32 if openvino or row.float32 != "openvino" else "onnxruntime"
+        wanted = "float32" if precision == "auto" else precision
+        if wanted == "bfloat16":
+            float32 = "openvino"  # the one backend with a bfloat16 path for a file
+        elif wanted == "int8":
+            float32 = "onnxruntime"  # no measured row here: today's int8
+        return Choice(float32, wanted, f"row {row.name!r}: {_why_float32(row, calibration)}")
+    return Choice(backend, "float32", f"row {row.name!r}: {_why_float32(row, calibration)}")
+
+
+def _why_float32(row: Row, calibration: bool) -> str:
+    if not calibration and any(p == "int8" for _, p in row.options):
+        return "exact float32 (int8 left out: no calibration photos)"
+    return "exact float32"

@@ -25,7 +25,7 @@ from filelock import FileLock
 from .cachedir import cache_dir, file_key
 from .metadata import ModelMetadata
 
-__all__ = ["Int8ValidationError", "int8_model"]
+__all__ = ["Int8ValidationError", "int8_model", "write_int8"]
 
 
 class Int8ValidationError(ValueError):
@@ -85,6 +85,25 @@ def _make(
     method: str,
     open_session: Callable[..., Any],
 ) -> None:
+
+    with tempfile.TemporaryDirectory(prefix=".int8-", dir=out.parent) as tmp:
+        staged = Path(tmp) / out.name
+        write_int8(path, staged, meta, backend, images, method)
+        _validate(path, staged, backend, images[:8], open_session)
+        os.replace(staged, out)
+
+
+def write_int8(
+    path: Path,
+    out: Path,
+    meta: ModelMetadata,
+    backend: str,
+    images: torch.Tensor,
+    method: str = "minmax",
+) -> Path:
+    """Write the int8 model of the float32 file `path` for `backend` to `out`, calibrated on
+    `images` (the model's input format), with its metadata; not validated (`int8_model` does
+    that before caching; the benchmarks check every contender themselves)."""
     import onnx
 
     proto = onnx.load(path)
@@ -104,12 +123,8 @@ def _make(
             props[key].value = json.dumps(value)
         else:
             proto.metadata_props.add(key=key, value=json.dumps(value))
-    with tempfile.TemporaryDirectory(prefix=".int8-", dir=out.parent) as tmp:
-        staged = Path(tmp) / out.name
-        onnx.save(proto, staged)
-        del proto
-        _validate(path, staged, backend, images[:8], open_session)
-        os.replace(staged, out)
+    onnx.save(proto, out)
+    return out
 
 
 def _validate(source: Path, staged: Path, backend: str, images: torch.Tensor, open_session) -> None:

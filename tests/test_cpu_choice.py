@@ -23,8 +23,8 @@ def test_amx_row_picks_openvino_int8_with_calibration_else_bfloat16():
     assert "AMX" in reason and "issue's author" in reason
 
 
-def test_zen4_row_picks_openvino_int8_with_calibration_else_bfloat16():
-    assert choose(ZEN4, calibration=True)[:2] == ("openvino", "int8")
+def test_zen4_row_picks_onnx_runtime_int8_with_calibration_else_openvino_bfloat16():
+    assert choose(ZEN4, calibration=True)[:2] == ("onnxruntime", "int8")
     backend, precision, reason = choose(ZEN4)
     assert (backend, precision) == ("openvino", "bfloat16")
     assert "Zen 4" in reason
@@ -46,30 +46,36 @@ def test_other_cpus_keep_exact_float32_onnx_runtime():
     assert choose(set())[:2] == ("onnxruntime", "float32")
 
 
-def test_without_openvino_auto_takes_the_best_onnx_runtime_row():
+def test_without_openvino_auto_takes_the_rows_onnx_runtime_options():
+    assert choose(SAPPHIRE_RAPIDS, openvino=False)[:2] == ("onnxruntime", "float32")
     assert choose(SAPPHIRE_RAPIDS, calibration=True, openvino=False)[:2] == (
         "onnxruntime",
         "int8",
     )
-    backend, precision, reason = choose(ZEN4, openvino=False)
-    assert (backend, precision) == ("onnxruntime", "float32")
-    assert "not installed" in reason
+    assert choose(ZEN4, calibration=True, openvino=False)[:2] == ("onnxruntime", "int8")
+    assert choose(ZEN4, openvino=False)[:2] == ("onnxruntime", "float32")
 
 
 def test_every_row_is_reachable_and_the_last_matches_anything():
     assert ROWS[-1].flags == frozenset()
     for row in ROWS:
-        assert choose(row.flags, calibration=True).reason.startswith(
-            (f"row {row.name!r}", "float32")
-        )
+        choice = choose(row.flags, calibration=True)
+        assert choice.reason.startswith(f"row {row.name!r}")
+        assert choice[:2] == (row.options[0] if row.options else (row.float32, "float32"))
 
 
 def test_explicit_values_are_kept_and_half_auto_resolves_the_other():
     assert resolve("onnxruntime", "float32", SAPPHIRE_RAPIDS)[:2] == ("onnxruntime", "float32")
     assert resolve("openvino", "auto", ZEN4)[:2] == ("openvino", "bfloat16")
+    assert resolve("openvino", "auto", ZEN4, calibration=True)[:2] == ("openvino", "int8")
+    assert resolve("openvino", "auto", SAPPHIRE_RAPIDS, calibration=True)[:2] == (
+        "openvino",
+        "int8",
+    )
     assert resolve("onnxruntime", "auto", ZEN4, calibration=True)[:2] == ("onnxruntime", "int8")
     assert resolve("onnxruntime", "auto", ZEN4)[:2] == ("onnxruntime", "float32")  # no bf16 in ORT
-    assert resolve("auto", "float32", ZEN4)[:2] == ("openvino", "float32")
+    assert resolve("auto", "float32", ZEN4)[:2] == ("onnxruntime", "float32")
+    assert resolve("auto", "bfloat16", HASWELL)[:2] == ("openvino", "bfloat16")
 
 
 def test_bad_names_are_refused():

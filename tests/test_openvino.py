@@ -187,10 +187,11 @@ def ort_int8(tiny, tmp_path_factory):
     )  # fmt: skip
 
 
-def test_qlinearconv_file_names_the_op_and_auto_falls_back_with_a_warning(ort_int8):
+def test_qlinearconv_file_names_the_op_and_auto_falls_back_with_a_warning(ort_int8, monkeypatch):
     with pytest.raises(openvino_backend.OpenVinoConversionError, match="QLinearConv") as info:
         GradCAMSession(ort_int8, device="cpu", backend="openvino")
     assert info.value.ops == ("QLinearConv",)
+    monkeypatch.setenv("GRADCAM_FAST_CPU_FLAGS", "amx_bf16 amx_int8")  # auto: OpenVINO int8
     with pytest.warns(RuntimeWarning, match=r"cannot run this file.*QLinearConv.*ONNX Runtime"):
         session = GradCAMSession(ort_int8, device="cpu", backend="auto")
     assert (session.backend, session.precision) == ("onnxruntime", "int8")

@@ -66,8 +66,6 @@ def run(args: argparse.Namespace) -> int:
         num_targets=wanted or 1,
         gradients=args.method != "gradcam",
     )
-    if not args.quiet:
-        print(choice_line(args, session), file=sys.stderr)
     meta = session.metadata
     classes = None
     if args.classes:
@@ -76,6 +74,8 @@ def run(args: argparse.Namespace) -> int:
         maps_per_image(session.path, meta.num_targets, args.classes, args.top_k)
     except ValueError as exc:
         return usage_error(str(exc))
+    if not args.quiet:  # after the usage checks: a usage error stays one line
+        print(choice_line(args, session), file=sys.stderr)
     start = time.perf_counter()
     records = pipeline.explain(
         paths,
