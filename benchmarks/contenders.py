@@ -488,6 +488,13 @@ CONTENDERS: dict[str, ContenderSpec] = {
             optional=True,
         ),
         ContenderSpec(
+            "openvino_int8_head_f32",
+            "8i'. session on OpenVINO, NNCF int8 body, head weights float32, channel weights only",
+            lambda setup: OpenVinoSession(setup, "gradcam_ov_int8_head_f32", "int8"),
+            kind="int8",
+            optional=True,
+        ),
+        ContenderSpec(
             "openvino_full_int8",
             "8i. session on OpenVINO, NNCF int8 body, full export (gradients)",
             lambda setup: OpenVinoSession(setup, "gradcam_ov_int8_full", "int8"),

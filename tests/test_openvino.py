@@ -205,8 +205,13 @@ def test_int8_by_nncf_is_made_once_per_calibration_set(tiny, files, own_cache):
     made = list((own_cache / "int8").glob("*.onnx"))
     assert [p.parent for p in made] == [own_cache / "int8"] and session.path == files["cw"]
     assert session.metadata.precision == "int8" and session.precision == "int8"
-    ops = {n.op_type for n in onnx.load(made[0]).graph.node}
+    proto = onnx.load(made[0])
+    ops = {n.op_type for n in proto.graph.node}
     assert {"QuantizeLinear", "DequantizeLinear"} <= ops and "QLinearConv" not in ops
+    int8 = (onnx.TensorProto.INT8, onnx.TensorProto.UINT8)
+    shapes = [len(i.dims) for i in proto.graph.initializer if i.data_type in int8]
+    assert shapes.count(4) == 3  # the body's three convolution kernels
+    assert shapes.count(2) >= 3  # the head's three Linear weights (weight compression)
     stamp = made[0].stat().st_mtime_ns
     again = GradCAMSession(files["cw"], calibration=calibration, **kw)  # from the cache
     assert made[0].stat().st_mtime_ns == stamp
