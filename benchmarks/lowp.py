@@ -271,11 +271,15 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--batches", default="1,8,32", help="batch sizes, comma-separated")
     parser.add_argument("--contenders", help="comma-separated names (default: all)")
     parser.add_argument("--no-peers", action="store_true", help="leave out the other libraries")
+    parser.add_argument("--no-speed", action="store_true", help="fidelity and start-up only")
+    parser.add_argument("--rounds", type=int, help="rounds at every batch size (default: ROUNDS)")
     parser.add_argument(
         "--speed-only", action="store_true", help="no fidelity, no start-up times, no int8 exports"
     )
     args = parser.parse_args(argv)
     batches = [int(b) for b in args.batches.split(",")]
+    if args.rounds:
+        ROUNDS.update(dict.fromkeys(batches, args.rounds))
     names = [*SESSIONS, "floor_ort", *(OPENVINO if has_openvino() else ())]
     names += [] if args.no_peers else list(PEERS)
     if args.contenders:
@@ -293,7 +297,8 @@ def main(argv: list[str] | None = None) -> int:
         folder = Path(tmp)
         export_onnx(model, folder / "gradcam_k1.onnx", validate=False)
         export_onnx(model, folder / "gradcam_channel_weights.onnx", gradients=False, validate=False)
-        for name, k in (("gradcam_int8", 1),) + (() if args.speed_only else (("int8_k5", 5),)):
+        k5 = () if args.speed_only or args.no_speed else (("int8_k5", 5),)
+        for name, k in (("gradcam_int8", 1), *k5):
             export_onnx(model, folder / f"{name}.onnx", gradients=False, num_targets=k,
                         quantize="int8", calibration=calib, calibration_method=args.method,
                         validate=False)  # fmt: skip
@@ -309,7 +314,7 @@ def main(argv: list[str] | None = None) -> int:
         if not args.speed_only:
             fid = fidelity(model, folder, images, args.method)
             print(f"# fidelity: {json.dumps(fid)}", file=sys.stderr, flush=True)  # partial runs
-        spd = speed(model, folder, names, batches)
+        spd = {} if args.no_speed else speed(model, folder, names, batches)
         if startup:
             spd["startup"] = startup
     report = render(fid, spd, files, time.perf_counter() - started)
