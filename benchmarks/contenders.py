@@ -488,9 +488,9 @@ CONTENDERS: dict[str, ContenderSpec] = {
             optional=True,
         ),
         ContenderSpec(
-            "openvino_int8_head_f32",
-            "8i'. session on OpenVINO, NNCF int8 body, head weights float32, channel weights only",
-            lambda setup: OpenVinoSession(setup, "gradcam_ov_int8_head_f32", "int8"),
+            "openvino_int8_head_int8",
+            "8i'. session on OpenVINO, NNCF int8 body and head weights, channel weights only",
+            lambda setup: OpenVinoSession(setup, "gradcam_ov_int8_head_int8", "int8"),
             kind="int8",
             optional=True,
         ),

@@ -185,8 +185,8 @@ def speed(model, folder: Path, names: list[str], batches: list[int]) -> dict[str
 
 def nncf_files(folder: Path, calib: torch.Tensor, validated: bool) -> None:
     """OpenVINO's int8 files of the channel-weights and full exports (validated and cached
-    through int8_cache, or written directly), and the channel-weights one with a float32 head
-    (`head_weights=False`), for the comparison."""
+    through int8_cache, or written directly), and the channel-weights one with the head's
+    weights in int8 too (`head_weights=True`), for the comparison."""
     from gradcam_fast.int8_cache import write_int8
     from gradcam_fast.onnx_props import file_metadata
 
@@ -196,8 +196,8 @@ def nncf_files(folder: Path, calib: torch.Tensor, validated: bool) -> None:
             nncf_int8(src, folder / f"{out}.onnx", calib)
         else:
             write_int8(src, folder / f"{out}.onnx", file_metadata(src), "openvino", calib)
-    write_int8(cw, folder / "gradcam_ov_int8_head_f32.onnx", file_metadata(cw), "openvino", calib,
-               head_weights=False)  # fmt: skip
+    write_int8(cw, folder / "gradcam_ov_int8_head_int8.onnx", file_metadata(cw), "openvino", calib,
+               head_weights=True)  # fmt: skip
 
 
 def start_times(folder: Path, calib: torch.Tensor) -> dict[str, float]:

@@ -100,11 +100,12 @@ def write_int8(
     backend: str,
     images: torch.Tensor,
     method: str = "minmax",
-    head_weights: bool = True,
+    head_weights: bool | None = None,
 ) -> Path:
     """Write the int8 model of the float32 file `path` for `backend` to `out`, calibrated on
     `images` (the model's input format), with its metadata (`head_weights`: the head's Linear
-    weights in int8 too, the default of both backends); not validated (`int8_model` does
+    weights in int8 too; None: each backend's default, True for ONNX Runtime, False for
+    OpenVINO, as measured); not validated (`int8_model` does
     that before caching; the benchmarks check every contender themselves)."""
     import onnx
 
@@ -112,11 +113,11 @@ def write_int8(
     if backend == "openvino":
         from .ov_quantize import quantize_with_nncf
 
-        proto = quantize_with_nncf(proto, images, meta.num_targets, head_weights)
+        proto = quantize_with_nncf(proto, images, meta.num_targets, bool(head_weights))
     else:
         from .quantize import quantize_body
 
-        proto = quantize_body(proto, images, meta.num_targets, method, head_weights)
+        proto = quantize_body(proto, images, meta.num_targets, method, head_weights is not False)
     fields = {"precision": "int8", "calibration_method": method, "calibration_images": len(images)}
     props = {p.key: p for p in proto.metadata_props}
     for field, value in fields.items():

@@ -211,7 +211,7 @@ def test_int8_by_nncf_is_made_once_per_calibration_set(tiny, files, own_cache):
     int8 = (onnx.TensorProto.INT8, onnx.TensorProto.UINT8)
     shapes = [len(i.dims) for i in proto.graph.initializer if i.data_type in int8]
     assert shapes.count(4) == 3  # the body's three convolution kernels
-    assert shapes.count(2) >= 3  # the head's three Linear weights (weight compression)
+    assert shapes.count(2) == 0  # the head's Linear weights stay float32 by default
     stamp = made[0].stat().st_mtime_ns
     again = GradCAMSession(files["cw"], calibration=calibration, **kw)  # from the cache
     assert made[0].stat().st_mtime_ns == stamp
@@ -223,6 +223,22 @@ def test_int8_by_nncf_is_made_once_per_calibration_set(tiny, files, own_cache):
     errors = compare_with_reference(got, ref)
     assert not failing_figures(errors, "int8"), errors
     assert errors["logits"] > 1e-6  # quantized, not the float32 model
+
+
+def test_head_weights_in_int8_on_request(files, tmp_path):
+    from gradcam_fast.int8_cache import write_int8
+    from gradcam_fast.onnx_props import file_metadata
+
+    calibration = torch.randn(8, 3, SIZE, SIZE, generator=torch.Generator().manual_seed(5))
+    meta = file_metadata(files["cw"])
+    out = write_int8(files["cw"], tmp_path / "h.onnx", meta, "openvino", calibration,
+                     head_weights=True)  # fmt: skip
+    int8 = (onnx.TensorProto.INT8, onnx.TensorProto.UINT8)
+    shapes = [len(i.dims) for i in onnx.load(out).graph.initializer if i.data_type in int8]
+    assert shapes.count(2) >= 3  # the head's three Linear weights (NNCF weight compression)
+    got = GradCAMSession(out, device="cpu", backend="openvino")(_images(4))
+    ref = GradCAMSession(files["cw"], device="cpu")(_images(4), got.target_classes)
+    assert not failing_figures(compare_with_reference(got, ref), "int8")
 
 
 def test_int8_needs_calibration_and_calibration_needs_int8(files):
