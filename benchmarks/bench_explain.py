@@ -106,7 +106,7 @@ def test_explain_folder_throughput(benchmark, photo_folder, model_file, tmp_path
     argv = [
         "explain", str(photo_folder), "--out", str(out), "--model", str(model_file),
         "--device", "cpu", "--batch-size", str(SETTING.batch_size), "--workers", str(workers),
-        "--quiet",
+        "--quiet", "--backend", "onnxruntime", "--precision", "float32",  # as before auto
     ]  # fmt: skip
     seconds = []
 

@@ -40,6 +40,9 @@ GROUP = [
     "torch_bfloat16",
     "floor_ort",
     "torch_no_grad",
+    "openvino_float32",
+    "openvino_bfloat16",
+    "openvino_int8",
 ]
 POSTPROCESS_ROUNDS = 20
 # SessionOptions that change speed or memory; the floor must match the session on each

@@ -34,6 +34,7 @@ def model_files(folder: Path, num_targets: int) -> dict[str, Path]:
         "gradcam_channel_weights": folder / "gradcam_channel_weights.onnx",
         "gradcam_external": folder / "gradcam_external.onnx",  # weights in .onnx.data beside it
         "gradcam_int8": folder / "gradcam_int8.onnx",  # int8 body, channel weights only
+        "gradcam_ov_int8": folder / "gradcam_ov_int8.onnx",  # NNCF int8 (with openvino)
     }
 
 
@@ -67,6 +68,17 @@ def export_all(model: torch.nn.Module, folder: Path, profile: Profile) -> dict[s
         model, paths["gradcam_int8"], image_size=profile.image_size, gradients=False,
         quantize="int8", calibration=calibration, validate=False,
     )  # fmt: skip
+    from gradcam_fast.cpu_choice import openvino_installed
+
+    if openvino_installed():  # OpenVINO's int8: NNCF on the float32 channel-weights file
+        from gradcam_fast.int8_cache import write_int8
+        from gradcam_fast.onnx_props import file_metadata
+
+        source = paths["gradcam_channel_weights"]
+        write_int8(source, paths["gradcam_ov_int8"], file_metadata(source), "openvino",
+                   calibration)  # fmt: skip
+    else:
+        del paths["gradcam_ov_int8"]
     export_floor(model, paths["floor"], profile.image_size)
     return paths
 

@@ -325,6 +325,37 @@ class FloorOrt(_Contender):
         return Output(logits=logits.clone())
 
 
+class OpenVinoSession(FastSession):
+    """8. the session on OpenVINO (`backend="openvino"`, CPU) at an explicit precision; the
+    int8 rows run the NNCF int8 file (`gradcam_ov_int8`, made from the float32 one)."""
+
+    def __init__(self, setup: Setup, key: str, precision: str, **options: Any):
+        try:
+            import openvino  # noqa: F401
+        except ImportError as exc:
+            raise ContenderUnavailable(f"openvino is not installed: {exc}") from None
+        if key not in setup.paths:
+            raise ContenderUnavailable(f"no {key} model in this run (OpenVINO's int8 needs nncf)")
+        super().__init__(setup, key, backend="openvino", precision=precision, **options)
+
+
+class OpenVinoBare(_Contender):
+    """8'. a bare OpenVINO call on the session's own compiled model (float32, channel weights):
+    numpy in, the request's own output tensors out, no checks, no post-processing, no copies.
+    The session's overhead is its time over this one."""
+
+    def __init__(self, setup: Setup):
+        self.session = OpenVinoSession(setup, "gradcam_channel_weights", "float32").session
+        self.request = self.session._runner.compiled.create_infer_request()
+
+    def run(self, images, classes):
+        self.request.infer({"images": images.numpy(), "targets": classes.numpy()})
+        return self.request
+
+    def output(self, raw):
+        return Output(logits=torch.from_numpy(raw.get_output_tensor(0).data.copy()))
+
+
 class TorchBackend(_Contender):
     """7. the torch backend, `GradCAMSession.from_model(model, device="cpu", precision=...)`:
     float32, or bfloat16 (body in bfloat16, channels-last oneDNN; head float32)."""
@@ -415,6 +446,83 @@ CONTENDERS: dict[str, ContenderSpec] = {
             "7b. gradcam_fast torch backend, bfloat16 body",
             lambda setup: TorchBackend(setup, "bfloat16"),
             kind="bfloat16",
+        ),
+        ContenderSpec(
+            "ort_qdq_int8",
+            "4q. gradcam_fast session (ORT) on the NNCF QDQ int8 file",
+            lambda setup: FastSession(setup, "gradcam_ov_int8"),
+            kind="int8",
+        ),
+        ContenderSpec(
+            "openvino_float32",
+            "8. session on OpenVINO, float32 (f32 hint), channel weights only",
+            lambda setup: OpenVinoSession(setup, "gradcam_channel_weights", "float32"),
+            optional=True,
+        ),
+        ContenderSpec(
+            "openvino_full_float32",
+            "8. session on OpenVINO, float32, full export (gradients)",
+            lambda setup: OpenVinoSession(setup, "gradcam_k1", "float32"),
+            optional=True,
+        ),
+        ContenderSpec(
+            "openvino_bfloat16",
+            "8b. session on OpenVINO, bf16 hint, channel weights only",
+            lambda setup: OpenVinoSession(setup, "gradcam_channel_weights", "bfloat16"),
+            kind="bfloat16",
+            optional=True,
+        ),
+        ContenderSpec(
+            "openvino_full_bfloat16",
+            "8b. session on OpenVINO, bf16 hint, full export (gradients)",
+            lambda setup: OpenVinoSession(setup, "gradcam_k1", "bfloat16"),
+            kind="bfloat16",
+            optional=True,
+        ),
+        ContenderSpec(
+            "openvino_int8",
+            "8i. session on OpenVINO, NNCF int8 body, channel weights only",
+            lambda setup: OpenVinoSession(setup, "gradcam_ov_int8", "int8"),
+            kind="int8",
+            optional=True,
+        ),
+        ContenderSpec(
+            "openvino_int8_head_int8",
+            "8i'. session on OpenVINO, NNCF int8 body and head weights, channel weights only",
+            lambda setup: OpenVinoSession(setup, "gradcam_ov_int8_head_int8", "int8"),
+            kind="int8",
+            optional=True,
+        ),
+        ContenderSpec(
+            "openvino_full_int8",
+            "8i. session on OpenVINO, NNCF int8 body, full export (gradients)",
+            lambda setup: OpenVinoSession(setup, "gradcam_ov_int8_full", "int8"),
+            kind="int8",
+            optional=True,
+        ),
+        ContenderSpec(
+            "openvino_throughput",
+            "8t. session on OpenVINO, float32, PERFORMANCE_HINT=THROUGHPUT",
+            lambda setup: OpenVinoSession(
+                setup, "gradcam_channel_weights", "float32", performance_hint="THROUGHPUT"
+            ),
+            optional=True,
+        ),
+        ContenderSpec(
+            "openvino_bfloat16_throughput",
+            "8t. session on OpenVINO, bf16, PERFORMANCE_HINT=THROUGHPUT",
+            lambda setup: OpenVinoSession(
+                setup, "gradcam_channel_weights", "bfloat16", performance_hint="THROUGHPUT"
+            ),
+            kind="bfloat16",
+            optional=True,
+        ),
+        ContenderSpec(
+            "openvino_bare",
+            "8'. bare OpenVINO call on the session's compiled model (float32)",
+            OpenVinoBare,
+            kind="floor",
+            optional=True,
         ),
         ContenderSpec(
             "gradcam_fast_k5",

@@ -1,9 +1,6 @@
-"""int8 and bfloat16 against float32 on a CNN (random weights) at 224: speed and fidelity, one run.
+"""int8 and bfloat16 against float32 on VGG19 (random weights) at 224: speed and fidelity, one run.
 
-    python -m benchmarks.lowp [--arch resnet50] [--batches 1 8] [--eager] [--out FILE.md]
-
-The target is the module the other libraries hook (`BENCH_TARGETS`: `layer4` in ResNets,
-`features.35` in VGG19), the same for every contender. Export times are reported.
+    python -m benchmarks.lowp [--out benchmarks/results/lowp.md]
 
 Speed: interleaved rounds (benchmarks/interleaved.py: every round visits each contender once in
 a shuffled order, one untimed call then the timed one; ratios are medians of within-round ratios)
@@ -18,12 +15,20 @@ examples/images and examples/fidelity_photos, with the float32 session's top-1 c
 per-map Pearson correlation of `cams_lowres` (median, worst), top-1 kept. The int8 model is
 calibrated on one half of the photos and judged on the other (two folds), so every figure is on
 photos its calibration never saw. Prints markdown.
+
+OpenVINO (issue 21, with the `openvino` extra): the session on OpenVINO in float32, bf16 and
+NNCF int8 (channel-weights and full exports), ONNX Runtime on NNCF's QDQ file, a bare OpenVINO
+call on the session's compiled model (the session's overhead), the THROUGHPUT hint; their
+fidelity as above (NNCF int8 in two held-out folds); and the start-up times (export, OpenVINO
+compile with and without its cache, first call). `--contenders` and `--batches` narrow a run,
+`--no-peers` leaves out the other libraries.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import statistics
 import sys
 import tempfile
@@ -40,9 +45,8 @@ PHOTOS = [ROOT / "examples" / "images", ROOT / "examples" / "fidelity_photos"]
 ROUNDS = {1: 7, 8: 5, 32: 2}
 PEERS = ("eager_autograd", "pytorch_grad_cam", "captum", "torchcam")
 PEER_MAX_BATCH = 8
-# arch -> the module whose output every contender explains (the peers hook modules; these are
-# the layers their documentation recommends, and gradcam_fast's defaults where a module gives
-# them). Other archs: their default target.
+# arch -> the module every contender explains (the peers hook modules): the layers their
+# documentation recommends; other archs get their default target.
 BENCH_TARGETS = {
     "vgg19": "features.35",
     "resnet50": "layer4",
@@ -54,6 +58,28 @@ BENCH_TARGETS = {
 }
 SESSIONS = ("gradcam_fast", "gradcam_fast_lean", "gradcam_fast_int8", "torch_float32",
             "torch_bfloat16")  # fmt: skip
+OPENVINO = ("openvino_float32", "openvino_full_float32", "openvino_bfloat16",
+            "openvino_full_bfloat16", "openvino_int8", "openvino_full_int8", "ort_qdq_int8",
+            "openvino_bare", "openvino_throughput")  # fmt: skip
+
+
+def has_openvino() -> bool:
+    from gradcam_fast.cpu_choice import openvino_installed
+
+    return openvino_installed()
+
+
+def nncf_int8(source: Path, out: Path, calibration: torch.Tensor) -> Path:
+    """The NNCF int8 file of `source` (int8_cache: made, validated, cached), moved to `out`."""
+    from gradcam_fast import GradCAMSession
+    from gradcam_fast.int8_cache import int8_model
+    from gradcam_fast.onnx_props import file_metadata
+
+    made = int8_model(source, file_metadata(source), "openvino", calibration,
+                      open_session=lambda f, **kw: GradCAMSession(f, device="cpu", **kw))  # fmt: skip
+    out.parent.mkdir(parents=True, exist_ok=True)
+    made.replace(out)
+    return out
 
 
 def photos(size: int = 224) -> tuple[list[str], torch.Tensor]:
@@ -81,8 +107,7 @@ def fidelity(
         path = folder / ("gradcam_int8.onnx" if fold == 0 else "int8_fold1.onnx")
         if fold == 1:
             export_onnx(model, path, gradients=False, quantize="int8", calibration=images[calib],
-                        target_layer=target,
-                        calibration_method=method, validate=False)  # fmt: skip
+                        calibration_method=method, validate=False, target_layer=target)  # fmt: skip
         got = GradCAMSession(path, device="cpu")(images[judged], classes[judged])
         int8_lowres[judged], int8_logits[judged] = got.cams_lowres, got.logits
     with warnings.catch_warnings():
@@ -90,11 +115,27 @@ def fidelity(
         bf16 = GradCAMSession.from_model(
             model, target_layer=target, device="cpu", precision="bfloat16"
         )(images, classes)
-    out = {}
-    for name, lowres, logits in [
+    rows = [
         ("int8 (held-out folds)", int8_lowres, int8_logits),
         ("bfloat16 torch", bf16.cams_lowres, bf16.logits),
-    ]:
+    ]
+    if has_openvino():
+        cw = folder / "gradcam_channel_weights.onnx"
+        ov = GradCAMSession(cw, device="cpu", backend="openvino", precision="bfloat16")
+        got = ov(images, classes)
+        rows.append(("bfloat16 OpenVINO", got.cams_lowres, got.logits))
+        lowres, logits = torch.empty_like(ref.cams_lowres), torch.empty_like(ref.logits)
+        for fold, (calib, judged) in enumerate([(halves[0], halves[1]), (halves[1], halves[0])]):
+            path = folder / "gradcam_ov_int8.onnx"
+            if fold == 1:
+                path = nncf_int8(cw, folder / "extra" / "ov_int8_fold1.onnx", images[calib])
+            got = GradCAMSession(path, device="cpu", backend="openvino")(
+                images[judged], classes[judged]
+            )
+            lowres[judged], logits[judged] = got.cams_lowres, got.logits
+        rows.append(("int8 OpenVINO NNCF (held-out folds)", lowres, logits))
+    out = {}
+    for name, lowres, logits in rows:
         corr = map_correlations(lowres, ref.cams_lowres).flatten()
         out[name] = {
             "median": corr.median().item(),
@@ -106,8 +147,8 @@ def fidelity(
 
 
 def speed(
-    model, folder: Path, names: list[str], target: str, batches: tuple[int, ...] = tuple(ROUNDS)
-) -> dict:
+    model, folder: Path, names: list[str], batches: list[int], target: str | None = None
+) -> dict[str, dict]:
     """Interleaved ratios per batch size (see the module docstring)."""
     from benchmarks.contenders import (
         ContenderUnavailable,
@@ -115,10 +156,11 @@ def speed(
         check_output,
         open_contender,
     )  # fmt: skip
+    from gradcam_fast.models import default_target_layer
     from gradcam_fast.reference import eager_gradcam
 
     paths = {p.stem: p for p in folder.glob("*.onnx")}
-    setup = Setup(model, target, 224, paths)
+    setup = Setup(model, target or default_target_layer(model), 224, paths)
     contenders = {}
     for name in names:
         try:
@@ -129,7 +171,7 @@ def speed(
     for batch in batches:
         gen = torch.Generator().manual_seed(batch)
         images = torch.randn(batch, 3, 224, 224, generator=gen)
-        reference = eager_gradcam(model, images, None, target)
+        reference = eager_gradcam(model, images, None, setup.target_layer)
         classes = reference.target_classes
         slow = (*PEERS, "eager_hook")
         here = [n for n in contenders if n not in slow or batch <= PEER_MAX_BATCH]
@@ -142,6 +184,10 @@ def speed(
         calls = {n: (lambda c=contenders[n], x=images, t=classes: c.run(x, t)) for n in here}
         results[batch] = round_robin_ratios(interleave(calls, ROUNDS[batch]))
         print(f"# batch {batch}: {json.dumps(results[batch])}", file=sys.stderr, flush=True)
+    for c in contenders.values():
+        c.close()
+    if "gradcam_fast_int8" not in contenders or not (folder / "int8_k5.onnx").is_file():
+        return results
     # K=5 against K=1 on the int8 session
     from gradcam_fast import GradCAMSession
 
@@ -152,37 +198,86 @@ def speed(
     results["k5_over_k1_batch8"] = statistics.median(
         a / b for a, b in zip(times["k5"], times["k1"], strict=True)
     )
-    for c in contenders.values():
-        c.close()
     return results
 
 
-def render(
-    fid: dict, spd: dict, files: list[str], seconds: float, arch: str, exports: dict[str, float]
-) -> str:
-    batches = [b for b in spd if isinstance(b, int)]
-    lines = [f"## Fidelity (16 photos, {arch} random weights, against the float32 session)", ""]
-    lines += ["| variant | median Pearson | worst | top-1 kept |", "| --- | ---: | ---: | ---: |"]
-    for name, f in fid.items():
-        lines.append(f"| {name} | {f['median']:.4f} | {f['worst']:.4f} | {f['top1_kept']}/16 |")
-    lines += ["", "Per photo (int8, bfloat16): " + ", ".join(
-        f"{n} {a:.3f}/{b:.3f}" for n, a, b in zip(
-            files, *(f["per_photo"] for f in fid.values()), strict=True)
-    ), ""]  # fmt: skip
+def nncf_files(folder: Path, calib: torch.Tensor, validated: bool) -> None:
+    """OpenVINO's int8 files of the channel-weights and full exports (validated and cached
+    through int8_cache, or written directly), and the channel-weights one with the head's
+    weights in int8 too (`head_weights=True`), for the comparison."""
+    from gradcam_fast.int8_cache import write_int8
+    from gradcam_fast.onnx_props import file_metadata
+
+    cw = folder / "gradcam_channel_weights.onnx"
+    for src, out in ((cw, "gradcam_ov_int8"), (folder / "gradcam_k1.onnx", "gradcam_ov_int8_full")):
+        if validated:
+            nncf_int8(src, folder / f"{out}.onnx", calib)
+        else:
+            write_int8(src, folder / f"{out}.onnx", file_metadata(src), "openvino", calib)
+    write_int8(cw, folder / "gradcam_ov_int8_head_int8.onnx", file_metadata(cw), "openvino", calib,
+               head_weights=True)  # fmt: skip
+
+
+def start_times(folder: Path, calib: torch.Tensor) -> dict[str, float]:
+    """Seconds to start a session on the channel-weights file and make its first batch-1 call:
+    ONNX Runtime; OpenVINO without its compile cache, with an empty cache (it fills it), from
+    the cache; and the NNCF int8 file's making (quantization and validation)."""
+    from gradcam_fast import GradCAMSession
+
+    cw = folder / "gradcam_channel_weights.onnx"
+    x = torch.randn(1, 3, 224, 224)
+    out = {}
+    for name, options in [
+        ("ort_start", {}),
+        ("openvino_start_no_cache", {"backend": "openvino", "compile_cache": False}),
+        ("openvino_start_filling_cache", {"backend": "openvino"}),
+        ("openvino_start_from_cache", {"backend": "openvino"}),
+    ]:
+        start = time.perf_counter()
+        session = GradCAMSession(cw, device="cpu", **options)
+        out[name] = time.perf_counter() - start
+        session(x)
+        out[name.replace("start", "start+first_call")] = time.perf_counter() - start
+        del session
+    start = time.perf_counter()
+    nncf_int8(cw, folder / "extra" / "startup_int8.onnx", calib)
+    out["nncf_int8_made"] = time.perf_counter() - start
+    return out
+
+
+def render(fid: dict, spd: dict, files: list[str], seconds: float) -> str:
+    lines: list[str] = []
+    if fid:
+        lines += ["## Fidelity (16 photos, VGG19 random weights, against the float32 session)", ""]
+        lines += [
+            "| variant | median Pearson | worst | top-1 kept |",
+            "| --- | ---: | ---: | ---: |",
+        ]
+        for name, f in fid.items():
+            lines.append(f"| {name} | {f['median']:.4f} | {f['worst']:.4f} | {f['top1_kept']}/16 |")
+        lines += ["", f"Per photo ({', '.join(fid)}): " + ", ".join(
+            f"{n} " + "/".join(f"{c:.3f}" for c in cs) for n, *cs in zip(
+                files, *(f["per_photo"] for f in fid.values()), strict=True)
+        ), ""]  # fmt: skip
     lines += ["## Speed (interleaved; ratio = median over rounds of time / floor_ort)", ""]
-    lines += ["| batch | contender | median ms | x floor | floor / it | eager hook / it |", "| ---: | --- | ---: | ---: | ---: | ---: |"]  # fmt: skip
+    lines += ["| batch | contender | median ms | x floor | floor / it |", "| ---: | --- | ---: | ---: | ---: |"]  # fmt: skip
+    batches = [b for b in ROUNDS if b in spd]
     for batch in batches:
         for name, row in spd[batch].items():
-            r, e = row["ratio_to_floor"], row.get("speedup_vs_eager")
-            eager = "" if e is None else f"{e:.2f}x"
-            lines.append(f"| {batch} | {name} | {row['median_ms']:.1f} | {r:.3f} | {1 / r:.2f}x | {eager} |")  # fmt: skip
-    if all("torch_bfloat16" in spd[b] for b in batches):
+            r = row["ratio_to_floor"]
+            lines.append(f"| {batch} | {name} | {row['median_ms']:.1f} | {r:.3f} | {1 / r:.2f}x |")
+    if all({"torch_float32", "torch_bfloat16"} <= set(spd[b]) for b in batches):
         lines += ["", "bfloat16 vs float32 torch backend (median ms ratio): " + ", ".join(
             f"batch {b}: {spd[b]['torch_float32']['median_ms'] / spd[b]['torch_bfloat16']['median_ms']:.2f}x"
             for b in batches
         )]  # fmt: skip
-    lines.append(f"int8 session K=5 / K=1 at batch 8: {spd['k5_over_k1_batch8']:.3f}")
-    lines.append("Export times: " + ", ".join(f"{k} {v:.0f} s" for k, v in exports.items()))
+    if "k5_over_k1_batch8" in spd:
+        lines.append(f"int8 session K=5 / K=1 at batch 8: {spd['k5_over_k1_batch8']:.3f}")
+    if "startup" in spd:
+        lines += [
+            "",
+            "Start-up (s): " + ", ".join(f"{k} {v:.2f}" for k, v in spd["startup"].items()),
+        ]
     lines.append(f"\nRun took {seconds / 60:.1f} min.")
     return "\n".join(lines)
 
@@ -191,13 +286,25 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m benchmarks.lowp", description=__doc__)
     parser.add_argument("--out", type=Path, help="also write the markdown here")
     parser.add_argument("--method", default="minmax", help="int8 calibration method")
-    parser.add_argument("--arch", default="vgg19", help="a torchvision CNN (default vgg19)")
-    parser.add_argument("--batches", type=int, nargs="+", default=list(ROUNDS))
-    parser.add_argument("--eager", action="store_true", help="also time the eager hook way")
-    parser.add_argument("--no-torch", action="store_true", help="leave out the torch backend")
+    parser.add_argument("--arch", default="vgg19", help="a torchvision CNN (BENCH_TARGETS)")
+    parser.add_argument("--batches", default="1,8,32", help="batch sizes, comma-separated")
+    parser.add_argument("--contenders", help="comma-separated names (default: all)")
+    parser.add_argument("--no-peers", action="store_true", help="leave out the other libraries")
+    parser.add_argument("--no-speed", action="store_true", help="fidelity and start-up only")
+    parser.add_argument("--rounds", type=int, help="rounds at every batch size (default: ROUNDS)")
+    parser.add_argument(
+        "--speed-only", action="store_true", help="no fidelity, no start-up times, no int8 exports"
+    )
     args = parser.parse_args(argv)
+    batches = [int(b) for b in args.batches.split(",")]
+    if args.rounds:
+        ROUNDS.update(dict.fromkeys(batches, args.rounds))
+    names = [*SESSIONS, "floor_ort", *(OPENVINO if has_openvino() else ())]
+    names += [] if args.no_peers else list(PEERS)
+    if args.contenders:
+        names = [*args.contenders.split(","), "floor_ort"]
     from benchmarks.contenders import export_floor, make_model
-    from gradcam_fast import GradCAMSession, export_onnx
+    from gradcam_fast import export_onnx
     from gradcam_fast.runtime import cpu_count
 
     started = time.perf_counter()
@@ -206,29 +313,32 @@ def main(argv: list[str] | None = None) -> int:
     target = BENCH_TARGETS.get(args.arch)
     files, images = photos()
     calib = images[0::2]
-    exports: dict[str, float] = {}
-
-    def timed_export(name: str, **options) -> None:
-        start = time.perf_counter()
-        export_onnx(model, folder / f"{name}.onnx", target_layer=target, validate=False, **options)
-        exports[name] = time.perf_counter() - start
-
     with tempfile.TemporaryDirectory(prefix="gradcam-lowp-") as tmp:
         folder = Path(tmp)
-        timed_export("gradcam_k1")
-        timed_export("gradcam_channel_weights", gradients=False)
-        for name, k in (("gradcam_int8", 1), ("int8_k5", 5)):
-            timed_export(name, gradients=False, num_targets=k, quantize="int8",
-                         calibration=calib, calibration_method=args.method)  # fmt: skip
+        export_onnx(model, folder / "gradcam_k1.onnx", validate=False, target_layer=target)
+        export_onnx(model, folder / "gradcam_channel_weights.onnx", gradients=False,
+                    validate=False, target_layer=target)  # fmt: skip
+        k5 = () if args.speed_only or args.no_speed else (("int8_k5", 5),)
+        for name, k in (("gradcam_int8", 1), *k5):
+            export_onnx(model, folder / f"{name}.onnx", gradients=False, num_targets=k,
+                        quantize="int8", calibration=calib, calibration_method=args.method,
+                        validate=False, target_layer=target)  # fmt: skip
         export_floor(model, folder / "floor.onnx", 224)
         print(f"# exported in {time.perf_counter() - started:.0f} s", file=sys.stderr, flush=True)
-        fid = fidelity(model, folder, images, args.method, target)
-        print(f"# fidelity: {json.dumps(fid)}", file=sys.stderr, flush=True)  # partial runs
-        sessions = [s for s in SESSIONS if not (args.no_torch and s.startswith("torch_"))]
-        names = [*sessions, "floor_ort", *PEERS, *(["eager_hook"] if args.eager else [])]
-        target = target or GradCAMSession(folder / "gradcam_k1.onnx", "cpu").metadata.target_layer
-        spd = speed(model, folder, names, target, tuple(args.batches))
-    report = render(fid, spd, files, time.perf_counter() - started, args.arch, exports)
+        startup, fid = {}, {}
+        if has_openvino():
+            os.environ["GRADCAM_FAST_CACHE"] = str(folder / "cache")  # compiled models, int8
+            if not args.speed_only:
+                startup = start_times(folder, calib)
+                print(f"# start-up: {json.dumps(startup)}", file=sys.stderr, flush=True)
+            nncf_files(folder, calib, validated=not args.speed_only)
+        if not args.speed_only:
+            fid = fidelity(model, folder, images, args.method, target)
+            print(f"# fidelity: {json.dumps(fid)}", file=sys.stderr, flush=True)  # partial runs
+        spd = {} if args.no_speed else speed(model, folder, names, batches, target)
+        if startup:
+            spd["startup"] = startup
+    report = render(fid, spd, files, time.perf_counter() - started)
     print(report)
     if args.out:
         args.out.parent.mkdir(parents=True, exist_ok=True)

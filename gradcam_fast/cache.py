@@ -94,11 +94,14 @@ def open_session(
     *,
     device: str = "auto",
     tensorrt: bool = False,
+    session_options: dict | None = None,
     **settings,
 ) -> GradCAMSession:
     """A session for the exported `model` file, or else for the cached export of `settings`
     (`cached_model`'s arch, weights, target_layer, image_size, num_targets, seed, gradients;
-    made if missing)."""
+    made if missing). `session_options`: more GradCAMSession keywords (backend, precision,
+    calibration, ...)."""
     from .runtime import GradCAMSession
 
-    return GradCAMSession(model or cached_model(**settings), device=device, tensorrt=tensorrt)
+    path = model or cached_model(**settings)
+    return GradCAMSession(path, device=device, tensorrt=tensorrt, **(session_options or {}))

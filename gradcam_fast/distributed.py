@@ -109,7 +109,7 @@ class GradCAMPredictor:
     `classes`: explain these classes (one map each) instead of the model's top K; `top_k`: the
     top `top_k` classes only (at most K).
     `overlays_dir`: also write one overlay PNG per image and map there (a folder every node can
-    write to).
+    write to). `session_options`: more GradCAMSession keywords (backend, precision, ...).
     """
 
     def __init__(
@@ -126,6 +126,7 @@ class GradCAMPredictor:
         alpha: float = 0.5,
         shipped: list | None = None,
         tensorrt: bool = False,
+        session_options: dict | None = None,
     ):
         from .runtime import GradCAMSession
 
@@ -135,7 +136,11 @@ class GradCAMPredictor:
         torch.set_num_threads(self.num_threads)  # post-processing stays within the actor's CPUs
         path = _local_model(os.fspath(model_path), shipped)
         self.session = GradCAMSession(
-            path, device=device, intra_op_threads=self.num_threads, tensorrt=tensorrt
+            path,
+            device=device,
+            intra_op_threads=self.num_threads,
+            tensorrt=tensorrt,
+            **(session_options or {}),
         )
         meta = self.session.metadata
         preprocessing_of(meta)  # metadata no image could be preprocessed with fails here, once
@@ -284,9 +289,11 @@ def explain_dataset(
     Only files with one of `extensions` are read (case-insensitive; default IMAGE_EXTENSIONS;
     None reads every file, for a list of files already chosen). `actors` sessions run
     at once, each with `cpus_per_actor` CPUs (default: an even share) and `gpus_per_actor` GPUs.
-    `classes`, `overlays_dir` and `options` (device, top_k, crop, colormap, alpha, tensorrt) are
-    `GradCAMPredictor`'s: `device` None runs an actor on CUDA when it holds a GPU, else on the
-    CPU; `tensorrt` runs the GPU actors' sessions on ONNX Runtime's TensorRT provider.
+    `classes`, `overlays_dir` and `options` (device, top_k, crop, colormap, alpha, tensorrt,
+    session_options) are `GradCAMPredictor`'s: `device` None runs an actor on CUDA when it holds
+    a GPU, else on the CPU; `tensorrt` runs the GPU actors' sessions on ONNX Runtime's TensorRT
+    provider; `session_options` (e.g. backend="openvino", precision="bfloat16") reach every
+    actor's session.
     """
     import ray.data
 

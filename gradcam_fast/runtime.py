@@ -1,8 +1,10 @@
-"""GradCAMSession: Grad-CAM from an exported model (ONNX Runtime) or a torch model (torch backend).
+"""GradCAMSession: Grad-CAM from an exported model (ONNX Runtime or OpenVINO) or a torch model
+(torch backend).
 
 The session checks inputs, runs the backend, and turns activations and gradients into maps with
 batched torch ops on the same device. Results are owned by the caller. Safe to call from several
-threads at once (each thread gets its own ONNX Runtime binding and buffers).
+threads at once (each thread gets its own ONNX Runtime binding and buffers, or its own OpenVINO
+infer request).
 """
 
 from __future__ import annotations
@@ -17,7 +19,9 @@ import numpy as np
 import torch
 from torch import nn
 
+from .backends import open_runner
 from .cachedir import cache_dir
+from .cpu_choice import Choice
 from .finite import check_finite
 from .inputs import as_image_batch, as_pixel_batch, as_targets
 from .metadata import ModelMetadata
@@ -34,7 +38,8 @@ log = logging.getLogger(__name__)
 
 class Runner(Protocol):
     """A backend: images, targets -> (logits, target_classes, activations, gradients or channel
-    weights), with the metadata of the model it runs. `OrtRunner` and `TorchRunner` are two."""
+    weights), with the metadata of the model it runs. `OrtRunner`, `OpenVinoRunner` and
+    `TorchRunner` are three."""
 
     device: torch.device
     metadata: ModelMetadata
@@ -103,6 +108,17 @@ class GradCAMSession:
     `tensorrt` (ONNX Runtime's TensorRT provider ahead of the CUDA one, engines cached under
     `cache_dir()/tensorrt`; `tensorrt_options` overrides its options, see
     `ort_backend.tensorrt_provider_options`).
+
+    `backend`: "onnxruntime" (default), "openvino" (CPU; `pip install 'gradcam_fast[openvino]'`)
+    or "auto" (from the CPU's features, `cpu_choice`). `precision`: None (the file's own, exact
+    float32 for a float32 file), "float32", "bfloat16" (OpenVINO's bf16 inference), "int8" (of
+    a float32 file: needs `calibration`, a folder of at least 8 photos or a tensor of them;
+    the backend's int8 model is made, validated against float32 and cached per calibration set;
+    `calibration_method` is ONNX Runtime's: minmax, percentile, entropy) or "auto" (the
+    fastest whose fidelity was measured to hold on this CPU). `session.choice` says what ran and
+    why (`backends.py`). OpenVINO options: `intra_op_threads` (its INFERENCE_NUM_THREADS),
+    `performance_hint` ("LATENCY" or "THROUGHPUT"), `num_streams`, `compile_cache` (compiled
+    models kept under `cache_dir()/openvino`).
     """
 
     def __init__(
@@ -119,22 +135,57 @@ class GradCAMSession:
         tensorrt: bool = False,
         tensorrt_options: dict[str, str] | None = None,
         runner: Runner | None = None,
+        backend: str = "onnxruntime",
+        precision: str | None = None,
+        calibration=None,
+        calibration_method: str = "minmax",
+        performance_hint: str = "LATENCY",
+        num_streams: int | None = None,
+        compile_cache: bool = True,
     ):
         if max_batch_size is not None and max_batch_size < 1:
             raise ValueError(f"max_batch_size must be at least 1, got {max_batch_size}")
         if (path is None) == (runner is None):
             raise ValueError("give a model file (path) or a runner, not both or neither")
+        self.choice: Choice | None = None
         if runner is None:
             device = _resolve_device(device, "cuda" in available_devices())
-            runner = OrtRunner(
+
+            def ort(file: Path) -> OrtRunner:
+                return OrtRunner(
+                    file,
+                    device,
+                    intra_op_threads=intra_op_threads,
+                    cudnn_search=cudnn_search,
+                    cuda_graphs=cuda_graphs,
+                    cuda_options=cuda_options,
+                    low_memory=low_memory,
+                    tensorrt_options=_tensorrt_options(device, tensorrt, tensorrt_options),
+                )
+
+            def openvino(file: Path, ov_precision: str) -> Runner:
+                from .openvino_backend import OpenVinoRunner
+
+                return OpenVinoRunner(
+                    file,
+                    device,
+                    precision=ov_precision,
+                    threads=intra_op_threads,
+                    hint=performance_hint,
+                    num_streams=num_streams,
+                    cache=compile_cache,
+                )
+
+            runner, self.choice = open_runner(
                 Path(path),
                 device,
-                intra_op_threads=intra_op_threads,
-                cudnn_search=cudnn_search,
-                cuda_graphs=cuda_graphs,
-                cuda_options=cuda_options,
-                low_memory=low_memory,
-                tensorrt_options=_tensorrt_options(device, tensorrt, tensorrt_options),
+                backend=backend,
+                precision=precision,
+                calibration=calibration,
+                calibration_method=calibration_method,
+                ort=ort,
+                openvino=openvino,
+                open_session=lambda file, **kw: GradCAMSession(file, device="cpu", **kw),
             )
         self.path: Path | None = None if path is None else Path(path)
         self.device: torch.device = runner.device
@@ -260,4 +311,23 @@ class GradCAMSession:
             f"GradCAMSession({str(self.path)!r}, arch={m.arch}, layer={m.target_layer}, "
             f"size={m.image_size}, K={m.num_targets}, device={self.device}, "
             f"providers={self.providers})"
+        )
+
+    @property
+    def backend(self) -> str:
+        """What runs the model: "onnxruntime", "openvino" or "torch"."""
+        return self.choice.backend if self.choice is not None else "torch"
+
+    @property
+    def precision(self) -> str:
+        """The precision the model runs in (the file's, or the one asked for)."""
+        return self.choice.precision if self.choice is not None else self.metadata.precision
+
+    def describe_choice(self) -> str:
+        """One line: backend, precision and why (what the CLI prints)."""
+        if self.choice is None:
+            return f"backend {self.providers[0]}"
+        return (
+            f"backend {self.choice.backend}, precision {self.choice.precision} "
+            f"({self.choice.reason})"
         )

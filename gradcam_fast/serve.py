@@ -116,10 +116,10 @@ class GradCAMDeployment:
     callable returning a `GradCAMSession` (e.g. one built by `GradCAMSession.from_model` for the
     torch backend on CUDA), called once in each replica. `max_batch_size`: the largest batch;
     `batch_wait_ms`: the longest a batch waits for the requests it expects (see the module
-    note; keep the deployment's `max_ongoing_requests` at least `max_batch_size`). `max_body_bytes`: larger bodies get a
-    413. `decode_threads`: threads decoding images and encoding overlays. `crop`, `colormap`,
-    `alpha`: as in `gradcam-fast explain`.
-    """
+    note; keep `max_ongoing_requests` at least `max_batch_size`). `max_body_bytes`: larger
+    bodies get a 413. `decode_threads`: threads decoding images and encoding overlays. `crop`,
+    `colormap`, `alpha`: as in `gradcam-fast explain`. `session_options`: more GradCAMSession
+    keywords (backend="openvino", precision="bfloat16", ...)."""
 
     def __init__(
         self,
@@ -128,6 +128,7 @@ class GradCAMDeployment:
         device: str = "auto",
         intra_op_threads: int | None = None,
         tensorrt: bool = False,
+        session_options: dict | None = None,
         max_batch_size: int = DEFAULT_MAX_BATCH_SIZE,
         batch_wait_ms: float = DEFAULT_BATCH_WAIT_MS,
         max_body_bytes: int = DEFAULT_MAX_BODY_BYTES,
@@ -151,9 +152,8 @@ class GradCAMDeployment:
         if callable(model):
             self.session = model()
         else:
-            self.session = GradCAMSession(
-                model, device=device, intra_op_threads=threads, tensorrt=tensorrt
-            )
+            opts = {"tensorrt": tensorrt, **(session_options or {})}
+            self.session = GradCAMSession(model, device=device, intra_op_threads=threads, **opts)
         meta = self.session.metadata
         preprocessing_of(meta)  # bad preprocessing metadata fails at start, not in every request
         self.names = tuple(meta.categories)

@@ -10,6 +10,14 @@ import torch
 from gradcam_fast import export_onnx, load_vgg
 
 
+@pytest.fixture(autouse=True)
+def exact_auto(monkeypatch):
+    """backend/precision "auto" (the command line's default) picks exact ONNX Runtime float32
+    in every test, whatever CPU runs the suite (cpu_choice.FLAGS_ENV: no CPU features). Tests
+    of auto itself pass flags to cpu_choice or set the variable themselves."""
+    monkeypatch.setenv("GRADCAM_FAST_CPU_FLAGS", "")
+
+
 @pytest.fixture(scope="session")
 def vgg19():
     """VGG19 with seeded random weights (pretrained weights are never downloaded in tests)."""

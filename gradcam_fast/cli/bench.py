@@ -6,6 +6,7 @@ import argparse
 import sys
 
 from .options import EXIT_OK, add_model_options, network_options, positive, session_options
+from .precision import choice_line
 
 __all__ = ["DESCRIPTION", "HELP", "add_arguments", "run"]
 
@@ -22,6 +23,7 @@ def run(args: argparse.Namespace) -> int:
     if args.eager:
         model = load_model(args.arch, args.weights, seed=args.seed).to(session.device)
     print(f"# {session!r}", file=sys.stderr)
+    print(choice_line(args, session), file=sys.stderr)
     print("| batch | gradcam_fast ms | images/s | eager hook ms | speedup |")
     print("| ---: | ---: | ---: | ---: | ---: |")
     for row in time_session(session, args.batch_size, args.rounds, model):

@@ -6,6 +6,7 @@ Exit status: 0 every file explained, 1 some failed (see results.jsonl), 2 nothin
 from __future__ import annotations
 
 import argparse
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -24,6 +25,7 @@ from .options import (
     session_options,
     usage_error,
 )
+from .precision import choice_line
 
 __all__ = ["DESCRIPTION", "EPILOG", "HELP", "add_arguments", "run"]
 
@@ -72,6 +74,8 @@ def run(args: argparse.Namespace) -> int:
         maps_per_image(session.path, meta.num_targets, args.classes, args.top_k)
     except ValueError as exc:
         return usage_error(str(exc))
+    if not args.quiet:  # after the usage checks: a usage error stays one line
+        print(choice_line(args, session), file=sys.stderr)
     start = time.perf_counter()
     records = pipeline.explain(
         paths,

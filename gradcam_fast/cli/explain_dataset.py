@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import sys
 import time
 from pathlib import Path
 
@@ -26,6 +27,7 @@ from .options import (
     positive,
     usage_error,
 )
+from .precision import choice_line, session_kwargs
 
 __all__ = ["DESCRIPTION", "EPILOG", "HELP", "add_arguments", "run"]
 
@@ -89,6 +91,8 @@ def run(args: argparse.Namespace) -> int:
     if args.classes:
         classes = resolve_classes(args.classes, meta.categories, meta.num_classes)
 
+    if not args.quiet:
+        print(choice_line(args), file=sys.stderr)
     started_ray = not ray.is_initialized()
     if started_ray:  # address None: RAY_ADDRESS, else a running local cluster, else a new one
         ray.init(address=args.address)
@@ -105,6 +109,7 @@ def run(args: argparse.Namespace) -> int:
             extensions=extensions,
             **pick(args, "actors", "batch_size", "cpus_per_actor", "top_k", "colormap", "alpha"),
             tensorrt=args.tensorrt,
+            session_options=session_kwargs(args),
         )
         dataset.write_parquet(args.out, ray_remote_args={"num_cpus": 0})
         elapsed = time.perf_counter() - start

@@ -9,7 +9,7 @@ import sys
 from pathlib import Path
 
 from ..catalog import ARCH_TABLE, ARCHS
-from .precision import add_precision_options, precision_kwargs
+from .precision import add_precision_options, precision_kwargs, session_kwargs
 
 __all__ = [
     "EXIT_ERROR",
@@ -124,8 +124,9 @@ def network_options(args: argparse.Namespace) -> dict:
 
 
 def session_options(args: argparse.Namespace) -> dict:
-    """The model options as keyword arguments of `cache.open_session`."""
-    return pick(args, "model", "device", "tensorrt")
+    """The model options as keyword arguments of `cache.open_session` (the backend and
+    precision, resolved for this CPU, among its `session_options`)."""
+    return pick(args, "model", "device", "tensorrt") | {"session_options": session_kwargs(args)}
 
 
 def error_line(exc: BaseException) -> str:

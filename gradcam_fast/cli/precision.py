@@ -1,21 +1,36 @@
-"""Command-line options for int8 models: `export --int8 --calibration DIR` and, for commands that
-export and cache a model on first use (explain, bench, explain-dataset),
-`--precision int8 --calibration DIR`. Kept apart from quantize.py so that building the parser
-imports neither torch nor onnx."""
+"""Command-line options for the backend and precision: `export --int8 --calibration DIR`, and
+for the commands that run sessions (explain, explain-dataset, serve, bench) `--backend` and
+`--precision` (both "auto" by default: `cpu_choice`'s table for this CPU) with `--calibration
+DIR` for int8. Kept apart from quantize.py so that building the parser imports neither torch
+nor onnx.
+
+What auto picks is resolved once, before the model is exported: ONNX Runtime's int8 is an
+int8 export (cached per calibration set), OpenVINO's int8 is made by the session from the
+float32 export (`int8_cache`). With `--model FILE` the session resolves auto itself, from the
+file's metadata. Every command prints the choice, and why, on stderr.
+"""
 
 from __future__ import annotations
 
 import argparse
 from pathlib import Path
 
-__all__ = ["add_precision_options", "precision_kwargs"]
+__all__ = ["add_precision_options", "choice_line", "precision_kwargs", "session_kwargs"]
 
 _METHODS = ("minmax", "percentile", "entropy")  # quantize.CALIBRATION_METHODS (a test checks)
 
 
+_PRECISIONS = ("auto", "float32", "bfloat16", "int8")
+_BACKENDS = ("auto", "onnxruntime", "openvino")
+_LOSSY = (
+    "lossy: its maps are judged against float32's by correlation (compare.LIMITS); "
+    "--precision float32 for exact maps"
+)
+
+
 def add_precision_options(group, export: bool = False) -> None:
-    """Add --int8 (export) or --precision (other commands), with --calibration and
-    --calibration-method, to a parser or argument group."""
+    """Add --int8 (export) or --backend and --precision (other commands), with --calibration
+    and --calibration-method, to a parser or argument group."""
     if export:
         group.add_argument(
             "--int8",
@@ -25,11 +40,19 @@ def add_precision_options(group, export: bool = False) -> None:
         )
     else:
         group.add_argument(
+            "--backend",
+            choices=_BACKENDS,
+            default="auto",
+            help="what runs the model: ONNX Runtime or OpenVINO (CPU; the openvino extra); "
+            "auto (default): the fastest measured on this CPU's kind (AMX, AVX512-BF16, VNNI)",
+        )
+        group.add_argument(
             "--precision",
-            choices=("float32", "int8"),
-            default="float32",
-            help="the cached model's precision; int8 needs --calibration (about 3x faster "
-            "on CPUs with VNNI; maps correlate about 0.99 with float32's)",
+            choices=_PRECISIONS,
+            default="auto",
+            help="auto (default): the fastest precision whose maps were measured to hold on "
+            "this CPU (bfloat16 or, with --calibration, int8 where that pays; else exact "
+            "float32); float32: exact; bfloat16: OpenVINO only; int8 needs --calibration",
         )
     group.add_argument(
         "--calibration",
@@ -39,32 +62,102 @@ def add_precision_options(group, export: bool = False) -> None:
         "(the cache key includes a hash of its files)",
     )
     group.add_argument(
-        "--calibration-method", choices=_METHODS, default="minmax", help="(int8, default minmax)"
+        "--calibration-method",
+        choices=_METHODS,
+        default="minmax",
+        help="(ONNX Runtime's int8, default minmax; OpenVINO's int8 uses NNCF's)",
     )
 
 
-def precision_kwargs(args: argparse.Namespace) -> dict:
-    """export_onnx / cached_model keyword arguments for the parsed options (empty for float32);
-    refuses --calibration without int8 and int8 without --calibration."""
-    int8 = getattr(args, "int8", False) or getattr(args, "precision", "float32") == "int8"
-    if not int8:
-        if args.calibration is not None:
-            raise ValueError(
-                "--calibration is for int8 models: add --int8 (export) or --precision int8"
+def _cuda(device: str) -> bool:
+    if device.startswith("cuda"):
+        return True
+    from ..providers import available_devices
+
+    return device == "auto" and "cuda" in available_devices()
+
+
+def _choice(args: argparse.Namespace):
+    """What runs, resolved once per command (None with --model: the session resolves it)."""
+    if "_choice" not in vars(args):
+        from ..cpu_choice import Choice, cpu_flags, openvino_installed, resolve
+
+        if args.model is not None:
+            args._choice = None
+        elif _cuda(args.device):
+            precision = "float32" if args.precision == "auto" else args.precision
+            args._choice = Choice("onnxruntime", precision, "a GPU: ONNX Runtime's CUDA provider")
+        else:
+            args._choice = resolve(
+                args.backend,
+                args.precision,
+                cpu_flags(),
+                calibration=args.calibration is not None,
+                openvino=openvino_installed(),
             )
-        return {}
-    if args.calibration is None:
+    return args._choice
+
+
+def precision_kwargs(args: argparse.Namespace) -> dict:
+    """export_onnx / cached_model keyword arguments for the parsed options (empty but for
+    ONNX Runtime's int8); refuses --calibration without int8 and int8 without --calibration."""
+    if not hasattr(args, "precision"):  # export
+        if not args.int8:
+            if args.calibration is not None:
+                raise ValueError("--calibration is for int8 models: add --int8")
+            return {}
+        if args.calibration is None:
+            raise ValueError(
+                "int8 needs --calibration DIR: a folder of at least 8 photos like those "
+                "the model will explain"
+            )
+        return {"quantize": "int8", "calibration": args.calibration,
+                "calibration_method": args.calibration_method}  # fmt: skip
+    if args.calibration is None and args.precision == "int8":
         raise ValueError(
             "int8 needs --calibration DIR: a folder of at least 8 photos like those "
             "the model will explain"
         )
-    if getattr(args, "model", None) is not None:
+    if args.calibration is not None and args.precision not in ("int8", "auto"):
+        raise ValueError("--calibration is for int8 models: use --precision int8 (or auto)")
+    if args.calibration is not None and args.model is not None:
         raise ValueError(
             "--precision int8 exports and caches a model: leave out --model "
             "(an exported int8 file runs as it is with --model)"
         )
-    return {
-        "quantize": "int8",
-        "calibration": args.calibration,
-        "calibration_method": args.calibration_method,
-    }
+    choice = _choice(args)
+    if choice is not None and choice.precision == "int8" and choice.backend == "onnxruntime":
+        return {"quantize": "int8", "calibration": args.calibration,
+                "calibration_method": args.calibration_method}  # fmt: skip
+    return {}
+
+
+def session_kwargs(args: argparse.Namespace) -> dict:
+    """GradCAMSession keywords for the choice: backend, precision, and OpenVINO's int8
+    calibration (the session makes the int8 model from the float32 export)."""
+    choice = _choice(args)
+    if choice is None:  # --model: the session resolves auto with the file's metadata
+        return {"backend": args.backend, "precision": args.precision}
+    if choice.precision == "int8" and choice.backend == "openvino":
+        return {"backend": "openvino", "precision": "int8", "calibration": args.calibration}
+    if choice.precision == "int8":  # ONNX Runtime's int8 export runs as it is
+        return {"backend": "onnxruntime"}
+    return {"backend": choice.backend, "precision": choice.precision}
+
+
+def choice_line(args: argparse.Namespace, session=None) -> str:
+    """What runs and why, one line for stderr: the resolved choice (or the session's)."""
+    choice = _choice(args)
+    if session is not None:
+        backend, precision = session.backend, session.precision
+        choice = choice or session.choice
+    elif choice is not None:
+        backend, precision = choice.backend, choice.precision
+    else:
+        return (
+            f"gradcam-fast: backend {args.backend}, precision {args.precision} "
+            "(resolved by each session from the model file and this CPU)"
+        )
+    line = f"gradcam-fast: backend {backend}, precision {precision}"
+    line += f": {choice.reason}" if choice is not None else ""
+    return line + (f"; {_LOSSY}" if precision in ("bfloat16", "int8") else "")

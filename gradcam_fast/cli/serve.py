@@ -15,7 +15,7 @@ import threading
 from pathlib import Path
 
 from ..serve_ingress import INGRESS_CHOICES, use_ingress
-from . import options
+from . import options, precision
 from .options import non_negative_float, positive
 
 __all__ = ["DESCRIPTION", "EPILOG", "HELP", "add_arguments", "run"]
@@ -52,6 +52,7 @@ def run(args: argparse.Namespace) -> int:
         num_targets=args.num_targets,
         gradients=not args.channel_weights_only,
     )
+    print(precision.choice_line(args), file=sys.stderr)
     if started_ray:  # without --address a Ray of its own ("local"), with the ingress set above
         ray.init(address=args.address or "local")
     cores = int(ray.available_resources().get("CPU", 1))
@@ -71,6 +72,7 @@ def run(args: argparse.Namespace) -> int:
                 max_body_bytes=int(args.max_body_mb * (1 << 20)),
                 device=args.device,
                 tensorrt=args.tensorrt,
+                session_options=precision.session_kwargs(args),
                 env={"OMP_WAIT_POLICY": os.environ.get("OMP_WAIT_POLICY", "PASSIVE")},
             ),
             name=APP_NAME,

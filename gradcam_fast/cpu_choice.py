@@ -1,0 +1,188 @@
+"""What `backend="auto"` and `precision="auto"` pick on this CPU: a table keyed by CPU features.
+
+Each row names the CPU features it needs (Linux /proc/cpuinfo flag names) and the (backend,
+precision) pairs auto may pick, in order of preference; the first row whose flags the CPU has
+decides. int8 needs
+calibration photos (it is skipped without them) and is validated against float32 on them when
+the int8 model is made (`int8_cache.py`); bfloat16 is chosen only where it was measured to keep
+the maps (correlation with float32's at least 0.99, top-1 kept) and to be faster.
+Figures: speed-ups of VGG19 Grad-CAM (224, channel-weights model) over plain VGG19 float32 in
+ONNX Runtime, batch 1 / batch 8; benchmarks/RESULTS.md has the runs.
+
+| CPU features | auto picks, in order (int8 needs calibration) | exact float32 | measured |
+| --- | --- | --- | --- |
+| amx_bf16 + amx_int8 (Intel Xeon 4th gen+) | OpenVINO int8, OpenVINO bf16, ONNX Runtime int8 | ONNX Runtime | by the issue's author on a 2-core AMX Xeon, 2026-12-02: int8 5.8x / 11.4x, bf16 4.2x / 6.9x |
+| avx512_bf16 + avx512_vnni, no AMX (AMD Zen 4) | ONNX Runtime int8, OpenVINO int8, OpenVINO bf16 | ONNX Runtime | here, 2-core AMD EPYC Zen 4, 2026-12-02 (loaded machine): ORT int8 3.79x / 2.63x, OpenVINO int8 2.58x / 4.33x, bf16 1.75x / 1.48x |
+| avx512_vnni or avx_vnni | ONNX Runtime int8 | ONNX Runtime | ONNX Runtime's QOperator int8 (issue 13); OpenVINO not measured on such a CPU |
+| anything else | (none) | ONNX Runtime | today's default |
+
+Pure functions, no imports from the package: the CLI's parser and the session both use them.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+import sys
+from collections.abc import Iterable
+from typing import NamedTuple
+
+__all__ = [
+    "BACKENDS",
+    "FLAGS_ENV",
+    "ROWS",
+    "SESSION_PRECISIONS",
+    "Choice",
+    "Row",
+    "choose",
+    "cpu_flags",
+    "cpu_model",
+    "openvino_installed",
+    "resolve",
+]
+
+BACKENDS = ("onnxruntime", "openvino", "auto")
+FLAGS_ENV = "GRADCAM_FAST_CPU_FLAGS"
+SESSION_PRECISIONS = ("float32", "bfloat16", "int8", "auto")
+
+
+class Row(NamedTuple):
+    """One row of the table: the CPU flags it needs, the (backend, precision) pairs auto may
+    pick in order of preference (int8 only with calibration photos), the backend of exact
+    float32 on such a CPU, and where the figures come from."""
+
+    name: str
+    flags: frozenset[str]
+    options: tuple[tuple[str, str], ...]
+    float32: str
+    source: str
+
+
+ROWS = (
+    Row(
+        "AMX",
+        frozenset({"amx_bf16", "amx_int8"}),
+        (("openvino", "int8"), ("openvino", "bfloat16"), ("onnxruntime", "int8")),
+        "onnxruntime",
+        "measured on a 2-core AMX Xeon by the issue's author (issue 21, 2026-12-02): OpenVINO "
+        "int8 5.8x/11.4x, bf16 4.2x/6.9x, ONNX Runtime int8 2.9x/3.2x over ONNX Runtime "
+        "float32 at batch 1/8; OpenVINO float32 1.0x",
+    ),
+    Row(
+        "AVX512-BF16 + VNNI, no AMX",
+        frozenset({"avx512_bf16", "avx512_vnni"}),
+        (("onnxruntime", "int8"), ("openvino", "int8"), ("openvino", "bfloat16")),
+        "onnxruntime",
+        "measured on a 2-core AMD EPYC Zen 4 (no AMX; benchmarks/RESULTS.md, 2026-12-02, a "
+        "loaded machine): ONNX Runtime int8 3.79x/2.63x, OpenVINO int8 2.58x/4.33x, OpenVINO "
+        "bf16 1.75x/1.48x over ONNX Runtime float32 at batch 1/8",
+    ),
+    Row(
+        "VNNI",
+        frozenset({"avx512_vnni"}),
+        (("onnxruntime", "int8"),),
+        "onnxruntime",
+        "ONNX Runtime's int8 (VNNI dot products), issue 13; OpenVINO unmeasured on such CPUs",
+    ),
+    Row(
+        "AVX-VNNI",
+        frozenset({"avx_vnni"}),
+        (("onnxruntime", "int8"),),
+        "onnxruntime",
+        "ONNX Runtime's int8 (VNNI dot products); OpenVINO unmeasured on such CPUs",
+    ),
+    Row("other", frozenset(), (), "onnxruntime", "today's default, exact float32"),
+)
+
+
+class Choice(NamedTuple):
+    """What auto picked and why (one line, for the CLI to print)."""
+
+    backend: str
+    precision: str
+    reason: str
+
+
+def cpu_flags() -> frozenset[str]:
+    """This CPU's feature flags (/proc/cpuinfo on Linux; empty elsewhere: the last row).
+    $GRADCAM_FAST_CPU_FLAGS, when set (space-separated, may be empty), replaces them: it pins
+    what auto picks (the test suite sets it empty, so auto means exact ONNX Runtime float32
+    whatever CPU runs the tests)."""
+    if (pinned := os.environ.get(FLAGS_ENV)) is not None:
+        return frozenset(pinned.split())
+    if not sys.platform.startswith("linux"):
+        return frozenset()
+    try:
+        with open("/proc/cpuinfo") as f:
+            line = next((line for line in f if line.startswith("flags")), "")
+    except OSError:
+        return frozenset()
+    return frozenset(line.partition(":")[2].split())
+
+
+def cpu_model() -> str:
+    """The CPU's model name (/proc/cpuinfo), for results and messages."""
+    try:
+        with open("/proc/cpuinfo") as f:
+            line = next((line for line in f if line.startswith("model name")), "")
+    except OSError:
+        line = ""
+    return line.partition(":")[2].strip() or "unknown CPU"
+
+
+def openvino_installed() -> bool:
+    """Whether the openvino package can be imported (without importing it)."""
+    return importlib.util.find_spec("openvino") is not None
+
+
+def _row(flags: Iterable[str]) -> Row:
+    have = frozenset(flags)
+    return next(r for r in ROWS if r.flags <= have)
+
+
+def choose(flags: Iterable[str], *, calibration: bool = False, openvino: bool = True) -> Choice:
+    """backend="auto", precision="auto": the first row whose flags the CPU has, its first
+    option that can run (int8 only with calibration photos, OpenVINO only where installed),
+    else exact float32."""
+    return resolve("auto", "auto", flags, calibration=calibration, openvino=openvino)
+
+
+def resolve(
+    backend: str,
+    precision: str,
+    flags: Iterable[str],
+    *,
+    calibration: bool = False,
+    openvino: bool = True,
+) -> Choice:
+    """The backend and precision to run, either of them "auto" (resolved from the CPU's row)
+    or given; given values are kept as they are."""
+    if backend not in BACKENDS:
+        raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")
+    if precision not in SESSION_PRECISIONS:
+        raise ValueError(f"precision must be one of {SESSION_PRECISIONS}, got {precision!r}")
+    if backend != "auto" and precision != "auto":
+        return Choice(backend, precision, "as given")
+    row = _row(flags)
+    for option_backend, option_precision in row.options:
+        if option_precision == "int8" and not calibration:
+            continue  # int8 needs calibration photos
+        if option_backend == "openvino" and not openvino:
+            continue
+        if backend in ("auto", option_backend) and precision in ("auto", option_precision):
+            return Choice(option_backend, option_precision, f"row {row.name!r}: {row.source}")
+    if backend == "auto":
+        float32 = row.float32 if openvino or row.float32 != "openvino" else "onnxruntime"
+        wanted = "float32" if precision == "auto" else precision
+        if wanted == "bfloat16":
+            float32 = "openvino"  # the one backend with a bfloat16 path for a file
+        elif wanted == "int8":
+            float32 = "onnxruntime"  # no measured row here: today's int8
+        return Choice(float32, wanted, f"row {row.name!r}: {_why_float32(row, calibration)}")
+    return Choice(backend, "float32", f"row {row.name!r}: {_why_float32(row, calibration)}")
+
+
+def _why_float32(row: Row, calibration: bool) -> str:
+    if not calibration and any(p == "int8" for _, p in row.options):
+        return "exact float32 (int8 left out: no calibration photos)"
+    return "exact float32"
