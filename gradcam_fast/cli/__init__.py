@@ -30,7 +30,7 @@ __all__ = [
 ]
 
 # Modules of this package that add a subcommand, in the order --help lists them.
-SUBCOMMANDS: list[str] = ["export", "explain", "explain_dataset", "bench", "serve"]
+SUBCOMMANDS: list[str] = ["export", "explain", "explain_dataset", "audit", "bench", "serve"]
 
 
 class _Parser(argparse.ArgumentParser):
