@@ -1,7 +1,7 @@
 """Object regions as boolean masks in original image pixels: boxes, COCO polygons and RLE.
 
 Coordinates are continuous pixel edges: pixel (row i, column j) covers [j, j+1) x [i, i+1) and
-belongs to a box (x0, y0, x1, y1) when its center (j + 0.5, i + 0.5) lies inside. COCO's
+belongs to a box (x0, y0, x1, y1) when its center (j + 0.5, i + 0.5) lies in [x0, x1) x [y0, y1). COCO's
 run-length encoding is decoded here (the compressed string form as pycocotools' `rleFrString`
 reads it), so pycocotools is not needed; the tests check both against it where it installs.
 """
@@ -20,8 +20,8 @@ def box_mask(box: Sequence[float], height: int, width: int) -> np.ndarray:
     """Bool [H, W]: the pixels whose centers lie in `box` (x0, y0, x1, y1), clipped to the image."""
     x0, y0, x1, y1 = (float(v) for v in box)
     mask = np.zeros((height, width), dtype=bool)
-    c0, c1 = max(int(np.ceil(x0 - 0.5)), 0), min(int(np.floor(x1 - 0.5)), width - 1)
-    r0, r1 = max(int(np.ceil(y0 - 0.5)), 0), min(int(np.floor(y1 - 0.5)), height - 1)
+    c0, c1 = max(int(np.ceil(x0 - 0.5)), 0), min(int(np.ceil(x1 - 0.5)) - 1, width - 1)
+    r0, r1 = max(int(np.ceil(y0 - 0.5)), 0), min(int(np.ceil(y1 - 0.5)) - 1, height - 1)
     if c1 >= c0 and r1 >= r0:
         mask[r0 : r1 + 1, c0 : c1 + 1] = True
     return mask
