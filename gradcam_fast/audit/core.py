@@ -225,10 +225,10 @@ def _faithfulness(rows, score, x, cams, classes, p0, todo, items, good, settings
         for row, d, i in zip(rows, dele, ins, strict=True):
             if "deletion" in m:
                 row["deletion"] = _r(auc(d, fractions))
-                row["deletion_curve"] = [round(v, 4) for v in d.tolist()]
+                row["deletion_curve"] = [round(v, ROUND) for v in d.tolist()]
             if "insertion" in m:
                 row["insertion"] = _r(auc(i, fractions))
-                row["insertion_curve"] = [round(v, 4) for v in i.tolist()]
+                row["insertion_curve"] = [round(v, ROUND) for v in i.tolist()]
     if "drop" in m:
         drop, increase = confidence_change(score, x, cams, classes, p0, batch_size=bs)
         for row, d, i in zip(rows, drop.tolist(), increase.tolist(), strict=True):

@@ -15,6 +15,7 @@ import dataclasses
 import json
 import sys
 import zlib
+from collections import Counter
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -48,6 +49,13 @@ def read_lines(path: Path) -> list[dict]:
         except json.JSONDecodeError:
             break  # cut short by a crash: the rest is redone
     return rows
+
+
+def _complete(rows: list[dict]) -> list[dict]:
+    """The rows of images whose lines are all there (each line says how many its image has,
+    `image_rows`), and the annotation-file errors."""
+    count = Counter(r.get("path") for r in rows if "stage" not in r)
+    return [r for r in rows if "stage" in r or r.get("image_rows") == count[r.get("path")]]
 
 
 def _check_settings(out: Path, settings: dict) -> None:
@@ -158,8 +166,8 @@ def audit_folder(
         ]
         keys = [k for k in keys if k in objects]
     lines_path = out / "images.jsonl"
-    done_rows = read_lines(lines_path)
-    with atomic_file(lines_path, "w") as f:  # drop a line cut short
+    done_rows = _complete(read_lines(lines_path))
+    with atomic_file(lines_path, "w") as f:  # without lines cut short or images half written
         f.writelines(json.dumps(r, ensure_ascii=False) + "\n" for r in done_rows)
     seen_paths = {r.get("path") for r in done_rows if "stage" not in r}
     seen_where = {r.get("where") for r in done_rows if "stage" in r}
@@ -173,7 +181,9 @@ def audit_folder(
         f.writelines(json.dumps(e, ensure_ascii=False) + "\n" for e in new)
         f.flush()
         for done, rows in runner(todo, objects):
+            counts = Counter(r.get("path") for r in rows)
             for r in rows:
+                r["image_rows"] = counts[r.get("path")]
                 if "error" in r:
                     on_error(r["error"])
             f.write("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows))
