@@ -20,6 +20,7 @@ from .options import (
     add_model_options,
     fraction,
     network_options,
+    non_negative_float,
     non_negative_int,
     positive,
     session_options,
