@@ -75,7 +75,9 @@ def throughput(session, floor_path, images, steps: int, batch: int, rounds: int)
     p0 = torch.softmax(result.logits, 1).gather(1, classes[:, None])[:, 0]
     score = session_scorer(session, batch)
     per_image = 2 * steps - 1
-    floor = ort.InferenceSession(str(floor_path), ort_session_options(), providers=["CPUExecutionProvider"])
+    floor = ort.InferenceSession(
+        str(floor_path), ort_session_options(), providers=["CPUExecutionProvider"]
+    )
     stack = x.repeat_interleave(per_image, 0).numpy()
 
     def floor_run():
@@ -112,7 +114,9 @@ def peers(model, session, images, steps: int, batch: int) -> dict:
     x = torch.stack([decode_image(im, session.metadata).tensor for im in images])
     out: dict = {}
     start = time.perf_counter()
-    rows = audit(session, images, metrics=["deletion", "insertion", "drop"], steps=steps, batch_size=batch)
+    rows = audit(
+        session, images, metrics=["deletion", "insertion", "drop"], steps=steps, batch_size=batch
+    )
     out["ours_del_ins_drop_s"] = time.perf_counter() - start
     start = time.perf_counter()
     road_rows = audit(session, images, metrics=["road"], batch_size=batch)
@@ -120,7 +124,9 @@ def peers(model, session, images, steps: int, batch: int) -> dict:
     softmax = lambda z: torch.softmax(z, -1)  # noqa: E731
     start = time.perf_counter()
     extractor = GradCAM(model, layer)
-    di = DeletionInsertionMetric(extractor, softmax, steps=steps, batch_size=batch, baseline=baseline_images)
+    di = DeletionInsertionMetric(
+        extractor, softmax, steps=steps, batch_size=batch, baseline=baseline_images
+    )
     cm = ClassificationMetric(extractor, softmax)
     for i in range(len(x)):
         di.update(x[i : i + 1])
@@ -169,7 +175,9 @@ def main(argv: list[str] | None = None) -> dict:
     with tempfile.TemporaryDirectory() as tmp:
         model, size, session, floor, images = _setup(args.tiny, Path(tmp), args.images)
         figures = {"cpu": _cpu(), "model": "tiny" if args.tiny else "vgg19", "size": size}
-        figures["throughput"] = throughput(session, floor, images, args.steps, args.batch, args.rounds)
+        figures["throughput"] = throughput(
+            session, floor, images, args.steps, args.batch, args.rounds
+        )
         if not args.no_peers:
             figures["peers"] = peers(model, session, images, args.steps, args.batch)
     t = figures["throughput"]

@@ -172,7 +172,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         help="what deleted pixels become",
     )
     m.add_argument(
-        "--tolerance", type=float, default=15.0, help="pointing game tolerance, pixels (15)"
+        "--tolerance",
+        type=non_negative_float,
+        default=15.0,
+        help="pointing game tolerance, pixels (15)",
     )
     m.add_argument(
         "--threshold", type=fraction, default=0.15, help="box localization: share of the max (0.15)"
