@@ -332,3 +332,30 @@ def test_road_matches_pytorch_grad_cam(tiny_setup):
     theirs_lerf = averaged(perturb.RemoveLeastRelevantFirst)
     assert np.allclose(morf.numpy(), theirs_morf, atol=1e-4, rtol=0), (morf, theirs_morf)
     assert np.allclose(lerf.numpy(), theirs_lerf, atol=1e-4, rtol=0), (lerf, theirs_lerf)
+
+
+def test_a_raw_pixel_model_audits_like_the_float_one(tmp_path):
+    """Models that take uint8 pixels get the perturbed images as pixels (rounded, clipped): the
+    same metrics as the float model of the same network, to within that rounding."""
+    from PIL import Image
+
+    from gradcam_fast.audit import audit
+
+    model = make_tiny_vgg(seed=5)
+    sessions = [
+        GradCAMSession(
+            export_onnx(
+                model, tmp_path / f"{raw}.onnx", image_size=SIZE, raw_pixels=raw, validate=False
+            ),
+            device="cpu",
+        )
+        for raw in (False, True)
+    ]
+    rng = np.random.default_rng(3)
+    images = [Image.fromarray(rng.integers(0, 255, (40, 48, 3), dtype=np.uint8)) for _ in range(3)]
+    boxes = [[(1, 5, 5, 30, 30)]] * 3
+    float_rows, raw_rows = (audit(s, images, boxes=boxes, steps=5) for s in sessions)
+    for a, b in zip(float_rows, raw_rows, strict=True):
+        assert a["class"] == b["class"] == 1
+        for key in ("probability", "energy", "deletion", "insertion", "drop"):
+            assert np.isclose(a[key], b[key], atol=0.02, rtol=0), (key, a[key], b[key])
