@@ -9,6 +9,7 @@ with the faithfulness metrics only.
 
 from __future__ import annotations
 
+import io
 import os
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import replace
@@ -16,7 +17,6 @@ from pathlib import Path
 
 from PIL import Image
 
-from ..images import model_crop, model_view, to_tensor
 from ..result import Session
 from ..steps import Decoded, decode
 from .annotations import AnnotationIssue, Annotations, ObjectAnnotation, resolve_labels
@@ -28,17 +28,14 @@ Source = str | os.PathLike | bytes | Image.Image
 
 
 def decode_image(source: Source, meta, crop: bool = True, name: str | None = None) -> Decoded:
-    """`steps.decode` for paths and bytes; PIL images (RGB) are taken as they are."""
-    if not isinstance(source, Image.Image):
-        return decode(source, meta, name=name, crop=crop)
-    image = source.convert("RGB")
-    view = model_view(image, meta.image_size, crop)
-    raw = meta.input_format == "uint8_nhwc"
-    return Decoded(
-        view=view,
-        tensor=None if raw else to_tensor(view, meta.mean, meta.std),
-        crop=model_crop(image.width, image.height, meta.image_size, crop),
-    )
+    """`steps.decode` (the model's own preprocessing) for paths and bytes; PIL images go through
+    it as lossless PNG bytes, so that an image given in memory is preprocessed exactly as the
+    same image read from a file (a few ms per image, for one code path)."""
+    if isinstance(source, Image.Image):
+        buffer = io.BytesIO()
+        source.save(buffer, format="PNG", compress_level=0)
+        return decode(buffer.getvalue(), meta, name=name or "<PIL image>", crop=crop)
+    return decode(source, meta, name=name, crop=crop)
 
 
 def _key(source: Source, index: int) -> str:
