@@ -32,8 +32,12 @@ def _cpu() -> dict:
     info = {"machine": platform.machine(), "model": platform.processor()}
     with contextlib.suppress(OSError):
         text = Path("/proc/cpuinfo").read_text()
-        lines = dict(line.split(":", 1) for line in text.splitlines() if ":" in line)
-        info["model"] = lines.get("model name    ", lines.get("model name", "")).strip()
+        lines = {}
+        for line in text.splitlines():
+            if ":" in line:
+                key, value = line.split(":", 1)
+                lines.setdefault(key.strip(), value.strip())
+        info["model"] = lines.get("model name", "")
         flags = set(lines.get("flags", "").split())
         info["flags"] = sorted(f for f in ("avx512_bf16", "avx512_vnni", "amx_tile") if f in flags)
     return info
