@@ -34,6 +34,7 @@ SUBCOMMANDS: list[str] = [
     "export",
     "explain",
     "explain_dataset",
+    "audit",
     "bench",
     "serve",
     "layers",

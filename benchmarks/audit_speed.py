@@ -1,0 +1,204 @@
+"""The audit's speed: `python -m benchmarks.audit_speed [--tiny]` (VGG19 at 224, random weights).
+
+1. Deletion + insertion with S steps (2S - 1 perturbed images per image) through the session,
+   against the plain ONNX Runtime forward of the unmodified model (the floor) on as many images
+   in batches of the same size: image-steps per second each, interleaved rounds
+   (`interleaved.interleave`), the ratio the median of the per-round ratios. Target >= 0.9.
+2. The whole audit against the same metrics in the peers, on the same images, timed once each
+   (minutes at VGG19 on 2 cores): `audit(..., metrics=[deletion, insertion, drop])` against
+   TorchCAM's DeletionInsertionMetric + ClassificationMetric (its GradCAM extractor on the eager
+   model, the only peer with all three), and ROAD against pytorch-grad-cam's ROADCombined (the
+   only peer with ROAD). Each pair's means are printed beside each other (same metric, maps
+   from each library's own Grad-CAM: close, not equal). Target >= 10x.
+Prints a markdown report and one JSON line.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import platform
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+__all__ = ["main"]
+
+
+def _cpu() -> dict:
+    info = {"machine": platform.machine(), "model": platform.processor()}
+    with contextlib.suppress(OSError):
+        text = Path("/proc/cpuinfo").read_text()
+        lines = {}
+        for line in text.splitlines():
+            if ":" in line:
+                key, value = line.split(":", 1)
+                lines.setdefault(key.strip(), value.strip())
+        info["model"] = lines.get("model name", "")
+        flags = set(lines.get("flags", "").split())
+        info["flags"] = sorted(f for f in ("avx512_bf16", "avx512_vnni", "amx_tile") if f in flags)
+    return info
+
+
+def _setup(tiny: bool, folder: Path, n: int, seed: int = 0):
+    import torch
+    from PIL import Image
+
+    from benchmarks.contenders import export_floor, make_model
+    from gradcam_fast import GradCAMSession, export_onnx
+
+    model = make_model("tiny" if tiny else "vgg19")
+    size = 32 if tiny else 224
+    path = export_onnx(model, folder / "gc.onnx", image_size=size, gradients=False, validate=False)
+    floor = export_floor(model, folder / "floor.onnx", size)
+    gen = torch.Generator().manual_seed(seed)
+    pixels = torch.randint(0, 256, (n, size + size // 7, size + size // 3, 3), generator=gen)
+    images = [Image.fromarray(p.to(torch.uint8).numpy()) for p in pixels]
+    return model, size, GradCAMSession(path, device="cpu"), floor, images
+
+
+def throughput(session, floor_path, images, steps: int, batch: int, rounds: int) -> dict:
+    """Part 1: image-steps/s of deletion + insertion against the floor's images/s."""
+    import numpy as np
+    import onnxruntime as ort
+    import torch
+
+    from benchmarks.contenders import ort_session_options
+    from benchmarks.interleaved import interleave
+    from gradcam_fast.audit.api import decode_image
+    from gradcam_fast.audit.core import session_scorer
+    from gradcam_fast.audit.faithfulness import deletion_insertion
+
+    meta = session.metadata
+    x = torch.stack([decode_image(im, meta).tensor for im in images])
+    result = session(x, None)
+    cams, classes = result.cams[:, 0], result.target_classes[:, 0]
+    p0 = torch.softmax(result.logits, 1).gather(1, classes[:, None])[:, 0]
+    score = session_scorer(session, batch)
+    per_image = 2 * steps - 1
+    floor = ort.InferenceSession(
+        str(floor_path), ort_session_options(), providers=["CPUExecutionProvider"]
+    )
+    stack = x.repeat_interleave(per_image, 0).numpy()
+
+    def floor_run():
+        for i in range(0, len(stack), batch):
+            floor.run(None, {"images": np.ascontiguousarray(stack[i : i + batch])})
+
+    def ours():
+        deletion_insertion(score, x, cams, classes, p0, steps=steps, batch_size=batch)
+
+    times = interleave({"deletion_insertion": ours, "floor_ort": floor_run}, rounds, warm=0)
+    work = len(images) * per_image
+    ratios = [f / o for o, f in zip(times["deletion_insertion"], times["floor_ort"], strict=True)]
+    return {
+        "image_steps": work,
+        "ours_image_steps_per_s": work / statistics.median(times["deletion_insertion"]),
+        "floor_images_per_s": work / statistics.median(times["floor_ort"]),
+        "ratio": statistics.median(ratios),
+        "rounds": rounds,
+    }
+
+
+def peers(model, session, images, steps: int, batch: int) -> dict:
+    """Part 2: the audit against TorchCAM and pytorch-grad-cam, once each, with their means."""
+    import torch
+    from torchcam.methods import GradCAM
+    from torchcam.metrics import ClassificationMetric, DeletionInsertionMetric
+
+    from gradcam_fast.audit import audit
+    from gradcam_fast.audit.api import decode_image
+    from gradcam_fast.audit.faithfulness import baseline_images
+    from gradcam_fast.models import default_target_layer
+
+    layer = default_target_layer(model)
+    x = torch.stack([decode_image(im, session.metadata).tensor for im in images])
+    out: dict = {}
+    start = time.perf_counter()
+    rows = audit(
+        session, images, metrics=["deletion", "insertion", "drop"], steps=steps, batch_size=batch
+    )
+    out["ours_del_ins_drop_s"] = time.perf_counter() - start
+    start = time.perf_counter()
+    road_rows = audit(session, images, metrics=["road"], batch_size=batch)
+    out["ours_road_s"] = time.perf_counter() - start
+    softmax = lambda z: torch.softmax(z, -1)  # noqa: E731
+    start = time.perf_counter()
+    extractor = GradCAM(model, layer)
+    di = DeletionInsertionMetric(
+        extractor, softmax, steps=steps, batch_size=batch, baseline=baseline_images
+    )
+    cm = ClassificationMetric(extractor, softmax)
+    for i in range(len(x)):
+        di.update(x[i : i + 1])
+        cm.update(x[i : i + 1])
+    out["torchcam_del_ins_drop_s"] = time.perf_counter() - start
+    extractor.remove_hooks()
+    from pytorch_grad_cam import GradCAM as PgcGradCAM
+    from pytorch_grad_cam.metrics.road import ROADCombined
+    from pytorch_grad_cam.utils.model_targets import ClassifierOutputSoftmaxTarget
+
+    start = time.perf_counter()
+    cam = PgcGradCAM(model=model, target_layers=[dict(model.named_modules())[layer]])
+    with torch.no_grad():
+        top = model(x).argmax(1).tolist()
+    targets = [ClassifierOutputSoftmaxTarget(c) for c in top]
+    maps = cam(input_tensor=x, targets=targets)
+    pgc_road = ROADCombined()(x, maps, targets, model)
+    out["pgc_road_s"] = time.perf_counter() - start
+    mean = lambda key, rs: statistics.mean(r[key] for r in rs)  # noqa: E731
+    di_sum, cm_sum = di.summary(), cm.summary()
+    out["means"] = {
+        "deletion": (mean("deletion", rows), di_sum["deletion_auc"]),
+        "insertion": (mean("insertion", rows), di_sum["insertion_auc"]),
+        "drop": (mean("drop", rows), cm_sum["avg_drop"]),
+        "road": (mean("road", road_rows), float(pgc_road.mean())),
+    }
+    out["speedup_del_ins_drop"] = out["torchcam_del_ins_drop_s"] / out["ours_del_ins_drop_s"]
+    out["speedup_road"] = out["pgc_road_s"] / out["ours_road_s"]
+    return out
+
+
+def main(argv: list[str] | None = None) -> dict:
+    import torch
+
+    from gradcam_fast.runtime import cpu_count
+
+    parser = argparse.ArgumentParser(prog="python -m benchmarks.audit_speed", description=__doc__)
+    parser.add_argument("--tiny", action="store_true", help="the tiny VGG at 32 (a quick check)")
+    parser.add_argument("--images", type=int, default=4)
+    parser.add_argument("--steps", type=int, default=20)
+    parser.add_argument("--batch", type=int, default=16)
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--no-peers", action="store_true")
+    args = parser.parse_args(argv)
+    torch.set_num_threads(cpu_count())
+    with tempfile.TemporaryDirectory() as tmp:
+        model, size, session, floor, images = _setup(args.tiny, Path(tmp), args.images)
+        figures = {"cpu": _cpu(), "model": "tiny" if args.tiny else "vgg19", "size": size}
+        figures["throughput"] = throughput(
+            session, floor, images, args.steps, args.batch, args.rounds
+        )
+        if not args.no_peers:
+            figures["peers"] = peers(model, session, images, args.steps, args.batch)
+    t = figures["throughput"]
+    print(f"| {figures['model']} {size} | deletion+insertion S={args.steps}, batch {args.batch} | "
+          f"{t['ours_image_steps_per_s']:.1f} image-steps/s | floor {t['floor_images_per_s']:.1f} "
+          f"images/s | ratio {t['ratio']:.3f} ({t['rounds']} rounds) |")  # fmt: skip
+    if "peers" in figures:
+        p = figures["peers"]
+        print(f"| deletion+insertion+drop | ours {p['ours_del_ins_drop_s']:.1f} s | TorchCAM "
+              f"{p['torchcam_del_ins_drop_s']:.1f} s | {p['speedup_del_ins_drop']:.2f}x |")  # fmt: skip
+        print(f"| ROAD (9 fractions x 2 orders) | ours {p['ours_road_s']:.1f} s | pytorch-grad-cam "
+              f"{p['pgc_road_s']:.1f} s | {p['speedup_road']:.2f}x |")  # fmt: skip
+        print("| means (ours, peer) | " + json.dumps(p["means"]) + " |")
+    print(json.dumps(figures))
+    return figures
+
+
+if __name__ == "__main__":
+    main()
+    sys.exit(0)

@@ -1,0 +1,361 @@
+"""The audit's metrics against hand-computed values on constructed maps, and against the
+independent implementations where they install: Quantus (pointing game, relevance mass),
+TorchCAM (deletion/insertion, average drop/increase), pytorch-grad-cam (ROAD), pycocotools
+(masks). Every comparison fails on NaN (numpy's allclose/isclose with equal_nan=False)."""
+
+from __future__ import annotations
+
+import contextlib
+
+import numpy as np
+import pytest
+import torch
+from tiny_models import make_tiny_vgg
+
+from gradcam_fast import GradCAMSession, export_onnx
+from gradcam_fast.audit.core import session_scorer
+from gradcam_fast.audit.faithfulness import (
+    auc,
+    baseline_images,
+    confidence_change,
+    deletion_insertion,
+    road,
+)
+from gradcam_fast.audit.imputation import impute
+from gradcam_fast.audit.localization import (
+    box_iou,
+    box_localization,
+    energy,
+    largest_segment_box,
+    pointing_game,
+)
+from gradcam_fast.audit.masks import box_mask, decode_rle, mask_box, polygon_mask
+from gradcam_fast.audit.summary import bootstrap_mean, summarize
+
+SIZE = 32
+BOX = (40.0, 30.0, 90.0, 70.0)  # x0, y0, x1, y1 in a 160 x 120 image
+
+
+def _inside(h=120, w=160, box=BOX):
+    return box_mask(box, h, w).astype(np.float32)
+
+
+# localization, hand-computed ----------------------------------------------------------------
+
+
+def test_a_map_one_inside_the_box_scores_one_and_its_reverse_zero():
+    inside = _inside()
+    mask = inside.astype(bool)
+    assert pointing_game(inside, mask) == 1.0
+    assert energy(inside, mask) == 1.0
+    iou, found = box_localization(inside, [BOX])
+    assert found == BOX and iou == 1.0
+    outside = 1.0 - inside
+    assert pointing_game(outside, mask, tolerance=0) == 0.0
+    assert pointing_game(outside, mask) == 0.0  # its first maximum (0, 0) is far from the box
+    assert energy(outside, mask) == 0.0
+    iou, found = box_localization(outside, [BOX])
+    assert found == (0.0, 0.0, 160.0, 120.0) and iou == pytest.approx(50 * 40 / (160 * 120))
+
+
+def test_box_mask_takes_the_pixels_whose_centers_are_inside():
+    m = box_mask((1.6, 0.4, 3.6, 2.0), 4, 5)
+    assert m.sum() == 2 * 2 and m[0:2, 2:4].all()  # columns 2,3 (centers 2.5, 3.5), rows 0,1
+    assert mask_box(box_mask((2, 1, 4, 3), 5, 5)) == (2.0, 1.0, 4.0, 3.0)
+    assert mask_box(np.zeros((3, 3), bool)) is None
+
+
+def test_pointing_tolerance_is_euclidean_pixels_to_the_object():
+    mask = box_mask((50, 50, 60, 60), 100, 100)
+    cam = np.zeros((100, 100), np.float32)
+    cam[30, 55] = 1.0  # 20 px above the box's top row (row 50)
+    assert pointing_game(cam, mask, tolerance=15) == 0.0
+    assert pointing_game(cam, mask, tolerance=20) == 1.0
+    cam[:] = 0
+    cam[40, 40] = 1.0  # diagonal: distance to (50, 50) is 14.14
+    assert pointing_game(cam, mask, tolerance=14) == 0.0
+    assert pointing_game(cam, mask, tolerance=15) == 1.0
+
+
+def test_energy_is_the_share_of_mass_inside_and_undefined_without_mass():
+    cam = np.zeros((10, 10), np.float32)
+    cam[0, 0], cam[5, 5] = 3.0, 1.0
+    mask = box_mask((4, 4, 7, 7), 10, 10)
+    assert energy(cam, mask) == pytest.approx(0.25)
+    zero = np.zeros((10, 10), np.float32)
+    assert energy(zero, mask) is None and pointing_game(zero, mask) is None
+    nan = np.full((10, 10), np.nan, np.float32)
+    assert box_localization(nan, [(4, 4, 7, 7)]) == (None, None)
+
+
+def test_largest_segment_takes_the_biggest_eight_connected_blob():
+    region = np.zeros((20, 30), bool)
+    region[2:5, 2:5] = True  # 9 pixels
+    region[10:14, 20:25] = True  # 20 pixels
+    region[14, 25] = True  # touches the blob diagonally: 8-connected
+    assert largest_segment_box(region) == (20.0, 10.0, 26.0, 15.0)
+    assert box_iou((0, 0, 2, 2), (1, 1, 3, 3)) == pytest.approx(1 / 7)
+
+
+# masks against pycocotools ------------------------------------------------------------------
+
+
+def test_rle_and_polygons_match_pycocotools():
+    mask_utils = pytest.importorskip("pycocotools.mask")
+    rng = np.random.default_rng(0)
+    for h, w in [(7, 11), (40, 33)]:
+        m = rng.random((h, w)) > 0.6
+        m[: h // 2, : w // 3] = True  # long runs too
+        rle = mask_utils.encode(np.asfortranarray(m.astype(np.uint8)))
+        assert np.array_equal(decode_rle(rle), m)
+        text = {"size": rle["size"], "counts": rle["counts"].decode()}
+        assert np.array_equal(decode_rle(text), m)
+    poly = [[10.0, 5.0, 30.0, 8.0, 25.0, 30.0, 8.0, 20.0]]
+    ours = polygon_mask(poly, 40, 40)
+    theirs = mask_utils.decode(mask_utils.merge(mask_utils.frPyObjects(poly, 40, 40))).astype(bool)
+    # the two rasterizers differ only on the outline: within a few percent of the area
+    assert abs(int(ours.sum()) - int(theirs.sum())) <= 0.1 * theirs.sum()
+    assert (ours & theirs).sum() >= 0.85 * theirs.sum()
+
+
+def test_uncompressed_rle_is_column_major():
+    m = decode_rle({"size": [2, 3], "counts": [1, 2, 3]})
+    assert m.tolist() == [[False, True, False], [True, False, False]]
+    with pytest.raises(ValueError, match="not 2x3"):
+        decode_rle({"size": [2, 3], "counts": [1, 2]})
+
+
+# localization against Quantus ---------------------------------------------------------------
+
+
+def test_pointing_game_and_energy_match_quantus():
+    quantus = pytest.importorskip("quantus")
+    rng = np.random.default_rng(1)
+    a = rng.random((12, 1, 24, 36)).astype(np.float32) ** 3
+    s = np.zeros((12, 1, 24, 36), np.float32)
+    for i in range(12):
+        y0, x0 = rng.integers(0, 14), rng.integers(0, 24)
+        s[i, 0, y0 : y0 + 8, x0 : x0 + 10] = 1
+    x = rng.random((12, 3, 24, 36)).astype(np.float32)
+    kw = {"model": None, "x_batch": x, "y_batch": np.zeros(12, int), "a_batch": a, "s_batch": s}
+    pg = quantus.PointingGame(disable_warnings=True)(**kw)
+    rma = quantus.RelevanceMassAccuracy(disable_warnings=True)(**kw)
+    ours_pg = [pointing_game(a[i, 0], s[i, 0] > 0, tolerance=0) for i in range(12)]
+    ours_e = [energy(a[i, 0], s[i, 0] > 0) for i in range(12)]
+    assert 0 < sum(ours_pg) < 12  # both outcomes occur
+    assert ours_pg == [float(v) for v in pg]
+    assert np.allclose(ours_e, np.asarray(rma, dtype=np.float64), atol=1e-6)
+
+
+# faithfulness, hand-computed ----------------------------------------------------------------
+
+
+def _mean_scorer(x: torch.Tensor, classes: torch.Tensor) -> torch.Tensor:
+    """A model whose 'probability' is the mean pixel value: deletion removes it linearly."""
+    return x.mean(dim=(1, 2, 3))
+
+
+def test_deletion_and_insertion_of_a_linear_score_have_auc_one_half():
+    x = torch.ones(2, 3, 8, 8)
+    cams = torch.rand(2, 8, 8, generator=torch.Generator().manual_seed(0))
+    p0 = torch.ones(2)
+    fractions, dele, ins = deletion_insertion(
+        _mean_scorer, x, cams, torch.zeros(2, dtype=torch.long), p0, steps=4, baseline="constant"
+    )
+    assert fractions.tolist() == [0.0, 0.25, 0.5, 0.75, 1.0]
+    assert torch.allclose(dele, 1 - fractions.expand(2, -1))
+    assert torch.allclose(ins, fractions.expand(2, -1))
+    assert torch.allclose(auc(dele, fractions), torch.tensor([0.5, 0.5]))
+
+
+def test_deletion_removes_the_pixels_the_map_ranks_first():
+    x = torch.zeros(1, 3, 4, 4)
+    x[0, :, 0, :2] = 1.0  # the 'object': 2 of 16 pixels
+    cams = torch.zeros(1, 4, 4)
+    cams[0, 0, :2] = 1.0  # a map on the object
+
+    def score(img, classes):
+        return img[:, 0, 0, :2].mean(dim=1)  # the model only looks at the object
+
+    fractions, dele, _ = deletion_insertion(
+        score,
+        x,
+        cams,
+        torch.zeros(1, dtype=torch.long),
+        torch.ones(1),
+        steps=8,
+        baseline="constant",
+    )
+    assert dele[0].tolist() == [1.0] + [0.0] * 8  # gone at the first step
+    # the reverse map deletes the object last: a much worse (higher) deletion AUC
+    _, dele_rev, _ = deletion_insertion(
+        score,
+        x,
+        1 - cams,
+        torch.zeros(1, dtype=torch.long),
+        torch.ones(1),
+        steps=8,
+        baseline="constant",
+    )
+    assert auc(dele_rev, fractions).item() > auc(dele, fractions).item() + 0.5
+
+
+def test_confidence_change_formula():
+    x = torch.ones(3, 3, 4, 4)
+    cams = torch.stack([torch.full((4, 4), v) for v in (0.5, 1.0, 0.25)])
+    p0 = torch.tensor([0.8, 0.5, 0.2])
+    drop, inc = confidence_change(_mean_scorer, x, cams, torch.zeros(3, dtype=torch.long), p0)
+    # p(E) = mean(x * m) = 0.5, 1.0, 0.25
+    assert np.allclose(drop.numpy(), [(0.8 - 0.5) / 0.8, 0.0, 0.0])
+    assert inc.tolist() == [0.0, 1.0, 1.0]
+
+
+def test_imputation_solves_the_neighbor_average_system():
+    gen = torch.Generator().manual_seed(0)
+    x = torch.rand(2, 3, 12, 10, generator=gen)
+    removed = torch.rand(2, 12, 10, generator=gen) > 0.5
+    out = impute(x, removed, noise=0.0).double()
+    w = torch.tensor([[1 / 12, 1 / 6, 1 / 12], [1 / 6, 0, 1 / 6], [1 / 12, 1 / 6, 1 / 12]]).double()
+    nb = torch.nn.functional.conv2d(out, w[None, None].expand(3, 1, 3, 3), padding=1, groups=3)
+    total = torch.nn.functional.conv2d(torch.ones(1, 1, 12, 10).double(), w[None, None], padding=1)
+    miss = removed[:, None].expand_as(out)
+    assert torch.allclose(
+        (nb / total)[miss], out[miss], atol=1e-6
+    )  # each the mean of its neighbors
+    assert torch.equal(out[~miss], x.double()[~miss])  # known pixels untouched
+
+
+def test_bootstrap_interval_and_refusal_of_nan():
+    ci = bootstrap_mean([1.0, 2.0, 3.0, 4.0])
+    assert ci["mean"] == 2.5 and 1.0 <= ci["low"] < 2.5 < ci["high"] <= 4.0 and ci["n"] == 4
+    assert bootstrap_mean([0.5]) == {"mean": 0.5, "low": 0.5, "high": 0.5, "n": 1}
+    with pytest.raises(ValueError, match="finite"):
+        bootstrap_mean([1.0, float("nan")])
+    rows = [
+        {"path": "a", "class": 1, "energy": 0.9},
+        {"path": "b", "class": 2, "energy": 0.1},
+        {"path": "c", "error": "bad"},
+    ]
+    s = summarize(rows, names=("x", "y", "z"))
+    assert [c["name"] for c in s["classes"]] == ["z", "y"]  # worst first
+    assert (s["images"], s["rows"], s["errors"]) == (2, 2, 1)
+    assert s["overall"]["energy"]["mean"] == pytest.approx(0.5)
+
+
+# faithfulness against TorchCAM and pytorch-grad-cam on a real model --------------------------
+
+
+@pytest.fixture(scope="module")
+def tiny_setup(tmp_path_factory):
+    model = make_tiny_vgg(seed=3)
+    path = export_onnx(
+        model, tmp_path_factory.mktemp("audit") / "m.onnx", image_size=SIZE, validate=False
+    )
+    session = GradCAMSession(path, device="cpu")
+    x = torch.randn(4, 3, SIZE, SIZE, generator=torch.Generator().manual_seed(7))
+    result = session(x, None)
+    classes = result.target_classes[:, 0]
+    p0 = torch.softmax(result.logits, 1).gather(1, classes[:, None])[:, 0]
+    return model, session, x, result.cams[:, 0], classes, p0
+
+
+class _FixedCAM:
+    """A TorchCAM extractor that returns given maps: the metric is compared, not the maps."""
+
+    def __init__(self, model, cams):
+        self.model, self.cams = model, cams
+
+    def __call__(self, class_idx=None, scores=None, normalized=True, **kw):
+        return [self.cams]
+
+    def fuse_cams(self, cams):
+        return cams[0]
+
+    @contextlib.contextmanager
+    def _hooks_off(self):
+        yield
+
+
+@pytest.mark.parametrize("baseline", ["blur", "constant"])
+def test_deletion_insertion_match_torchcam(tiny_setup, baseline):
+    metrics = pytest.importorskip("torchcam.metrics")
+    model, session, x, cams, classes, p0 = tiny_setup
+    score = session_scorer(session, batch_size=7)
+    fractions, dele, ins = deletion_insertion(
+        score, x, cams, classes, p0, steps=20, baseline=baseline
+    )
+    ours_d, ours_i = auc(dele, fractions), auc(ins, fractions)
+    for i in range(len(x)):
+        metric = metrics.DeletionInsertionMetric(
+            _FixedCAM(model, cams[i : i + 1]),
+            lambda z: torch.softmax(z, -1),
+            steps=20,
+            baseline=lambda z: baseline_images(z, baseline),
+        )
+        metric.update(x[i : i + 1], [int(classes[i])])
+        got = metric.summary()
+        assert np.isclose(ours_d[i].item(), got["deletion_auc"], atol=1e-4, rtol=0), (i, got)
+        assert np.isclose(ours_i[i].item(), got["insertion_auc"], atol=1e-4, rtol=0), (i, got)
+
+
+def test_average_drop_and_increase_match_torchcam(tiny_setup):
+    metrics = pytest.importorskip("torchcam.metrics")
+    model, session, x, cams, classes, p0 = tiny_setup
+    drop, inc = confidence_change(session_scorer(session, 3), x, cams, classes, p0)
+    metric = metrics.ClassificationMetric(_FixedCAM(model, cams), lambda z: torch.softmax(z, -1))
+    metric.update(x, [int(c) for c in classes])
+    got = metric.summary()
+    assert np.isclose(drop.mean().item(), got["avg_drop"], atol=1e-4, rtol=0)
+    assert np.isclose(inc.mean().item(), got["conf_increase"], atol=0, rtol=0)
+    assert drop.max().item() > 0  # the maps really remove evidence for some image
+
+
+def test_road_matches_pytorch_grad_cam(tiny_setup):
+    pytest.importorskip("scipy")
+    perturb = pytest.importorskip("pytorch_grad_cam.metrics.perturbation_confidence")
+    road_mod = pytest.importorskip("pytorch_grad_cam.metrics.road")
+    targets_mod = pytest.importorskip("pytorch_grad_cam.utils.model_targets")
+    model, session, x, cams, classes, p0 = tiny_setup
+    morf, lerf = road(session_scorer(session, 16), x, cams, classes, p0, noise=0.0)
+    targets = [targets_mod.ClassifierOutputSoftmaxTarget(int(c)) for c in classes]
+    pct = [10, 20, 30, 40, 50, 60, 70, 80, 90]
+
+    def averaged(kind):
+        def metric(p):
+            return perturb.PerturbationConfidenceMetric(
+                kind(p, road_mod.NoisyLinearImputer(noise=0))
+            )
+
+        return perturb.AveragerAcrossThresholds(metric, pct)(x, cams.numpy(), targets, model)
+
+    theirs_morf = averaged(perturb.RemoveMostRelevantFirst)
+    theirs_lerf = averaged(perturb.RemoveLeastRelevantFirst)
+    assert np.allclose(morf.numpy(), theirs_morf, atol=1e-4, rtol=0), (morf, theirs_morf)
+    assert np.allclose(lerf.numpy(), theirs_lerf, atol=1e-4, rtol=0), (lerf, theirs_lerf)
+
+
+def test_a_raw_pixel_model_audits_like_the_float_one(tmp_path):
+    """Models that take uint8 pixels get the perturbed images as pixels (rounded, clipped): the
+    same metrics as the float model of the same network, to within that rounding."""
+    from PIL import Image
+
+    from gradcam_fast.audit import audit
+
+    model = make_tiny_vgg(seed=5)
+    sessions = [
+        GradCAMSession(
+            export_onnx(
+                model, tmp_path / f"{raw}.onnx", image_size=SIZE, raw_pixels=raw, validate=False
+            ),
+            device="cpu",
+        )
+        for raw in (False, True)
+    ]
+    rng = np.random.default_rng(3)
+    images = [Image.fromarray(rng.integers(0, 255, (40, 48, 3), dtype=np.uint8)) for _ in range(3)]
+    boxes = [[(1, 5, 5, 30, 30)]] * 3
+    float_rows, raw_rows = (audit(s, images, boxes=boxes, steps=5) for s in sessions)
+    for a, b in zip(float_rows, raw_rows, strict=True):
+        assert a["class"] == b["class"] == 1
+        for key in ("probability", "energy", "deletion", "insertion", "drop"):
+            assert np.isclose(a[key], b[key], atol=0.02, rtol=0), (key, a[key], b[key])
