@@ -52,8 +52,14 @@ def _inputs(size: int, batch: int = 2) -> tuple[torch.Tensor, torch.Tensor]:
     return torch.randn(batch, 3, size, size, generator=gen), torch.tensor([[-1, 3], [-2, -1]])
 
 
+# Families whose heads add nothing to the three-target check of a sibling (same ops as resnet,
+# efficientnet, mobilenet_v3): their default target is checked through ONNX Runtime below, and
+# `gradcam-fast sweep` checks all three targets of every arch (docs/models.md).
+SAME_OPS_AS_A_SIBLING = {"resnext", "wide_resnet", "efficientnet_v2", "mobilenet_v2"}
+
+
 @pytest.mark.slow
-@pytest.mark.parametrize("family", list(FAMILIES))
+@pytest.mark.parametrize("family", [f for f in FAMILIES if f not in SAME_OPS_AS_A_SIBLING])
 def test_graph_matches_the_oracle_at_three_targets(family):
     """Default, inside the last stage's blocks, and the stage before: 1e-4 in float32."""
     arch, size = FAMILIES[family]
