@@ -22,6 +22,7 @@ from .metadata import ModelMetadata
 from .models import model_info
 from .trace import TracedModel, resolve_target, trace_model
 from .trace import ancestors as _ancestors
+from .trace import descendants as _descendants
 from .vjp import rule_for, supported_ops
 
 __all__ = ["GradCAMGraph", "UnsupportedOpError", "resolve_targets"]
@@ -36,16 +37,6 @@ def resolve_targets(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor
     ranked = torch.topk(logits, logits.shape[1], dim=1).indices  # sorted, descending
     rank = (-targets - 1).clamp(min=0)
     return torch.where(targets >= 0, targets, ranked.gather(1, rank))
-
-
-def _descendants(node: fx.Node) -> set[fx.Node]:
-    seen, stack = {node}, [node]
-    while stack:
-        for user in stack.pop().users:
-            if user not in seen:
-                seen.add(user)
-                stack.append(user)
-    return seen
 
 
 def _is_tensor_node(node: fx.Node) -> bool:

@@ -23,6 +23,7 @@ __all__ = [
     "UntraceableModelError",
     "ancestors",
     "default_target_node",
+    "descendants",
     "layer_table",
     "resolve_target",
     "trace_model",
@@ -189,14 +190,24 @@ def default_target_node(traced: TracedModel) -> fx.Node:
     )
 
 
-def ancestors(node: fx.Node) -> set[fx.Node]:
+def _reachable(node: fx.Node, step) -> set[fx.Node]:
     seen, stack = {node}, [node]
     while stack:
-        for parent in stack.pop().all_input_nodes:
-            if parent not in seen:
-                seen.add(parent)
-                stack.append(parent)
+        for nxt in step(stack.pop()):
+            if nxt not in seen:
+                seen.add(nxt)
+                stack.append(nxt)
     return seen
+
+
+def ancestors(node: fx.Node) -> set[fx.Node]:
+    """`node` and every node it depends on."""
+    return _reachable(node, lambda n: n.all_input_nodes)
+
+
+def descendants(node: fx.Node) -> set[fx.Node]:
+    """`node` and every node that depends on it."""
+    return _reachable(node, lambda n: n.users)
 
 
 def resolve_target(traced: TracedModel, name: str | None) -> fx.Node:
