@@ -2,20 +2,26 @@
 
 from __future__ import annotations
 
+import os
 import warnings
 
 import pytest
 import torch
 
 from gradcam_fast import export_onnx, load_vgg
+from gradcam_fast.cpu_choice import FLAGS_ENV
+
+# backend/precision "auto" (the command line's default) picks exact ONNX Runtime float32 in
+# every test, whatever CPU runs the suite (no CPU features). Set for the whole process, not only
+# per test: Ray's workers and Serve's replicas are started by module-scoped fixtures, before any
+# function-scoped fixture runs, and take the environment of that moment.
+os.environ[FLAGS_ENV] = ""
 
 
 @pytest.fixture(autouse=True)
 def exact_auto(monkeypatch):
-    """backend/precision "auto" (the command line's default) picks exact ONNX Runtime float32
-    in every test, whatever CPU runs the suite (cpu_choice.FLAGS_ENV: no CPU features). Tests
-    of auto itself pass flags to cpu_choice or set the variable themselves."""
-    monkeypatch.setenv("GRADCAM_FAST_CPU_FLAGS", "")
+    """The same pin per test, so that a test of auto that changes the variable is undone."""
+    monkeypatch.setenv(FLAGS_ENV, "")
 
 
 @pytest.fixture(scope="session")
