@@ -14,7 +14,12 @@ def test_tiny_run_reports_both_ways(capsys):
     assert set(figures["postprocess"]) == {1, 2}
     assert set(figures["session"]) == {(k, b) for k in ("maps", "torch") for b in (1, 2)}
     times = [*figures["session"].values()]
-    times += [t for p in figures["postprocess"].values() for t in p.values()]
+    times += [p[k] for p in figures["postprocess"].values() for k in ("onnxruntime", "torch")]
     assert all(t > 0 for t in times)
+    # the two ways' maps agree, in the maps part alone and in whole session calls (NaN fails)
+    errors = [p["error"] for p in figures["postprocess"].values()]
+    errors += list(figures["session_errors"].values())
+    assert len(errors) == 4 and all(e < 1e-4 for e in errors), errors
     report = capsys.readouterr().out
     assert "| 1 |" in report and "| 2 |" in report
+    assert "Maps agreement" in report

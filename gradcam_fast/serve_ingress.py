@@ -10,6 +10,12 @@ connection to the least busy replica.
 The ingress is fixed when Ray starts, by environment variables that its processes inherit, so
 `use_ingress` must run before `ray.init` starts a local Ray. A cluster started elsewhere
 (`ray start`, `--address`) keeps the ingress it was started with.
+
+HAProxy's statistics page and Prometheus metrics listen on every interface: Ray Serve writes
+`bind *:PORT` for both and offers no setting for their address. Patching Ray's configuration
+template would break with any Ray release, so the choice here is to say so: `exposed_ports`
+names the two ports and `exposed_ports_notice` the firewall rule that keeps them on this
+machine; `gradcam-fast serve` prints it at start-up.
 """
 
 from __future__ import annotations
@@ -18,13 +24,41 @@ import os
 import shutil
 import socket
 
-__all__ = ["INGRESS_CHOICES", "haproxy_binary", "ingress_environment", "use_ingress"]
+__all__ = [
+    "INGRESS_CHOICES",
+    "exposed_ports",
+    "exposed_ports_notice",
+    "haproxy_binary",
+    "ingress_environment",
+    "use_ingress",
+]
 
 INGRESS_CHOICES = ("auto", "haproxy", "proxy")
 # HAProxy also serves a statistics page and Prometheus metrics, on fixed ports by default
 # (8404, 9101) that a second server on the machine would collide with: free ones are picked
 # unless these variables are set.
 _HAPROXY_PORT_VARIABLES = ("RAY_SERVE_HAPROXY_STATS_PORT", "RAY_SERVE_HAPROXY_METRICS_PORT")
+
+
+def exposed_ports() -> dict[str, int]:
+    """The ports HAProxy's statistics page and metrics will listen on, on every interface
+    (the variables `use_ingress("haproxy")` set, or Ray's defaults 8404 and 9101)."""
+    stats = int(os.environ.get(_HAPROXY_PORT_VARIABLES[0]) or 8404)
+    metrics = int(os.environ.get(_HAPROXY_PORT_VARIABLES[1]) or 9101)
+    return {"stats": stats, "metrics": metrics}
+
+
+def exposed_ports_notice() -> str:
+    """One line for the operator: what HAProxy exposes besides the server's port, and the
+    firewall rule (iptables) that refuses those ports to other machines."""
+    ports = exposed_ports()
+    return (
+        f"HAProxy also serves its statistics page (port {ports['stats']}, /stats: backends, "
+        f"replica addresses, traffic) and Prometheus metrics (port {ports['metrics']}, /metrics) "
+        "on every interface (Ray Serve has no setting to bind them to --host); to keep them on "
+        "this machine: iptables -I INPUT -p tcp -m multiport --dports "
+        f"{ports['stats']},{ports['metrics']} ! -i lo -j DROP"
+    )
 
 
 def haproxy_binary() -> str | None:

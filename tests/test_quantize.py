@@ -88,14 +88,18 @@ def test_int8_export_quantizes_the_body_only_and_passes_validation(tmp_path, tin
 
 
 @pytest.mark.parametrize(
-    ("cfg", "batch_norm", "layer", "body_convs"),
+    ("cfg", "batch_norm", "layer", "expected_layer", "body_convs"),
     [
-        ((8, "M", 16, "M", 16, "M"), False, "features.2", 1),  # the first block's pool
-        ((8, "M", 16, "M", 16, "M"), True, "features.4", 2),  # BatchNorm folded, a bare conv
-        ((8, 8, "M", 16, "M"), False, None, 3),
+        ((8, "M", 16, "M", 16, "M"), False, "features.2", "features.2", 1),  # first block's pool
+        ((8, "M", 16, "M", 16, "M"), True, "features.4", "features.4", 2),  # BN folded, bare conv
+        ((8, 8, "M", 16, "M"), False, None, "features.6", 3),  # default: the last ReLU
     ],
 )
-def test_int8_every_target_layer_and_depth(tmp_path, cfg, batch_norm, layer, body_convs):
+def test_int8_every_target_layer_and_depth(
+    tmp_path, cfg, batch_norm, layer, expected_layer, body_convs
+):
+    """int8 at each target: only the body's convs quantized, the target recorded, and the maps
+    within the int8 limits of the eager reference at that target."""
     model = make_tiny_vgg(cfg=cfg, batch_norm=batch_norm, seed=2)
     path = export_onnx(
         model,
@@ -108,7 +112,12 @@ def test_int8_every_target_layer_and_depth(tmp_path, cfg, batch_norm, layer, bod
     ops = _int8_ops(path)
     assert ops["QLinearConv"] == body_convs  # the body's convs (BatchNorm folded in), no other
     session = GradCAMSession(path, device="cpu")
-    assert session.metadata.target_layer == (layer or session.metadata.target_layer)
+    assert session.metadata.target_layer == expected_layer
+    x = _noise(4, 9)
+    got = session(x)
+    ref = eager_gradcam(model, x, got.target_classes, expected_layer)
+    errors = compare_with_reference(got, ref)
+    assert failing_figures(errors, "int8") == [], errors
 
 
 def test_int8_raw_pixels(tmp_path, tiny):

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import socket
 import subprocess
@@ -80,6 +81,8 @@ def test_serve_command_answers_then_stops_cleanly_on_sigterm(tmp_path, ingress):
         want = expected.cams_lowres[0].numpy()
         assert status == 200 and np.isfinite(got).all() and got.shape == want.shape
         assert np.abs(got - want).max() <= 1e-4 * np.abs(want).max()
+        if ingress == "auto" and haproxy_binary():
+            _check_the_exposed_ports_notice(log)
 
         process.send_signal(signal.SIGTERM)
         assert process.wait(timeout=120) == 0, log.read_text()[-3000:]
@@ -93,3 +96,31 @@ def test_serve_command_answers_then_stops_cleanly_on_sigterm(tmp_path, ingress):
     assert f"ingress: {chosen})" in text, text[-3000:]
     with pytest.raises(OSError), socket.create_connection(("127.0.0.1", port), timeout=5):
         pass  # nothing listens on the port any more
+
+
+def _check_the_exposed_ports_notice(log: Path) -> None:
+    """Behind HAProxy the start-up names its statistics and metrics ports with the firewall
+    rule, and tells the truth: HAProxy listens on those ports on every interface."""
+    deadline = time.monotonic() + 60
+    while not (
+        found := re.search(r"statistics page \(port (\d+).*metrics \(port (\d+)", log.read_text())
+    ):
+        assert time.monotonic() < deadline, (
+            f"no notice of HAProxy's ports:\n{log.read_text()[-3000:]}"
+        )
+        time.sleep(0.5)
+    stats, metrics = int(found[1]), int(found[2])
+    assert f"--dports {stats},{metrics} ! -i lo -j DROP" in log.read_text()
+    for port in (stats, metrics):
+        assert _listening_addresses(port) == {"0.0.0.0"}, port
+
+
+def _listening_addresses(port: int) -> set[str]:
+    """The IPv4 addresses with a socket listening on `port` (Linux /proc/net/tcp)."""
+    found = set()
+    for line in Path("/proc/net/tcp").read_text().splitlines()[1:]:
+        local, state = line.split()[1], line.split()[3]
+        address, _, hex_port = local.partition(":")
+        if int(hex_port, 16) == port and state == "0A":  # LISTEN
+            found.add(socket.inet_ntoa(int(address, 16).to_bytes(4, "little")))
+    return found

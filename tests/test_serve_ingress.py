@@ -78,3 +78,17 @@ def test_serve_on_a_cluster_refuses_an_ingress_it_cannot_set(tmp_path, capsys):
     error = capsys.readouterr().err
     assert "--ingress haproxy" in error and "ray://head:10001" in error
     assert "RAY_SERVE_ENABLE_HA_PROXY=1" in error
+
+
+def test_the_exposed_ports_notice_names_the_ports_use_ingress_picked(clean_environment):
+    """HAProxy's statistics and metrics ports (which Ray binds on every interface) are named
+    with the firewall rule that keeps them local: Ray's defaults, or the ones use_ingress set."""
+    assert serve_ingress.exposed_ports() == {"stats": 8404, "metrics": 9101}
+    assert "--dports 8404,9101 ! -i lo -j DROP" in serve_ingress.exposed_ports_notice()
+    clean_environment.setattr(serve_ingress, "haproxy_binary", lambda: "/opt/haproxy")
+    use_ingress("haproxy")
+    stats, metrics = (int(os.environ[name]) for name in VARIABLES[2:])
+    assert serve_ingress.exposed_ports() == {"stats": stats, "metrics": metrics}
+    notice = serve_ingress.exposed_ports_notice()
+    assert f"port {stats}, /stats" in notice and f"port {metrics}, /metrics" in notice
+    assert f"--dports {stats},{metrics} ! -i lo -j DROP" in notice

@@ -14,7 +14,7 @@ import sys
 import threading
 from pathlib import Path
 
-from ..serve_ingress import INGRESS_CHOICES, use_ingress
+from ..serve_ingress import INGRESS_CHOICES, exposed_ports_notice, use_ingress
 from . import options, precision
 from .options import non_negative_float, positive
 
@@ -85,6 +85,8 @@ def run(args: argparse.Namespace) -> int:
             file=sys.stderr,
             flush=True,
         )
+        if ingress == "haproxy":
+            print(f"gradcam-fast: note: {exposed_ports_notice()}", file=sys.stderr, flush=True)
         while not stop.wait(0.5):
             pass
     finally:
