@@ -112,7 +112,7 @@ def peers(model, session, images, steps: int, batch: int) -> dict:
     from gradcam_fast.audit import audit
     from gradcam_fast.audit.api import decode_image
     from gradcam_fast.audit.faithfulness import baseline_images
-    from gradcam_fast.models import default_target_layer
+    from gradcam_fast.model.loading import default_target_layer
 
     layer = default_target_layer(model)
     x = torch.stack([decode_image(im, session.metadata).tensor for im in images])
@@ -165,7 +165,7 @@ def peers(model, session, images, steps: int, batch: int) -> dict:
 def main(argv: list[str] | None = None) -> dict:
     import torch
 
-    from gradcam_fast.runtime import cpu_count
+    from gradcam_fast.runtime.session import cpu_count
 
     parser = argparse.ArgumentParser(prog="python -m benchmarks.audit_speed", description=__doc__)
     parser.add_argument("--tiny", action="store_true", help="the tiny VGG at 32 (a quick check)")

@@ -51,7 +51,7 @@ def make_folder(root: Path, count: int, seed: int = 0) -> list[Path]:
 def time_single_process(model: Path, paths: list[Path], out: Path, batch: int, cpus: int):
     """Seconds of `explain` (one session with `cpus` threads, 4 decode/write threads)."""
     from gradcam_fast import GradCAMSession
-    from gradcam_fast.explain import explain
+    from gradcam_fast.app.explain import explain
 
     session = GradCAMSession(model, device="cpu", intra_op_threads=cpus)
     explain(paths[:batch], session, out / "warmup", batch_size=batch, progress=False)
@@ -66,7 +66,7 @@ def time_ray(model: Path, files: list[str], out: Path, actors: int, batch: int, 
     """Seconds of explain_dataset(...).write_parquet on the running Ray, actors included."""
     import pyarrow.parquet as pq
 
-    from gradcam_fast.distributed import explain_dataset
+    from gradcam_fast.services.ray_data import explain_dataset
 
     dest = out / f"ray-{actors}-{len(files)}"
     start = time.perf_counter()
@@ -97,7 +97,7 @@ def main(argv: list[str] | None = None) -> int:
     import ray
 
     from gradcam_fast import export_onnx
-    from gradcam_fast.runtime import cpu_count
+    from gradcam_fast.runtime.session import cpu_count
 
     cpus = cpu_count()
     work = Path(tempfile.mkdtemp(prefix="bench_distributed_"))

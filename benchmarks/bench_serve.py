@@ -1,4 +1,4 @@
-"""Latency and throughput of `gradcam_fast.serve` on Ray Serve under a bounded load on loopback,
+"""Latency and throughput of `gradcam_fast.services.ray_serve` on Ray Serve under a bounded load on loopback,
 with and without batching, next to the bare session call, in one run.
 
     python benchmarks/bench_serve.py                  # VGG19 (random weights) at 224
@@ -9,7 +9,7 @@ The load generator sends a fixed number of requests (JPEG files of 300 to 640 px
 127.0.0.1 only, then stops. Per level: p50 and p99 latency, images/s, and the batch sizes the
 replica actually ran (the difference of its `/stats` before and after). Requests go through the
 ingress `gradcam-fast serve` uses (`--ingress`; auto is HAProxy where Ray Serve bundles it, see
-gradcam_fast/serve_ingress.py). Two deployments on one replica holding all the CPUs: batching
+gradcam_fast/services/serve_ingress.py). Two deployments on one replica holding all the CPUs: batching
 (`max_batch_size` 8, `batch_wait_ms` 200) and none (`max_batch_size` 1). The bare session runs
 in this process with as many threads, timed next to each level (this machine's load drifts):
 before concurrency 1 on the decoded tensor and with the decoding at batch 1, then in rounds of
@@ -228,7 +228,7 @@ class Bare:
         self.session(self.x1)
 
     def decode(self, data: bytes):
-        from gradcam_fast.images import load_image, preprocess, preprocessing_of
+        from gradcam_fast.io.images import load_image, preprocess, preprocessing_of
 
         meta = self.session.metadata
         image = load_image(data)
@@ -297,14 +297,14 @@ CONFIGS = {"batching": (8, 200.0), "no_batching": (1, 0.0)}
 def run(
     setting: Setting, cpus: int | None = None, configs: dict | None = None, ingress: str = "auto"
 ) -> dict:
-    """The whole benchmark, behind `ingress` (gradcam_fast.serve_ingress); returns {"config",
+    """The whole benchmark, behind `ingress` (gradcam_fast.services.serve_ingress); returns {"config",
     "served": {config: [(LoadResult, bare figures timed just before it)...]}}."""
     import ray
     from ray import serve
 
-    from gradcam_fast.runtime import cpu_count
-    from gradcam_fast.serve import app
-    from gradcam_fast.serve_ingress import use_ingress
+    from gradcam_fast.runtime.session import cpu_count
+    from gradcam_fast.services.ray_serve import app
+    from gradcam_fast.services.serve_ingress import use_ingress
 
     cpus = cpus or cpu_count()
     files = make_files(16)
@@ -446,7 +446,7 @@ def test_serve_load_runs_and_answers_right():
 
 
 def main(argv: list[str] | None = None) -> int:
-    from gradcam_fast.serve_ingress import INGRESS_CHOICES
+    from gradcam_fast.services.serve_ingress import INGRESS_CHOICES
 
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--arch", default="vgg19")

@@ -78,8 +78,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--batch", type=int, default=8)
     parser.add_argument("--rounds", type=int, default=3)
     args = parser.parse_args(argv)
-    from gradcam_fast.runtime import cpu_count
-    from gradcam_fast.torch_backend import native_bfloat16
+    from gradcam_fast.runtime.session import cpu_count
+    from gradcam_fast.runtime.torch_backend import native_bfloat16
 
     torch.set_num_threads(cpu_count())
     print(f"torch {torch.__version__}, {cpu_count()} threads, native bfloat16: {native_bfloat16()}")

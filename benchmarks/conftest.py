@@ -18,9 +18,9 @@ import torch
 from benchmarks.config import Profile, active_profile
 from benchmarks.contenders import Setup, export_floor, make_model
 from gradcam_fast import eager_gradcam, export_onnx
-from gradcam_fast.models import default_target_layer
-from gradcam_fast.result import GradCAMResult
-from gradcam_fast.runtime import cpu_count
+from gradcam_fast.format.result import GradCAMResult
+from gradcam_fast.model.loading import default_target_layer
+from gradcam_fast.runtime.session import cpu_count
 
 MODELS_ENV = "GRADCAM_BENCH_MODELS"
 
@@ -68,11 +68,11 @@ def export_all(model: torch.nn.Module, folder: Path, profile: Profile) -> dict[s
         model, paths["gradcam_int8"], image_size=profile.image_size, gradients=False,
         quantize="int8", calibration=calibration, validate=False,
     )  # fmt: skip
-    from gradcam_fast.cpu_choice import openvino_installed
+    from gradcam_fast.runtime.cpu_choice import openvino_installed
 
     if openvino_installed():  # OpenVINO's int8: NNCF on the float32 channel-weights file
-        from gradcam_fast.int8_cache import write_int8
-        from gradcam_fast.onnx_props import file_metadata
+        from gradcam_fast.format.onnx_props import file_metadata
+        from gradcam_fast.runtime.int8_cache import write_int8
 
         source = paths["gradcam_channel_weights"]
         write_int8(source, paths["gradcam_ov_int8"], file_metadata(source), "openvino",

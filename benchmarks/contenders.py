@@ -21,12 +21,12 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from gradcam_fast.compare import LIMITS, map_correlations, relative_error
-from gradcam_fast.models import load_model
-from gradcam_fast.ort_backend import session_options
-from gradcam_fast.postprocess import gradcam_lowres, upsample_normalize
-from gradcam_fast.reference import eager_gradcam
-from gradcam_fast.runtime import GradCAMSession
+from gradcam_fast.cams.postprocess import gradcam_lowres, upsample_normalize
+from gradcam_fast.check.compare import LIMITS, map_correlations, relative_error
+from gradcam_fast.check.reference import eager_gradcam
+from gradcam_fast.model.loading import load_model
+from gradcam_fast.runtime.ort_backend import session_options
+from gradcam_fast.runtime.session import GradCAMSession
 
 __all__ = [
     "CAM_ATOL",

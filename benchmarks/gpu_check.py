@@ -187,7 +187,7 @@ def run_contenders(
 def verdict(got, reference, precision: str) -> tuple[str, dict]:
     """ "ok", or "WRONG" with the failing figures: beyond the precision's limits, or not finite
     (NaN passes a `>` comparison, so finiteness is checked here on its own)."""
-    from gradcam_fast.compare import compare_with_reference, failing_figures
+    from gradcam_fast.check.compare import compare_with_reference, failing_figures
 
     errors = compare_with_reference(got.to("cpu"), reference)
     failed = failing_figures(errors, LIMITS_OF[precision])
@@ -534,7 +534,7 @@ def main(argv: list[str] | None = None) -> int:
     warnings.simplefilter("ignore")
     started = time.perf_counter()
     from gradcam_fast import eager_gradcam, load_vgg
-    from gradcam_fast.ort_backend import available_devices, provider_load_error
+    from gradcam_fast.runtime.ort_backend import available_devices, provider_load_error
 
     recorder = Recorder(args.out, header_info("not run yet"), started)
     recorder.write_tables()

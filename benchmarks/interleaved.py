@@ -86,9 +86,9 @@ def measure(models: Path, profile_name: str) -> dict[str, Any]:
 
     from benchmarks.config import get_profile
     from benchmarks.contenders import Setup, check_output, make_model, open_contender
-    from gradcam_fast.models import default_target_layer
-    from gradcam_fast.reference import eager_gradcam
-    from gradcam_fast.runtime import cpu_count
+    from gradcam_fast.check.reference import eager_gradcam
+    from gradcam_fast.model.loading import default_target_layer
+    from gradcam_fast.runtime.session import cpu_count
 
     torch.set_num_threads(cpu_count())
     profile = get_profile(profile_name)

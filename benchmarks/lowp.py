@@ -64,7 +64,7 @@ OPENVINO = ("openvino_float32", "openvino_full_float32", "openvino_bfloat16",
 
 
 def has_openvino() -> bool:
-    from gradcam_fast.cpu_choice import openvino_installed
+    from gradcam_fast.runtime.cpu_choice import openvino_installed
 
     return openvino_installed()
 
@@ -72,8 +72,8 @@ def has_openvino() -> bool:
 def nncf_int8(source: Path, out: Path, calibration: torch.Tensor) -> Path:
     """The NNCF int8 file of `source` (int8_cache: made, validated, cached), moved to `out`."""
     from gradcam_fast import GradCAMSession
-    from gradcam_fast.int8_cache import int8_model
-    from gradcam_fast.onnx_props import file_metadata
+    from gradcam_fast.format.onnx_props import file_metadata
+    from gradcam_fast.runtime.int8_cache import int8_model
 
     made = int8_model(source, file_metadata(source), "openvino", calibration,
                       open_session=lambda f, **kw: GradCAMSession(f, device="cpu", **kw))  # fmt: skip
@@ -84,7 +84,7 @@ def nncf_int8(source: Path, out: Path, calibration: torch.Tensor) -> Path:
 
 def photos(size: int = 224) -> tuple[list[str], torch.Tensor]:
     """The fidelity photos, preprocessed like `explain` does."""
-    from gradcam_fast.images import load_image, preprocess
+    from gradcam_fast.io.images import load_image, preprocess
 
     files = sorted(p for folder in PHOTOS for p in folder.glob("*.jpg"))
     return [p.name for p in files], torch.stack([preprocess(load_image(p), size) for p in files])
@@ -95,7 +95,7 @@ def fidelity(
 ) -> dict[str, dict]:
     """int8 (two folds) and bfloat16 against the float32 session on `images`."""
     from gradcam_fast import GradCAMSession, export_onnx
-    from gradcam_fast.compare import map_correlations
+    from gradcam_fast.check.compare import map_correlations
 
     f32 = GradCAMSession(folder / "gradcam_channel_weights.onnx", device="cpu")
     ref = f32(images, -1)
@@ -156,8 +156,8 @@ def speed(
         check_output,
         open_contender,
     )  # fmt: skip
-    from gradcam_fast.models import default_target_layer
-    from gradcam_fast.reference import eager_gradcam
+    from gradcam_fast.check.reference import eager_gradcam
+    from gradcam_fast.model.loading import default_target_layer
 
     paths = {p.stem: p for p in folder.glob("*.onnx")}
     setup = Setup(model, target or default_target_layer(model), 224, paths)
@@ -207,8 +207,8 @@ def nncf_files(folder: Path, calib: torch.Tensor, validated: bool) -> None:
     """OpenVINO's int8 files of the channel-weights and full exports (validated and cached
     through int8_cache, or written directly), and the channel-weights one with the head's
     weights in int8 too (`head_weights=True`), for the comparison."""
-    from gradcam_fast.int8_cache import write_int8
-    from gradcam_fast.onnx_props import file_metadata
+    from gradcam_fast.format.onnx_props import file_metadata
+    from gradcam_fast.runtime.int8_cache import write_int8
 
     cw = folder / "gradcam_channel_weights.onnx"
     for src, out in ((cw, "gradcam_ov_int8"), (folder / "gradcam_k1.onnx", "gradcam_ov_int8_full")):
@@ -316,7 +316,7 @@ def main(argv: list[str] | None = None) -> int:
         names = [*args.contenders.split(","), "floor_ort"]
     from benchmarks.contenders import export_floor, make_model
     from gradcam_fast import export_onnx
-    from gradcam_fast.runtime import cpu_count
+    from gradcam_fast.runtime.session import cpu_count
 
     started = time.perf_counter()
     torch.set_num_threads(cpu_count())

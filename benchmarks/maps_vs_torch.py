@@ -34,10 +34,10 @@ import torch
 from torch import nn
 
 from gradcam_fast import GradCAMSession, export_onnx, load_vgg
-from gradcam_fast.compare import relative_error
-from gradcam_fast.methods import cam_lowres
-from gradcam_fast.ort_backend import cpu_count, session_options
-from gradcam_fast.postprocess import upsample_normalize
+from gradcam_fast.cams.methods import cam_lowres
+from gradcam_fast.cams.postprocess import upsample_normalize
+from gradcam_fast.check.compare import relative_error
+from gradcam_fast.runtime.ort_backend import cpu_count, session_options
 
 __all__ = ["main"]
 

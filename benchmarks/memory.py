@@ -45,8 +45,8 @@ def measure(name: str, models: Path, profile_name: str, batch: int) -> dict[str,
 
     from benchmarks.config import get_profile
     from benchmarks.contenders import Setup, make_model, open_contender
-    from gradcam_fast.models import default_target_layer
-    from gradcam_fast.runtime import cpu_count
+    from gradcam_fast.model.loading import default_target_layer
+    from gradcam_fast.runtime.session import cpu_count
 
     torch.set_num_threads(cpu_count())
     profile = get_profile(profile_name)

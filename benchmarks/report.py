@@ -59,7 +59,7 @@ def machine_info(profile: str) -> dict[str, Any]:
     """CPU model, cores, threads, library versions, device and load: the report's header."""
     import onnxruntime as ort
 
-    from gradcam_fast.runtime import cpu_count
+    from gradcam_fast.runtime.session import cpu_count
 
     cpu = platform.processor() or "unknown"
     try:

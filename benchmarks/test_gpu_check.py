@@ -11,7 +11,7 @@ import torch
 
 from benchmarks import gpu_check
 from benchmarks.gpu_check import BATCHES, Contender, Recorder, Row, render_markdown
-from gradcam_fast.result import GradCAMResult
+from gradcam_fast.format.result import GradCAMResult
 
 
 def _rows(name, precision="float16", ms=(1.0, 2.0, 10.0), check="ok"):

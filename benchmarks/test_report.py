@@ -102,8 +102,8 @@ def test_splice_keeps_the_text_around_the_markers():
 def _reference(batch=2, size=8):
     gen = torch.Generator().manual_seed(0)
     lowres = torch.rand(batch, 1, 2, 2, generator=gen)
-    from gradcam_fast.postprocess import upsample_normalize
-    from gradcam_fast.result import GradCAMResult
+    from gradcam_fast.cams.postprocess import upsample_normalize
+    from gradcam_fast.format.result import GradCAMResult
 
     cams = upsample_normalize(lowres, size)
     classes = torch.tensor([[3], [1]])

@@ -83,7 +83,7 @@ def seed_corpus() -> dict[str, bytes]:
 
 def check_bytes(data: bytes) -> None:
     """The contract: an RGB image with a finite [3, SIZE, SIZE] input, or ImageError."""
-    from gradcam_fast.images import ImageError, load_image, model_crop, preprocess
+    from gradcam_fast.io.images import ImageError, load_image, model_crop, preprocess
 
     try:
         image = load_image(data, name="fuzz")
@@ -101,10 +101,10 @@ def _atheris_main(argv: list[str]) -> None:
     import atheris
     import torch  # noqa: F401  (imported first: too big to instrument)
 
-    with atheris.instrument_imports(include=["PIL", "gradcam_fast.images"]):
+    with atheris.instrument_imports(include=["PIL", "gradcam_fast.io.images"]):
         import PIL.Image
 
-        import gradcam_fast.images  # noqa: F401
+        import gradcam_fast.io.images  # noqa: F401
 
         PIL.Image.init()  # load every format plugin now, instrumented
 

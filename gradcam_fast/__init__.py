@@ -23,22 +23,22 @@ __all__ = [
 
 # public name -> the module that defines it
 _WHERE = {
-    "GradCAMGraph": "graph",
-    "GradCAMResult": "result",
-    "GradCAMSession": "runtime",
-    "eager_gradcam": "reference",
-    "export_onnx": "export",
-    "load_model": "models",
-    "load_vgg": "models",
+    "GradCAMGraph": "core.graph",
+    "GradCAMResult": "format.result",
+    "GradCAMSession": "runtime.session",
+    "eager_gradcam": "check.reference",
+    "export_onnx": "export.onnx_export",
+    "load_model": "model.loading",
+    "load_vgg": "model.loading",
 }
 
 if TYPE_CHECKING:
-    from .export import export_onnx
-    from .graph import GradCAMGraph
-    from .models import load_model, load_vgg
-    from .reference import eager_gradcam
-    from .result import GradCAMResult
-    from .runtime import GradCAMSession
+    from .check.reference import eager_gradcam
+    from .core.graph import GradCAMGraph
+    from .export.onnx_export import export_onnx
+    from .format.result import GradCAMResult
+    from .model.loading import load_model, load_vgg
+    from .runtime.session import GradCAMSession
 
 
 def __getattr__(name: str):

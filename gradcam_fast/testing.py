@@ -92,7 +92,7 @@ def shape_pictures(
 def train_shapes_vgg(pictures: torch.Tensor, labels: torch.Tensor, epochs: int = 6, seed: int = 0):
     """A small VGG trained for a few seconds (CPU, seeded) on uint8 pictures [n, S, S, 3],
     normalized with ImageNet's mean and std as the exported model expects."""
-    from .pixels import normalize_pixels
+    from .export.pixels import normalize_pixels
 
     x = normalize_pixels(pictures, (0.485, 0.456, 0.406), (0.229, 0.224, 0.225))
     model = make_tiny_vgg(

@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from gradcam_fast import export_onnx, load_vgg
-from gradcam_fast.cpu_choice import FLAGS_ENV
+from gradcam_fast.runtime.cpu_choice import FLAGS_ENV
 
 # backend/precision "auto" (the command line's default) picks exact ONNX Runtime float32 in
 # every test, whatever CPU runs the suite (no CPU features). Set for the whole process, not only

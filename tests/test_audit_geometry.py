@@ -11,9 +11,9 @@ import torch
 from PIL import Image
 
 from gradcam_fast.audit import audit
-from gradcam_fast.images import IMAGENET_MEAN, IMAGENET_STD, model_crop
-from gradcam_fast.metadata import ModelMetadata
-from gradcam_fast.result import GradCAMResult
+from gradcam_fast.format.metadata import ModelMetadata
+from gradcam_fast.format.result import GradCAMResult
+from gradcam_fast.io.images import IMAGENET_MEAN, IMAGENET_STD, model_crop
 
 S = 224
 W, H = 300, 200

@@ -9,9 +9,11 @@ import pytest
 import torch
 from tiny_models import make_tiny_vgg
 
-from gradcam_fast import GradCAMSession, eager_gradcam, export_onnx, ort_backend, runtime
-from gradcam_fast.compare import compare_with_reference, failing_figures
-from gradcam_fast.export import validate_onnx
+from gradcam_fast import GradCAMSession, eager_gradcam, export_onnx
+from gradcam_fast.check.compare import compare_with_reference, failing_figures
+from gradcam_fast.export.onnx_export import validate_onnx
+from gradcam_fast.runtime import ort_backend
+from gradcam_fast.runtime import session as session_module
 
 CUDA = torch.device("cuda", 0)
 
@@ -51,11 +53,11 @@ def test_cudnn_search_names_are_checked():
 
 
 def test_auto_picks_cuda_only_when_usable():
-    assert runtime._resolve_device("auto", cuda_usable=True) == CUDA
-    assert runtime._resolve_device("auto", cuda_usable=False).type == "cpu"
-    assert runtime._resolve_device("cuda:1", cuda_usable=False) == torch.device("cuda", 1)
+    assert session_module._resolve_device("auto", cuda_usable=True) == CUDA
+    assert session_module._resolve_device("auto", cuda_usable=False).type == "cpu"
+    assert session_module._resolve_device("cuda:1", cuda_usable=False) == torch.device("cuda", 1)
     with pytest.raises(ValueError, match="'auto', 'cpu' or 'cuda"):
-        runtime._resolve_device("tpu", cuda_usable=False)
+        session_module._resolve_device("tpu", cuda_usable=False)
 
 
 @pytest.fixture(scope="module")
@@ -195,7 +197,7 @@ def test_tensorrt_that_did_not_start_is_an_error(tiny_fp32_onnx, tmp_path, monke
     monkeypatch.setenv("GRADCAM_FAST_CACHE", str(tmp_path))
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
     monkeypatch.setattr(ort_backend.ort, "get_available_providers", lambda: TRT_AVAILABLE)
-    monkeypatch.setattr(runtime, "available_devices", lambda: ["cpu", "cuda"])
+    monkeypatch.setattr(session_module, "available_devices", lambda: ["cpu", "cuda"])
     opened = {}
 
     class StartedWithoutTensorRT:

@@ -18,10 +18,10 @@ import torch
 from tiny_models import make_tiny_vgg
 
 from gradcam_fast import GradCAMSession, eager_gradcam, export_onnx
-from gradcam_fast.cache import cached_model
-from gradcam_fast.compare import compare_with_reference, failing_figures, relative_error
-from gradcam_fast.export import ExportValidationError
-from gradcam_fast.finite import NonFiniteMapsError
+from gradcam_fast.app.model_cache import cached_model
+from gradcam_fast.check.compare import compare_with_reference, failing_figures, relative_error
+from gradcam_fast.check.finite import NonFiniteMapsError
+from gradcam_fast.export.onnx_export import ExportValidationError
 
 SIZE = 32
 ROOT = Path(__file__).resolve().parents[1]
@@ -147,7 +147,7 @@ def test_interrupted_validation_leaves_nothing_and_keeps_an_earlier_model(tmp_pa
     def interrupt(*args, **kwargs):
         raise KeyboardInterrupt
 
-    monkeypatch.setattr("gradcam_fast.export.validate_onnx", interrupt)
+    monkeypatch.setattr("gradcam_fast.export.onnx_export.validate_onnx", interrupt)
     with pytest.raises(KeyboardInterrupt):  # over the earlier model, with a weights file
         export_onnx(make_tiny_vgg(seed=2), path, image_size=SIZE, external_data=True)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["m.onnx"]
@@ -195,7 +195,7 @@ def test_the_cache_never_keeps_a_refused_model(tmp_path, monkeypatch):
         loads.append(arch)
         return nan_model()
 
-    monkeypatch.setattr("gradcam_fast.export.load_model", load)
+    monkeypatch.setattr("gradcam_fast.export.onnx_export.load_model", load)
     for attempt in (1, 2):
         with pytest.raises(ExportValidationError, match="not finite"):
             cached_model("vgg11", "random", image_size=SIZE)
@@ -212,8 +212,8 @@ sys.path.insert(0, {tests!r})
 import torch
 from tiny_models import make_tiny_vgg
 import onnx
-import gradcam_fast.export
-gradcam_fast.export.load_model = lambda arch, weights, seed=0: make_tiny_vgg(seed=seed)
+import gradcam_fast.export.onnx_export
+gradcam_fast.export.onnx_export.load_model = lambda arch, weights, seed=0: make_tiny_vgg(seed=seed)
 save = onnx.save
 def slow_save(*args, **kwargs):  # writing VGG's 500 MB takes seconds: a race window as wide
     save(*args, **kwargs)
@@ -381,7 +381,7 @@ def test_explain_reports_nonfinite_images_and_explains_the_others(overflow_model
 
 def test_ray_predictor_reports_nonfinite_rows(overflow_model, tmp_path):
     pytest.importorskip("pyarrow", reason="pyarrow comes with the ray extra")
-    from gradcam_fast.distributed import GradCAMPredictor
+    from gradcam_fast.services.ray_data import GradCAMPredictor
 
     files = _write_plain_images(tmp_path)
     predictor = GradCAMPredictor(overflow_model)

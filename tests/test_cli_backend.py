@@ -15,7 +15,7 @@ from tiny_models import make_tiny_vgg
 from gradcam_fast import export_onnx
 from gradcam_fast.cli import main
 from gradcam_fast.cli.precision import precision_kwargs, session_kwargs
-from gradcam_fast.models import ModelInfo
+from gradcam_fast.model.loading import ModelInfo
 
 EXAMPLES = Path(__file__).resolve().parent.parent / "examples" / "images"
 ZEN4 = "avx512f avx512_bf16 avx512_vnni"
@@ -104,7 +104,7 @@ def test_calibration_with_float32_is_refused():
 def test_options_reach_serve_replicas(tiny_model):
     pytest.importorskip("ray.serve")
     pytest.importorskip("openvino")
-    from gradcam_fast.serve import GradCAMDeployment, app
+    from gradcam_fast.services.ray_serve import GradCAMDeployment, app
 
     options = {"backend": "openvino", "precision": "float32"}
     bound = app(str(tiny_model), session_options=options)._bound_deployment
@@ -120,7 +120,7 @@ def test_options_reach_explain_dataset_actors(tiny_model, monkeypatch):
     pytest.importorskip("openvino")
     import ray.data
 
-    from gradcam_fast import distributed
+    from gradcam_fast.services import ray_data
 
     captured = {}
 
@@ -130,11 +130,9 @@ def test_options_reach_explain_dataset_actors(tiny_model, monkeypatch):
             return "dataset"
 
     monkeypatch.setattr(ray.data, "read_binary_files", lambda *a, **k: Files())
-    monkeypatch.setattr(distributed, "_ship_model", lambda path: None)
+    monkeypatch.setattr(ray_data, "_ship_model", lambda path: None)
     options = {"backend": "openvino", "precision": "float32"}
-    assert distributed.explain_dataset(["x.jpg"], tiny_model, session_options=options) == (
-        "dataset"
-    )
+    assert ray_data.explain_dataset(["x.jpg"], tiny_model, session_options=options) == ("dataset")
     assert captured["session_options"] == options
     predictor = captured["fn"](str(tiny_model), session_options=options)
     assert predictor.session.backend == "openvino"
@@ -151,7 +149,7 @@ def test_explain_dataset_command_passes_the_choice_to_the_actors(
     import pyarrow.parquet as pq
     import ray
 
-    from gradcam_fast import distributed
+    from gradcam_fast.services import ray_data
 
     captured = {}
 
@@ -164,7 +162,7 @@ def test_explain_dataset_command_passes_the_choice_to_the_actors(
         captured.update(kwargs)
         return Written()
 
-    monkeypatch.setattr(distributed, "explain_dataset", fake)
+    monkeypatch.setattr(ray_data, "explain_dataset", fake)
     monkeypatch.setattr(ray, "is_initialized", lambda: True)  # no Ray started
     status = main(["explain-dataset", str(EXAMPLES), "--out", str(tmp_path / "o"), "--model",
                    str(tiny_model), "--device", "cpu", "--backend", "openvino",

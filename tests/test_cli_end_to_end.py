@@ -22,8 +22,8 @@ from tiny_models import make_tiny_vgg
 
 from gradcam_fast import GradCAMSession, export_onnx
 from gradcam_fast.cli import EXIT_ERROR, EXIT_OK, EXIT_SOME_FAILED, main
-from gradcam_fast.images import load_image, model_view, preprocess
-from gradcam_fast.visualize import colormap_lut
+from gradcam_fast.io.images import load_image, model_view, preprocess
+from gradcam_fast.io.visualize import colormap_lut
 
 SAMPLES = Path(__file__).resolve().parent.parent / "examples" / "images"
 CAT, COFFEE = SAMPLES / "cat.jpg", SAMPLES / "coffee.jpg"
@@ -37,7 +37,9 @@ def tiny_vgg():
 @pytest.fixture
 def tiny_loader(monkeypatch):
     """`load_vgg(arch, ...)` in the exporter returns the tiny VGG, whatever the arch."""
-    monkeypatch.setattr("gradcam_fast.export.load_model", lambda arch, weights, seed=0: tiny_vgg())
+    monkeypatch.setattr(
+        "gradcam_fast.export.onnx_export.load_model", lambda arch, weights, seed=0: tiny_vgg()
+    )
 
 
 @pytest.fixture(scope="module")
@@ -189,7 +191,7 @@ def test_outputs_that_fail_to_write_fail_their_files(capsys, float_model, tmp_pa
     def disk_full(*args, **kwargs):
         raise OSError(28, "No space left on device")
 
-    monkeypatch.setattr("gradcam_fast.steps.save_png", disk_full)
+    monkeypatch.setattr("gradcam_fast.app.steps.save_png", disk_full)
     out = tmp_path / "out"
     status, err = explain(capsys, CAT, COFFEE, "--out", out, "--model", float_model, "-q")
     assert status == EXIT_SOME_FAILED
@@ -240,7 +242,7 @@ def test_explain_with_another_arch_exports_caches_and_explains(capsys, tmp_path,
         64,
     )
     [record] = records(out)
-    from gradcam_fast.images import preprocessing_of
+    from gradcam_fast.io.images import preprocessing_of
 
     x = preprocess(load_image(CAT), 64, meta.mean, meta.std, **preprocessing_of(meta))[None]
     np.testing.assert_allclose(saved_map(out, record), session(x).cams[0, 0].numpy(), atol=1e-5)

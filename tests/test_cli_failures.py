@@ -196,7 +196,7 @@ def test_export_with_k_zero(capsys, tmp_path):
 
 
 def test_bugs_and_os_errors_are_one_line_with_a_hint(capsys, files, tmp_path, monkeypatch):
-    import gradcam_fast.explain as explain_module
+    import gradcam_fast.app.explain as explain_module
 
     def broken(*args, **kwargs):
         raise KeyError("internal")

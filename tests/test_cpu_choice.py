@@ -7,7 +7,7 @@ import sys
 
 import pytest
 
-from gradcam_fast.cpu_choice import FLAGS_ENV, ROWS, choose, cpu_flags, resolve
+from gradcam_fast.runtime.cpu_choice import FLAGS_ENV, ROWS, choose, cpu_flags, resolve
 
 SAPPHIRE_RAPIDS = {"avx512f", "avx512_bf16", "avx512_vnni", "amx_bf16", "amx_int8", "amx_tile"}
 ZEN4 = {"avx512f", "avx512_bf16", "avx512_vnni", "avx2"}

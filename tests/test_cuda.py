@@ -17,9 +17,13 @@ import pytest
 import torch
 
 from gradcam_fast import GradCAMSession, eager_gradcam, export_onnx
-from gradcam_fast.compare import compare_with_reference, failing_figures
-from gradcam_fast.ort_backend import available_devices, provider_load_error, tensorrt_available
-from gradcam_fast.result import GradCAMResult
+from gradcam_fast.check.compare import compare_with_reference, failing_figures
+from gradcam_fast.format.result import GradCAMResult
+from gradcam_fast.runtime.ort_backend import (
+    available_devices,
+    provider_load_error,
+    tensorrt_available,
+)
 
 pytestmark = [
     pytest.mark.cuda,

@@ -23,14 +23,14 @@ from tiny_models import make_tiny_vgg  # noqa: E402
 
 from gradcam_fast import GradCAMSession, export_onnx  # noqa: E402
 from gradcam_fast.cli import main  # noqa: E402
-from gradcam_fast.distributed import (  # noqa: E402
+from gradcam_fast.io.images import load_image, preprocess  # noqa: E402
+from gradcam_fast.services.ray_data import (  # noqa: E402
     ROW_SCHEMA,
     GradCAMPredictor,
     actor_resources,
     explain_dataset,
     read_maps,
 )
-from gradcam_fast.images import load_image, preprocess  # noqa: E402
 
 EXAMPLES = Path(__file__).resolve().parents[1] / "examples" / "images"
 SIZE = 64
@@ -229,7 +229,8 @@ def test_cli_without_model_top_k_exports_into_the_cache(
     cache = tmp_path / "cache"
     monkeypatch.setenv("GRADCAM_FAST_CACHE", str(cache))
     monkeypatch.setattr(
-        "gradcam_fast.export.load_model", lambda arch, weights, seed=0: make_tiny_vgg(seed=3)
+        "gradcam_fast.export.onnx_export.load_model",
+        lambda arch, weights, seed=0: make_tiny_vgg(seed=3),
     )
     out = tmp_path / "out"
     argv = ["explain-dataset", str(folder), "--out", str(out), "--arch", "vgg11", "--weights"]

@@ -22,10 +22,11 @@ from PIL import Image
 from tiny_models import make_tiny_vgg
 
 from gradcam_fast import GradCAMSession, export_onnx
-from gradcam_fast.classes import resolve_classes
+from gradcam_fast.app.classes import resolve_classes
+from gradcam_fast.app.steps import decode
 from gradcam_fast.cli import EXIT_ERROR, EXIT_OK, EXIT_SOME_FAILED, main
-from gradcam_fast.discover import collect_inputs
-from gradcam_fast.images import (
+from gradcam_fast.io.discover import collect_inputs
+from gradcam_fast.io.images import (
     cam_to_image,
     load_image,
     model_crop,
@@ -33,9 +34,8 @@ from gradcam_fast.images import (
     preprocess,
     preprocessing_of,
 )
-from gradcam_fast.models import ModelInfo
-from gradcam_fast.steps import decode
-from gradcam_fast.visualize import overlay
+from gradcam_fast.io.visualize import overlay
+from gradcam_fast.model.loading import ModelInfo
 
 SAMPLES = Path(__file__).resolve().parent.parent / "examples" / "images"
 NAMES = (

@@ -44,7 +44,8 @@ def test_script_exports_a_model(tmp_path, monkeypatch, capsys):
     """The script run as __main__ with the newer options; a tiny VGG stands in for VGG19 (the
     exporter's loader is patched) so that it takes seconds."""
     monkeypatch.setattr(
-        "gradcam_fast.export.load_model", lambda arch, weights, seed=0: make_tiny_vgg(seed=seed)
+        "gradcam_fast.export.onnx_export.load_model",
+        lambda arch, weights, seed=0: make_tiny_vgg(seed=seed),
     )
     out = tmp_path / "model.onnx"
     argv = [str(SCRIPT), "-o", str(out), "--weights", "random", "--image-size", "32", "-k", "2"]

@@ -13,11 +13,11 @@ import torch
 from torch import nn
 
 from gradcam_fast import GradCAMSession, eager_gradcam, export_onnx
-from gradcam_fast.compare import compare_with_reference, failing_figures
-from gradcam_fast.graph import GradCAMGraph, UnsupportedOpError
-from gradcam_fast.models import load_model
-from gradcam_fast.sweep import sweep_model
-from gradcam_fast.trace import UntraceableModelError
+from gradcam_fast.check.compare import compare_with_reference, failing_figures
+from gradcam_fast.check.sweep import sweep_model
+from gradcam_fast.core.graph import GradCAMGraph, UnsupportedOpError
+from gradcam_fast.model.loading import load_model
+from gradcam_fast.model.trace import UntraceableModelError
 
 # One model per family, at an image size its stages all fit (Inception v3 needs 75 px).
 FAMILIES = {

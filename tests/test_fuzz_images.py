@@ -20,7 +20,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from PIL import Image
 
-from gradcam_fast.images import (
+from gradcam_fast.io.images import (
     FULL_RESIZE_LIMIT,
     ImageError,
     cam_to_image,
@@ -178,6 +178,6 @@ def test_the_harness_treats_only_image_error_as_a_refusal(monkeypatch):
     def broken(*args, **kwargs):
         raise KeyError("a bug")
 
-    monkeypatch.setattr("gradcam_fast.images.load_image", broken)
+    monkeypatch.setattr("gradcam_fast.io.images.load_image", broken)
     with pytest.raises(KeyError):
         fuzz_images.check_bytes(garbage)  # anything else is a finding

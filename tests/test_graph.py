@@ -8,9 +8,9 @@ from tiny_models import make_tiny_vgg
 from torch import nn
 
 from gradcam_fast import GradCAMGraph, eager_gradcam
-from gradcam_fast.compare import TOLERANCE, relative_error
-from gradcam_fast.graph import resolve_targets
-from gradcam_fast.postprocess import gradcam_lowres
+from gradcam_fast.cams.postprocess import gradcam_lowres
+from gradcam_fast.check.compare import TOLERANCE, relative_error
+from gradcam_fast.core.graph import resolve_targets
 
 
 def assert_matches_eager(model, images, targets, layer, tol=TOLERANCE):

@@ -16,7 +16,8 @@ import torch
 from PIL import Image
 from torchvision import transforms as T
 
-from gradcam_fast.images import (
+from gradcam_fast.format.metadata import ModelMetadata
+from gradcam_fast.io.images import (
     ImageError,
     cam_to_image,
     load_image,
@@ -26,9 +27,7 @@ from gradcam_fast.images import (
     preprocessing_of,
     view_of,
 )
-from gradcam_fast.metadata import ModelMetadata
-from gradcam_fast.models import IMAGENET_MEAN, IMAGENET_STD, ModelInfo
-from gradcam_fast.visualize import (
+from gradcam_fast.io.visualize import (
     COLORMAPS,
     apply_colormap,
     atomic_file,
@@ -37,6 +36,7 @@ from gradcam_fast.visualize import (
     save_npy,
     save_png,
 )
+from gradcam_fast.model.loading import IMAGENET_MEAN, IMAGENET_STD, ModelInfo
 
 SAMPLES = Path(__file__).resolve().parent.parent / "examples" / "images"
 

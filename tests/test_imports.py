@@ -22,7 +22,7 @@ def _modules_after(statement: str) -> set[str]:
     "statement",
     [
         "from gradcam_fast import GradCAMSession",
-        "import gradcam_fast.images",
+        "import gradcam_fast.io.images",
         "import gradcam_fast.cli",
     ],
 )
@@ -61,11 +61,11 @@ def test_help_loads_neither_torch_nor_onnx(argv):
 
 
 def test_names_offered_by_the_parser_are_those_implemented():
-    from gradcam_fast import models
-    from gradcam_fast.catalog import ARCHS, METHOD_NAMES
-    from gradcam_fast.methods import METHODS
+    from gradcam_fast.cams.methods import METHODS
+    from gradcam_fast.model import loading
+    from gradcam_fast.model.catalog import ARCHS, METHOD_NAMES
 
-    assert tuple(METHODS) == METHOD_NAMES and models.ARCHS is ARCHS
+    assert tuple(METHODS) == METHOD_NAMES and loading.ARCHS is ARCHS
 
 
 def test_every_public_name_resolves():

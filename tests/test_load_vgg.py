@@ -9,7 +9,7 @@ import pytest
 import torch
 from torchvision import models as tvm
 
-import gradcam_fast.models as models
+import gradcam_fast.model.loading as models
 from gradcam_fast import load_vgg
 
 

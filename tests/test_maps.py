@@ -14,18 +14,18 @@ import torch
 from tiny_models import make_tiny_vgg
 
 from gradcam_fast import GradCAMSession, eager_gradcam, export_onnx
-from gradcam_fast.compare import relative_error
-from gradcam_fast.export import ExportValidationError, validate_onnx
-from gradcam_fast.maps import (
+from gradcam_fast.cams.methods import METHODS
+from gradcam_fast.cams.postprocess import upsample_normalize
+from gradcam_fast.check.compare import relative_error
+from gradcam_fast.export.maps import (
     EXPORTABLE_METHODS,
     compare_maps,
     failing_map_figures,
     reference_maps,
 )
-from gradcam_fast.metadata import ModelMetadata
-from gradcam_fast.methods import METHODS
-from gradcam_fast.pixels import normalize_pixels
-from gradcam_fast.postprocess import upsample_normalize
+from gradcam_fast.export.onnx_export import ExportValidationError, validate_onnx
+from gradcam_fast.export.pixels import normalize_pixels
+from gradcam_fast.format.metadata import ModelMetadata
 
 S, K = 32, 2
 TARGETS = torch.tensor([[-1, -2], [3, -1], [0, 9], [-3, 5]])
@@ -244,10 +244,11 @@ def test_export_refuses(tiny, tmp_path, kwargs, match):
 
 
 def test_cli_export_passes_maps(monkeypatch, tmp_path):
-    from gradcam_fast import cli, export
+    from gradcam_fast import cli
+    from gradcam_fast.export import onnx_export
 
     calls = []
-    monkeypatch.setattr(export, "export_onnx", lambda *a, **kw: calls.append(kw) or a[1])
+    monkeypatch.setattr(onnx_export, "export_onnx", lambda *a, **kw: calls.append(kw) or a[1])
     base = ["export", "-o", str(tmp_path / "m.onnx"), "--arch", "vgg11", "--weights", "random"]
     assert cli.main([*base, "--maps", "--method", "layercam"]) == 0
     assert cli.main([*base, "--maps"]) == 0

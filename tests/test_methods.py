@@ -11,10 +11,10 @@ from tiny_models import make_tiny_vgg
 from torch import nn
 
 from gradcam_fast import GradCAMSession, eager_gradcam, export_onnx
-from gradcam_fast.compare import TOLERANCE, relative_error
-from gradcam_fast.methods import METHODS, cam_lowres, check_method, eigencam
-from gradcam_fast.postprocess import upsample_normalize
-from gradcam_fast.smooth import AUGMENTATIONS, aug_smooth_cams
+from gradcam_fast.cams.methods import METHODS, cam_lowres, check_method, eigencam
+from gradcam_fast.cams.postprocess import upsample_normalize
+from gradcam_fast.check.compare import TOLERANCE, relative_error
+from gradcam_fast.runtime.smooth import AUGMENTATIONS, aug_smooth_cams
 
 NAMES = [
     "gradcam",

@@ -14,15 +14,15 @@ from torchvision import models as tvm
 from torchvision.models.vgg import cfgs
 
 from gradcam_fast import GradCAMGraph, GradCAMSession, eager_gradcam, export_onnx, load_vgg
-from gradcam_fast.catalog import ARCH_TABLE, TRANSFORMER_PREFIXES
-from gradcam_fast.compare import TOLERANCE, relative_error
-from gradcam_fast.models import (
+from gradcam_fast.cams.postprocess import gradcam_lowres
+from gradcam_fast.check.compare import TOLERANCE, relative_error
+from gradcam_fast.model.catalog import ARCH_TABLE, TRANSFORMER_PREFIXES
+from gradcam_fast.model.loading import (
     ARCHS,
     default_target_layer,
     layer_names,
     load_model,
 )
-from gradcam_fast.postprocess import gradcam_lowres
 
 # arch -> (torchvision config, batch norm, default target: last layer before the final max-pool)
 FAMILY = {

@@ -14,9 +14,10 @@ import pytest
 import torch
 from tiny_models import make_tiny_vgg
 
-from gradcam_fast import GradCAMSession, eager_gradcam, export_onnx, openvino_backend
-from gradcam_fast.compare import compare_with_reference, failing_figures
-from gradcam_fast.cpu_choice import cpu_flags
+from gradcam_fast import GradCAMSession, eager_gradcam, export_onnx
+from gradcam_fast.check.compare import compare_with_reference, failing_figures
+from gradcam_fast.runtime import openvino_backend
+from gradcam_fast.runtime.cpu_choice import cpu_flags
 
 pytest.importorskip("openvino")
 
@@ -226,8 +227,8 @@ def test_int8_by_nncf_is_made_once_per_calibration_set(tiny, files, own_cache):
 
 
 def test_head_weights_in_int8_on_request(files, tmp_path):
-    from gradcam_fast.int8_cache import write_int8
-    from gradcam_fast.onnx_props import file_metadata
+    from gradcam_fast.format.onnx_props import file_metadata
+    from gradcam_fast.runtime.int8_cache import write_int8
 
     calibration = torch.randn(8, 3, SIZE, SIZE, generator=torch.Generator().manual_seed(5))
     meta = file_metadata(files["cw"])
@@ -272,7 +273,7 @@ def test_openvino_refuses_cuda(files):
 
 
 def test_a_file_that_is_not_onnx_is_refused(tmp_path):
-    from gradcam_fast.metadata import NotAGradCAMModel
+    from gradcam_fast.format.metadata import NotAGradCAMModel
 
     bad = tmp_path / "bad.onnx"
     bad.write_bytes(b"\xff" * 64)
@@ -281,7 +282,7 @@ def test_a_file_that_is_not_onnx_is_refused(tmp_path):
 
 
 def test_metadata_is_read_without_onnx(files):
-    from gradcam_fast.onnx_props import read_metadata_props
+    from gradcam_fast.format.onnx_props import read_metadata_props
 
     proto = onnx.load(files["maps"], load_external_data=False)
     assert read_metadata_props(files["maps"]) == {p.key: p.value for p in proto.metadata_props}

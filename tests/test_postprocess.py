@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from gradcam_fast.postprocess import gradcam_lowres, upsample_normalize
+from gradcam_fast.cams.postprocess import gradcam_lowres, upsample_normalize
 
 
 def test_gradcam_lowres_is_relu_of_mean_gradient_weighted_sum():

@@ -10,8 +10,10 @@ import pytest
 import torch
 from tiny_models import make_tiny_vgg
 
-from gradcam_fast import GradCAMSession, export_onnx, ort_backend, providers, runtime
-from gradcam_fast.metadata import NotAGradCAMModel
+from gradcam_fast import GradCAMSession, export_onnx
+from gradcam_fast.format.metadata import NotAGradCAMModel
+from gradcam_fast.runtime import ort_backend, providers
+from gradcam_fast.runtime import session as session_module
 
 CUDA = torch.device("cuda", 0)
 GPU_PROVIDERS = ["TensorrtExecutionProvider", "CUDAExecutionProvider", "CPUExecutionProvider"]
@@ -28,7 +30,7 @@ def gpu_listed(monkeypatch):
     """ONNX Runtime (and torch) claim a GPU provider, as onnxruntime-gpu does on any machine."""
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
     monkeypatch.setattr(ort_backend.ort, "get_available_providers", lambda: GPU_PROVIDERS)
-    monkeypatch.setattr(runtime, "available_devices", lambda: ["cpu", "cuda"])
+    monkeypatch.setattr(session_module, "available_devices", lambda: ["cpu", "cuda"])
 
 
 def _loader_failing_on(missing: str):

@@ -20,13 +20,19 @@ import torch.nn.functional as F
 from PIL import Image
 from tiny_models import make_tiny_vgg
 
-from gradcam_fast import GradCAMSession, eager_gradcam, export_onnx, quantize
-from gradcam_fast.compare import LIMITS, compare_with_reference, failing_figures, map_correlations
-from gradcam_fast.export import ExportValidationError
-from gradcam_fast.images import load_image, model_view
-from gradcam_fast.metadata import ModelMetadata
-from gradcam_fast.models import ModelInfo
-from gradcam_fast.quantize import MIN_CALIBRATION_IMAGES, calibration_fingerprint
+from gradcam_fast import GradCAMSession, eager_gradcam, export_onnx
+from gradcam_fast.check.compare import (
+    LIMITS,
+    compare_with_reference,
+    failing_figures,
+    map_correlations,
+)
+from gradcam_fast.export import quantize
+from gradcam_fast.export.onnx_export import ExportValidationError
+from gradcam_fast.export.quantize import MIN_CALIBRATION_IMAGES, calibration_fingerprint
+from gradcam_fast.format.metadata import ModelMetadata
+from gradcam_fast.io.images import load_image, model_view
+from gradcam_fast.model.loading import ModelInfo
 
 SIZE = 32
 
@@ -137,7 +143,7 @@ def test_int8_model_on_cuda_is_refused_naming_the_alternative(tmp_path, tiny, mo
     """ONNX Runtime's CUDA provider has no QLinearConv: an int8 model asked for CUDA is refused
     instead of running its convolutions on the CPU. Simulated here on a CPU session: only the
     device type decides."""
-    from gradcam_fast import ort_backend
+    from gradcam_fast.runtime import ort_backend
 
     path = export_onnx(
         tiny, tmp_path / "q.onnx", image_size=SIZE, quantize="int8", calibration=_noise(8, 0)
@@ -306,7 +312,7 @@ def test_bfloat16_torch_backend_matches_eager_within_limits(batch_norm):
 
 
 def test_bfloat16_warns_on_a_cpu_without_native_support(monkeypatch):
-    from gradcam_fast import torch_backend
+    from gradcam_fast.runtime import torch_backend
 
     monkeypatch.setattr(torch_backend, "native_bfloat16", lambda: False)
     with pytest.warns(RuntimeWarning, match="without native bfloat16.*slower than float32"):

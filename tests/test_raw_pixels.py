@@ -13,10 +13,10 @@ from tiny_models import make_tiny_vgg
 from torchvision.transforms import functional as TF
 
 from gradcam_fast import GradCAMSession, export_onnx
-from gradcam_fast.compare import relative_error
-from gradcam_fast.export import ExportValidationError, validate_onnx
-from gradcam_fast.models import IMAGENET_MEAN, IMAGENET_STD
-from gradcam_fast.pixels import RawPixels, normalize_pixels
+from gradcam_fast.check.compare import relative_error
+from gradcam_fast.export.onnx_export import ExportValidationError, validate_onnx
+from gradcam_fast.export.pixels import RawPixels, normalize_pixels
+from gradcam_fast.model.loading import IMAGENET_MEAN, IMAGENET_STD
 
 S = 32
 
@@ -130,10 +130,11 @@ def test_validation_runs_the_raw_path(raw_path, tiny):
 
 
 def test_cli_export_passes_raw_pixels(monkeypatch, tmp_path):
-    from gradcam_fast import cli, export
+    from gradcam_fast import cli
+    from gradcam_fast.export import onnx_export
 
     calls = []
-    monkeypatch.setattr(export, "export_onnx", lambda *a, **kw: calls.append(kw) or a[1])
+    monkeypatch.setattr(onnx_export, "export_onnx", lambda *a, **kw: calls.append(kw) or a[1])
     out = tmp_path / "m.onnx"
     base = ["export", "-o", str(out), "--arch", "vgg11", "--weights", "random"]
     assert cli.main([*base, "--raw-pixels"]) == 0

@@ -36,11 +36,11 @@ from test_images import png_declaring  # noqa: E402
 from tiny_models import make_tiny_vgg  # noqa: E402
 
 from gradcam_fast import GradCAMSession, export_onnx  # noqa: E402
-from gradcam_fast.images import load_image, model_view, preprocess  # noqa: E402
-from gradcam_fast.models import ModelInfo  # noqa: E402
-from gradcam_fast.serve import app  # noqa: E402
-from gradcam_fast.serve_ingress import haproxy_binary, use_ingress  # noqa: E402
-from gradcam_fast.visualize import overlay  # noqa: E402
+from gradcam_fast.io.images import load_image, model_view, preprocess  # noqa: E402
+from gradcam_fast.io.visualize import overlay  # noqa: E402
+from gradcam_fast.model.loading import ModelInfo  # noqa: E402
+from gradcam_fast.services.ray_serve import app  # noqa: E402
+from gradcam_fast.services.serve_ingress import haproxy_binary, use_ingress  # noqa: E402
 
 SIZE = 64
 NAMES = ("tabby cat", "rocket", "astronaut", "tiger", "bus", "zebu", "lamp", "pot", "kite", "ox")
@@ -261,7 +261,7 @@ def test_batches_expect_the_last_batch_plus_the_requests_that_came_meanwhile():
     a quarter of the expected batch's run time, estimated from the last batch's per image."""
     from types import SimpleNamespace
 
-    from gradcam_fast.serve import GradCAMDeployment
+    from gradcam_fast.services.ray_serve import GradCAMDeployment
 
     expect_next = GradCAMDeployment.func_or_class._expect_next
     sizes: list[int] = []

@@ -29,8 +29,8 @@ pytest.importorskip("starlette", reason='Ray Serve is an optional extra: pip ins
 from tiny_models import make_tiny_vgg
 
 from gradcam_fast import GradCAMSession, export_onnx
-from gradcam_fast.images import load_image, preprocess
-from gradcam_fast.serve_ingress import haproxy_binary
+from gradcam_fast.io.images import load_image, preprocess
+from gradcam_fast.services.serve_ingress import haproxy_binary
 
 ROOT = Path(__file__).resolve().parents[1]
 JPEG = (ROOT / "examples" / "images" / "cat.jpg").read_bytes()

@@ -1,4 +1,4 @@
-"""Choosing Ray Serve's ingress (gradcam_fast.serve_ingress): the environment a Ray started next
+"""Choosing Ray Serve's ingress (gradcam_fast.services.serve_ingress): the environment a Ray started next
 inherits, and a clear error where HAProxy is asked for and missing. No Ray is started here; the
 HAProxy ingress itself is exercised by tests/test_serve.py and tests/test_serve_cli.py."""
 
@@ -8,9 +8,9 @@ import os
 
 import pytest
 
-from gradcam_fast import serve_ingress
 from gradcam_fast.cli import main
-from gradcam_fast.serve_ingress import ingress_environment, use_ingress
+from gradcam_fast.services import serve_ingress
+from gradcam_fast.services.serve_ingress import ingress_environment, use_ingress
 
 VARIABLES = (
     "RAY_SERVE_ENABLE_HA_PROXY",

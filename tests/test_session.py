@@ -11,9 +11,14 @@ import torch
 from tiny_models import make_tiny_vgg
 
 from gradcam_fast import GradCAMSession, eager_gradcam, export_onnx, load_vgg
-from gradcam_fast.compare import TOLERANCE, compare_with_reference, failing_figures, relative_error
-from gradcam_fast.export import ExportValidationError, validate_onnx
-from gradcam_fast.metadata import NotAGradCAMModel
+from gradcam_fast.check.compare import (
+    TOLERANCE,
+    compare_with_reference,
+    failing_figures,
+    relative_error,
+)
+from gradcam_fast.export.onnx_export import ExportValidationError, validate_onnx
+from gradcam_fast.format.metadata import NotAGradCAMModel
 
 FIELDS = ("logits", "activations", "gradients", "cams_lowres")
 

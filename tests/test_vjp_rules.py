@@ -1,4 +1,4 @@
-"""One unit test per VJP rule (gradcam_fast/vjp.py) against the real op and torch.func.vjp.
+"""One unit test per VJP rule (gradcam_fast/core/vjp.py) against the real op and torch.func.vjp.
 
 Each case runs a rule's forward and compares it with the op itself, then runs its VJP on K
 stacked random cotangents g [B, K, ...] and checks that the result for g[:, k] is what
@@ -19,7 +19,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch.testing import assert_close
 
-from gradcam_fast.vjp import RULES, rule_for, supported_ops
+from gradcam_fast.core.vjp import RULES, rule_for, supported_ops
 
 try:
     from torchvision.models.convnext import LayerNorm2d

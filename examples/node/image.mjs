@@ -1,4 +1,4 @@
-// Decoding PNG/JPEG files, the model's view of them (gradcam_fast.images.model_view), overlays.
+// Decoding PNG/JPEG files, the model's view of them (gradcam_fast.io.images.model_view), overlays.
 //
 // The resize is PIL's bilinear or bicubic resampling with antialiasing (what torchvision's Resize
 // does on PIL images, and what gradcam_fast uses, as the model's metadata says), re-implemented
@@ -74,7 +74,7 @@ const FILTERS = {
   },
 };
 
-/** The interpolations this example resamples with (gradcam_fast.images.INTERPOLATIONS). */
+/** The interpolations this example resamples with (gradcam_fast.io.images.INTERPOLATIONS). */
 export const INTERPOLATIONS = Object.keys(FILTERS);
 
 /** PIL's coefficients for resampling `inSize` samples to `outSize` with `filter`, antialiased. */
@@ -173,7 +173,7 @@ function roundHalfEven(x) {
 /**
  * The S x S RGB pixels the model sees: the shorter side resized to round(S * resize / crop), the
  * centre S x S cropped (torchvision's Resize + CenterCrop), or with `fullImage` the whole image
- * resized to S x S (gradcam_fast.images.model_view). `preprocessing` is the model metadata's
+ * resized to S x S (gradcam_fast.io.images.model_view). `preprocessing` is the model metadata's
  * {resize_size, crop_size, interpolation} (default VGG's 256, 224, bilinear).
  */
 export function modelView(img, size, fullImage = false, preprocessing = {}) {
@@ -189,7 +189,7 @@ export function modelView(img, size, fullImage = false, preprocessing = {}) {
   return crop(resized, roundHalfEven((w - size) / 2), roundHalfEven((h - size) / 2), size, size);
 }
 
-// matplotlib's jet (as gradcam_fast.visualize): (x, value) breakpoints per channel.
+// matplotlib's jet (as gradcam_fast.io.visualize): (x, value) breakpoints per channel.
 const JET = [
   [[0, 0], [0.35, 0], [0.66, 1], [0.89, 1], [1, 0.5]],
   [[0, 0], [0.125, 0], [0.375, 1], [0.64, 1], [0.91, 0], [1, 0]],

@@ -17,8 +17,8 @@ from pathlib import Path
 
 from PIL import Image
 
-from ..result import Session
-from ..steps import Decoded, decode
+from ..app.steps import Decoded, decode
+from ..format.result import Session
 from .annotations import AnnotationIssue, Annotations, ObjectAnnotation, resolve_labels
 from .core import METRICS, AuditItem, AuditSettings, audit_items
 

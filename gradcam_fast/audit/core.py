@@ -19,10 +19,10 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
-from ..finite import NONFINITE, NonFiniteMapsError
-from ..images import cam_to_image, to_tensor
-from ..result import Session
-from ..steps import Decoded
+from ..app.steps import Decoded
+from ..check.finite import NONFINITE, NonFiniteMapsError
+from ..format.result import Session
+from ..io.images import cam_to_image, to_tensor
 from .annotations import ObjectAnnotation
 from .faithfulness import auc, confidence_change, deletion_insertion, road
 from .localization import BOX_THRESHOLD, POINTING_TOLERANCE, box_localization, energy, pointing_game

@@ -29,7 +29,7 @@ class AuditActor:
     def __init__(self, model_path: str, settings: dict, num_threads: int = 1):
         import torch
 
-        from ..runtime import GradCAMSession
+        from ..runtime.session import GradCAMSession
 
         torch.set_num_threads(max(1, num_threads))
         self.session = GradCAMSession(
@@ -38,7 +38,7 @@ class AuditActor:
         self.settings = AuditSettings(**{**settings, "metrics": tuple(settings["metrics"])})
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        from ..steps import decode
+        from ..app.steps import decode
 
         meta = self.session.metadata
         items = []
@@ -76,7 +76,7 @@ def ray_runner(
     def run(keys: Sequence[str], objects: dict) -> Iterator[tuple[int, list[dict]]]:
         import ray.data
 
-        from ..distributed import actor_resources
+        from ..services.ray_data import actor_resources
 
         if not keys:
             return

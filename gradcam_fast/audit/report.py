@@ -14,7 +14,7 @@ from urllib.parse import quote
 import numpy as np
 from PIL import Image, ImageDraw
 
-from ..visualize import atomic_file, overlay
+from ..io.visualize import atomic_file, overlay
 from .plots import bars_svg, curves_svg
 from .summary import SCORES, rank_value
 

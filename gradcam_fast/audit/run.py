@@ -22,10 +22,10 @@ from pathlib import Path
 
 import numpy as np
 
-from ..images import cam_to_image, load_image
-from ..result import Session
-from ..steps import decode, slug
-from ..visualize import atomic_file, save_png
+from ..app.steps import decode, slug
+from ..format.result import Session
+from ..io.images import cam_to_image, load_image
+from ..io.visualize import atomic_file, save_png
 from .annotations import Annotations, ObjectAnnotation
 from .api import match_annotations
 from .core import AuditItem, AuditSettings, audit_items

@@ -13,7 +13,7 @@ import sys
 import time
 from pathlib import Path
 
-from ..catalog import METHOD_NAMES
+from ..model.catalog import METHOD_NAMES
 from .options import (
     EXIT_OK,
     EXIT_SOME_FAILED,
@@ -43,11 +43,11 @@ def _metrics(text: str) -> tuple[str, ...]:
 
 
 def run(args: argparse.Namespace) -> int:
+    from ..app.model_cache import open_session
     from ..audit.annotations import load_annotations, read_class_map, resolve_labels
     from ..audit.core import LOCALIZATION, METRICS, AuditSettings
     from ..audit.run import audit_folder
-    from ..cache import open_session
-    from ..discover import collect_inputs
+    from ..io.discover import collect_inputs
 
     paths = collect_inputs(args.source, exclude=args.out)
     if not paths:

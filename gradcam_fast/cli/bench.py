@@ -12,9 +12,9 @@ __all__ = ["DESCRIPTION", "HELP", "add_arguments", "run"]
 
 
 def run(args: argparse.Namespace) -> int:
-    from ..cache import open_session
-    from ..models import load_model
-    from ..timing import time_session
+    from ..app.model_cache import open_session
+    from ..app.timing import time_session
+    from ..model.loading import load_model
 
     if args.eager and args.model is not None:
         raise ValueError("--eager rebuilds the network from --arch/--weights: leave out --model")

@@ -11,8 +11,8 @@ import tempfile
 import time
 from pathlib import Path
 
-from ..catalog import METHOD_NAMES
-from ..visualize import COLORMAPS
+from ..io.visualize import COLORMAPS
+from ..model.catalog import METHOD_NAMES
 from .options import (
     add_class_options,
     add_model_options,
@@ -31,11 +31,11 @@ __all__ = ["DESCRIPTION", "EPILOG", "HELP", "add_arguments", "run"]
 
 
 def run(args: argparse.Namespace) -> int:
-    from .. import explain as pipeline  # looked up here: tests replace pipeline.explain
-    from ..cache import open_session
-    from ..classes import check_class_request, maps_per_image, resolve_classes
-    from ..discover import collect_inputs
-    from ..visualize import colormap_lut
+    from ..app import explain as pipeline  # looked up here: tests replace pipeline.explain
+    from ..app.classes import check_class_request, maps_per_image, resolve_classes
+    from ..app.model_cache import open_session
+    from ..io.discover import collect_inputs
+    from ..io.visualize import colormap_lut
 
     try:
         colormap_lut(args.colormap)

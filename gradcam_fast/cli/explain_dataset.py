@@ -15,7 +15,7 @@ import sys
 import time
 from pathlib import Path
 
-from ..visualize import COLORMAPS
+from ..io.visualize import COLORMAPS
 from .options import (
     add_class_options,
     add_model_options,
@@ -35,7 +35,7 @@ INSTALL_HINT = 'explain-dataset needs Ray Data: pip install "gradcam_fast[ray]"'
 
 
 def _check_dest(out: str) -> None:
-    from ..discover import is_uri
+    from ..io.discover import is_uri
 
     if is_uri(out):
         return
@@ -66,13 +66,13 @@ def run(args: argparse.Namespace) -> int:
         import pyarrow.parquet as pq
         import ray
 
-        from ..distributed import explain_dataset, read_metadata
+        from ..services.ray_data import explain_dataset, read_metadata
     except ImportError as exc:
         return usage_error(f"{INSTALL_HINT} ({exc})")
-    from ..cache import cached_model
-    from ..classes import check_class_request, maps_per_image, resolve_classes
-    from ..discover import dataset_sources
-    from ..visualize import colormap_lut
+    from ..app.classes import check_class_request, maps_per_image, resolve_classes
+    from ..app.model_cache import cached_model
+    from ..io.discover import dataset_sources
+    from ..io.visualize import colormap_lut
 
     colormap_lut(args.colormap)  # an unknown colormap fails here, not in every actor
     check_class_request(args.classes, args.top_k)

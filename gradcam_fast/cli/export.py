@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from ..catalog import EXPORTABLE_METHODS
+from ..model.catalog import EXPORTABLE_METHODS
 from .options import EXIT_OK, add_network_options, network_options, pick
 from .precision import add_precision_options
 
@@ -13,7 +13,7 @@ __all__ = ["DESCRIPTION", "HELP", "add_arguments", "run"]
 
 
 def run(args: argparse.Namespace) -> int:
-    from ..export import export_onnx
+    from ..export.onnx_export import export_onnx
 
     network = network_options(args)
     path = export_onnx(

@@ -10,7 +10,7 @@ __all__ = ["DESCRIPTION", "HELP", "add_arguments", "run"]
 
 
 def run(args: argparse.Namespace) -> int:
-    from ..catalog import ARCH_TABLE, ARCHS
+    from ..model.catalog import ARCH_TABLE, ARCHS
 
     if args.list_archs or args.arch is None:
         for arch in sorted(ARCHS):
@@ -18,8 +18,8 @@ def run(args: argparse.Namespace) -> int:
         return EXIT_OK
     import torch
 
-    from ..models import build_architecture
-    from ..trace import default_target_node, layer_table, trace_model
+    from ..model.loading import build_architecture
+    from ..model.trace import default_target_node, layer_table, trace_model
 
     try:
         with torch.device("meta"):  # the layers and their shapes; no weights are made

@@ -8,7 +8,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from ..catalog import ARCH_TABLE, ARCHS
+from ..model.catalog import ARCH_TABLE, ARCHS
 from .precision import add_precision_options, precision_kwargs, session_kwargs
 
 __all__ = [

@@ -72,7 +72,7 @@ def add_precision_options(group, export: bool = False) -> None:
 def _cuda(device: str) -> bool:
     if device.startswith("cuda"):
         return True
-    from ..providers import available_devices
+    from ..runtime.providers import available_devices
 
     return device == "auto" and "cuda" in available_devices()
 
@@ -80,7 +80,7 @@ def _cuda(device: str) -> bool:
 def _choice(args: argparse.Namespace):
     """What runs, resolved once per command (None with --model: the session resolves it)."""
     if "_choice" not in vars(args):
-        from ..cpu_choice import Choice, cpu_flags, openvino_installed, resolve
+        from ..runtime.cpu_choice import Choice, cpu_flags, openvino_installed, resolve
 
         if args.model is not None:
             args._choice = None

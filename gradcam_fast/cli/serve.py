@@ -14,7 +14,7 @@ import sys
 import threading
 from pathlib import Path
 
-from ..serve_ingress import INGRESS_CHOICES, exposed_ports_notice, use_ingress
+from ..services.serve_ingress import INGRESS_CHOICES, exposed_ports_notice, use_ingress
 from . import options, precision
 from .options import non_negative_float, positive
 
@@ -29,11 +29,11 @@ def run(args: argparse.Namespace) -> int:
         import ray
         from ray import serve
 
-        from ..serve import app
+        from ..services.ray_serve import app
     except ImportError:
         print(f"gradcam-fast: error: serve {INSTALL_HINT}", file=sys.stderr)
         return options.EXIT_ERROR
-    from ..cache import cached_model
+    from ..app.model_cache import cached_model
 
     if args.address is not None and args.ingress != "auto":
         raise ValueError(

@@ -10,9 +10,9 @@ __all__ = ["DESCRIPTION", "HELP", "add_arguments", "run"]
 
 
 def run(args: argparse.Namespace) -> int:
-    from ..catalog import ARCH_TABLE, ARCHS
-    from ..models import _check_arch
-    from ..sweep import sweep_model
+    from ..check.sweep import sweep_model
+    from ..model.catalog import ARCH_TABLE, ARCHS
+    from ..model.loading import _check_arch
 
     archs = args.archs or sorted(ARCHS)
     for arch in archs:

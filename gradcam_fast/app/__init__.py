@@ -1,0 +1,1 @@
+"""The explain pipeline over image files, the exported-model cache, class requests and timing."""

@@ -1,0 +1,107 @@
+"""Exported models cached on disk, keyed by what makes them differ: export on first use.
+
+Processes sharing a cache export one at a time (a lock file, `.export.lock`, in the folder):
+the second finds the first's model and reuses it. A model appears in the cache only once it
+validated (`export_onnx` renames it into place last), so any model file found there is whole.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from filelock import FileLock
+
+from ..model.loading import file_identity
+from ..runtime.cachedir import cache_dir
+
+if TYPE_CHECKING:
+    from ..runtime.session import GradCAMSession
+
+__all__ = ["cache_dir", "cached_model", "open_session"]
+
+LOCK_NAME = ".export.lock"
+
+
+def _weights_key(weights: str | os.PathLike, seed: int) -> str:
+    weights = os.fspath(weights)
+    if weights == "imagenet":
+        return "imagenet"
+    if weights == "random":
+        return f"random{seed}"
+    path = Path(weights)
+    if not path.is_file():
+        raise FileNotFoundError(f"weights file {weights!r} does not exist")
+    return file_identity(path).replace(":", "-")
+
+
+def cached_model(
+    arch: str = "vgg19",
+    weights: str | os.PathLike = "imagenet",
+    *,
+    target_layer: str | None = None,
+    image_size: int = 224,
+    num_targets: int = 1,
+    seed: int = 0,
+    gradients: bool = True,
+    quantize: str | None = None,
+    calibration: str | os.PathLike | None = None,
+    calibration_method: str = "minmax",
+) -> Path:
+    """Path of the exported model for these settings, exporting (and validating) it if missing.
+
+    `gradients=False` caches the channel-weights model (`export_onnx(..., gradients=False)`,
+    file name ending in `-cw`): enough for Grad-CAM, and cheaper at small batches; the other
+    methods need the gradients.
+    `quantize="int8"` caches the int8 model calibrated on the `calibration` folder, keyed by a
+    hash of the folder's images (another set of photos gives another model).
+    """
+    from ..export.onnx_export import export_onnx
+
+    name = "-".join([arch, _weights_key(weights, seed), target_layer or "default", str(image_size)])
+    if quantize is not None:
+        from ..export.quantize import calibration_fingerprint
+
+        if calibration is None:
+            raise ValueError("quantize='int8' needs a calibration folder")
+        name += f"-{quantize}-{calibration_method}-{calibration_fingerprint(calibration)}"
+    path = cache_dir() / f"{name}-k{num_targets}{'' if gradients else '-cw'}.onnx"
+    if path.is_file():
+        return path
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with FileLock(path.parent / LOCK_NAME):
+        if path.is_file():  # another process exported it while this one waited
+            return path
+        export_onnx(
+            arch,
+            path,
+            target_layer=target_layer,
+            image_size=image_size,
+            num_targets=num_targets,
+            weights=weights,
+            seed=seed,
+            gradients=gradients,
+            quantize=quantize,
+            calibration=calibration,
+            calibration_method=calibration_method,
+        )
+    return path
+
+
+def open_session(
+    model: str | os.PathLike | None = None,
+    *,
+    device: str = "auto",
+    tensorrt: bool = False,
+    session_options: dict | None = None,
+    **settings,
+) -> GradCAMSession:
+    """A session for the exported `model` file, or else for the cached export of `settings`
+    (`cached_model`'s arch, weights, target_layer, image_size, num_targets, seed, gradients;
+    made if missing). `session_options`: more GradCAMSession keywords (backend, precision,
+    calibration, ...)."""
+    from ..runtime.session import GradCAMSession
+
+    path = model or cached_model(**settings)
+    return GradCAMSession(path, device=device, tensorrt=tensorrt, **(session_options or {}))

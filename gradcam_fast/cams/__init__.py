@@ -1,0 +1,1 @@
+"""The CAM arithmetic on activation and gradient tensors (methods, upsampling); imports nothing of the package."""

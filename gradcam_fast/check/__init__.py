@@ -1,0 +1,1 @@
+"""The eager reference and the comparisons every export and int8 model is judged by."""

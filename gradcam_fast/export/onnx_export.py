@@ -1,0 +1,340 @@
+"""export_onnx: trace GradCAMGraph to ONNX with metadata, then validate it against the eager way."""
+
+from __future__ import annotations
+
+import logging
+import os
+import shutil
+import tempfile
+import time
+import warnings
+from collections.abc import Callable
+from pathlib import Path
+
+import onnx
+import torch
+from torch import nn
+
+from ..check.compare import LIMITS, compare_with_reference, failing_figures
+from ..core.graph import GradCAMGraph
+from ..format.metadata import (
+    CHANNEL_WEIGHTS_OUTPUT_NAMES,
+    INPUT_NAMES,
+    MAP_OUTPUT_NAMES,
+    OUTPUT_NAMES,
+    ModelMetadata,
+)
+from ..model.loading import load_model
+from .pixels import RawPixelGradCAM, normalize_pixels
+from .quantize import body_nodes
+
+__all__ = ["ExportValidationError", "export_onnx", "validate_onnx"]
+
+log = logging.getLogger(__name__)
+
+TRACE_BATCH = 2  # batch size traced; validation runs another one
+VALIDATE_BATCH = 3
+
+
+class ExportValidationError(RuntimeError):
+    """The exported model disagrees with the eager reference beyond the tolerance."""
+
+
+def _as_model(model_or_arch: nn.Module | str, weights: str | os.PathLike, seed: int) -> nn.Module:
+    if isinstance(model_or_arch, str):
+        return load_model(model_or_arch, weights, seed=seed)
+    if not isinstance(model_or_arch, nn.Module):
+        raise TypeError(
+            "export_onnx takes an arch name or a classifier nn.Module, got "
+            f"{type(model_or_arch).__name__}"
+        )
+    return model_or_arch
+
+
+def _example_inputs(
+    batch: int, image_size: int, num_targets: int, num_classes: int, seed: int = 0
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Seeded images and mixed targets: ranks for the first image, class indices for the rest."""
+    gen = torch.Generator().manual_seed(seed)
+    images = torch.randn(batch, 3, image_size, image_size, generator=gen)
+    targets = torch.randint(0, num_classes, (batch, num_targets), generator=gen)
+    targets[0] = torch.arange(-1, -num_targets - 1, -1)
+    return images, targets
+
+
+def export_onnx(
+    model_or_arch: nn.Module | str,
+    path: str | os.PathLike,
+    *,
+    target_layer: str | None = None,
+    image_size: int = 224,
+    num_targets: int = 1,
+    weights: str | os.PathLike = "imagenet",
+    opset: int | None = None,
+    validate: bool = True,
+    seed: int = 0,
+    raw_pixels: bool = False,
+    fp16: bool = False,
+    external_data: bool = False,
+    gradients: bool = True,
+    maps: bool = False,
+    method: str | None = None,
+    quantize: str | None = None,
+    calibration: str | os.PathLike | torch.Tensor | None = None,
+    calibration_method: str = "minmax",
+) -> Path:
+    """Export the Grad-CAM graph of a CNN (an arch name loaded with `weights`, or a classifier
+    module that torch.fx traces) to `path` and return it. Batch is dynamic; image size and K
+    (`num_targets`) are fixed. `target_layer`: a node or module name (`gradcam-fast layers`);
+    None: the last stage's output.
+
+    With `validate`, the file is run in ONNX Runtime at a batch size other than the traced one
+    and compared with `eager_gradcam`; `ExportValidationError` reports the error figures, or the
+    outputs that are not finite. The model is written under a temporary name beside `path` and
+    renamed into place only once it validated: after a failure or an interrupt, nothing is left
+    at `path`.
+
+    With `raw_pixels`, the `images` input is uint8 [B, S, S, 3] (decoded RGB, channels last)
+    and the cast, scaling and mean/std normalization run in the graph (`pixels.RawPixels`).
+
+    With `fp16`, the body below the target layer runs in float16 (inputs and outputs stay
+    float32; the head's forward and backward, under 1% of the work, stay float32 so gradients
+    do not underflow); meant for the CUDA provider, validated against the float32 reference
+    with LIMITS["float16"].
+
+    With `gradients=False`, the channel-weights model: it outputs Grad-CAM's channel weights [B, K, C]
+    (`channel_weights`) instead of the gradients: for the default target this skips the first
+    Linear layer's VJP (a second read of its 392 MiB of weights in VGG19), the largest cost
+    beyond plain inference at small batches. Such a model serves method "gradcam" only.
+
+    With `maps`, the model also outputs `method`'s maps (default "gradcam"): `cams` [B,K,S,S]
+    upsampled and min-max normalized, and `cams_lowres` [B,K,h,w], exactly what GradCAMSession
+    computes after a run (maps.py; every method but eigencam exports).
+
+    With `external_data`, the weights go to `<path>.data` beside the model, which ONNX Runtime
+    can memory-map instead of copying (see GradCAMSession's `low_memory`).
+
+    With `quantize="int8"`, the body below the target layer is quantized statically to int8
+    (per-channel weights, uint8 activations, ONNX Runtime's QOperator format), its activation
+    ranges taken from `calibration` (a folder of images, or a tensor in the model's input
+    format; at least `quantize.MIN_CALIBRATION_IMAGES`) with `calibration_method` (minmax,
+    percentile or entropy). The head's Linear weights are stored in int8 blocks too (weight-only,
+    ONNX Runtime's MatMulNBits); its activations and the written-out backward's gradients stay
+    float32. Validated on calibration images with LIMITS["int8"]; the file is only written when
+    it passes. See quantize.py.
+    """
+    if method is not None and not maps:
+        raise ValueError(f"method={method!r} names the maps' method: pass maps=True with it")
+    if maps and quantize is not None:
+        raise ValueError(
+            "maps=True with quantize='int8' is not supported yet (the in-graph maps have no int8 "
+            "limits): export the int8 model without maps, or the maps model in float32"
+        )
+    if maps:
+        from .maps import check_exportable
+
+        method = check_exportable(method or "gradcam", gradients)
+    model = _as_model(model_or_arch, weights, seed)
+    graph = GradCAMGraph(
+        model, target_layer, num_targets, gradients=gradients, image_size=image_size
+    )
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+
+    images, targets = _example_inputs(TRACE_BATCH, image_size, num_targets, graph.num_classes)
+    try:
+        with torch.no_grad():
+            graph(images, targets)
+    except RuntimeError as exc:
+        raise ValueError(
+            f"image_size {image_size} does not fit this network with target {graph.target_layer}:"
+            f" {exc}"
+        ) from None
+
+    exported: nn.Module = graph
+    if raw_pixels:
+        exported = RawPixelGradCAM(graph, graph.info.mean, graph.info.std)
+        images = _example_pixels(TRACE_BATCH, image_size)
+    if maps:
+        from .maps import GradCAMMaps
+
+        exported = GradCAMMaps(exported, method, image_size, gradients)
+    started = time.perf_counter()
+    batch = torch.export.Dim("batch", min=1, max=1 << 16)
+    output_names = OUTPUT_NAMES if gradients else CHANNEL_WEIGHTS_OUTPUT_NAMES
+    output_names += MAP_OUTPUT_NAMES if maps else ()
+    with warnings.catch_warnings(), torch.no_grad():
+        warnings.simplefilter("ignore")
+        program = torch.onnx.export(
+            exported,
+            (images, targets),
+            dynamo=True,
+            external_data=False,
+            input_names=list(INPUT_NAMES),
+            output_names=list(output_names),
+            dynamic_shapes=({0: batch}, {0: batch}),
+            opset_version=opset,
+            verbose=False,
+        )
+    proto = program.model_proto
+    if fp16:
+        proto = _to_float16(proto)
+    int8, check_images = {}, None
+    if quantize is not None:
+        from .quantize import quantize_for_export
+
+        proto, int8, check_images = quantize_for_export(
+            proto, quantize, calibration, calibration_method, fp16, image_size, num_targets,
+            graph.info, raw_pixels,
+        )  # fmt: skip
+    meta = graph.metadata(
+        image_size,
+        precision="int8" if quantize else "float16" if fp16 else "float32",
+        input_format="uint8_nhwc" if raw_pixels else "float_nchw",
+        maps=maps,
+        method=method,
+        **int8,
+    )
+    check = None
+    if validate:
+        check = lambda staged: validate_onnx(staged, model, images=check_images, name=path)  # noqa: E731
+    _save(proto, meta, path, external_data, check)
+    log.info("exported %s in %.1f s", path, time.perf_counter() - started)
+    return path
+
+
+def _to_float16(proto: onnx.ModelProto) -> onnx.ModelProto:
+    """The body (every node the `activations` output depends on) to float16; the head, target
+    resolution and the written-out backward stay float32, with casts at the boundary."""
+    from onnxruntime.transformers.float16 import convert_float_to_float16
+
+    body = body_nodes(proto)
+    head = [node.name for node in proto.graph.node if node.name not in body]
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        return convert_float_to_float16(proto, keep_io_types=True, node_block_list=head)
+
+
+def _example_pixels(batch: int, image_size: int, seed: int = 0) -> torch.Tensor:
+    """Seeded uint8 RGB images [B, S, S, 3] for raw-pixel models."""
+    gen = torch.Generator().manual_seed(seed)
+    return torch.randint(0, 256, (batch, image_size, image_size, 3), generator=gen).to(torch.uint8)
+
+
+def _save(
+    proto: onnx.ModelProto,
+    meta: ModelMetadata,
+    path: Path,
+    external_data: bool,
+    check: Callable[[Path], object] | None = None,
+) -> None:
+    """Write with metadata into a fresh temporary folder beside `path`, run `check` (the
+    validation) on that copy, then rename it into place: the weights file (if any) first, the
+    model last. The model references its weights file by the final name, which inside the
+    temporary folder is the temporary copy's. On any failure or interrupt the folder is removed:
+    no refused or partial model is ever found at `path` (or in the cache)."""
+    del proto.metadata_props[:]
+    for key, value in meta.to_props().items():
+        proto.metadata_props.add(key=key, value=value)
+    proto.producer_name = "gradcam_fast"
+    data = path.with_name(path.name + ".data")
+    staging = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent))
+    try:
+        staged = staging / path.name
+        onnx.save(
+            proto,
+            staged,
+            save_as_external_data=external_data,
+            all_tensors_to_one_file=True,
+            location=data.name,
+            size_threshold=1024,
+        )
+        if check is not None:
+            check(staged)
+        if external_data:
+            os.replace(staging / data.name, data)
+        os.replace(staged, path)
+        if not external_data:
+            data.unlink(missing_ok=True)  # a stale weights file of an earlier export
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+
+
+def validate_onnx(
+    path: str | os.PathLike,
+    model: nn.Module,
+    batch: int = VALIDATE_BATCH,
+    images: torch.Tensor | None = None,
+    *,
+    name: str | os.PathLike | None = None,
+) -> dict[str, float]:
+    """Run the exported file on the CPU at `batch` (or on `images`, in the model's input format)
+    and compare with `eager_gradcam` (float32).
+
+    Returns the relative errors by output; raises `ExportValidationError` when an output is not
+    finite (NaN or Inf: weights holding them, or an overflow), when one exceeds its limit for
+    the model's precision (LIMITS), or when a resolved class differs. An int8 model is compared
+    at the classes it resolved, and the share of top-1 classes it kept is reported. `name`: what
+    the messages call the model (default `path`).
+    """
+    from ..check.finite import NonFiniteMapsError
+    from ..check.reference import eager_gradcam
+    from ..runtime.session import GradCAMSession
+
+    name = path if name is None else name
+    session = GradCAMSession(path, device="cpu")
+    meta = session.metadata
+    given = images
+    if given is not None:
+        batch = given.shape[0]
+    images, targets = _example_inputs(
+        batch, meta.image_size, meta.num_targets, meta.num_classes, seed=1
+    )
+    inputs = images
+    if meta.input_format == "uint8_nhwc":  # raw pixels in; eager gets the float path's input
+        inputs = _example_pixels(batch, meta.image_size, seed=1) if given is None else given
+        images = normalize_pixels(inputs, meta.mean, meta.std)
+    elif given is not None:
+        images = inputs = given
+    try:
+        got = session(inputs, targets)
+    except NonFiniteMapsError as exc:  # compared below, which names the outputs
+        got = exc.result
+    # an int8 model's maps are compared at the classes it chose; top-1 agreement is reported
+    ref_targets = got.target_classes if meta.precision == "int8" else targets
+    ref = eager_gradcam(model, images, ref_targets, meta.target_layer)
+    if meta.maps:  # the exported method's maps, from the eager activations and gradients
+        from .maps import MAP_LIMITS, compare_maps, failing_map_figures, reference_maps
+
+        ref = reference_maps(ref, meta.method, meta.image_size)
+    errors = compare_with_reference(got, ref)
+    if meta.precision == "int8":
+        kept = got.logits.argmax(1).cpu() == ref.logits.argmax(1).cpu()
+        errors["top1_kept"] = kept.double().mean().item()
+    failed = failing_figures(errors, meta.precision)
+    nonfinite = [
+        f"{k.removesuffix('_nonfinite')}: {int(v)} elements" for k, v in errors.items()
+        if k.endswith("_nonfinite")
+    ]  # fmt: skip
+    if nonfinite:
+        raise ExportValidationError(
+            f"{name} ({meta.precision}): the outputs are not finite (NaN or Inf in "
+            f"{', '.join(nonfinite)}): the model's weights hold NaN or Inf, or its values "
+            "overflow"
+        )
+    limits = LIMITS[meta.precision]
+    if meta.maps:
+        map_errors = compare_maps(got, ref)
+        errors.update(map_errors)
+        failed += failing_map_figures(map_errors, meta.precision)
+        limits = {**limits, **MAP_LIMITS[meta.precision]}
+    same_classes = torch.equal(got.target_classes.cpu(), ref.target_classes.cpu())
+    if failed or not same_classes:
+        figures = ", ".join(f"{k} {v:.2e}" for k, v in errors.items())
+        raise ExportValidationError(
+            f"{name} ({meta.precision}) disagrees with the eager reference at batch {batch}: "
+            f"{failed} beyond the limits {limits}; relative errors {figures}; "
+            f"target classes {'match' if same_classes else 'differ'}"
+        )
+    log.info("validated %s: %s", name, errors)
+    return errors

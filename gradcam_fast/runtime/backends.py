@@ -1,0 +1,136 @@
+"""Which runner a session gets for a file: the backend and precision asked for (or chosen by
+`cpu_choice` for "auto"), the int8 model made from a float32 file where int8 is asked for, and
+the fallbacks, each with a warning that says why.
+
+- `backend="auto"` picks OpenVINO or ONNX Runtime from the CPU's features; where OpenVINO
+  cannot convert the model (ONNX Runtime's QLinearConv int8 file), it warns, naming the op, and
+  runs the file in ONNX Runtime. An explicit `backend="openvino"` raises instead.
+- `precision=None` runs the file as it is (its own precision: what `GradCAMSession(path)`
+  always did); "float32" and "bfloat16" are inference precisions of a float32 file; "int8" of a
+  float32 file needs `calibration=` and makes the backend's int8 model (`int8_cache`).
+- A precision the CPU does not compute natively warns: bfloat16 without AVX512-BF16 or AMX
+  (OpenVINO then runs float32, and says so in `inference_precision`), int8 without VNNI.
+"""
+
+from __future__ import annotations
+
+import warnings
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from ..format.metadata import ModelMetadata
+from ..format.onnx_props import file_metadata
+from .cpu_choice import Choice, cpu_flags, openvino_installed, resolve
+
+__all__ = ["open_runner"]
+
+_BF16_FLAGS = {"avx512_bf16", "amx_bf16"}
+_INT8_FLAGS = {"avx512_vnni", "avx_vnni", "amx_int8"}
+
+
+def _choice(
+    meta: ModelMetadata, device: torch.device, backend: str, precision: str | None, calibrated: bool
+) -> Choice:
+    if device.type != "cpu":  # the table is for CPUs; on CUDA only ONNX Runtime runs a file
+        if backend == "openvino":
+            raise ValueError(
+                f"backend='openvino' runs on the CPU (device='cpu'), not {device}; on a GPU use "
+                "backend='onnxruntime' (onnxruntime-gpu)"
+            )
+        wanted = meta.precision if precision in (None, "auto") else precision
+        return Choice("onnxruntime", wanted, f"device {device}: ONNX Runtime's CUDA provider")
+    if meta.precision == "float16":  # a GPU export (export_onnx(..., fp16=True))
+        if backend == "openvino":
+            raise ValueError(
+                "backend='openvino' runs float32 files (precision float32, bfloat16 or int8), "
+                "not a float16 export: export the model without fp16"
+            )
+        return Choice("onnxruntime", "float16", "a float16 file runs in ONNX Runtime as it is")
+    if meta.precision != "float32":  # an int8 file: it runs as it is
+        if precision not in (None, "auto", meta.precision):
+            raise ValueError(
+                f"{meta.precision} model file: it runs in {meta.precision}, not {precision} "
+                "(export a float32 file for other precisions)"
+            )
+        if backend == "auto" and meta.calibration_method == "nncf" and openvino_installed():
+            return Choice("openvino", "int8", "an int8 file NNCF made for OpenVINO")
+        precision, calibrated = meta.precision, True
+    return resolve(
+        backend,
+        precision or "float32",
+        cpu_flags(),
+        calibration=calibrated,
+        openvino=openvino_installed(),
+    )
+
+
+def _warn_native(precision: str) -> None:
+    flags = cpu_flags()
+    if precision == "bfloat16" and not flags & _BF16_FLAGS:
+        warnings.warn(
+            "precision='bfloat16' on a CPU without native bfloat16 (no AVX512-BF16 or AMX): "
+            "OpenVINO runs float32 instead (see session.inference_precision); use 'float32'",
+            RuntimeWarning,
+            stacklevel=4,
+        )
+    if precision == "int8" and not flags & _INT8_FLAGS:
+        warnings.warn(
+            "precision='int8' on a CPU without VNNI (AVX512-VNNI, AVX-VNNI or AMX-INT8): int8 "
+            "convolutions are emulated and may run slower than float32",
+            RuntimeWarning,
+            stacklevel=4,
+        )
+
+
+def open_runner(
+    path: Path,
+    device: torch.device,
+    *,
+    backend: str,
+    precision: str | None,
+    calibration: Any,
+    calibration_method: str,
+    ort: Callable[[Path], Any],
+    openvino: Callable[[Path, str], Any],
+    open_session: Callable[..., Any],
+) -> tuple[Any, Choice]:
+    """The runner for `path` and the choice it runs: `ort(path)` builds an ONNX Runtime runner,
+    `openvino(path, precision)` an OpenVINO one, `open_session` is what `int8_cache` validates
+    with. See the module note for the rules."""
+    meta = file_metadata(path)
+    choice = _choice(meta, device, backend, precision, calibration is not None)
+    if choice.backend == "onnxruntime" and choice.precision == "bfloat16":
+        raise ValueError(
+            "ONNX Runtime has no bfloat16 path on the CPU: use backend='openvino' (OpenVINO's "
+            "bf16 inference) or GradCAMSession.from_model(..., precision='bfloat16')"
+        )
+    if device.type == "cpu":
+        _warn_native(choice.precision)
+    if choice.precision == "int8" and meta.precision == "float32":
+        from .int8_cache import int8_model
+
+        path = int8_model(
+            path, meta, choice.backend, calibration, calibration_method, open_session=open_session
+        )
+    elif calibration is not None and choice.precision != "int8":
+        raise ValueError(f"calibration= is for precision='int8' (this session runs {choice})")
+    if choice.backend == "onnxruntime":
+        return ort(path), choice
+    from .openvino_backend import OpenVinoConversionError
+
+    try:
+        return openvino(path, choice.precision), choice
+    except OpenVinoConversionError as exc:
+        if backend != "auto":
+            raise
+        warnings.warn(
+            f"backend='auto' chose OpenVINO ({choice.reason}), which cannot run this file: "
+            f"{exc}. Running it in ONNX Runtime instead",
+            RuntimeWarning,
+            stacklevel=3,
+        )
+        fallback = Choice("onnxruntime", meta.precision, f"OpenVINO cannot convert {exc.ops}")
+        return ort(path), fallback

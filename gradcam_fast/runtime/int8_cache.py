@@ -1,0 +1,145 @@
+"""The int8 model of a float32 file, for one backend and one calibration set, made once and cached.
+
+`GradCAMSession(path, precision="int8", calibration=...)` comes here: one `calibration=`
+interface for both runtimes. ONNX Runtime gets its QOperator int8 file (`quantize.quantize_body`,
+as `export_onnx(..., quantize="int8")` makes), OpenVINO the QDQ file NNCF makes
+(`ov_quantize.py`), since OpenVINO cannot read QLinearConv. Before it is cached the int8 model
+is judged against the float32 file on (up to 8 of) the calibration images with
+`compare.LIMITS["int8"]`: a quantization that broke the maps is refused, never cached.
+Files live in `cache_dir()/int8/`, named by the source file (path, size, modification time),
+the backend, the calibration method and a hash of the calibration set.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import torch
+from filelock import FileLock
+
+from ..format.metadata import ModelMetadata
+from .cachedir import cache_dir, file_key
+
+__all__ = ["Int8ValidationError", "int8_model", "write_int8"]
+
+
+class Int8ValidationError(ValueError):
+    """The int8 model's maps or logits are beyond `LIMITS["int8"]` against float32's."""
+
+
+def int8_model(
+    path: str | os.PathLike,
+    meta: ModelMetadata,
+    backend: str,
+    calibration,
+    calibration_method: str = "minmax",
+    *,
+    open_session: Callable[..., Any],
+) -> Path:
+    """Path of the int8 model of the float32 file `path` (metadata `meta`) for `backend`
+    ("onnxruntime" or "openvino"), calibrated on `calibration` (a folder of photos or a tensor
+    in the model's input format, at least 8); made, validated and cached on first use.
+    `open_session(path, backend=...)` opens a CPU session (passed in by the session module,
+    which imports this one)."""
+    from ..export.quantize import CALIBRATION_METHODS, calibration_fingerprint, calibration_images
+
+    if meta.precision != "float32":
+        raise ValueError(f"{path} is a {meta.precision} model: int8 is made from a float32 file")
+    if calibration is None:
+        raise ValueError(
+            "precision='int8' of a float32 file needs calibration=: a folder of at least 8 "
+            "photos like those to explain, or a tensor of them in the model's input format"
+        )
+    if backend == "openvino":
+        calibration_method = "nncf"
+    elif calibration_method not in CALIBRATION_METHODS:
+        raise ValueError(
+            f"calibration method must be one of {CALIBRATION_METHODS}, got {calibration_method!r}"
+        )
+    key = file_key(path)
+    name = f"{Path(path).stem}-{key}-{backend}-{calibration_method}"
+    out = cache_dir() / "int8" / f"{name}-{calibration_fingerprint(calibration)}.onnx"
+    if out.is_file():
+        return out
+    out.parent.mkdir(parents=True, exist_ok=True)
+    with FileLock(out.parent / ".int8.lock"):
+        if out.is_file():
+            return out
+        raw = meta.input_format == "uint8_nhwc"
+        images = calibration_images(calibration, meta.image_size, meta.mean, meta.std, raw)
+        _make(Path(path), out, meta, backend, images, calibration_method, open_session)
+    return out
+
+
+def _make(
+    path: Path,
+    out: Path,
+    meta: ModelMetadata,
+    backend: str,
+    images: torch.Tensor,
+    method: str,
+    open_session: Callable[..., Any],
+) -> None:
+
+    with tempfile.TemporaryDirectory(prefix=".int8-", dir=out.parent) as tmp:
+        staged = Path(tmp) / out.name
+        write_int8(path, staged, meta, backend, images, method)
+        _validate(path, staged, backend, images[:8], open_session)
+        os.replace(staged, out)
+
+
+def write_int8(
+    path: Path,
+    out: Path,
+    meta: ModelMetadata,
+    backend: str,
+    images: torch.Tensor,
+    method: str = "minmax",
+    head_weights: bool | None = None,
+) -> Path:
+    """Write the int8 model of the float32 file `path` for `backend` to `out`, calibrated on
+    `images` (the model's input format), with its metadata (`head_weights`: the head's Linear
+    weights in int8 too; None: each backend's default, True for ONNX Runtime, False for
+    OpenVINO, as measured); not validated (`int8_model` does
+    that before caching; the benchmarks check every contender themselves)."""
+    import onnx
+
+    proto = onnx.load(path)
+    if backend == "openvino":
+        from .ov_quantize import quantize_with_nncf
+
+        proto = quantize_with_nncf(proto, images, meta.num_targets, bool(head_weights))
+    else:
+        from ..export.quantize import quantize_body
+
+        proto = quantize_body(proto, images, meta.num_targets, method, head_weights is not False)
+    fields = {"precision": "int8", "calibration_method": method, "calibration_images": len(images)}
+    props = {p.key: p for p in proto.metadata_props}
+    for field, value in fields.items():
+        key = f"gradcam_fast.{field}"
+        if key in props:
+            props[key].value = json.dumps(value)
+        else:
+            proto.metadata_props.add(key=key, value=json.dumps(value))
+    onnx.save(proto, out)
+    return out
+
+
+def _validate(source: Path, staged: Path, backend: str, images: torch.Tensor, open_session) -> None:
+    from ..check.compare import compare_with_reference, failing_figures
+
+    ref = open_session(source, backend="onnxruntime")(images)
+    got = open_session(staged, backend=backend)(images, ref.target_classes)
+    errors = compare_with_reference(got, ref)
+    failed = failing_figures(errors, "int8")
+    if failed:
+        figures = ", ".join(f"{k} {v:.3g}" for k, v in errors.items())
+        raise Int8ValidationError(
+            f"the {backend} int8 model of {source} is beyond the int8 limits against float32 on "
+            f"the calibration images ({failed}; {figures}): try other or more calibration photos"
+        )
