@@ -27,12 +27,12 @@ from gradcam_fast.check.compare import (
     failing_figures,
     map_correlations,
 )
-from gradcam_fast.export import quantize
 from gradcam_fast.export.onnx_export import ExportValidationError
-from gradcam_fast.export.quantize import MIN_CALIBRATION_IMAGES, calibration_fingerprint
 from gradcam_fast.format.metadata import ModelMetadata
 from gradcam_fast.io.images import load_image, model_view
 from gradcam_fast.model.loading import ModelInfo
+from gradcam_fast.runtime import ort_quantize as quantize
+from gradcam_fast.runtime.ort_quantize import MIN_CALIBRATION_IMAGES, calibration_fingerprint
 
 SIZE = 32
 

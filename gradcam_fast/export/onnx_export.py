@@ -25,8 +25,8 @@ from ..format.metadata import (
     ModelMetadata,
 )
 from ..model.loading import load_model
+from ..runtime.ort_quantize import body_nodes
 from .pixels import RawPixelGradCAM, normalize_pixels
-from .quantize import body_nodes
 
 __all__ = ["ExportValidationError", "export_onnx", "validate_onnx"]
 
@@ -181,7 +181,7 @@ def export_onnx(
         proto = _to_float16(proto)
     int8, check_images = {}, None
     if quantize is not None:
-        from .quantize import quantize_for_export
+        from ..runtime.ort_quantize import quantize_for_export
 
         proto, int8, check_images = quantize_for_export(
             proto, quantize, calibration, calibration_method, fp16, image_size, num_targets,

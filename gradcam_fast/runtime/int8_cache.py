@@ -46,7 +46,7 @@ def int8_model(
     in the model's input format, at least 8); made, validated and cached on first use.
     `open_session(path, backend=...)` opens a CPU session (passed in by the session module,
     which imports this one)."""
-    from ..export.quantize import CALIBRATION_METHODS, calibration_fingerprint, calibration_images
+    from .ort_quantize import CALIBRATION_METHODS, calibration_fingerprint, calibration_images
 
     if meta.precision != "float32":
         raise ValueError(f"{path} is a {meta.precision} model: int8 is made from a float32 file")
@@ -115,7 +115,7 @@ def write_int8(
 
         proto = quantize_with_nncf(proto, images, meta.num_targets, bool(head_weights))
     else:
-        from ..export.quantize import quantize_body
+        from .ort_quantize import quantize_body
 
         proto = quantize_body(proto, images, meta.num_targets, method, head_weights is not False)
     fields = {"precision": "int8", "calibration_method": method, "calibration_images": len(images)}

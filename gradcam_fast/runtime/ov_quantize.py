@@ -19,7 +19,7 @@ import numpy as np
 import onnx
 import torch
 
-from ..export.quantize import CALIBRATION_BATCH, body_nodes
+from .ort_quantize import CALIBRATION_BATCH, body_nodes
 
 __all__ = ["NNCF_INSTALL", "quantize_with_nncf"]
 
