@@ -37,7 +37,8 @@ from gradcam_fast import GradCAMSession, export_onnx, load_vgg
 from gradcam_fast.cams.methods import cam_lowres
 from gradcam_fast.cams.postprocess import upsample_normalize
 from gradcam_fast.check.compare import relative_error
-from gradcam_fast.runtime.ort_backend import cpu_count, session_options
+from gradcam_fast.runtime.cpu_choice import cpu_count
+from gradcam_fast.runtime.ort_backend import session_options
 
 __all__ = ["main"]
 

@@ -32,6 +32,25 @@ def test_session_imports_leave_out_the_exporter_and_torchvision(statement):
     assert not heavy, f"{statement!r} imported {sorted(heavy)}"
 
 
+_NO_ONNXRUNTIME = """
+import sys
+sys.modules["onnxruntime"] = None  # `import onnxruntime` raises ImportError
+import torch
+from gradcam_fast import GradCAMSession
+from gradcam_fast.testing import make_tiny_vgg
+session = GradCAMSession.from_model(make_tiny_vgg(), image_size=32, device="cpu")
+print(tuple(session(torch.randn(1, 3, 32, 32)).cams.shape))
+"""
+
+
+def test_the_torch_backend_runs_without_onnxruntime():
+    """onnxruntime is an optional extra: the session module imports it only to open a file."""
+    out = subprocess.run(
+        [sys.executable, "-c", _NO_ONNXRUNTIME], capture_output=True, text=True, check=True
+    )
+    assert out.stdout.split("\n")[-2] == "(1, 1, 32, 32)"
+
+
 def test_cli_parser_module_does_not_import_torch():
     assert "torch" not in _modules_after("import gradcam_fast.cli")
 

@@ -35,6 +35,7 @@ __all__ = [
     "Choice",
     "Row",
     "choose",
+    "cpu_count",
     "cpu_flags",
     "cpu_model",
     "openvino_installed",
@@ -128,6 +129,14 @@ def cpu_model() -> str:
     except OSError:
         line = ""
     return line.partition(":")[2].strip() or "unknown CPU"
+
+
+def cpu_count() -> int:
+    """Cores this process may run on (respects affinity masks, unlike os.cpu_count)."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # not on Linux
+        return os.cpu_count() or 1
 
 
 def openvino_installed() -> bool:

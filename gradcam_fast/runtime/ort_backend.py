@@ -10,7 +10,6 @@ buffers are static, one set per batch size, and runs are serialized, as graph re
 
 from __future__ import annotations
 
-import os
 import threading
 from pathlib import Path
 
@@ -19,6 +18,7 @@ import onnxruntime as ort
 import torch
 
 from ..format.metadata import INPUT_NAMES, ModelMetadata, NotAGradCAMModel
+from .cpu_choice import cpu_count
 from .providers import (
     CPU_EP,
     CUDA_EP,
@@ -38,7 +38,6 @@ __all__ = [
     "TENSORRT_EP",
     "OrtRunner",
     "available_devices",
-    "cpu_count",
     "cuda_provider_options",
     "provider_load_error",
     "session_options",
@@ -48,14 +47,6 @@ __all__ = [
 
 _NP_DTYPES = {torch.float32: np.float32, torch.int64: np.int64, torch.uint8: np.uint8}
 _TORCH_DTYPES = {"tensor(float)": torch.float32, "tensor(int64)": torch.int64}
-
-
-def cpu_count() -> int:
-    """Cores this process may run on (respects affinity masks, unlike os.cpu_count)."""
-    try:
-        return len(os.sched_getaffinity(0))
-    except AttributeError:  # not on Linux
-        return os.cpu_count() or 1
 
 
 def session_options(

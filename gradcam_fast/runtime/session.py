@@ -4,7 +4,8 @@
 The session checks inputs, runs the backend, and turns activations and gradients into maps with
 batched torch ops on the same device. Results are owned by the caller. Safe to call from several
 threads at once (each thread gets its own ONNX Runtime binding and buffers, or its own OpenVINO
-infer request).
+infer request). onnxruntime, an optional extra, is imported when a session opens a file, so
+`GradCAMSession.from_model` runs without it.
 """
 
 from __future__ import annotations
@@ -13,7 +14,7 @@ import logging
 import os
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
 
 import numpy as np
 import torch
@@ -27,9 +28,11 @@ from ..format.metadata import ModelMetadata
 from ..format.result import GradCAMResult
 from .backends import open_runner
 from .cachedir import cache_dir
-from .cpu_choice import Choice
-from .ort_backend import OrtRunner, available_devices, cpu_count, tensorrt_provider_options
+from .cpu_choice import Choice, cpu_count
 from .smooth import aug_smooth_cams
+
+if TYPE_CHECKING:
+    from .ort_backend import OrtRunner
 
 __all__ = ["GradCAMSession", "available_devices", "cpu_count"]
 
@@ -81,6 +84,14 @@ def _method_for(meta: ModelMetadata, method: str | None) -> str:
     return method
 
 
+def available_devices() -> list[str]:
+    """Devices a session can use here: "cpu", plus "cuda" when ONNX Runtime's CUDA provider
+    loads (`providers.available_devices`). Imports onnxruntime, which `from_model` never needs."""
+    from .providers import available_devices as onnxruntime_devices
+
+    return onnxruntime_devices()
+
+
 def _tensorrt_options(
     device: torch.device, tensorrt: bool, overrides: dict[str, str] | None
 ) -> dict[str, str] | None:
@@ -88,6 +99,8 @@ def _tensorrt_options(
         if overrides:
             raise ValueError("tensorrt_options given without tensorrt=True")
         return None
+    from .providers import tensorrt_provider_options
+
     return tensorrt_provider_options(device, cache_dir() / "tensorrt", extra=overrides)
 
 
@@ -152,6 +165,8 @@ class GradCAMSession:
             device = _resolve_device(device, "cuda" in available_devices())
 
             def ort(file: Path) -> OrtRunner:
+                from .ort_backend import OrtRunner  # onnxruntime: only for a file it runs
+
                 return OrtRunner(
                     file,
                     device,
