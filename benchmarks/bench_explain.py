@@ -26,8 +26,8 @@ from torchvision import transforms as T
 
 from gradcam_fast import export_onnx, load_vgg
 from gradcam_fast.cli import EXIT_OK, main
+from gradcam_fast.format.preprocessing import IMAGENET_MEAN, IMAGENET_STD
 from gradcam_fast.io.images import load_image, model_view, to_tensor
-from gradcam_fast.model.loading import IMAGENET_MEAN, IMAGENET_STD
 from gradcam_fast.testing import make_tiny_vgg
 
 SAMPLES = Path(__file__).resolve().parent.parent / "examples" / "images"

@@ -24,7 +24,7 @@ from benchmarks.contenders import (
 from gradcam_fast import GradCAMSession, export_onnx
 from gradcam_fast.cams.postprocess import gradcam_lowres, upsample_normalize
 from gradcam_fast.check.compare import compare_with_reference, failing_figures
-from gradcam_fast.export.onnx_export import validate_onnx
+from gradcam_fast.export.validate import validate_onnx
 
 PROFILE = active_profile()
 GROUP = [

@@ -92,9 +92,9 @@ def shape_pictures(
 def train_shapes_vgg(pictures: torch.Tensor, labels: torch.Tensor, epochs: int = 6, seed: int = 0):
     """A small VGG trained for a few seconds (CPU, seeded) on uint8 pictures [n, S, S, 3],
     normalized with ImageNet's mean and std as the exported model expects."""
-    from .export.pixels import normalize_pixels
+    from .format.preprocessing import IMAGENET_MEAN, IMAGENET_STD, normalize_pixels
 
-    x = normalize_pixels(pictures, (0.485, 0.456, 0.406), (0.229, 0.224, 0.225))
+    x = normalize_pixels(pictures, IMAGENET_MEAN, IMAGENET_STD)
     model = make_tiny_vgg(
         cfg=(16, "M", 32, "M", 32, "M"), num_classes=len(SHAPES), hidden=64, seed=seed
     )

@@ -12,8 +12,9 @@ from PIL import Image
 
 from gradcam_fast.audit import audit
 from gradcam_fast.format.metadata import ModelMetadata
+from gradcam_fast.format.preprocessing import IMAGENET_MEAN, IMAGENET_STD
 from gradcam_fast.format.result import GradCAMResult
-from gradcam_fast.io.images import IMAGENET_MEAN, IMAGENET_STD, model_crop
+from gradcam_fast.io.images import model_crop
 
 S = 224
 W, H = 300, 200

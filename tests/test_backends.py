@@ -11,7 +11,7 @@ from tiny_models import make_tiny_vgg
 
 from gradcam_fast import GradCAMSession, eager_gradcam, export_onnx
 from gradcam_fast.check.compare import compare_with_reference, failing_figures
-from gradcam_fast.export.onnx_export import validate_onnx
+from gradcam_fast.export.validate import validate_onnx
 from gradcam_fast.runtime import ort_backend
 from gradcam_fast.runtime import session as session_module
 

@@ -21,7 +21,7 @@ from gradcam_fast import GradCAMSession, eager_gradcam, export_onnx
 from gradcam_fast.app.model_cache import cached_model
 from gradcam_fast.check.compare import compare_with_reference, failing_figures, relative_error
 from gradcam_fast.check.finite import NonFiniteMapsError
-from gradcam_fast.export.onnx_export import ExportValidationError
+from gradcam_fast.export.validate import ExportValidationError
 
 SIZE = 32
 ROOT = Path(__file__).resolve().parents[1]

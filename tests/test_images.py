@@ -17,6 +17,7 @@ from PIL import Image
 from torchvision import transforms as T
 
 from gradcam_fast.format.metadata import ModelMetadata
+from gradcam_fast.format.preprocessing import IMAGENET_MEAN, IMAGENET_STD
 from gradcam_fast.io.images import (
     ImageError,
     cam_to_image,
@@ -36,7 +37,7 @@ from gradcam_fast.io.visualize import (
     save_npy,
     save_png,
 )
-from gradcam_fast.model.loading import IMAGENET_MEAN, IMAGENET_STD, ModelInfo
+from gradcam_fast.model.loading import ModelInfo
 
 SAMPLES = Path(__file__).resolve().parent.parent / "examples" / "images"
 

@@ -86,7 +86,8 @@ def find_cycle(graph: dict[str, set[str]]) -> list[str] | None:
 def test_the_cycle_finder_finds_a_planted_cycle():
     graph = import_graph()
     export = "gradcam_fast.export.onnx_export"
-    assert graph[export] >= {"gradcam_fast.core.graph", "gradcam_fast.runtime.session"}
+    assert "gradcam_fast.core.graph" in graph[export]
+    assert "gradcam_fast.runtime.session" in graph["gradcam_fast.export.validate"]  # in a function
     assert "gradcam_fast.cli.explain" in graph["gradcam_fast.cli"]  # a run-time import counts
     planted = {k: set(v) for k, v in graph.items()}
     planted["gradcam_fast.format.metadata"].add(export)  # export -> metadata -> export

@@ -23,9 +23,9 @@ from gradcam_fast.export.maps import (
     failing_map_figures,
     reference_maps,
 )
-from gradcam_fast.export.onnx_export import ExportValidationError, validate_onnx
-from gradcam_fast.export.pixels import normalize_pixels
+from gradcam_fast.export.validate import ExportValidationError, validate_onnx
 from gradcam_fast.format.metadata import ModelMetadata
+from gradcam_fast.format.preprocessing import normalize_pixels
 
 S, K = 32, 2
 TARGETS = torch.tensor([[-1, -2], [3, -1], [0, 9], [-3, 5]])

@@ -21,7 +21,7 @@ from tiny_models import make_tiny_vgg
 
 from gradcam_fast import GradCAMSession, export_onnx, load_model
 from gradcam_fast.check.compare import relative_error
-from gradcam_fast.export.pixels import normalize_pixels
+from gradcam_fast.format.preprocessing import normalize_pixels
 from gradcam_fast.io.images import load_image, model_view
 
 EXAMPLE = Path(__file__).resolve().parent.parent / "examples" / "node"

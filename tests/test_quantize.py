@@ -1,4 +1,5 @@
-"""int8 export (quantize.py) and the bfloat16 torch backend: structure, bad input, fidelity.
+"""int8 export (export/quantize.py, runtime/ort_quantize.py, io/calibration.py) and the bfloat16
+torch backend: structure, bad input, fidelity.
 
 Fidelity is judged as issue 13 states it, on a small VGG trained here on a task with a known
 answer (one shape at a random position on noise, class = shape): per-map Pearson correlation of
@@ -27,12 +28,16 @@ from gradcam_fast.check.compare import (
     failing_figures,
     map_correlations,
 )
-from gradcam_fast.export.onnx_export import ExportValidationError
+from gradcam_fast.export import quantize
+from gradcam_fast.export.validate import ExportValidationError
 from gradcam_fast.format.metadata import ModelMetadata
+from gradcam_fast.io.calibration import (
+    MIN_CALIBRATION_IMAGES,
+    calibration_fingerprint,
+    calibration_images,
+)
 from gradcam_fast.io.images import load_image, model_view
 from gradcam_fast.model.loading import ModelInfo
-from gradcam_fast.runtime import ort_quantize as quantize
-from gradcam_fast.runtime.ort_quantize import MIN_CALIBRATION_IMAGES, calibration_fingerprint
 
 SIZE = 32
 
@@ -270,6 +275,21 @@ def test_calibration_fingerprint_tells_sets_apart(tmp_path):
     first = calibration_fingerprint(folder)
     Image.new("RGB", (8, 8), (1, 2, 4)).save(folder / "a.png")
     assert calibration_fingerprint(folder) != first
+
+
+def test_calibration_folder_is_listed_as_explain_lists_it(tmp_path):
+    """A calibration folder is listed by `discover.image_files`, as explain's inputs are:
+    hidden files and folders (an editor's or a sync tool's copies) are neither read nor hashed."""
+    for i in range(MIN_CALIBRATION_IMAGES):
+        Image.new("RGB", (8, 8), (i, 2, 3)).save(tmp_path / f"{i}.png")
+    (tmp_path / ".cache").mkdir()
+    Image.new("RGB", (8, 8), (9, 9, 9)).save(tmp_path / ".cache" / "a.png")
+    Image.new("RGB", (8, 8), (9, 9, 9)).save(tmp_path / ".hidden.png")
+    mean, std = (0.5,) * 3, (0.25,) * 3
+    assert len(calibration_images(tmp_path, SIZE, mean, std)) == MIN_CALIBRATION_IMAGES
+    first = calibration_fingerprint(tmp_path)
+    Image.new("RGB", (8, 8), (7, 7, 7)).save(tmp_path / ".hidden.png")
+    assert calibration_fingerprint(tmp_path) == first
 
 
 def test_map_correlations():

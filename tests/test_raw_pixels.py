@@ -14,9 +14,9 @@ from torchvision.transforms import functional as TF
 
 from gradcam_fast import GradCAMSession, export_onnx
 from gradcam_fast.check.compare import relative_error
-from gradcam_fast.export.onnx_export import ExportValidationError, validate_onnx
-from gradcam_fast.export.pixels import RawPixels, normalize_pixels
-from gradcam_fast.model.loading import IMAGENET_MEAN, IMAGENET_STD
+from gradcam_fast.export.pixels import RawPixels
+from gradcam_fast.export.validate import ExportValidationError, validate_onnx
+from gradcam_fast.format.preprocessing import IMAGENET_MEAN, IMAGENET_STD, normalize_pixels
 
 S = 32
 

@@ -17,7 +17,7 @@ from gradcam_fast.check.compare import (
     failing_figures,
     relative_error,
 )
-from gradcam_fast.export.onnx_export import ExportValidationError, validate_onnx
+from gradcam_fast.export.validate import ExportValidationError, validate_onnx
 from gradcam_fast.format.metadata import NotAGradCAMModel
 
 FIELDS = ("logits", "activations", "gradients", "cams_lowres")

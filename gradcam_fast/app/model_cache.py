@@ -61,7 +61,7 @@ def cached_model(
 
     name = "-".join([arch, _weights_key(weights, seed), target_layer or "default", str(image_size)])
     if quantize is not None:
-        from ..runtime.ort_quantize import calibration_fingerprint
+        from ..io.calibration import calibration_fingerprint
 
         if calibration is None:
             raise ValueError("quantize='int8' needs a calibration folder")

@@ -1,1 +1,1 @@
-"""The CAM arithmetic on activation and gradient tensors (methods, upsampling); imports nothing of the package."""
+"""The CAM arithmetic on activations and gradients (methods, upsampling); no package imports."""

@@ -43,7 +43,7 @@ LIMITS = {
         "gradients_beyond_share": NEAR_TIE_SHARE,
     },
     "float16": {"logits": 1e-2, "activations": 1e-2, "cams_lowres": 5e-2},
-    # An int8 body (quantize.py) moves the activations by a few % of their range: single
+    # An int8 body (runtime/ort_quantize.py) moves the activations by a few % of their range: single
     # logits, channel weights and gradient elements move by more, most maps keep their shape.
     # So int8 is judged on logits and activations (relative error) and on the maps' Pearson
     # correlation with the reference: `cams_lowres_decorrelation` = 1 - the median per-map

@@ -5,10 +5,11 @@ Independent of the code it checks: it shares no target resolution, rule or graph
 model/trace.py, core/graph.py or core/vjp.py. The model is traced by torchvision's own
 `NodePathTracer` and a tap is spliced in after the target node, so a module called twice
 (ResNet's BasicBlock calls `self.relu` twice: `layer4.1.relu`, `layer4.1.relu_1`) and a
-functional node (DenseNet's `F.relu`, ResNet's `add`) are targets like any module. The tap keeps the activations and hands
-the rest of the net a copy, so an in-place ReLU after the target cannot overwrite them; the
-gradient of that copy is d logit / d activations. The unmodified model's modules run as they
-are, parameters requiring grad, one full `backward()` per target slot.
+functional node (DenseNet's `F.relu`, ResNet's `add`) are targets like any module. The tap keeps
+the activations and hands the rest of the net a copy, so an in-place ReLU after the target
+cannot overwrite them; the gradient of that copy is d logit / d activations. The unmodified
+model's modules run as they are, parameters requiring grad, one full `backward()` per target
+slot.
 """
 
 from __future__ import annotations

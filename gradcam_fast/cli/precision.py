@@ -1,8 +1,8 @@
 """Command-line options for the backend and precision: `export --int8 --calibration DIR`, and
 for the commands that run sessions (explain, explain-dataset, serve, bench) `--backend` and
 `--precision` (both "auto" by default: `cpu_choice`'s table for this CPU) with `--calibration
-DIR` for int8. Kept apart from quantize.py so that building the parser imports neither torch
-nor onnx.
+DIR` for int8. Kept apart from runtime/ort_quantize.py so that building the parser imports
+neither torch nor onnx.
 
 What auto picks is resolved once, before the model is exported: ONNX Runtime's int8 is an
 int8 export (cached per calibration set), OpenVINO's int8 is made by the session from the
@@ -17,7 +17,7 @@ from pathlib import Path
 
 __all__ = ["add_precision_options", "choice_line", "precision_kwargs", "session_kwargs"]
 
-_METHODS = ("minmax", "percentile", "entropy")  # quantize.CALIBRATION_METHODS (a test checks)
+_METHODS = ("minmax", "percentile", "entropy")  # ort_quantize.CALIBRATION_METHODS (a test checks)
 
 
 _PRECISIONS = ("auto", "float32", "bfloat16", "int8")

@@ -41,7 +41,7 @@ __all__ = [
 # in float32 only: a float16 body moves the low-resolution maps by up to 5% (export.LIMITS), and
 # min-max normalization can magnify that where a map is nearly flat. `cams_postprocess` (the
 # graph's cams against torch's post-processing of the graph's own cams_lowres) checks the
-# in-graph upsampling and min-max. In a float16 model (export._to_float16) ONNX Runtime's
+# in-graph upsampling and min-max. In a float16 model (export.float16) ONNX Runtime's
 # converter keeps those ops in float32 but casts the tensors between them to float16 and back,
 # so they are rounded to float16 between ops: 1.1e-3 measured on a tiny VGG, judged at 5e-3.
 MAP_LIMITS = {

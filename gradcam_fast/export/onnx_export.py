@@ -1,4 +1,5 @@
-"""export_onnx: trace GradCAMGraph to ONNX with metadata, then validate it against the eager way."""
+"""export_onnx: trace GradCAMGraph to ONNX with metadata, then validate it against the eager way
+(`validate.py`); float16 (`float16.py`) and int8 (`quantize.py`) convert the body on the way."""
 
 from __future__ import annotations
 
@@ -15,7 +16,6 @@ import onnx
 import torch
 from torch import nn
 
-from ..check.compare import LIMITS, compare_with_reference, failing_figures
 from ..core.graph import GradCAMGraph
 from ..format.metadata import (
     CHANNEL_WEIGHTS_OUTPUT_NAMES,
@@ -25,19 +25,15 @@ from ..format.metadata import (
     ModelMetadata,
 )
 from ..model.loading import load_model
-from ..runtime.ort_quantize import body_nodes
-from .pixels import RawPixelGradCAM, normalize_pixels
+from .float16 import to_float16
+from .pixels import RawPixelGradCAM
+from .validate import example_inputs, example_pixels, validate_onnx
 
-__all__ = ["ExportValidationError", "export_onnx", "validate_onnx"]
+__all__ = ["export_onnx"]
 
 log = logging.getLogger(__name__)
 
 TRACE_BATCH = 2  # batch size traced; validation runs another one
-VALIDATE_BATCH = 3
-
-
-class ExportValidationError(RuntimeError):
-    """The exported model disagrees with the eager reference beyond the tolerance."""
 
 
 def _as_model(model_or_arch: nn.Module | str, weights: str | os.PathLike, seed: int) -> nn.Module:
@@ -49,17 +45,6 @@ def _as_model(model_or_arch: nn.Module | str, weights: str | os.PathLike, seed: 
             f"{type(model_or_arch).__name__}"
         )
     return model_or_arch
-
-
-def _example_inputs(
-    batch: int, image_size: int, num_targets: int, num_classes: int, seed: int = 0
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """Seeded images and mixed targets: ranks for the first image, class indices for the rest."""
-    gen = torch.Generator().manual_seed(seed)
-    images = torch.randn(batch, 3, image_size, image_size, generator=gen)
-    targets = torch.randint(0, num_classes, (batch, num_targets), generator=gen)
-    targets[0] = torch.arange(-1, -num_targets - 1, -1)
-    return images, targets
 
 
 def export_onnx(
@@ -117,11 +102,11 @@ def export_onnx(
     With `quantize="int8"`, the body below the target layer is quantized statically to int8
     (per-channel weights, uint8 activations, ONNX Runtime's QOperator format), its activation
     ranges taken from `calibration` (a folder of images, or a tensor in the model's input
-    format; at least `quantize.MIN_CALIBRATION_IMAGES`) with `calibration_method` (minmax,
+    format; at least `io.calibration.MIN_CALIBRATION_IMAGES`) with `calibration_method` (minmax,
     percentile or entropy). The head's Linear weights are stored in int8 blocks too (weight-only,
     ONNX Runtime's MatMulNBits); its activations and the written-out backward's gradients stay
     float32. Validated on calibration images with LIMITS["int8"]; the file is only written when
-    it passes. See quantize.py.
+    it passes. See runtime/ort_quantize.py.
     """
     if method is not None and not maps:
         raise ValueError(f"method={method!r} names the maps' method: pass maps=True with it")
@@ -141,7 +126,7 @@ def export_onnx(
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
 
-    images, targets = _example_inputs(TRACE_BATCH, image_size, num_targets, graph.num_classes)
+    images, targets = example_inputs(TRACE_BATCH, image_size, num_targets, graph.num_classes)
     try:
         with torch.no_grad():
             graph(images, targets)
@@ -154,7 +139,7 @@ def export_onnx(
     exported: nn.Module = graph
     if raw_pixels:
         exported = RawPixelGradCAM(graph, graph.info.mean, graph.info.std)
-        images = _example_pixels(TRACE_BATCH, image_size)
+        images = example_pixels(TRACE_BATCH, image_size)
     if maps:
         from .maps import GradCAMMaps
 
@@ -178,10 +163,10 @@ def export_onnx(
         )
     proto = program.model_proto
     if fp16:
-        proto = _to_float16(proto)
+        proto = to_float16(proto)
     int8, check_images = {}, None
     if quantize is not None:
-        from ..runtime.ort_quantize import quantize_for_export
+        from .quantize import quantize_for_export
 
         proto, int8, check_images = quantize_for_export(
             proto, quantize, calibration, calibration_method, fp16, image_size, num_targets,
@@ -201,24 +186,6 @@ def export_onnx(
     _save(proto, meta, path, external_data, check)
     log.info("exported %s in %.1f s", path, time.perf_counter() - started)
     return path
-
-
-def _to_float16(proto: onnx.ModelProto) -> onnx.ModelProto:
-    """The body (every node the `activations` output depends on) to float16; the head, target
-    resolution and the written-out backward stay float32, with casts at the boundary."""
-    from onnxruntime.transformers.float16 import convert_float_to_float16
-
-    body = body_nodes(proto)
-    head = [node.name for node in proto.graph.node if node.name not in body]
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        return convert_float_to_float16(proto, keep_io_types=True, node_block_list=head)
-
-
-def _example_pixels(batch: int, image_size: int, seed: int = 0) -> torch.Tensor:
-    """Seeded uint8 RGB images [B, S, S, 3] for raw-pixel models."""
-    gen = torch.Generator().manual_seed(seed)
-    return torch.randint(0, 256, (batch, image_size, image_size, 3), generator=gen).to(torch.uint8)
 
 
 def _save(
@@ -258,83 +225,3 @@ def _save(
             data.unlink(missing_ok=True)  # a stale weights file of an earlier export
     finally:
         shutil.rmtree(staging, ignore_errors=True)
-
-
-def validate_onnx(
-    path: str | os.PathLike,
-    model: nn.Module,
-    batch: int = VALIDATE_BATCH,
-    images: torch.Tensor | None = None,
-    *,
-    name: str | os.PathLike | None = None,
-) -> dict[str, float]:
-    """Run the exported file on the CPU at `batch` (or on `images`, in the model's input format)
-    and compare with `eager_gradcam` (float32).
-
-    Returns the relative errors by output; raises `ExportValidationError` when an output is not
-    finite (NaN or Inf: weights holding them, or an overflow), when one exceeds its limit for
-    the model's precision (LIMITS), or when a resolved class differs. An int8 model is compared
-    at the classes it resolved, and the share of top-1 classes it kept is reported. `name`: what
-    the messages call the model (default `path`).
-    """
-    from ..check.finite import NonFiniteMapsError
-    from ..check.reference import eager_gradcam
-    from ..runtime.session import GradCAMSession
-
-    name = path if name is None else name
-    session = GradCAMSession(path, device="cpu")
-    meta = session.metadata
-    given = images
-    if given is not None:
-        batch = given.shape[0]
-    images, targets = _example_inputs(
-        batch, meta.image_size, meta.num_targets, meta.num_classes, seed=1
-    )
-    inputs = images
-    if meta.input_format == "uint8_nhwc":  # raw pixels in; eager gets the float path's input
-        inputs = _example_pixels(batch, meta.image_size, seed=1) if given is None else given
-        images = normalize_pixels(inputs, meta.mean, meta.std)
-    elif given is not None:
-        images = inputs = given
-    try:
-        got = session(inputs, targets)
-    except NonFiniteMapsError as exc:  # compared below, which names the outputs
-        got = exc.result
-    # an int8 model's maps are compared at the classes it chose; top-1 agreement is reported
-    ref_targets = got.target_classes if meta.precision == "int8" else targets
-    ref = eager_gradcam(model, images, ref_targets, meta.target_layer)
-    if meta.maps:  # the exported method's maps, from the eager activations and gradients
-        from .maps import MAP_LIMITS, compare_maps, failing_map_figures, reference_maps
-
-        ref = reference_maps(ref, meta.method, meta.image_size)
-    errors = compare_with_reference(got, ref)
-    if meta.precision == "int8":
-        kept = got.logits.argmax(1).cpu() == ref.logits.argmax(1).cpu()
-        errors["top1_kept"] = kept.double().mean().item()
-    failed = failing_figures(errors, meta.precision)
-    nonfinite = [
-        f"{k.removesuffix('_nonfinite')}: {int(v)} elements" for k, v in errors.items()
-        if k.endswith("_nonfinite")
-    ]  # fmt: skip
-    if nonfinite:
-        raise ExportValidationError(
-            f"{name} ({meta.precision}): the outputs are not finite (NaN or Inf in "
-            f"{', '.join(nonfinite)}): the model's weights hold NaN or Inf, or its values "
-            "overflow"
-        )
-    limits = LIMITS[meta.precision]
-    if meta.maps:
-        map_errors = compare_maps(got, ref)
-        errors.update(map_errors)
-        failed += failing_map_figures(map_errors, meta.precision)
-        limits = {**limits, **MAP_LIMITS[meta.precision]}
-    same_classes = torch.equal(got.target_classes.cpu(), ref.target_classes.cpu())
-    if failed or not same_classes:
-        figures = ", ".join(f"{k} {v:.2e}" for k, v in errors.items())
-        raise ExportValidationError(
-            f"{name} ({meta.precision}) disagrees with the eager reference at batch {batch}: "
-            f"{failed} beyond the limits {limits}; relative errors {figures}; "
-            f"target classes {'match' if same_classes else 'differ'}"
-        )
-    log.info("validated %s: %s", name, errors)
-    return errors

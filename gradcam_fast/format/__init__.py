@@ -1,1 +1,1 @@
-"""The exported file's contract: metadata, result types, input checks and preprocessing constants."""
+"""The exported file's contract: metadata, result types, input checks, preprocessing."""

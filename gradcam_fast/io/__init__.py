@@ -1,1 +1,1 @@
-"""Image files in and out: decoding, preprocessing, overlays, input discovery, galleries."""
+"""Image files in and out: decoding, preprocessing, overlays, listings, calibration sets."""

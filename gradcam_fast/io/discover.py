@@ -12,7 +12,24 @@ from pathlib import Path
 
 from .images import IMAGE_EXTENSIONS
 
-__all__ = ["collect_inputs", "dataset_sources", "is_uri"]
+__all__ = ["collect_inputs", "dataset_sources", "image_files", "is_uri"]
+
+
+def image_files(folder: Path, exclude: Path | None = None) -> list[Path]:
+    """The image files in `folder` and its subfolders, sorted: files with an image extension
+    (IMAGE_EXTENSIONS), skipping hidden files and folders and anything under `exclude`. The one
+    folder listing of the package: explain's inputs and int8 calibration sets alike."""
+    excluded = exclude.resolve() if exclude is not None else None
+    found = []
+    for path in sorted(folder.rglob("*")):
+        relative = path.relative_to(folder).parts
+        if any(part.startswith(".") for part in relative) or not path.is_file():
+            continue
+        if excluded is not None and path.resolve().is_relative_to(excluded):
+            continue
+        if path.suffix.lower() in IMAGE_EXTENSIONS:
+            found.append(path)
+    return found
 
 
 def collect_inputs(items: Sequence[str], exclude: Path | None = None) -> list[Path]:
@@ -26,7 +43,6 @@ def collect_inputs(items: Sequence[str], exclude: Path | None = None) -> list[Pa
     """
     found: list[Path] = []
     seen: set[Path] = set()
-    excluded = exclude.resolve() if exclude is not None else None
 
     def add(path: Path) -> None:
         key = path.resolve()
@@ -35,14 +51,8 @@ def collect_inputs(items: Sequence[str], exclude: Path | None = None) -> list[Pa
             found.append(path)
 
     def scan(folder: Path) -> None:
-        for path in sorted(folder.rglob("*")):
-            relative = path.relative_to(folder).parts
-            if any(part.startswith(".") for part in relative) or not path.is_file():
-                continue
-            if excluded is not None and path.resolve().is_relative_to(excluded):
-                continue
-            if path.suffix.lower() in IMAGE_EXTENSIONS:
-                add(path)
+        for path in image_files(folder, exclude):
+            add(path)
 
     for item in items:
         path = Path(item)

@@ -25,8 +25,7 @@ import numpy as np
 import torch
 from PIL import Image, ImageOps
 
-from ..export.pixels import normalize_pixels
-from ..model.loading import IMAGENET_MEAN, IMAGENET_STD
+from ..format.preprocessing import IMAGENET_MEAN, IMAGENET_STD, normalize_pixels
 
 if TYPE_CHECKING:
     from ..format.metadata import ModelMetadata

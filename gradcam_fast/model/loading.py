@@ -13,12 +13,11 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from ..format.preprocessing import IMAGENET_MEAN, IMAGENET_STD
 from .catalog import ARCH_TABLE, ARCHS, TRANSFORMER_PREFIXES
 
 __all__ = [
     "ARCHS",
-    "IMAGENET_MEAN",
-    "IMAGENET_STD",
     "ModelInfo",
     "build_architecture",
     "default_target_layer",
@@ -27,9 +26,6 @@ __all__ = [
     "load_vgg",
     "model_info",
 ]
-
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
 
 _warned_random: set[str] = set()
 

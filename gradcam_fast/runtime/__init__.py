@@ -1,1 +1,1 @@
-"""Running an exported model: the session, its backends (ONNX Runtime, OpenVINO, torch), int8 making."""
+"""Running an exported model: the session, its backends, and the int8 models it makes."""

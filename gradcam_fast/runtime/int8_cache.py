@@ -1,10 +1,10 @@
 """The int8 model of a float32 file, for one backend and one calibration set, made once and cached.
 
 `GradCAMSession(path, precision="int8", calibration=...)` comes here: one `calibration=`
-interface for both runtimes. ONNX Runtime gets its QOperator int8 file (`quantize.quantize_body`,
-as `export_onnx(..., quantize="int8")` makes), OpenVINO the QDQ file NNCF makes
-(`ov_quantize.py`), since OpenVINO cannot read QLinearConv. Before it is cached the int8 model
-is judged against the float32 file on (up to 8 of) the calibration images with
+interface for both runtimes. ONNX Runtime gets its QOperator int8 file
+(`ort_quantize.quantize_body`, as `export_onnx(..., quantize="int8")` makes), OpenVINO the QDQ
+file NNCF makes (`ov_quantize.py`), since OpenVINO cannot read QLinearConv. Before it is cached
+the int8 model is judged against the float32 file on (up to 8 of) the calibration images with
 `compare.LIMITS["int8"]`: a quantization that broke the maps is refused, never cached.
 Files live in `cache_dir()/int8/`, named by the source file (path, size, modification time),
 the backend, the calibration method and a hash of the calibration set.
@@ -46,7 +46,8 @@ def int8_model(
     in the model's input format, at least 8); made, validated and cached on first use.
     `open_session(path, backend=...)` opens a CPU session (passed in by the session module,
     which imports this one)."""
-    from .ort_quantize import CALIBRATION_METHODS, calibration_fingerprint, calibration_images
+    from ..io.calibration import calibration_fingerprint, calibration_images
+    from .ort_quantize import CALIBRATION_METHODS
 
     if meta.precision != "float32":
         raise ValueError(f"{path} is a {meta.precision} model: int8 is made from a float32 file")

@@ -1,4 +1,4 @@
-"""int8 export: the body below the target layer quantized with ONNX Runtime's static quantizer.
+"""int8 for ONNX Runtime: the body below the target layer quantized with its static quantizer.
 
 The convolutions up to the target layer (19.6 of VGG19's 19.7 GMAC) become QLinearConv with
 per-channel int8 weights and uint8 activations whose ranges come from calibration images; the
@@ -14,167 +14,31 @@ each block of the float activations or gradients is quantized on the fly). Calib
 part there, so unlike a static QGemm (which kept VGG19's top-1 class for 14 of 16 photos) it
 moves the logits by about as much as the int8 body does (benchmarks/RESULTS.md).
 
-`export_onnx(..., quantize="int8", calibration=...)` calls `quantize_body`; the model is then
-judged against the float32 eager reference with `export.LIMITS["int8"]` (map similarity, not
-1e-4), on calibration images.
+Two callers: `export_onnx(..., quantize="int8")` (`export.quantize`) and a session's int8 model
+of a float32 file (`int8_cache`). The calibration images come from `io.calibration`.
 """
 
 from __future__ import annotations
 
 import logging
-import os
 import tempfile
 import warnings
 from collections import Counter
-from collections.abc import Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 import numpy as np
 import onnx
 import torch
 
-if TYPE_CHECKING:
-    from ..io.images import Preprocessing
+from ..format.onnx_body import body_nodes
+from ..io.calibration import calibration_batches
 
-__all__ = [
-    "CALIBRATION_METHODS",
-    "HEAD_BLOCK_SIZE",
-    "MIN_CALIBRATION_IMAGES",
-    "body_nodes",
-    "calibration_fingerprint",
-    "calibration_images",
-    "quantize_body",
-    "quantize_for_export",
-    "quantize_head_weights",
-]
+__all__ = ["CALIBRATION_METHODS", "HEAD_BLOCK_SIZE", "quantize_body", "quantize_head_weights"]
 
 log = logging.getLogger(__name__)
 
-# Fewer images give activation ranges that the next photo exceeds (clipped activations);
-# benchmarks/lowp.py calibrates VGG19 on 8 photos and judges it on 8 others.
-MIN_CALIBRATION_IMAGES = 8
 CALIBRATION_METHODS = ("minmax", "percentile", "entropy")
-CALIBRATION_BATCH = 4  # images per calibration run (bounds the augmented model's memory)
-VALIDATE_IMAGES = 8  # calibration images the exported int8 model is validated on
 HEAD_BLOCK_SIZE = 128  # head weights per float scale (MatMulNBits block size)
-
-
-def calibration_images(
-    calibration: str | os.PathLike | torch.Tensor | np.ndarray,
-    image_size: int,
-    mean: Sequence[float],
-    std: Sequence[float],
-    raw_pixels: bool = False,
-    preprocessing: Preprocessing | None = None,
-) -> torch.Tensor:
-    """The calibration batch: a folder of image files (read and preprocessed like `explain`
-    does, resized and cropped as `preprocessing` says, default VGG's 256/224 bilinear;
-    unreadable files are skipped with a warning naming them) or a tensor already in the
-    model's input format (float [N,3,S,S] normalized, or uint8 [N,S,S,3] with raw_pixels).
-    Refuses fewer than MIN_CALIBRATION_IMAGES."""
-    if isinstance(calibration, np.ndarray):
-        calibration = torch.from_numpy(calibration)
-    if isinstance(calibration, torch.Tensor):
-        x, source = calibration.detach().cpu(), "the calibration tensor"
-        want = (image_size, image_size, 3) if raw_pixels else (3, image_size, image_size)
-        dtype = torch.uint8 if raw_pixels else torch.float32
-        if x.dim() != 4 or tuple(x.shape[1:]) != want:
-            raise ValueError(
-                f"calibration tensor must be [N, {', '.join(map(str, want))}] (the model's input "
-                f"format), got {list(x.shape)}"
-            )
-        x = x.to(dtype)
-        if not raw_pixels and not torch.isfinite(x).all():
-            raise ValueError("calibration tensor has NaN or infinite values")
-    elif isinstance(calibration, str | os.PathLike):
-        x, source = _read_folder(
-            Path(calibration), image_size, mean, std, raw_pixels, preprocessing or {}
-        )
-    else:
-        raise TypeError(
-            "calibration must be a folder of images or a tensor of preprocessed images, got "
-            f"{type(calibration).__name__}"
-        )
-    if x.shape[0] < MIN_CALIBRATION_IMAGES:
-        raise ValueError(
-            f"int8 calibration needs at least {MIN_CALIBRATION_IMAGES} images, got {x.shape[0]}"
-            f" (readable) from {source}: add {MIN_CALIBRATION_IMAGES - x.shape[0]} or more "
-            "photos like those the model will explain"
-        )
-    return x.contiguous()
-
-
-def _image_files(folder: Path) -> list[Path]:
-    from ..io.images import IMAGE_EXTENSIONS
-
-    if not folder.is_dir():
-        raise FileNotFoundError(
-            f"calibration folder {str(folder)!r} does not exist or is not a folder"
-        )
-    return sorted(
-        p for p in folder.rglob("*") if p.is_file() and p.suffix.lower() in IMAGE_EXTENSIONS
-    )
-
-
-def _read_folder(
-    folder: Path,
-    image_size: int,
-    mean: Sequence[float],
-    std: Sequence[float],
-    raw_pixels: bool,
-    preprocessing: Preprocessing | dict,
-) -> tuple[torch.Tensor, str]:
-    from ..io.images import ImageError, load_image, model_view, to_tensor
-
-    images, skipped = [], []
-    for path in _image_files(folder):
-        try:
-            pixels = model_view(load_image(path), image_size, **preprocessing)
-        except ImageError as exc:
-            skipped.append(f"{path.name} ({' '.join(str(exc).split())})")
-            continue
-        images.append(
-            torch.from_numpy(pixels.copy()) if raw_pixels else to_tensor(pixels, mean, std)
-        )
-    if skipped:
-        warnings.warn(
-            f"calibration: skipped {len(skipped)} unreadable file(s) in {folder}: "
-            + "; ".join(skipped),
-            stacklevel=3,
-        )
-    if not images:
-        shape = (0, image_size, image_size, 3) if raw_pixels else (0, 3, image_size, image_size)
-        return torch.zeros(shape), f"folder {str(folder)!r}"
-    return torch.stack(images), f"folder {str(folder)!r}"
-
-
-def calibration_fingerprint(calibration: str | os.PathLike | torch.Tensor) -> str:
-    """A short hash of a calibration set (file names, sizes and contents of a folder's images,
-    or a tensor's bytes), for cache keys: a different set gives a different exported model."""
-    import hashlib
-
-    digest = hashlib.sha256()
-    if isinstance(calibration, torch.Tensor):
-        digest.update(calibration.detach().cpu().contiguous().numpy().tobytes())
-    else:
-        folder = Path(calibration)
-        for path in _image_files(folder):
-            digest.update(str(path.relative_to(folder)).encode() + b"\0")
-            digest.update(path.read_bytes())
-    return digest.hexdigest()[:12]
-
-
-def body_nodes(proto: onnx.ModelProto) -> set[str]:
-    """Names of the nodes the `activations` output depends on: the body below the target."""
-    producers = {out: node for node in proto.graph.node for out in node.output}
-    body, stack = set(), ["activations"]
-    while stack:
-        node = producers.get(stack.pop())
-        if node is not None and node.name not in body:
-            body.add(node.name)
-            stack.extend(node.input)
-    return body
 
 
 def _gemms_as_matmuls(proto: onnx.ModelProto, body: set[str]) -> set[str]:
@@ -260,13 +124,7 @@ class _Reader:
     """onnxruntime.quantization.CalibrationDataReader over the calibration batch."""
 
     def __init__(self, images: torch.Tensor, num_targets: int):
-        self._batches = [
-            {
-                "images": images[i : i + CALIBRATION_BATCH].numpy(),
-                "targets": np.full((len(images[i : i + CALIBRATION_BATCH]), num_targets), -1),
-            }
-            for i in range(0, len(images), CALIBRATION_BATCH)
-        ]
+        self._batches = calibration_batches(images, num_targets)
         self._next = iter(self._batches)
 
     def get_next(self) -> dict[str, np.ndarray] | None:
@@ -274,40 +132,6 @@ class _Reader:
 
     def rewind(self) -> None:
         self._next = iter(self._batches)
-
-
-def quantize_for_export(
-    proto: onnx.ModelProto,
-    quantize: str,
-    calibration,
-    method: str,
-    fp16: bool,
-    image_size: int,
-    num_targets: int,
-    info,
-    raw_pixels: bool,
-) -> tuple[onnx.ModelProto, dict, torch.Tensor]:
-    """export_onnx's hook: checks the options, reads the calibration set, quantizes; returns
-    the model, its metadata fields and the images to validate it on."""
-    if quantize != "int8":
-        raise ValueError(f"quantize must be None or 'int8', got {quantize!r}")
-    if fp16:
-        raise ValueError("quantize='int8' and fp16=True exclude each other: choose one precision")
-    if calibration is None:
-        raise ValueError(
-            "quantize='int8' needs calibration images: a folder of image files or a tensor of "
-            f"preprocessed images (at least {MIN_CALIBRATION_IMAGES})"
-        )
-    if method not in CALIBRATION_METHODS:
-        raise ValueError(f"calibration method must be one of {CALIBRATION_METHODS}, got {method!r}")
-    from ..io.images import preprocessing_of
-
-    images = calibration_images(
-        calibration, image_size, info.mean, info.std, raw_pixels, preprocessing_of(info)
-    )
-    proto = quantize_body(proto, images, num_targets, method)
-    fields = {"calibration_method": method, "calibration_images": len(images)}
-    return proto, fields, images[:VALIDATE_IMAGES]
 
 
 def quantize_body(

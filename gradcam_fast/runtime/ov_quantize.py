@@ -3,7 +3,7 @@
 ONNX Runtime's int8 file (QLinearConv, QOperator format) cannot be read by OpenVINO, so OpenVINO's
 int8 model is made from the float32 file by NNCF (its ONNX backend): QuantizeLinear /
 DequantizeLinear pairs around the body's convolutions, calibrated on the same photos as
-ONNX Runtime's int8 (`quantize.calibration_images`). Every node outside `quantize.body_nodes`
+ONNX Runtime's int8 (`io.calibration`). Every node outside `format.onnx_body.body_nodes`
 (the head, its written-out backward, the target resolution, the in-graph maps) is in NNCF's
 ignored scope: activations and gradients above the target layer stay float32 (and so do the
 head's Linear weights, unless `head_weights=True`). The result is
@@ -15,11 +15,11 @@ from __future__ import annotations
 
 import logging
 
-import numpy as np
 import onnx
 import torch
 
-from .ort_quantize import CALIBRATION_BATCH, body_nodes
+from ..format.onnx_body import body_nodes
+from ..io.calibration import calibration_batches
 
 __all__ = ["NNCF_INSTALL", "quantize_with_nncf"]
 
@@ -58,13 +58,7 @@ def quantize_with_nncf(
     nncf_log.setLevel(logging.WARNING)  # NNCF logs every node it leaves out at INFO
     body = body_nodes(proto)
     ignored = [n.name for n in proto.graph.node if n.name not in body]
-    batches = [
-        {
-            "images": images[i : i + CALIBRATION_BATCH].numpy(),
-            "targets": np.full((len(images[i : i + CALIBRATION_BATCH]), num_targets), -1),
-        }
-        for i in range(0, len(images), CALIBRATION_BATCH)
-    ]
+    batches = calibration_batches(images, num_targets)
     try:
         quantized = nncf.quantize(
             proto,
