@@ -1,14 +1,16 @@
 """The package's shape: no import cycles (imports inside functions included), no long modules.
 
-Every module's imports are read with `ast` (module level, inside functions and under
-TYPE_CHECKING alike), plus the two imports made by name at run time: the package's lazy public
+Every module's imports are read with `ast` (tests/package_imports.py: module level, inside
+functions and under TYPE_CHECKING alike), plus the two imports made by name at run time: the package's lazy public
 names (`gradcam_fast._WHERE`) and the CLI's subcommand modules (`gradcam_fast.cli.SUBCOMMANDS`).
 """
 
 from __future__ import annotations
 
-import ast
 from pathlib import Path
+
+from package_imports import import_graph as source_imports
+from package_imports import modules
 
 import gradcam_fast
 import gradcam_fast.cli
@@ -17,44 +19,8 @@ PACKAGE = Path(gradcam_fast.__file__).resolve().parent
 MAX_LINES = 400
 
 
-def _module_name(path: Path) -> str:
-    parts = path.relative_to(PACKAGE.parent).with_suffix("").parts
-    return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
-
-
-def _modules() -> dict[str, Path]:
-    return {_module_name(p): p for p in sorted(PACKAGE.rglob("*.py"))}
-
-
-def _imports(name: str, path: Path, modules: dict[str, Path]) -> set[str]:
-    """The package's modules that `name` imports anywhere in its source."""
-    package = name if path.name == "__init__.py" else name.rpartition(".")[0]
-    found: set[str] = set()
-    for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
-        if isinstance(node, ast.Import):
-            targets = [alias.name for alias in node.names]
-        elif isinstance(node, ast.ImportFrom):
-            if node.level:
-                base = package.rsplit(".", node.level - 1)[0] if node.level > 1 else package
-                base = f"{base}.{node.module}" if node.module else base
-            else:
-                base = node.module or ""
-            # `from . import x` imports the submodule x when there is one
-            targets = [f"{base}.{a.name}" for a in node.names if f"{base}.{a.name}" in modules]
-            targets = targets or [base]
-        else:
-            continue
-        for target in targets:
-            while target and target not in modules:  # `import a.b.c` names a.b.c's module
-                target = target.rpartition(".")[0]
-            if target and target != name:
-                found.add(target)
-    return found
-
-
 def import_graph() -> dict[str, set[str]]:
-    modules = _modules()
-    graph = {name: _imports(name, path, modules) for name, path in modules.items()}
+    graph = source_imports(PACKAGE)
     graph["gradcam_fast"] |= {f"gradcam_fast.{m}" for m in gradcam_fast._WHERE.values()}
     graph["gradcam_fast.cli"] |= {f"gradcam_fast.cli.{m}" for m in gradcam_fast.cli.SUBCOMMANDS}
     return graph
@@ -101,7 +67,8 @@ def test_no_import_cycle_in_the_package():
 
 def test_no_module_is_over_400_lines():
     lengths = {
-        name: len(p.read_text(encoding="utf-8").splitlines()) for name, p in _modules().items()
+        name: len(p.read_text(encoding="utf-8").splitlines())
+        for name, p in modules(PACKAGE).items()
     }
     long = {name: n for name, n in lengths.items() if n > MAX_LINES}
     assert not long, f"modules over {MAX_LINES} lines: {long}"
