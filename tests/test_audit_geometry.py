@@ -1,6 +1,6 @@
 """Boxes given in the original image's pixels land where they should after resize and center
 crop: the audit places each map computed on the model's S x S crop back onto the original image
-(images.cam_to_image) before scoring it against the boxes. Checked with a stand-in session whose
+(io.images.cam_to_image) before scoring it against the boxes. Checked with a stand-in session whose
 map is the input's brightness, on a non-square image with a bright, off-center rectangle."""
 
 from __future__ import annotations

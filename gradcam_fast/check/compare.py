@@ -1,7 +1,7 @@
 """Comparing a session's results with the eager reference: error figures and their limits.
 
 Without onnx or onnxruntime, so tests, benchmarks and the GPU check use it wherever they run.
-`export.validate_onnx` judges every export with it.
+`export.validate.validate_onnx` judges every export with it.
 """
 
 from __future__ import annotations

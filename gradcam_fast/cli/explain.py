@@ -1,4 +1,4 @@
-"""`gradcam-fast explain IMAGE... --out DIR`: `explain.explain` on files, folders and globs.
+"""`gradcam-fast explain IMAGE... --out DIR`: `app.explain.explain` on files, folders and globs.
 
 Exit status: 0 every file explained, 1 some failed (see results.jsonl), 2 nothing ran.
 """

@@ -1,10 +1,10 @@
-"""`gradcam-fast explain-dataset SOURCE... --out DEST`: `distributed.explain_dataset` on the command
-line: Grad-CAM for whole datasets on Ray Data.
+"""`gradcam-fast explain-dataset SOURCE... --out DEST`: `services.ray_data.explain_dataset` on
+the command line: Grad-CAM for whole datasets on Ray Data.
 
 The driver exports (or finds) the model once, then Ray Data reads the files as bytes and a pool of
 actors, one GradCAMSession each, decodes and explains them in batches; DEST gets Parquet, one row
-per file (see `gradcam_fast.distributed.ROW_SCHEMA`). Without an address it starts a local Ray
-sized to this machine; RAY_ADDRESS or --address sends the job to a cluster.
+per file (see `gradcam_fast.services.ray_data.ROW_SCHEMA`). Without an address it starts a local
+Ray sized to this machine; RAY_ADDRESS or --address sends the job to a cluster.
 """
 
 from __future__ import annotations

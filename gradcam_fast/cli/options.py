@@ -117,14 +117,14 @@ def pick(args: argparse.Namespace, *names: str) -> dict:
 
 def network_options(args: argparse.Namespace) -> dict:
     """The network options (and the int8 ones, `precision.precision_kwargs`) as keyword
-    arguments of `export_onnx` / `cache.cached_model`."""
+    arguments of `export_onnx` / `model_cache.cached_model`."""
     network = pick(args, "arch", "weights", "seed", "target_layer", "image_size")
     network["image_size"] = network["image_size"] or ARCH_TABLE[args.arch][2]
     return network | precision_kwargs(args)
 
 
 def session_options(args: argparse.Namespace) -> dict:
-    """The model options as keyword arguments of `cache.open_session` (the backend and
+    """The model options as keyword arguments of `model_cache.open_session` (the backend and
     precision, resolved for this CPU, among its `session_options`)."""
     return pick(args, "model", "device", "tensorrt") | {"session_options": session_kwargs(args)}
 

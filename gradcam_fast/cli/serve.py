@@ -1,8 +1,8 @@
 """`gradcam-fast serve`: the Grad-CAM HTTP API on Ray Serve, in the foreground until Ctrl-C/SIGTERM.
 
 The model is resolved (and exported into the cache if needed) before Ray starts; the replicas of
-`gradcam_fast.serve.app` then answer on --host:--port. On Ctrl-C or SIGTERM the application is
-deleted and, when this command started them, Ray Serve and Ray are shut down.
+`gradcam_fast.services.ray_serve.app` then answer on --host:--port. On Ctrl-C or SIGTERM the
+application is deleted and, when this command started them, Ray Serve and Ray are shut down.
 """
 
 from __future__ import annotations

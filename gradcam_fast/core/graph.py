@@ -139,7 +139,7 @@ class GradCAMGraph(nn.Module):
                     f"layer {traced.name_of(target)!r} and the logits and has no VJP rule, so "
                     "its Grad-CAM would be wrong: refused. Supported ops: "
                     f"{', '.join(supported_ops())}. Pick a target layer after it (`gradcam-fast "
-                    "layers`), or add a rule to gradcam_fast/vjp.py"
+                    "layers`), or add a rule to gradcam_fast/core/vjp.py"
                 )
             self._rules[n] = rule
         self._check_batch_axis(traced)

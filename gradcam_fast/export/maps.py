@@ -38,8 +38,8 @@ __all__ = [
 ]
 
 # Limits of `compare_maps`' figures by precision. `cams` (against the eager reference) is judged
-# in float32 only: a float16 body moves the low-resolution maps by up to 5% (export.LIMITS), and
-# min-max normalization can magnify that where a map is nearly flat. `cams_postprocess` (the
+# in float32 only: a float16 body moves the low-resolution maps by up to 5% (check.compare.LIMITS),
+# and min-max normalization can magnify that where a map is nearly flat. `cams_postprocess` (the
 # graph's cams against torch's post-processing of the graph's own cams_lowres) checks the
 # in-graph upsampling and min-max. In a float16 model (export.float16) ONNX Runtime's
 # converter keeps those ops in float32 but casts the tensors between them to float16 and back,

@@ -82,7 +82,8 @@ def as_image_batch(
     if not images.is_floating_point():
         raise TypeError(
             f"images must be floating point, normalized with the model's mean/std; got {images.dtype}."
-            " Convert decoded pixels with gradcam_fast.images.preprocess (or x / 255 then normalize)."
+            " Convert decoded pixels with gradcam_fast.io.images.preprocess"
+            " (or x / 255 then normalize)."
         )
     if images.ndim == 3:
         images = images.unsqueeze(0)

@@ -108,7 +108,7 @@ def overlay(
     if cam.shape != image.shape[:2]:
         raise ValueError(
             f"map shape {list(cam.shape)} differs from the image's {list(image.shape[:2])}: "
-            "resize the map to the image first (gradcam_fast.images.cam_to_image)"
+            "resize the map to the image first (gradcam_fast.io.images.cam_to_image)"
         )
     if not 0.0 <= alpha <= 1.0:
         raise ValueError(f"alpha must be in [0, 1] (the heatmap's weight), got {alpha}")

@@ -42,7 +42,7 @@ try:
     from starlette.responses import JSONResponse, Response
 except ImportError as exc:  # pragma: no cover - depends on the environment
     raise ImportError(
-        'gradcam_fast.serve needs Ray Serve: pip install "gradcam_fast[serve]" '
+        'gradcam_fast.services.ray_serve needs Ray Serve: pip install "gradcam_fast[serve]" '
         '(or pip install "ray[serve]>=2.51")'
     ) from exc
 
