@@ -178,7 +178,7 @@ class EagerAutograd(_Contender):
 
     def _hook(self, module, inputs, output):
         self.activations = output.detach().requires_grad_()
-        return self.activations
+        return self.activations.clone()  # not a leaf: an in-place op may follow (DenseNet)
 
     def run(self, images, classes):
         with torch.enable_grad():

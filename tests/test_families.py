@@ -87,6 +87,20 @@ def test_export_runs_in_onnx_runtime_like_the_oracle(family, tmp_path):
     assert torch.equal(got.target_classes, ref.target_classes)
 
 
+def test_a_frozen_densenet_at_the_output_of_features_matches_the_oracle():
+    """Frozen weights (requires_grad False) and a target followed by an in-place op (DenseNet's
+    F.relu(features, inplace=True)): the oracle's tap must not hand that op a leaf tensor."""
+    model = _model("densenet121").requires_grad_(False)
+    graph = GradCAMGraph(model, "features", 2, image_size=64)
+    images, targets = _inputs(64)
+    with torch.no_grad():
+        _, classes, activations, gradients = graph(images, targets)
+    ref = eager_gradcam(model, images, targets, "features")
+    assert torch.equal(classes, ref.target_classes)
+    torch.testing.assert_close(activations, ref.activations, rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(gradients, ref.gradients, rtol=1e-4, atol=1e-9)
+
+
 def test_resnet_default_target_is_layer4_and_its_channel_weights_skip_the_fc_vjp():
     """Only pooling lies between layer4 and fc: the channel weights are fc's rows / (h*w)."""
     model = _model("resnet18")

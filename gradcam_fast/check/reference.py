@@ -41,7 +41,11 @@ class _Tap(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         self.activations = x.detach().clone()
         # A frozen network's activations need no gradient: start the backward here instead.
-        copy = x.clone() if x.requires_grad else x.detach().clone().requires_grad_()
+        # The copy is never a leaf, so that an in-place op after the target (DenseNet's
+        # F.relu(features, inplace=True)) may modify it; a hook registered before an in-place
+        # op receives the gradient with respect to the value before it, the target's.
+        source = x if x.requires_grad else x.detach().requires_grad_()
+        copy = source.clone()
         copy.register_hook(lambda g: self.gradients.append(g.detach().clone()))
         return copy
 
