@@ -258,8 +258,8 @@ def start_times(folder: Path, calib: torch.Tensor) -> dict[str, float]:
 
 def _refused(what: str, make, *args, **kwargs) -> bool:
     """Run `make`; True (and the reason kept in REFUSED) where it refused the int8 file."""
-    from gradcam_fast.export import ExportValidationError
-    from gradcam_fast.int8_cache import Int8ValidationError
+    from gradcam_fast.export.validate import ExportValidationError
+    from gradcam_fast.runtime.int8_cache import Int8ValidationError
 
     try:
         make(*args, **kwargs)
