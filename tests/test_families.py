@@ -101,6 +101,25 @@ def test_a_frozen_densenet_at_the_output_of_features_matches_the_oracle():
     torch.testing.assert_close(gradients, ref.gradients, rtol=1e-4, atol=1e-9)
 
 
+def test_a_bfloat16_body_converts_parameters_outside_leaf_modules():
+    """ConvNeXt's layer scale is a parameter of its block, read by a get_attr node: the torch
+    backend's bfloat16 body converts it too (else the next conv gets float32 inputs), and the
+    maps keep their shape (LIMITS["bfloat16"])."""
+    model = _model("convnext_tiny")
+    images, targets = _inputs(64)
+    f32 = GradCAMSession.from_model(model, image_size=64, num_targets=2, device="cpu")(
+        images, targets
+    )
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)  # "slow without AVX512-BF16"
+        session = GradCAMSession.from_model(
+            model, image_size=64, num_targets=2, device="cpu", precision="bfloat16"
+        )
+    got = session(images, f32.target_classes)
+    errors = compare_with_reference(got, f32)
+    assert failing_figures(errors, "bfloat16") == [], errors
+
+
 def test_resnet_default_target_is_layer4_and_its_channel_weights_skip_the_fc_vjp():
     """Only pooling lies between layer4 and fc: the channel weights are fc's rows / (h*w)."""
     model = _model("resnet18")

@@ -238,8 +238,13 @@ class GradCAMGraph(nn.Module):
         for node in self._body:
             if node.op == "placeholder":
                 env[node] = images.to(self.body_dtype)
-            else:
-                env[node] = self._call(node, env)
+                continue
+            value = self._call(node, env)
+            if node.op == "get_attr" and torch.is_tensor(value) and value.is_floating_point():
+                # a parameter outside the leaf modules (ConvNeXt's layer scale), which
+                # set_body_dtype did not convert: in float32 it would promote the body back
+                value = value.to(self.body_dtype)
+            env[node] = value
         return env
 
     def run_body(self, images: torch.Tensor) -> torch.Tensor:
