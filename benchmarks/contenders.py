@@ -169,18 +169,29 @@ class EagerAutograd(_Contender):
     def __init__(self, setup: Setup):
         self.setup = setup
         self.model = setup.model
-        self.flags = [p.requires_grad for p in self.model.parameters()]
-        for p in self.model.parameters():
-            p.requires_grad_(False)
         self.activations: torch.Tensor | None = None
-        layer = setup.target_module
-        self.handle = layer.register_forward_hook(self._hook)
+        self.handle: Any = None
 
     def _hook(self, module, inputs, output):
         self.activations = output.detach().requires_grad_()
         return self.activations.clone()  # not a leaf: an in-place op may follow (DenseNet)
 
     def run(self, images, classes):
+        # Frozen and hooked during this call only: the contenders share one model, and the
+        # others (the eager hook, the peers) must run on it as their users have it, unfrozen
+        # (a frozen model would cut their backward short at the target too).
+        flags = [p.requires_grad for p in self.model.parameters()]
+        for p in self.model.parameters():
+            p.requires_grad_(False)
+        self.handle = self.setup.target_module.register_forward_hook(self._hook)
+        try:
+            return self._run(images, classes)
+        finally:
+            self.handle.remove()
+            for p, flag in zip(self.model.parameters(), flags, strict=True):
+                p.requires_grad_(flag)
+
+    def _run(self, images, classes):
         with torch.enable_grad():
             logits = self.model(images)
             activations = self.activations
@@ -193,11 +204,6 @@ class EagerAutograd(_Contender):
         lowres = gradcam_lowres(activations.detach(), torch.stack(grads, dim=1))
         cams = upsample_normalize(lowres, self.setup.image_size)
         return Output(cams, lowres, classes, logits.detach())
-
-    def close(self):
-        self.handle.remove()
-        for p, flag in zip(self.model.parameters(), self.flags, strict=True):
-            p.requires_grad_(flag)
 
 
 class PytorchGradCam(_Contender):
