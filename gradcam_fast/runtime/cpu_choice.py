@@ -12,7 +12,7 @@ ONNX Runtime, batch 1 / batch 8; benchmarks/RESULTS.md has the runs.
 | CPU features | auto picks, in order (int8 needs calibration) | exact float32 | measured |
 | --- | --- | --- | --- |
 | amx_bf16 + amx_int8 (Intel Xeon 4th gen+) | OpenVINO int8, OpenVINO bf16, ONNX Runtime int8 | ONNX Runtime | by the issue's author on a 2-core AMX Xeon, 2026-12-02: int8 5.8x / 11.4x, bf16 4.2x / 6.9x |
-| avx512_bf16 + avx512_vnni, no AMX (AMD Zen 4) | ONNX Runtime int8, OpenVINO int8, OpenVINO bf16 | ONNX Runtime | here, 2-core AMD EPYC Zen 4, 2026-12-02 (loaded machine): ORT int8 3.79x / 2.63x, OpenVINO int8 2.58x / 4.33x, bf16 1.75x / 1.48x |
+| avx512_bf16 + avx512_vnni, no AMX (AMD Zen 4) | ONNX Runtime int8, OpenVINO int8, OpenVINO bf16 | ONNX Runtime | here, 2-core AMD EPYC Zen 4, 2026-12-03 (quiet rerun): ORT int8 3.35x / 3.72x, OpenVINO int8 2.46x / 3.63x, bf16 1.78x / 2.00x |
 | avx512_vnni or avx_vnni | ONNX Runtime int8 | ONNX Runtime | ONNX Runtime's QOperator int8 (issue 13); OpenVINO not measured on such a CPU |
 | anything else | (none) | ONNX Runtime | today's default |
 
@@ -74,9 +74,9 @@ ROWS = (
         frozenset({"avx512_bf16", "avx512_vnni"}),
         (("onnxruntime", "int8"), ("openvino", "int8"), ("openvino", "bfloat16")),
         "onnxruntime",
-        "measured on a 2-core AMD EPYC Zen 4 (no AMX; benchmarks/RESULTS.md, 2026-12-02, a "
-        "loaded machine): ONNX Runtime int8 3.79x/2.63x, OpenVINO int8 2.58x/4.33x, OpenVINO "
-        "bf16 1.75x/1.48x over ONNX Runtime float32 at batch 1/8",
+        "measured on a 2-core AMD EPYC Zen 4 (no AMX; benchmarks/RESULTS.md, quiet rerun of "
+        "2026-12-03): ONNX Runtime int8 3.35x/3.72x, OpenVINO int8 2.46x/3.63x, OpenVINO "
+        "bf16 1.78x/2.00x over ONNX Runtime float32 at batch 1/8",
     ),
     Row(
         "VNNI",
