@@ -66,7 +66,7 @@ def export_all(model: torch.nn.Module, folder: Path, profile: Profile) -> dict[s
                               generator=torch.Generator().manual_seed(99))  # fmt: skip
     export_onnx(
         model, paths["gradcam_int8"], image_size=profile.image_size, gradients=False,
-        quantize="int8", calibration=calibration, validate=False,
+        precision="int8", calibration=calibration, validate=False,
     )  # fmt: skip
     from gradcam_fast.runtime.cpu_choice import openvino_installed
 

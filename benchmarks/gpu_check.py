@@ -426,9 +426,7 @@ def export_each(model, folder: Path, recorder: Recorder) -> dict[str, Path | Exc
         try:
             if not path.is_file():
                 tmp = folder / f"{precision}.part.onnx"
-                export_onnx(
-                    model, tmp, image_size=SIZE, fp16=precision == "float16", validate=False
-                )
+                export_onnx(model, tmp, image_size=SIZE, precision=precision, validate=False)
                 os.replace(tmp, path)
                 what = "exported"
             else:

@@ -109,7 +109,7 @@ def fidelity(
     for fold, (calib, judged) in enumerate([(halves[0], halves[1]), (halves[1], halves[0])]):
         path = folder / ("gradcam_int8.onnx" if fold == 0 else "int8_fold1.onnx")
         if fold == 1:
-            export_onnx(model, path, gradients=False, quantize="int8", calibration=images[calib],
+            export_onnx(model, path, gradients=False, precision="int8", calibration=images[calib],
                         calibration_method=method, validate=False, target_layer=target)  # fmt: skip
         got = GradCAMSession(path, device="cpu")(images[judged], classes[judged])
         int8_lowres[judged], int8_logits[judged] = got.cams_lowres, got.logits
@@ -362,7 +362,7 @@ def main(argv: list[str] | None = None) -> int:
             export_onnx(model, folder / "gradcam_k5.onnx", num_targets=5, validate=False,
                         target_layer=target)  # fmt: skip
         for name, k in (("gradcam_int8", 1), *k5):
-            options = dict(gradients=False, num_targets=k, quantize="int8", calibration=calib,
+            options = dict(gradients=False, num_targets=k, precision="int8", calibration=calib,
                            calibration_method=args.method, target_layer=target)  # fmt: skip
             if name == "gradcam_int8":  # validated, as export does for a user (refusal reported)
                 clock = time.perf_counter()

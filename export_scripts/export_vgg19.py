@@ -1,7 +1,7 @@
 """Export VGG19's Grad-CAM graph to ONNX: `gradcam-fast export` as a script.
 
     python export_scripts/export_vgg19.py -o vgg19.onnx [--weights imagenet|random|FILE]
-        [--target-layer features.35] [--image-size 224] [-k 1] [--fp16] [--raw-pixels]
+        [--target-layer features.35] [--image-size 224] [-k 1] [--precision float16] [--raw-pixels]
         [--channel-weights-only] [--external-data] [--opset N] [--no-validate] [--arch ...]
 
 It runs the command line's own `export` subcommand (its parser, options, defaults and error

@@ -79,7 +79,9 @@ def test_cuda_graphs_need_cuda(tiny, tiny_fp32_onnx):
 
 
 def test_fp16_export_keeps_float32_io_and_a_float32_head(tiny, tmp_path):
-    path = export_onnx(tiny, tmp_path / "fp16.onnx", image_size=40, num_targets=2, fp16=True)
+    path = export_onnx(
+        tiny, tmp_path / "fp16.onnx", image_size=40, num_targets=2, precision="float16"
+    )
     proto = onnx.load(path)
     io_types = {
         v.name: v.type.tensor_type.elem_type for v in [*proto.graph.input, *proto.graph.output]

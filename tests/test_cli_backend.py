@@ -84,7 +84,7 @@ def test_plan_int8_per_backend(monkeypatch):
     assert session_kwargs(args) == {"backend": "openvino", "precision": "int8",
                                     "calibration": photos}  # fmt: skip
     args = _args(calibration=photos)  # auto on Zen 4: ONNX Runtime's int8 (measured faster)
-    assert precision_kwargs(args)["quantize"] == "int8"  # ONNX Runtime's int8 export
+    assert precision_kwargs(args)["precision"] == "int8"  # ONNX Runtime's int8 export
     assert session_kwargs(args) == {"backend": "onnxruntime"}
     monkeypatch.setenv("GRADCAM_FAST_CPU_FLAGS", "")
     args = _args()

@@ -88,7 +88,9 @@ def test_aug_smooth_saves_the_smoothed_maps(capsys, float_model, tmp_path):
 def test_fp16_export_then_explain_with_it(capsys, tiny_loader, float_model, tmp_path):
     path = tmp_path / "fp16.onnx"
     argv = ["export", "--arch", "vgg11", "--weights", "random", "--image-size", str(SIZE)]
-    assert main([*argv, "--fp16", "-o", str(path)]) == EXIT_OK, capsys.readouterr().err
+    assert main([*argv, "--precision", "float16", "-o", str(path)]) == EXIT_OK, (
+        capsys.readouterr().err
+    )
     assert capsys.readouterr().out.strip() == str(path)
     assert GradCAMSession(path, "cpu").metadata.precision == "float16"
     out = tmp_path / "out"

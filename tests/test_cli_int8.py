@@ -1,4 +1,4 @@
-"""The int8 command-line options: `export --int8 --calibration DIR`, `--precision int8`."""
+"""The int8 command-line options: `export --precision int8 --calibration DIR`, `--precision int8`."""
 
 from __future__ import annotations
 
@@ -23,8 +23,14 @@ def photos(tmp_path):
 @pytest.mark.parametrize(
     ("argv", "message"),
     [
-        (["export", "-o", "m.onnx", "--int8"], "int8 needs --calibration DIR"),
+        (["export", "-o", "m.onnx", "--precision", "int8"], "int8 needs --calibration DIR"),
         (["export", "-o", "m.onnx", "--calibration", "."], "--calibration is for int8 models"),
+        (["export", "-o", "m.onnx", "--int8"], "int8 needs --calibration DIR"),
+        (["export", "-o", "m.onnx", "--fp16", "--int8"], "--fp16 and --int8 exclude each other"),
+        (
+            ["export", "-o", "m.onnx", "--precision", "float32", "--fp16"],
+            "--precision float32 and --fp16 exclude each other",
+        ),
         (["bench", "--precision", "int8"], "int8 needs --calibration DIR"),
         (
             ["bench", "--precision", "int8", "--calibration", ".", "--model", "m.onnx"],
@@ -46,7 +52,12 @@ def test_export_int8_and_bench_precision_int8(tmp_path, monkeypatch, capsys, pho
     a key holding the calibration set's hash."""
     out = tmp_path / "vgg11-int8.onnx"
     common = ["--arch", "vgg11", "--weights", "random", "--image-size", "32"]
-    assert main(["export", *common, "--int8", "--calibration", str(photos), "-o", str(out)]) == 0
+    assert (
+        main(
+            ["export", *common, "--precision", "int8", "--calibration", str(photos), "-o", str(out)]
+        )
+        == 0
+    )
     meta = GradCAMSession(out, "cpu").metadata
     assert (meta.precision, meta.calibration_images, meta.calibration_method) == (
         "int8",
@@ -62,3 +73,22 @@ def test_export_int8_and_bench_precision_int8(tmp_path, monkeypatch, capsys, pho
     Image.new("RGB", (40, 40), (9, 9, 9)).save(photos / "extra.png")
     assert main([*bench, "--precision", "int8", "--calibration", str(photos)]) == 0
     assert len(list((tmp_path / "cache").glob("*int8*.onnx"))) == 2  # another set, another model
+
+
+def test_export_deprecated_flags_name_the_new_option(capsys):
+    """--fp16 and --int8 still choose the file's precision, with a note naming --precision;
+    export's precision choices are export_onnx's."""
+    import argparse
+
+    from gradcam_fast.cli import precision
+    from gradcam_fast.export.onnx_export import EXPORT_PRECISIONS
+
+    assert precision._EXPORT_PRECISIONS == EXPORT_PRECISIONS
+    parser = argparse.ArgumentParser()
+    precision.add_precision_options(parser, export=True)
+    assert precision.precision_kwargs(parser.parse_args(["--fp16"])) == {"precision": "float16"}
+    assert "--fp16 is deprecated: use --precision float16" in capsys.readouterr().err
+    args = parser.parse_args(["--int8", "--calibration", "photos"])
+    assert precision.precision_kwargs(args)["precision"] == "int8"
+    assert "--int8 is deprecated: use --precision int8" in capsys.readouterr().err
+    assert precision.precision_kwargs(parser.parse_args([])) == {"precision": "float32"}

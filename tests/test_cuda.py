@@ -102,7 +102,7 @@ def exports(vgg19, tmp_path_factory):
             root / f"{precision}.onnx",
             image_size=SIZE,
             num_targets=2,
-            fp16=precision == "float16",
+            precision=precision,
             validate=False,
         )
 

@@ -170,7 +170,7 @@ def test_int8_resnet_keeps_the_maps(tmp_path):
     """The int8 body (static quantization) on a ResNet: validated by map correlation."""
     calibration = torch.randn(8, 3, 64, 64, generator=torch.Generator().manual_seed(3))
     path = export_onnx(
-        _model("resnet18"), tmp_path / "q.onnx", image_size=64, quantize="int8",
+        _model("resnet18"), tmp_path / "q.onnx", image_size=64, precision="int8",
         calibration=calibration, gradients=False,
     )  # fmt: skip
     session = GradCAMSession(path, device="cpu")

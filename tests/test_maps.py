@@ -188,10 +188,10 @@ def test_flat_maps_are_zeros_not_nan(tmp_path):
 
 
 def test_float16_maps_model_validates(tiny, tmp_path):
-    """fp16=True with maps: the float16 limits (the maps part's tensors are rounded to float16
+    """precision="float16" with maps: the float16 limits (the maps part's tensors are rounded to float16
     between its ops by the converter, see maps.MAP_LIMITS)."""
     path = export_onnx(
-        tiny, tmp_path / "fp16.onnx", image_size=S, num_targets=K, maps=True, fp16=True
+        tiny, tmp_path / "fp16.onnx", image_size=S, num_targets=K, maps=True, precision="float16"
     )
     errors = validate_onnx(path, tiny)
     assert errors["cams_lowres"] < 5e-2 and errors["cams_postprocess"] < 5e-3

@@ -183,7 +183,7 @@ def ort_int8(tiny, tmp_path_factory):
     path = tmp_path_factory.mktemp("int8") / "ort_int8.onnx"
     calibration = torch.randn(8, 3, SIZE, SIZE, generator=torch.Generator().manual_seed(7))
     return export_onnx(
-        tiny, path, image_size=SIZE, num_targets=2, gradients=False, quantize="int8",
+        tiny, path, image_size=SIZE, num_targets=2, gradients=False, precision="int8",
         calibration=calibration, validate=False,
     )  # fmt: skip
 

@@ -31,6 +31,7 @@ from gradcam_fast.check.compare import (
 from gradcam_fast.export import quantize
 from gradcam_fast.export.validate import ExportValidationError
 from gradcam_fast.format.metadata import ModelMetadata
+from gradcam_fast.format.onnx_props import file_metadata
 from gradcam_fast.io.calibration import (
     MIN_CALIBRATION_IMAGES,
     calibration_fingerprint,
@@ -63,7 +64,7 @@ def test_int8_export_quantizes_the_body_only_and_passes_validation(tmp_path, tin
         image_size=SIZE,
         num_targets=2,
         gradients=gradients,
-        quantize="int8",
+        precision="int8",
         calibration=_noise(16, 0),
     )
     ops = _int8_ops(path)
@@ -117,7 +118,7 @@ def test_int8_every_target_layer_and_depth(
         tmp_path / "m.onnx",
         image_size=SIZE,
         target_layer=layer,
-        quantize="int8",
+        precision="int8",
         calibration=_noise(8, 1),
     )
     ops = _int8_ops(path)
@@ -138,7 +139,7 @@ def test_int8_raw_pixels(tmp_path, tiny):
         tmp_path / "raw.onnx",
         image_size=SIZE,
         raw_pixels=True,
-        quantize="int8",
+        precision="int8",
         calibration=pixels.to(torch.uint8),
     )
     assert _int8_ops(path)["QLinearConv"] == 3
@@ -151,7 +152,7 @@ def test_int8_model_on_cuda_is_refused_naming_the_alternative(tmp_path, tiny, mo
     from gradcam_fast.runtime import ort_backend
 
     path = export_onnx(
-        tiny, tmp_path / "q.onnx", image_size=SIZE, quantize="int8", calibration=_noise(8, 0)
+        tiny, tmp_path / "q.onnx", image_size=SIZE, precision="int8", calibration=_noise(8, 0)
     )
     real_open = ort_backend._open
 
@@ -168,7 +169,9 @@ def test_int8_model_on_cuda_is_refused_naming_the_alternative(tmp_path, tiny, mo
     monkeypatch.setattr(ort_backend, "providers_for", lambda *a: ["CPUExecutionProvider"])
     monkeypatch.setattr(ort_backend, "cuda_provider_options", lambda *a, **k: {})
     monkeypatch.setattr(ort_backend, "_open", StartedOnCuda)
-    with pytest.raises(ValueError, match=r"int8 model, which runs on the CPU only.*--fp16"):
+    with pytest.raises(
+        ValueError, match=r"int8 model, which runs on the CPU only.*--precision float16"
+    ):
         ort_backend.OrtRunner(path, torch.device("cuda"))
     float_path = export_onnx(tiny, tmp_path / "f.onnx", image_size=SIZE, validate=False)
     runner = ort_backend.OrtRunner(float_path, torch.device("cuda"))  # a float model passes
@@ -178,7 +181,7 @@ def test_int8_model_on_cuda_is_refused_naming_the_alternative(tmp_path, tiny, mo
 def test_too_few_calibration_images_says_how_many(tmp_path, tiny):
     with pytest.raises(ValueError, match=f"at least {MIN_CALIBRATION_IMAGES} images, got 3"):
         export_onnx(
-            tiny, tmp_path / "m.onnx", image_size=SIZE, quantize="int8", calibration=_noise(3, 0)
+            tiny, tmp_path / "m.onnx", image_size=SIZE, precision="int8", calibration=_noise(3, 0)
         )
     assert list(tmp_path.iterdir()) == []
 
@@ -193,7 +196,7 @@ def test_calibration_folder_skips_and_names_unreadable_files(tmp_path, tiny):
     (folder / "broken.jpg").write_bytes(b"not an image")
     with pytest.warns(UserWarning, match=r"skipped 1 unreadable file.*broken\.jpg"):
         path = export_onnx(
-            tiny, tmp_path / "m.onnx", image_size=SIZE, quantize="int8", calibration=folder
+            tiny, tmp_path / "m.onnx", image_size=SIZE, precision="int8", calibration=folder
         )
     assert GradCAMSession(path, device="cpu").metadata.calibration_images == 8
     (folder / "img0.png").unlink()
@@ -202,35 +205,61 @@ def test_calibration_folder_skips_and_names_unreadable_files(tmp_path, tiny):
         warnings.catch_warnings(),
     ):
         warnings.simplefilter("ignore")
-        export_onnx(tiny, tmp_path / "n.onnx", image_size=SIZE, quantize="int8", calibration=folder)
+        export_onnx(
+            tiny, tmp_path / "n.onnx", image_size=SIZE, precision="int8", calibration=folder
+        )
     assert not (tmp_path / "n.onnx").exists()
 
 
 @pytest.mark.parametrize(
     ("options", "message"),
     [
-        ({"quantize": "int4", "calibration": _noise(8, 0)}, "quantize must be None or 'int8'"),
-        ({"quantize": "int8"}, "needs calibration images"),
-        ({"quantize": "int8", "calibration": _noise(8, 0), "fp16": True}, "exclude each other"),
-        ({"quantize": "int8", "calibration": _noise(8, 0)[:, :, :16]}, r"must be \[N, 3, 32, 32\]"),
-        ({"quantize": "int8", "calibration": "/nonexistent/cal"}, "does not exist"),
+        ({"precision": "int4", "calibration": _noise(8, 0)}, "precision must be one of"),
+        ({"precision": "bfloat16"}, r"bfloat16 is a session's precision"),
+        ({"quantize": "int4", "calibration": _noise(8, 0)}, r"quantize must be 'int8' \(or None\)"),
+        ({"precision": "int8"}, "needs calibration images"),
+        ({"precision": "float16", "quantize": "int8", "calibration": _noise(8, 0)}, "exclude"),
+        ({"precision": "int8", "calibration": _noise(8, 0), "fp16": True}, "exclude each other"),
         (
-            {"quantize": "int8", "calibration": _noise(8, 0), "calibration_method": "mean"},
+            {"precision": "int8", "calibration": _noise(8, 0)[:, :, :16]},
+            r"must be \[N, 3, 32, 32\]",
+        ),
+        ({"precision": "int8", "calibration": "/nonexistent/cal"}, "does not exist"),
+        (
+            {"precision": "int8", "calibration": _noise(8, 0), "calibration_method": "mean"},
             "calibration method must be one of",
         ),
     ],
 )
 def test_bad_int8_options_are_refused(tmp_path, tiny, options, message):
-    with pytest.raises((ValueError, FileNotFoundError), match=message):
-        export_onnx(tiny, tmp_path / "m.onnx", image_size=SIZE, **options)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", DeprecationWarning)  # the old spellings among them
+        with pytest.raises((ValueError, FileNotFoundError), match=message):
+            export_onnx(tiny, tmp_path / "m.onnx", image_size=SIZE, **options)
     assert list(tmp_path.iterdir()) == []
+
+
+def test_the_deprecated_spellings_warn_and_make_the_same_model(tmp_path, tiny):
+    """quantize="int8" and fp16=True still export what precision= exports, with a
+    DeprecationWarning naming the new spelling."""
+    calibration = _noise(8, 0)
+    with pytest.warns(DeprecationWarning, match=r"use precision='int8'"):
+        old = export_onnx(tiny, tmp_path / "old.onnx", image_size=SIZE, quantize="int8",
+                          calibration=calibration, validate=False)  # fmt: skip
+    new = export_onnx(tiny, tmp_path / "new.onnx", image_size=SIZE, precision="int8",
+                      calibration=calibration, validate=False)  # fmt: skip
+    assert _int8_ops(old) == _int8_ops(new) and _int8_ops(new)["QLinearConv"] > 0
+    with pytest.warns(DeprecationWarning, match=r"use precision='float16'"):
+        half = export_onnx(tiny, tmp_path / "half.onnx", image_size=SIZE, fp16=True, validate=False)
+    assert file_metadata(half).precision == "float16"
+    assert file_metadata(new).precision == "int8" and file_metadata(old).precision == "int8"
 
 
 def test_a_model_failing_validation_is_not_published(tmp_path, tiny, monkeypatch):
     monkeypatch.setitem(LIMITS, "int8", {"logits": 1e-9})
     with pytest.raises(ExportValidationError, match=r"\(int8\).*\['logits'\]"):
         export_onnx(
-            tiny, tmp_path / "m.onnx", image_size=SIZE, quantize="int8", calibration=_noise(8, 0)
+            tiny, tmp_path / "m.onnx", image_size=SIZE, precision="int8", calibration=_noise(8, 0)
         )
     assert list(tmp_path.iterdir()) == []
 
@@ -411,7 +440,7 @@ def test_int8_fidelity_on_a_trained_vgg(tmp_path, trained):
         trained,
         tmp_path / "int8.onnx",
         image_size=TASK_SIZE,
-        quantize="int8",
+        precision="int8",
         calibration=calibration,
     )
     images, labels, masks = _shape_images(128, seed=21)  # held out from training and calibration

@@ -45,7 +45,7 @@ def cached_model(
     num_targets: int = 1,
     seed: int = 0,
     gradients: bool = True,
-    quantize: str | None = None,
+    precision: str = "float32",
     calibration: str | os.PathLike | None = None,
     calibration_method: str = "minmax",
 ) -> Path:
@@ -54,18 +54,20 @@ def cached_model(
     `gradients=False` caches the channel-weights model (`export_onnx(..., gradients=False)`,
     file name ending in `-cw`): enough for Grad-CAM, and cheaper at small batches; the other
     methods need the gradients.
-    `quantize="int8"` caches the int8 model calibrated on the `calibration` folder, keyed by a
+    `precision="int8"` caches the int8 model calibrated on the `calibration` folder, keyed by a
     hash of the folder's images (another set of photos gives another model).
     """
     from ..export.onnx_export import export_onnx
 
     name = "-".join([arch, _weights_key(weights, seed), target_layer or "default", str(image_size)])
-    if quantize is not None:
+    if precision == "int8":
         from ..io.calibration import calibration_fingerprint
 
         if calibration is None:
-            raise ValueError("quantize='int8' needs a calibration folder")
-        name += f"-{quantize}-{calibration_method}-{calibration_fingerprint(calibration)}"
+            raise ValueError("precision='int8' needs a calibration folder")
+        name += f"-int8-{calibration_method}-{calibration_fingerprint(calibration)}"
+    elif precision != "float32":
+        raise ValueError(f"the model cache holds float32 and int8 models, not {precision!r}")
     path = cache_dir() / f"{name}-k{num_targets}{'' if gradients else '-cw'}.onnx"
     if path.is_file():
         return path
@@ -82,7 +84,7 @@ def cached_model(
             weights=weights,
             seed=seed,
             gradients=gradients,
-            quantize=quantize,
+            precision=precision,
             calibration=calibration,
             calibration_method=calibration_method,
         )

@@ -22,17 +22,15 @@ def run(args: argparse.Namespace) -> int:
         validate=not args.no_validate,
         gradients=not args.channel_weights_only,
         **network,
-        **pick(
-            args, "num_targets", "opset", "raw_pixels", "fp16", "external_data", "maps", "method"
-        ),
+        **pick(args, "num_targets", "opset", "raw_pixels", "external_data", "maps", "method"),
     )
     print(path)
     return EXIT_OK
 
 
-HELP = "export a VGG's Grad-CAM graph to ONNX"
+HELP = "export a CNN's Grad-CAM graph to ONNX"
 DESCRIPTION = (
-    "Export the Grad-CAM graph of a VGG to ONNX, validated against the eager "
+    "Export the Grad-CAM graph of a CNN to ONNX, validated against the eager "
     "implementation in ONNX Runtime unless --no-validate."
 )
 
@@ -56,11 +54,6 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         "--external-data",
         action="store_true",
         help="weights in OUT.data beside the model (memory-mapped with low_memory sessions)",
-    )
-    p.add_argument(
-        "--fp16",
-        action="store_true",
-        help="float16 body, float32 head and I/O (for the CUDA provider)",
     )
     p.add_argument(
         "--raw-pixels",

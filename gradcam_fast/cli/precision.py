@@ -1,4 +1,5 @@
-"""Command-line options for the backend and precision: `export --int8 --calibration DIR`, and
+"""Command-line options for the backend and precision: `export --precision float32|float16|int8`
+(int8 with `--calibration DIR`; `--fp16` and `--int8` are its deprecated spellings), and
 for the commands that run sessions (explain, explain-dataset, serve, bench) `--backend` and
 `--precision` (both "auto" by default: `cpu_choice`'s table for this CPU) with `--calibration
 DIR` for int8. Kept apart from runtime/ort_quantize.py so that building the parser imports
@@ -13,6 +14,7 @@ file's metadata. Every command prints the choice, and why, on stderr.
 from __future__ import annotations
 
 import argparse
+import sys
 from pathlib import Path
 
 __all__ = ["add_precision_options", "choice_line", "precision_kwargs", "session_kwargs"]
@@ -21,6 +23,7 @@ _METHODS = ("minmax", "percentile", "entropy")  # ort_quantize.CALIBRATION_METHO
 
 
 _PRECISIONS = ("auto", "float32", "bfloat16", "int8")
+_EXPORT_PRECISIONS = ("float32", "float16", "int8")  # onnx_export.EXPORT_PRECISIONS (a test checks)
 _BACKENDS = ("auto", "onnxruntime", "openvino")
 _LOSSY = (
     "lossy: its maps are judged against float32's by correlation (compare.LIMITS); "
@@ -33,11 +36,15 @@ def add_precision_options(group, export: bool = False) -> None:
     and --calibration-method, to a parser or argument group."""
     if export:
         group.add_argument(
-            "--int8",
-            action="store_true",
-            help="int8 body (static per-channel quantization, ONNX Runtime QOperator format) "
-            "calibrated on --calibration; head and its backward stay float32 (CPU)",
+            "--precision",
+            choices=_EXPORT_PRECISIONS,
+            help="the file's precision (default float32): float16, a float16 body with float32 "
+            "head and I/O (for the CUDA provider); int8, a static per-channel int8 body (ONNX "
+            "Runtime QOperator format) calibrated on --calibration, head and its backward "
+            "float32 (CPU)",
         )
+        group.add_argument("--int8", action="store_true", help="deprecated: --precision int8")
+        group.add_argument("--fp16", action="store_true", help="deprecated: --precision float16")
     else:
         group.add_argument(
             "--backend",
@@ -101,17 +108,18 @@ def _choice(args: argparse.Namespace):
 def precision_kwargs(args: argparse.Namespace) -> dict:
     """export_onnx / cached_model keyword arguments for the parsed options (empty but for
     ONNX Runtime's int8); refuses --calibration without int8 and int8 without --calibration."""
-    if not hasattr(args, "precision"):  # export
-        if not args.int8:
+    if not hasattr(args, "backend"):  # export
+        precision = _export_precision(args)
+        if precision != "int8":
             if args.calibration is not None:
-                raise ValueError("--calibration is for int8 models: add --int8")
-            return {}
+                raise ValueError("--calibration is for int8 models: add --precision int8")
+            return {"precision": precision}
         if args.calibration is None:
             raise ValueError(
                 "int8 needs --calibration DIR: a folder of at least 8 photos like those "
                 "the model will explain"
             )
-        return {"quantize": "int8", "calibration": args.calibration,
+        return {"precision": "int8", "calibration": args.calibration,
                 "calibration_method": args.calibration_method}  # fmt: skip
     if args.calibration is None and args.precision == "int8":
         raise ValueError(
@@ -127,9 +135,23 @@ def precision_kwargs(args: argparse.Namespace) -> dict:
         )
     choice = _choice(args)
     if choice is not None and choice.precision == "int8" and choice.backend == "onnxruntime":
-        return {"quantize": "int8", "calibration": args.calibration,
+        return {"precision": "int8", "calibration": args.calibration,
                 "calibration_method": args.calibration_method}  # fmt: skip
     return {}
+
+
+def _export_precision(args: argparse.Namespace) -> str:
+    """export's --precision, or its deprecated spellings --fp16 and --int8 (each noted on
+    stderr); two different precisions at once are refused."""
+    asked = {} if args.precision is None else {f"--precision {args.precision}": args.precision}
+    for flag, precision in (("--fp16", "float16"), ("--int8", "int8")):
+        if getattr(args, flag[2:]):
+            print(f"gradcam-fast: note: {flag} is deprecated: use --precision {precision}",
+                  file=sys.stderr)  # fmt: skip
+            asked[flag] = precision
+    if len(set(asked.values())) > 1:
+        raise ValueError(f"{' and '.join(asked)} exclude each other: choose one --precision")
+    return next(iter(asked.values()), "float32")
 
 
 def session_kwargs(args: argparse.Namespace) -> dict:

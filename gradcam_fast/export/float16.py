@@ -1,4 +1,4 @@
-"""float16 export (`fp16=True`, for GPUs): the body below the target in float16, the rest float32."""
+"""float16 export (precision='float16', for GPUs): the body below the target in float16, the rest float32."""
 
 from __future__ import annotations
 

@@ -29,7 +29,7 @@ from .float16 import to_float16
 from .pixels import RawPixelGradCAM
 from .validate import example_inputs, example_pixels, validate_onnx
 
-__all__ = ["export_onnx"]
+__all__ = ["EXPORT_PRECISIONS", "export_onnx", "export_precision"]
 
 log = logging.getLogger(__name__)
 
@@ -47,6 +47,41 @@ def _as_model(model_or_arch: nn.Module | str, weights: str | os.PathLike, seed: 
     return model_or_arch
 
 
+EXPORT_PRECISIONS = ("float32", "float16", "int8")
+
+
+def export_precision(precision: str | None, fp16: bool = False, quantize: str | None = None) -> str:
+    """The file's precision from `precision` and its deprecated spellings (`fp16=True`,
+    `quantize="int8"`, each warned); two different precisions asked at once are refused."""
+    asked = {} if precision is None else {"precision": precision}
+    if fp16:
+        warnings.warn(
+            "export_onnx(fp16=True) is deprecated: use precision='float16'",
+            DeprecationWarning,
+            stacklevel=3,
+        )
+        asked["fp16=True"] = "float16"
+    if quantize is not None:
+        if quantize != "int8":
+            raise ValueError(f"quantize must be 'int8' (or None), got {quantize!r}")
+        warnings.warn(
+            "export_onnx(quantize='int8') is deprecated: use precision='int8'",
+            DeprecationWarning,
+            stacklevel=3,
+        )
+        asked["quantize='int8'"] = "int8"
+    if len(set(asked.values())) > 1:
+        given = ", ".join(f"{k}={v!r}" if k == "precision" else k for k, v in asked.items())
+        raise ValueError(f"{given} exclude each other: choose one precision")
+    chosen = next(iter(asked.values()), "float32")
+    if chosen not in EXPORT_PRECISIONS:
+        raise ValueError(
+            f"precision must be one of {', '.join(EXPORT_PRECISIONS)}, got {chosen!r} "
+            "(bfloat16 is a session's precision: GradCAMSession(..., precision='bfloat16'))"
+        )
+    return chosen
+
+
 def export_onnx(
     model_or_arch: nn.Module | str,
     path: str | os.PathLike,
@@ -59,14 +94,15 @@ def export_onnx(
     validate: bool = True,
     seed: int = 0,
     raw_pixels: bool = False,
-    fp16: bool = False,
+    precision: str | None = None,
     external_data: bool = False,
     gradients: bool = True,
     maps: bool = False,
     method: str | None = None,
-    quantize: str | None = None,
     calibration: str | os.PathLike | torch.Tensor | None = None,
     calibration_method: str = "minmax",
+    fp16: bool = False,
+    quantize: str | None = None,
 ) -> Path:
     """Export the Grad-CAM graph of a CNN (an arch name loaded with `weights`, or a classifier
     module that torch.fx traces) to `path` and return it. Batch is dynamic; image size and K
@@ -82,7 +118,10 @@ def export_onnx(
     With `raw_pixels`, the `images` input is uint8 [B, S, S, 3] (decoded RGB, channels last)
     and the cast, scaling and mean/std normalization run in the graph (`pixels.RawPixels`).
 
-    With `fp16`, the body below the target layer runs in float16 (inputs and outputs stay
+    `precision` is the file's: "float32" (default), "float16" or "int8" (the older spellings
+    `fp16=True` and `quantize="int8"` still work, with a DeprecationWarning).
+
+    With precision "float16", the body below the target layer runs in float16 (inputs and outputs stay
     float32; the head's forward and backward, under 1% of the work, stay float32 so gradients
     do not underflow); meant for the CUDA provider, validated against the float32 reference
     with LIMITS["float16"].
@@ -99,7 +138,7 @@ def export_onnx(
     With `external_data`, the weights go to `<path>.data` beside the model, which ONNX Runtime
     can memory-map instead of copying (see GradCAMSession's `low_memory`).
 
-    With `quantize="int8"`, the body below the target layer is quantized statically to int8
+    With precision "int8", the body below the target layer is quantized statically to int8
     (per-channel weights, uint8 activations, ONNX Runtime's QOperator format), its activation
     ranges taken from `calibration` (a folder of images, or a tensor in the model's input
     format; at least `io.calibration.MIN_CALIBRATION_IMAGES`) with `calibration_method` (minmax,
@@ -108,11 +147,13 @@ def export_onnx(
     float32. Validated on calibration images with LIMITS["int8"]; the file is only written when
     it passes. See runtime/ort_quantize.py.
     """
+    precision = export_precision(precision, fp16, quantize)
+    fp16, quantize = precision == "float16", "int8" if precision == "int8" else None
     if method is not None and not maps:
         raise ValueError(f"method={method!r} names the maps' method: pass maps=True with it")
     if maps and quantize is not None:
         raise ValueError(
-            "maps=True with quantize='int8' is not supported yet (the in-graph maps have no int8 "
+            "maps=True with precision='int8' is not supported yet (the in-graph maps have no int8 "
             "limits): export the int8 model without maps, or the maps model in float32"
         )
     if maps:

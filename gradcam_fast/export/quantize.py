@@ -1,4 +1,4 @@
-"""int8 export: `export_onnx(..., quantize="int8", calibration=...)`'s options checked, its
+"""int8 export: `export_onnx(..., precision="int8", calibration=...)`'s options checked, its
 calibration set read (`io.calibration`) and the graph's body quantized for ONNX Runtime
 (`runtime.ort_quantize`, which a session's int8 of a float32 file uses too).
 
@@ -41,10 +41,10 @@ def quantize_for_export(
     if quantize != "int8":
         raise ValueError(f"quantize must be None or 'int8', got {quantize!r}")
     if fp16:
-        raise ValueError("quantize='int8' and fp16=True exclude each other: choose one precision")
+        raise ValueError("precision 'int8' and 'float16' exclude each other: choose one precision")
     if calibration is None:
         raise ValueError(
-            "quantize='int8' needs calibration images: a folder of image files or a tensor of "
+            "precision='int8' needs calibration images: a folder of image files or a tensor of "
             f"preprocessed images (at least {MIN_CALIBRATION_IMAGES})"
         )
     if method not in CALIBRATION_METHODS:

@@ -1,7 +1,7 @@
 """int8 calibration sets: a folder of photos or a tensor, as a batch in the model's input format.
 
 ONNX Runtime's int8 (`runtime.ort_quantize`), OpenVINO's (`runtime.ov_quantize`), the session's
-int8 cache and `export_onnx(..., quantize="int8")` all read their calibration images here, so a
+int8 cache and `export_onnx(..., precision="int8")` all read their calibration images here, so a
 folder is listed as `explain` lists it (`discover.image_files`: hidden files skipped) and read
 and preprocessed as `explain` reads it.
 """

@@ -42,11 +42,11 @@ def _choice(
             )
         wanted = meta.precision if precision in (None, "auto") else precision
         return Choice("onnxruntime", wanted, f"device {device}: ONNX Runtime's CUDA provider")
-    if meta.precision == "float16":  # a GPU export (export_onnx(..., fp16=True))
+    if meta.precision == "float16":  # a GPU export (export_onnx(..., precision='float16'))
         if backend == "openvino":
             raise ValueError(
                 "backend='openvino' runs float32 files (precision float32, bfloat16 or int8), "
-                "not a float16 export: export the model without fp16"
+                "not a float16 export: export the model in float32"
             )
         return Choice("onnxruntime", "float16", "a float16 file runs in ONNX Runtime as it is")
     if meta.precision != "float32":  # an int8 file: it runs as it is

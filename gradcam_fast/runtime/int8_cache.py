@@ -2,7 +2,7 @@
 
 `GradCAMSession(path, precision="int8", calibration=...)` comes here: one `calibration=`
 interface for both runtimes. ONNX Runtime gets its QOperator int8 file
-(`ort_quantize.quantize_body`, as `export_onnx(..., quantize="int8")` makes), OpenVINO the QDQ
+(`ort_quantize.quantize_body`, as `export_onnx(..., precision="int8")` makes), OpenVINO the QDQ
 file NNCF makes (`ov_quantize.py`), since OpenVINO cannot read QLinearConv. Before it is cached
 the int8 model is judged against the float32 file on (up to 8 of) the calibration images with
 `compare.LIMITS["int8"]`: a quantization that broke the maps is refused, never cached.

@@ -184,7 +184,7 @@ class OrtRunner:
             raise ValueError(
                 f"{path} is an int8 model, which runs on the CPU only: ONNX Runtime's CUDA "
                 "provider has no int8 convolution (QLinearConv) and would run each one on the "
-                "CPU with copies in between. On a GPU use a float16 export (`export --fp16`) or "
+                "CPU with copies in between. On a GPU use a float16 export (`export --precision float16`) or "
                 "GradCAMSession.from_model(..., precision='float16')"
             )
         self._check_io(path)

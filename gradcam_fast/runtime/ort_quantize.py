@@ -14,7 +14,7 @@ each block of the float activations or gradients is quantized on the fly). Calib
 part there, so unlike a static QGemm (which kept VGG19's top-1 class for 14 of 16 photos) it
 moves the logits by about as much as the int8 body does (benchmarks/RESULTS.md).
 
-Two callers: `export_onnx(..., quantize="int8")` (`export.quantize`) and a session's int8 model
+Two callers: `export_onnx(..., precision="int8")` (`export.quantize`) and a session's int8 model
 of a float32 file (`int8_cache`). The calibration images come from `io.calibration`.
 """
 

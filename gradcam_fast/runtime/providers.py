@@ -89,7 +89,7 @@ def tensorrt_provider_options(
 ) -> dict[str, str]:
     """TensorRT EP options: engines and timing cache kept in `engine_cache` (an engine takes
     minutes to build; it is rebuilt only when the model or the input shapes change), TensorRT's
-    own float16 off (the model's precision is the export's: `export_onnx(..., fp16=True)` keeps
+    own float16 off (the model's precision is the export's: `export_onnx(..., precision='float16')` keeps
     the head in float32, which a whole-graph float16 build would not). TensorRT picks its own
     kernels, TF32 included on Ampere and newer GPUs: compare its maps with the float16 limits,
     not the strict float32 ones."""
