@@ -138,9 +138,9 @@ def test_each_precision_is_exported_on_its_own_and_reused(tmp_path, monkeypatch)
 
     made = []
 
-    def fake_export(model, path, *, image_size, fp16, validate):
-        made.append(fp16)
-        if fp16:
+    def fake_export(model, path, *, image_size, precision, validate):
+        made.append(precision == "float16")
+        if precision == "float16":
             raise ModuleNotFoundError("No module named 'onnxruntime.transformers'")
         path.write_bytes(b"onnx")
 

@@ -152,7 +152,7 @@ def test_channel_weights_without_the_shortcut_are_the_gradients_means():
     [
         {"gradients": False},
         {"maps": True, "method": "gradcam++"},
-        {"fp16": True},
+        {"precision": "float16"},
         {"raw_pixels": True},
     ],
     ids=["channel-weights", "maps", "float16", "raw-pixels"],
