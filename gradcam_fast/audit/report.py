@@ -14,6 +14,7 @@ from urllib.parse import quote
 import numpy as np
 from PIL import Image, ImageDraw
 
+from ..io.gallery import write_index
 from ..io.visualize import atomic_file, overlay
 from .plots import bars_svg, curves_svg
 from .summary import SCORES, rank_value
@@ -148,8 +149,4 @@ def write_report(
     ]
     if errors:
         page.append(f"<h2 class='error'>Errors ({len(errors)})</h2><ul>{listed}</ul>")
-    page.append("</body></html>\n")
-    path = out / "index.html"
-    with atomic_file(path, "w") as f:
-        f.write("\n".join(page))
-    return path
+    return write_index(out, page)

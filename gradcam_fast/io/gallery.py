@@ -10,7 +10,7 @@ from urllib.parse import quote
 from ..format.metadata import ModelMetadata
 from .visualize import atomic_file
 
-__all__ = ["write_gallery"]
+__all__ = ["write_gallery", "write_index"]
 
 _STYLE = """
 body{font-family:system-ui,sans-serif;margin:1.5em;background:#fafafa;color:#222}
@@ -55,8 +55,13 @@ def write_gallery(out: Path, records: Sequence[dict], meta: ModelMetadata) -> Pa
     ]
     if errors:
         body.append(f"<h2 class='error'>Failed files</h2><ul>{''.join(errors)}</ul>")
-    body.append("</body></html>\n")
+    return write_index(out, body)
+
+
+def write_index(out: Path, parts: Sequence[str]) -> Path:
+    """`out`/index.html from the page's parts (one line each), closed and written atomically: a
+    reader never sees half a page. Shared by the explain gallery and the audit report."""
     path = out / "index.html"
     with atomic_file(path, "w") as f:
-        f.write("\n".join(body))
+        f.write("\n".join([*parts, "</body></html>\n"]))
     return path
