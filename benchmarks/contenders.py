@@ -170,7 +170,6 @@ class EagerAutograd(_Contender):
         self.setup = setup
         self.model = setup.model
         self.activations: torch.Tensor | None = None
-        self.handle: Any = None
 
     def _hook(self, module, inputs, output):
         self.activations = output.detach().requires_grad_()
@@ -183,11 +182,11 @@ class EagerAutograd(_Contender):
         flags = [p.requires_grad for p in self.model.parameters()]
         for p in self.model.parameters():
             p.requires_grad_(False)
-        self.handle = self.setup.target_module.register_forward_hook(self._hook)
+        handle = self.setup.target_module.register_forward_hook(self._hook)
         try:
             return self._run(images, classes)
         finally:
-            self.handle.remove()
+            handle.remove()
             for p, flag in zip(self.model.parameters(), flags, strict=True):
                 p.requires_grad_(flag)
 
