@@ -295,3 +295,21 @@ def test_numpy_inputs_work(files):
         warnings.simplefilter("error")
         a = session(x.numpy().astype(np.float32))
     assert torch.equal(a.cams_lowres, session(x).cams_lowres)
+
+
+def test_auto_takes_the_next_int8_where_the_first_is_not_faster(files, monkeypatch):
+    """Zen 4's row tries ONNX Runtime int8 first, then OpenVINO int8: measured 0.7x and 1.5x
+    (the figures kept when each int8 model was made), auto runs OpenVINO's."""
+    from gradcam_fast.runtime import int8_cache
+
+    monkeypatch.setenv("GRADCAM_FAST_CPU_FLAGS", "avx512_bf16 avx512_vnni")
+    monkeypatch.setattr(
+        int8_cache, "measured_speedup", lambda path: 0.7 if "-onnxruntime-" in str(path) else 1.5
+    )
+    calibration = torch.randn(8, 3, SIZE, SIZE, generator=torch.Generator().manual_seed(5))
+    with pytest.warns(RuntimeWarning, match=r"auto passes over onnxruntime int8.*0\.70x"):
+        session = GradCAMSession(
+            files["cw"], device="cpu", backend="auto", precision="auto", calibration=calibration
+        )
+    assert (session.backend, session.precision) == ("openvino", "int8")
+    assert torch.isfinite(session(_images(2)).cams).all()

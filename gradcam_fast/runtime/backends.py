@@ -8,6 +8,11 @@ the fallbacks, each with a warning that says why.
 - `precision=None` runs the file as it is (its own precision: what `GradCAMSession(path)`
   always did); "float32" and "bfloat16" are inference precisions of a float32 file; "int8" of a
   float32 file needs `calibration=` and makes the backend's int8 model (`int8_cache`).
+- `precision="auto"` (or `backend="auto"`) tries the CPU row's candidates in order: an int8
+  model refused by its validation, or measured when it was made at less than
+  `AUTO_INT8_MIN_SPEEDUP` times the float32 file's speed, is passed over with a warning that
+  says why, for the next candidate (the last is float32). An explicit `precision="int8"` runs
+  anyway, and warns where int8 was measured slower than float32.
 - A precision the CPU does not compute natively warns: bfloat16 without AVX512-BF16 or AMX
   (OpenVINO then runs float32, and says so in `inference_precision`), int8 without VNNI.
 """
@@ -23,17 +28,21 @@ import torch
 
 from ..format.metadata import ModelMetadata
 from ..format.onnx_props import file_metadata
-from .cpu_choice import Choice, cpu_flags, openvino_installed, resolve
+from .cpu_choice import Choice, candidates, cpu_flags, openvino_installed
 
-__all__ = ["open_runner"]
+__all__ = ["AUTO_INT8_MIN_SPEEDUP", "open_runner"]
+
+# auto keeps an int8 model only where it was measured at least this much faster than float32
+# (a margin over the noise of the few rounds timed when the model is made)
+AUTO_INT8_MIN_SPEEDUP = 1.1
 
 _BF16_FLAGS = {"avx512_bf16", "amx_bf16"}
 _INT8_FLAGS = {"avx512_vnni", "avx_vnni", "amx_int8"}
 
 
-def _choice(
+def _choices(
     meta: ModelMetadata, device: torch.device, backend: str, precision: str | None, calibrated: bool
-) -> Choice:
+) -> list[Choice]:
     if device.type != "cpu":  # the table is for CPUs; on CUDA only ONNX Runtime runs a file
         if backend == "openvino":
             raise ValueError(
@@ -41,14 +50,14 @@ def _choice(
                 "backend='onnxruntime' (onnxruntime-gpu)"
             )
         wanted = meta.precision if precision in (None, "auto") else precision
-        return Choice("onnxruntime", wanted, f"device {device}: ONNX Runtime's CUDA provider")
+        return [Choice("onnxruntime", wanted, f"device {device}: ONNX Runtime's CUDA provider")]
     if meta.precision == "float16":  # a GPU export (export_onnx(..., precision='float16'))
         if backend == "openvino":
             raise ValueError(
                 "backend='openvino' runs float32 files (precision float32, bfloat16 or int8), "
                 "not a float16 export: export the model in float32"
             )
-        return Choice("onnxruntime", "float16", "a float16 file runs in ONNX Runtime as it is")
+        return [Choice("onnxruntime", "float16", "a float16 file runs in ONNX Runtime as it is")]
     if meta.precision != "float32":  # an int8 file: it runs as it is
         if precision not in (None, "auto", meta.precision):
             raise ValueError(
@@ -56,9 +65,9 @@ def _choice(
                 "(export a float32 file for other precisions)"
             )
         if backend == "auto" and meta.calibration_method == "nncf" and openvino_installed():
-            return Choice("openvino", "int8", "an int8 file NNCF made for OpenVINO")
+            return [Choice("openvino", "int8", "an int8 file NNCF made for OpenVINO")]
         precision, calibrated = meta.precision, True
-    return resolve(
+    return candidates(
         backend,
         precision or "float32",
         cpu_flags(),
@@ -101,22 +110,72 @@ def open_runner(
     `openvino(path, precision)` an OpenVINO one, `open_session` is what `int8_cache` validates
     with. See the module note for the rules."""
     meta = file_metadata(path)
-    choice = _choice(meta, device, backend, precision, calibration is not None)
-    if choice.backend == "onnxruntime" and choice.precision == "bfloat16":
-        raise ValueError(
-            "ONNX Runtime has no bfloat16 path on the CPU: use backend='openvino' (OpenVINO's "
-            "bf16 inference) or GradCAMSession.from_model(..., precision='bfloat16')"
-        )
-    if device.type == "cpu":
-        _warn_native(choice.precision)
-    if choice.precision == "int8" and meta.precision == "float32":
-        from .int8_cache import int8_model
+    auto = "auto" in (backend, precision)
+    for choice in _choices(meta, device, backend, precision, calibration is not None):
+        if choice.backend == "onnxruntime" and choice.precision == "bfloat16":
+            raise ValueError(
+                "ONNX Runtime has no bfloat16 path on the CPU: use backend='openvino' (OpenVINO's "
+                "bf16 inference) or GradCAMSession.from_model(..., precision='bfloat16')"
+            )
+        if choice.precision == "int8" and meta.precision == "float32":
+            made = _int8_file(
+                path, meta, choice, calibration, calibration_method, auto, open_session
+            )
+            if made is None:
+                continue  # auto: refused or not faster here, said in a warning
+            run = made
+        elif calibration is not None and choice.precision != "int8" and not auto:
+            raise ValueError(f"calibration= is for precision='int8' (this session runs {choice})")
+        else:
+            run = path
+        if device.type == "cpu":
+            _warn_native(choice.precision)
+        return _open(run, meta, choice, backend, ort, openvino)
+    raise AssertionError("candidates() always ends with float32")  # pragma: no cover
 
-        path = int8_model(
+
+def _int8_file(
+    path: Path,
+    meta: ModelMetadata,
+    choice: Choice,
+    calibration: Any,
+    calibration_method: str,
+    auto: bool,
+    open_session: Callable[..., Any],
+) -> Path | None:
+    """The cached int8 model of the float32 file for `choice`'s backend; under auto, None (and a
+    warning that says why) where it was refused or measured not faster than float32."""
+    from .int8_cache import Int8ValidationError, int8_model, measured_speedup
+
+    try:
+        made = int8_model(
             path, meta, choice.backend, calibration, calibration_method, open_session=open_session
         )
-    elif calibration is not None and choice.precision != "int8":
-        raise ValueError(f"calibration= is for precision='int8' (this session runs {choice})")
+    except Int8ValidationError as exc:
+        if not auto:
+            raise
+        warnings.warn(
+            f"auto passes over {choice.backend} int8: {exc}", RuntimeWarning, stacklevel=4
+        )
+        return None
+    speedup = measured_speedup(made)
+    if speedup is not None and speedup < (AUTO_INT8_MIN_SPEEDUP if auto else 1.0):
+        said = (
+            f"{choice.backend} int8 of {path.name}: {speedup:.2f}x the speed of float32 in ONNX "
+            "Runtime, as measured on this CPU when it was made"
+        )
+        if auto:
+            warnings.warn(
+                f"auto passes over {said} (auto keeps int8 from {AUTO_INT8_MIN_SPEEDUP}x)",
+                RuntimeWarning,
+                stacklevel=4,
+            )
+            return None
+        warnings.warn(f"{said}: precision='float32' is faster here", RuntimeWarning, stacklevel=4)
+    return made
+
+
+def _open(path: Path, meta: ModelMetadata, choice: Choice, backend: str, ort, openvino):
     if choice.backend == "onnxruntime":
         return ort(path), choice
     from .openvino_backend import OpenVinoConversionError
@@ -130,7 +189,7 @@ def open_runner(
             f"backend='auto' chose OpenVINO ({choice.reason}), which cannot run this file: "
             f"{exc}. Running it in ONNX Runtime instead",
             RuntimeWarning,
-            stacklevel=3,
+            stacklevel=4,
         )
         fallback = Choice("onnxruntime", meta.precision, f"OpenVINO cannot convert {exc.ops}")
         return ort(path), fallback

@@ -34,6 +34,7 @@ __all__ = [
     "SESSION_PRECISIONS",
     "Choice",
     "Row",
+    "candidates",
     "choose",
     "cpu_count",
     "cpu_flags",
@@ -166,29 +167,47 @@ def resolve(
 ) -> Choice:
     """The backend and precision to run, either of them "auto" (resolved from the CPU's row)
     or given; given values are kept as they are."""
+    return candidates(backend, precision, flags, calibration=calibration, openvino=openvino)[0]
+
+
+def candidates(
+    backend: str,
+    precision: str,
+    flags: Iterable[str],
+    *,
+    calibration: bool = False,
+    openvino: bool = True,
+) -> list[Choice]:
+    """What auto may run, best first: the row's options that fit what was given, then the
+    row's float32 (the last resort, always there). A session takes the first whose int8 model
+    holds the fidelity limits and pays on this CPU (`backends.open_runner`); given values give
+    one candidate, kept as it is."""
     if backend not in BACKENDS:
         raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")
     if precision not in SESSION_PRECISIONS:
         raise ValueError(f"precision must be one of {SESSION_PRECISIONS}, got {precision!r}")
     if backend != "auto" and precision != "auto":
-        return Choice(backend, precision, "as given")
+        return [Choice(backend, precision, "as given")]
     row = _row(flags)
-    for option_backend, option_precision in row.options:
-        if option_precision == "int8" and not calibration:
-            continue  # int8 needs calibration photos
-        if option_backend == "openvino" and not openvino:
-            continue
-        if backend in ("auto", option_backend) and precision in ("auto", option_precision):
-            return Choice(option_backend, option_precision, f"row {row.name!r}: {row.source}")
-    if backend == "auto":
-        float32 = row.float32 if openvino or row.float32 != "openvino" else "onnxruntime"
-        wanted = "float32" if precision == "auto" else precision
-        if wanted == "bfloat16":
-            float32 = "openvino"  # the one backend with a bfloat16 path for a file
-        elif wanted == "int8":
-            float32 = "onnxruntime"  # no measured row here: today's int8
-        return Choice(float32, wanted, f"row {row.name!r}: {_why_float32(row, calibration)}")
-    return Choice(backend, "float32", f"row {row.name!r}: {_why_float32(row, calibration)}")
+    found = [
+        Choice(option_backend, option_precision, f"row {row.name!r}: {row.source}")
+        for option_backend, option_precision in row.options
+        if (calibration or option_precision != "int8")  # int8 needs calibration photos
+        and (openvino or option_backend != "openvino")
+        and backend in ("auto", option_backend)
+        and precision in ("auto", option_precision)
+    ]
+    why = f"row {row.name!r}: {_why_float32(row, calibration)}"
+    if backend != "auto":
+        return [*found, Choice(backend, "float32", why)]
+    float32 = row.float32 if openvino or row.float32 != "openvino" else "onnxruntime"
+    wanted = "float32" if precision == "auto" else precision
+    if wanted == "bfloat16":
+        float32 = "openvino"  # the one backend with a bfloat16 path for a file
+    elif wanted == "int8":
+        float32 = "onnxruntime"  # no measured row here: today's int8
+    last = Choice(float32, wanted, why)
+    return found if any(c[:2] == last[:2] for c in found) else [*found, last]
 
 
 def _why_float32(row: Row, calibration: bool) -> str:

@@ -8,13 +8,21 @@ the int8 model is judged against the float32 file on (up to 8 of) the calibratio
 `compare.LIMITS["int8"]`: a quantization that broke the maps is refused, never cached.
 Files live in `cache_dir()/int8/`, named by the source file (path, size, modification time),
 the backend, the calibration method and a hash of the calibration set.
+
+When it is made, the int8 model is also timed against the float32 file in ONNX Runtime on the
+same images (a few interleaved rounds), and the speed-up is kept beside it
+(`<file>.speed.json`, read by `measured_speedup`): int8 pays on heavy convolutions and costs
+more than it saves on small depthwise models (MobileNet-V3: 0.7x in benchmarks/RESULTS.md), so
+`precision="auto"` passes over an int8 model that is not faster on this CPU.
 """
 
 from __future__ import annotations
 
 import json
 import os
+import statistics
 import tempfile
+import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -25,7 +33,10 @@ from filelock import FileLock
 from ..format.metadata import ModelMetadata
 from .cachedir import cache_dir, file_key
 
-__all__ = ["Int8ValidationError", "int8_model", "write_int8"]
+__all__ = ["Int8ValidationError", "int8_model", "measured_speedup", "write_int8"]
+
+SPEED_SUFFIX = ".speed.json"
+SPEED_ROUNDS = 3
 
 
 class Int8ValidationError(ValueError):
@@ -90,8 +101,44 @@ def _make(
     with tempfile.TemporaryDirectory(prefix=".int8-", dir=out.parent) as tmp:
         staged = Path(tmp) / out.name
         write_int8(path, staged, meta, backend, images, method)
-        _validate(path, staged, backend, images[:8], open_session)
-        os.replace(staged, out)
+        float32, int8 = _validate(path, staged, backend, images[:8], open_session)
+        speed = _speedup(float32, int8, images[:8])
+        sidecar = Path(tmp) / (out.name + SPEED_SUFFIX)
+        sidecar.write_text(json.dumps(speed, indent=1))
+        os.replace(sidecar, out.parent / sidecar.name)
+        os.replace(staged, out)  # last: the model's presence means everything is there
+
+
+def measured_speedup(path: str | os.PathLike) -> float | None:
+    """The speed-up of the cached int8 model `path` over its float32 file in ONNX Runtime, as
+    measured on this machine when it was made (None where it was not measured)."""
+    try:
+        record = json.loads(Path(str(path) + SPEED_SUFFIX).read_text())
+        return float(record["speedup"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+
+
+def _speedup(float32, int8, images: torch.Tensor) -> dict[str, Any]:
+    """Median over interleaved rounds of float32's time / int8's, both sessions warm (each
+    ran the images once in the validation)."""
+    from .cpu_choice import cpu_model
+
+    ratios = []
+    for _ in range(SPEED_ROUNDS):
+        start = time.perf_counter()
+        float32(images)
+        middle = time.perf_counter()
+        int8(images)
+        ratios.append((middle - start) / (time.perf_counter() - middle))
+    return {
+        "speedup": statistics.median(ratios),
+        "against": "the float32 file in ONNX Runtime, same images, both warm",
+        "batch": len(images),
+        "rounds": SPEED_ROUNDS,
+        "cpu": cpu_model(),
+        "measured": time.strftime("%Y-%m-%d %H:%M:%S"),
+    }
 
 
 def write_int8(
@@ -131,16 +178,34 @@ def write_int8(
     return out
 
 
-def _validate(source: Path, staged: Path, backend: str, images: torch.Tensor, open_session) -> None:
+def _validate(source: Path, staged: Path, backend: str, images: torch.Tensor, open_session):
+    """The float32 and int8 sessions, once the int8 model's maps and logits are within
+    LIMITS["int8"] of float32's on `images`."""
     from ..check.compare import compare_with_reference, failing_figures
 
-    ref = open_session(source, backend="onnxruntime")(images)
-    got = open_session(staged, backend=backend)(images, ref.target_classes)
+    float32 = open_session(source, backend="onnxruntime")
+    int8 = open_session(staged, backend=backend)
+    ref = float32(images)
+    got = int8(images, ref.target_classes)
     errors = compare_with_reference(got, ref)
     failed = failing_figures(errors, "int8")
     if failed:
         figures = ", ".join(f"{k} {v:.3g}" for k, v in errors.items())
         raise Int8ValidationError(
             f"the {backend} int8 model of {source} is beyond the int8 limits against float32 on "
-            f"the calibration images ({failed}; {figures}): try other or more calibration photos"
+            f"the calibration images ({failed}; {figures}): {_advice(ref.logits)}"
         )
+    return float32, int8
+
+
+def _advice(logits: torch.Tensor) -> str:
+    """What to try. Logits near zero mean activations that vanish with depth (untrained
+    weights: torchvision's random MobileNet-V3 and EfficientNet give logits of 1e-10 to 1e-14),
+    below the smallest scale NNCF gives an activation, so int8 zeroes them."""
+    largest = float(logits.abs().max())
+    if largest < 1e-4:
+        return (
+            f"the float32 logits are at most {largest:.2g}: the activations vanish with depth "
+            "(untrained or random weights?) below what int8 scales hold; quantize a trained model"
+        )
+    return "try other or more calibration photos"
