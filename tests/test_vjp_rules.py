@@ -301,6 +301,19 @@ BATCHNORM = [
     Case("affine", _module(nn.BatchNorm2d(4)), _inputs((4, 5, 6))),
     Case("not affine", _module(nn.BatchNorm2d(4, affine=False)), _inputs((4, 5, 6))),
     Case("eps 1e-3", _module(nn.BatchNorm2d(4, eps=1e-3)), _inputs((4, 3, 3))),
+    # the functional form with running statistics (timm's BatchNormAct2d is not a trace leaf)
+    Case(
+        "F.batch_norm",
+        F.batch_norm,
+        _then((4, 5, 6), _param(4), _param(4).abs() + 0.5, _param(4), _param(4), False, 0.1, 1e-3),
+        needs=(True, False, False, False, False, False, False, False),
+    ),
+    Case(
+        "F.batch_norm no affine",
+        F.batch_norm,
+        _then((4, 3, 3), _param(4), _param(4).abs() + 0.5),
+        needs=(True, False, False),
+    ),
 ]
 
 
@@ -314,6 +327,9 @@ LINEAR = [
     Case("2-D", _module(nn.Linear(5, 3)), _inputs((5,))),
     Case("4-D channels-last", _module(nn.Linear(4, 6)), _inputs((3, 5, 4))),
     Case("no bias 4-D", _module(nn.Linear(4, 6, bias=False)), _inputs((2, 3, 4))),
+    # the functional form, weight and bias from get_attr (timm's Linear is not a trace leaf)
+    Case("F.linear", F.linear, _then((5,), _param(3, 5), _param(3)), needs=(True, False, False)),
+    Case("F.linear no bias 4-D", F.linear, _then((3, 5, 4), _param(6, 4)), needs=(True, False)),
 ]
 
 
@@ -715,6 +731,21 @@ CAT = [
 ]
 
 
+SLICE = [
+    Case("channels 1:4", operator.getitem, _then((6, 4, 4), (slice(None), slice(1, 4)))),
+    Case("first channels", operator.getitem, _then((6, 4, 4), (slice(None), slice(None, 3)))),
+    Case("ellipsis then last axis", operator.getitem, _then((4, 5, 6), (..., slice(2, None)))),
+    Case("negative stop", operator.getitem, _then((4, 5, 6), (slice(None), slice(None, -1)))),
+    Case("everything", operator.getitem, _then((4, 3, 3), (slice(None),) * 4)),
+]
+
+
+@_cases(SLICE)
+def test_slice(case: Case) -> None:
+    """x[:, a:b, ...] (GhostNet's first channels): the gradient padded back with zeros."""
+    check(case)
+
+
 @_cases(CAT)
 def test_cat(case: Case) -> None:
     """cat: the gradient split back, None for a tensor that needs none."""
@@ -786,12 +817,15 @@ IDENTITY = [
         real=nn.Identity(),
     ),
     Case("Identity", nn.Identity(), _inputs((4, 3, 3))),
+    Case("F.dropout eval", F.dropout, _then((4, 3, 3), 0.2), kwargs={"training": False}),
+    Case("F.dropout p=0", F.dropout, _then((4, 3, 3), 0.0, True)),
 ]
 
 
 @_cases(IDENTITY)
 def test_identity(case: Case) -> None:
-    """Dropout in eval and Identity pass the gradient through."""
+    """Dropout in eval (module or F.dropout with training=False) and Identity pass the
+    gradient through."""
     check(case)
 
 
@@ -870,6 +904,15 @@ REFUSALS = [
     Case("torch.add alpha 2", torch.add, _inputs(*_BOTH), kwargs={"alpha": 2}),
     Case("method add alpha 0.5", "add", _inputs(*_BOTH), kwargs={"alpha": 0.5}),
 ]
+REFUSALS += [
+    Case("slice step 2", operator.getitem, _then((4, 6, 6), (slice(None), slice(None, None, 2)))),
+    Case("integer index", operator.getitem, _then((4, 6, 6), (slice(None), 1))),
+    Case("batch slice", operator.getitem, _then((4, 6, 6), (slice(0, 1),))),
+    Case("two ellipses", operator.getitem, _then((4, 6, 6), (..., slice(1, 2), ...))),
+    Case("F.batch_norm batch stats", F.batch_norm, _then((4, 6, 6), None, None)),
+    Case("F.dropout training", F.dropout, _then((4, 6, 6), 0.2, True)),
+    Case("F.dropout default training", F.dropout, _x()),
+]
 if stochastic_depth is not None:
     REFUSALS += [
         Case("stochastic_depth training", stochastic_depth, _then((4, 6, 6), 0.2, "row", True)),
@@ -935,6 +978,7 @@ ALL_CASES = [
     *PERMUTE,
     *TRANSPOSE,
     *CHUNK,
+    *SLICE,
     *CAT,
     *ADD,
     *MUL,

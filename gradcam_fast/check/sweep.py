@@ -65,18 +65,27 @@ def sweep_targets(traced: TracedModel) -> dict[str, str]:
 
 
 def sweep_model(
-    arch: str, image_size: int = 224, batch: int = 2, num_targets: int = 2, seed: int = 0
+    arch: str | torch.nn.Module,
+    image_size: int = 224,
+    batch: int = 2,
+    num_targets: int = 2,
+    seed: int = 0,
 ) -> list[SweepRow]:
-    """Check `arch`'s graph at each of `sweep_targets` against the oracle, in float32."""
+    """Check the graph of `arch` (a torchvision name, on seeded random weights, or any
+    classifier module in eval mode, a timm CNN for one) at each of `sweep_targets` against the
+    oracle, in float32."""
     from ..cams.postprocess import gradcam_lowres
     from ..core.graph import GradCAMGraph
     from ..format.result import GradCAMResult
     from ..model.loading import load_model
     from .reference import eager_gradcam
 
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        model = load_model(arch, "random", seed=seed)
+    if isinstance(arch, str):
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            model = load_model(arch, "random", seed=seed)
+    else:
+        model, arch = arch, type(arch).__name__
     gen = torch.Generator().manual_seed(seed)
     images = torch.randn(batch, 3, image_size, image_size, generator=gen)
     targets = torch.randint(0, 1000, (batch, num_targets), generator=gen)

@@ -28,6 +28,9 @@ from .vjp_layers import (
     BATCHNORM,
     CONTIGUOUS,
     CONV,
+    DROPOUT,
+    FUNCTIONAL_BATCHNORM,
+    FUNCTIONAL_LINEAR,
     GELU,
     HARDSIGMOID,
     HARDSWISH,
@@ -41,7 +44,7 @@ from .vjp_layers import (
     STOCHASTIC_DEPTH,
 )
 from .vjp_pool import ADAPTIVE_AVGPOOL, AVGPOOL, MAXPOOL
-from .vjp_tensor import ADD, CAT, CHUNK, FLATTEN, MEAN, MUL, PERMUTE, TRANSPOSE, VIEW
+from .vjp_tensor import ADD, CAT, CHUNK, FLATTEN, MEAN, MUL, PERMUTE, SLICE, TRANSPOSE, VIEW
 
 __all__ = ["RULES", "Rule", "rule_for", "supported_ops"]
 
@@ -75,6 +78,9 @@ RULES: dict[Any, Rule] = {
     nn.Identity: IDENTITY,
     # functions
     F.relu: RELU,
+    F.linear: FUNCTIONAL_LINEAR,
+    F.batch_norm: FUNCTIONAL_BATCHNORM,
+    F.dropout: DROPOUT,
     torch.relu: RELU,
     F.gelu: GELU,
     F.layer_norm: LAYER_NORM,
@@ -89,6 +95,7 @@ RULES: dict[Any, Rule] = {
     operator.add: ADD,
     torch.add: ADD,
     operator.mul: MUL,
+    operator.getitem: SLICE,  # of a tensor (a tuple's parts are picked by the graph)
     torch.mul: MUL,
     # tensor methods, by name
     "relu": RELU,

@@ -130,6 +130,18 @@ def _stochastic_depth_forward(
 STOCHASTIC_DEPTH = Rule(_stochastic_depth_forward, _identity_vjp)
 
 
+def _dropout_forward(
+    op: Any, x: torch.Tensor, p: float = 0.5, training: bool = True, inplace: bool = False
+) -> tuple[torch.Tensor, None]:
+    if training and p > 0:
+        raise NotImplementedError("F.dropout with training=True: the model is not deterministic")
+    return x, None
+
+
+# F.dropout(x, p, training=self.training), as timm's heads call it: traced in eval, training=False
+DROPOUT = Rule(_dropout_forward, _identity_vjp)
+
+
 # --- Conv2d: conv_transpose2d(g, W), with the output padding that restores the input size
 
 
@@ -169,6 +181,35 @@ def _batchnorm_vjp(layer: nn.BatchNorm2d, g: torch.Tensor, saved: None, needs: t
 
 
 BATCHNORM = Rule(_batchnorm_forward, _batchnorm_vjp)
+
+
+def _functional_batchnorm_forward(
+    op: Any,
+    x: torch.Tensor,
+    running_mean: torch.Tensor | None,
+    running_var: torch.Tensor | None,
+    weight: torch.Tensor | None = None,
+    bias: torch.Tensor | None = None,
+    training: bool = False,
+    momentum: float = 0.1,
+    eps: float = 1e-5,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    if training or running_var is None:
+        raise NotImplementedError("F.batch_norm on batch statistics: put the model in eval()")
+    y = F.batch_norm(x, running_mean, running_var, weight, bias, False, 0.0, eps)
+    scale = torch.rsqrt(running_var + eps)
+    return y, scale if weight is None else scale * weight
+
+
+def _functional_batchnorm_vjp(op: Any, g: torch.Tensor, scale: torch.Tensor, needs: tuple) -> Grads:
+    if any(needs[1:]):
+        raise NotImplementedError("F.batch_norm with statistics that depend on the target")
+    return (g * scale.reshape(-1, *[1] * (g.dim() - 3)),)
+
+
+# F.batch_norm(x, running_mean, running_var, weight, bias, False, ...): what a BatchNorm2d
+# subclass that is not a leaf of the trace (timm's BatchNormAct2d) leaves in the graph
+FUNCTIONAL_BATCHNORM = Rule(_functional_batchnorm_forward, _functional_batchnorm_vjp)
 
 
 # --- LayerNorm over the last axes (ConvNeXt's, channels-last after a permute)
@@ -219,3 +260,20 @@ def _linear_vjp(layer: nn.Linear, g: torch.Tensor, saved: None, needs: tuple) ->
 
 
 LINEAR = Rule(_linear_forward, _linear_vjp)
+
+
+def _functional_linear_forward(
+    op: Any, x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None
+) -> tuple[torch.Tensor, torch.Tensor]:
+    return F.linear(x, weight, bias), weight
+
+
+def _functional_linear_vjp(op: Any, g: torch.Tensor, weight: torch.Tensor, needs: tuple) -> Grads:
+    if any(needs[1:]):
+        raise NotImplementedError("F.linear with a weight or bias that depends on the target")
+    return (g @ weight,)
+
+
+# F.linear(x, weight, bias) with parameters read by get_attr: what a Linear subclass that is not
+# a leaf of the trace (timm's Linear) leaves in the graph
+FUNCTIONAL_LINEAR = Rule(_functional_linear_forward, _functional_linear_vjp)

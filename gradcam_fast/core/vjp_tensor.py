@@ -1,5 +1,6 @@
-"""VJP rules of the tensor ops: mean, flatten/view/permute/transpose, chunk and cat, add and
-mul (both operands may depend on the target), each forward beside its VJP (see vjp.py)."""
+"""VJP rules of the tensor ops: mean, flatten/view/permute/transpose, chunk and cat, slicing,
+add and mul (both operands may depend on the target), each forward beside its VJP (see
+vjp.py)."""
 
 from __future__ import annotations
 
@@ -7,6 +8,7 @@ import math
 from typing import Any
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from .vjp_base import (
@@ -137,6 +139,37 @@ def _cat_vjp(op: Any, g: torch.Tensor, saved: tuple, needs: tuple) -> Grads:
 
 
 CAT = Rule(_cat_forward, _cat_vjp)
+
+
+# --- slicing x[:, a:b, ...] (GhostNet keeps the first channels of a cat): g padded back
+
+
+def _slice_forward(op: Any, x: torch.Tensor, index: Any) -> tuple:
+    """Basic slicing with steps of 1 over the non-batch axes; anything else is refused."""
+    parts = index if isinstance(index, tuple) else (index,)
+    if parts.count(Ellipsis) > 1 or not all(
+        p is Ellipsis or (isinstance(p, slice) and p.step in (None, 1)) for p in parts
+    ):
+        raise NotImplementedError(f"indexing a tensor with {index!r}: only slices of step 1")
+    if Ellipsis in parts:
+        at = parts.index(Ellipsis)
+        fill = (slice(None),) * (x.dim() - len(parts) + 1)
+        parts = parts[:at] + fill + parts[at + 1 :]
+    parts = parts + (slice(None),) * (x.dim() - len(parts))
+    spans = [p.indices(n)[:2] for p, n in zip(parts, x.shape, strict=True)]
+    if spans[0] != (0, x.shape[0]):
+        raise NotImplementedError("slicing the batch axis has no VJP rule")
+    pads = []  # F.pad's order: the last axis first, (before, after) each
+    for (start, stop), n in reversed(list(zip(spans[1:], x.shape[1:], strict=True))):
+        pads += [start, n - max(start, stop)]
+    return x[parts], tuple(pads)
+
+
+def _slice_vjp(op: Any, g: torch.Tensor, pads: tuple, needs: tuple) -> Grads:
+    return (F.pad(g, pads) if any(pads) else g,)
+
+
+SLICE = Rule(_slice_forward, _slice_vjp)
 
 
 # --- add and mul (both operands may depend on the target: residuals, squeeze-excitation)
