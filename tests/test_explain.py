@@ -25,6 +25,7 @@ from gradcam_fast import GradCAMSession, export_onnx
 from gradcam_fast.app.classes import resolve_classes
 from gradcam_fast.app.steps import decode
 from gradcam_fast.cli import EXIT_ERROR, EXIT_OK, EXIT_SOME_FAILED, main
+from gradcam_fast.io.colormaps import overlay
 from gradcam_fast.io.discover import collect_inputs
 from gradcam_fast.io.images import (
     cam_to_image,
@@ -34,7 +35,6 @@ from gradcam_fast.io.images import (
     preprocess,
     preprocessing_of,
 )
-from gradcam_fast.io.visualize import overlay
 from gradcam_fast.model.loading import ModelInfo
 
 SAMPLES = Path(__file__).resolve().parent.parent / "examples" / "images"

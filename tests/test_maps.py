@@ -17,12 +17,8 @@ from gradcam_fast import GradCAMSession, eager_gradcam, export_onnx
 from gradcam_fast.cams.methods import METHODS
 from gradcam_fast.cams.postprocess import upsample_normalize
 from gradcam_fast.check.compare import relative_error
-from gradcam_fast.export.maps import (
-    EXPORTABLE_METHODS,
-    compare_maps,
-    failing_map_figures,
-    reference_maps,
-)
+from gradcam_fast.check.maps import compare_maps, failing_map_figures, reference_maps
+from gradcam_fast.export.maps import EXPORTABLE_METHODS
 from gradcam_fast.export.validate import ExportValidationError, validate_onnx
 from gradcam_fast.format.metadata import ModelMetadata
 from gradcam_fast.format.preprocessing import normalize_pixels

@@ -36,8 +36,8 @@ from test_images import png_declaring  # noqa: E402
 from tiny_models import make_tiny_vgg  # noqa: E402
 
 from gradcam_fast import GradCAMSession, export_onnx  # noqa: E402
+from gradcam_fast.io.colormaps import overlay  # noqa: E402
 from gradcam_fast.io.images import load_image, model_view, preprocess  # noqa: E402
-from gradcam_fast.io.visualize import overlay  # noqa: E402
 from gradcam_fast.model.loading import ModelInfo  # noqa: E402
 from gradcam_fast.services.ray_serve import app  # noqa: E402
 from gradcam_fast.services.serve_ingress import haproxy_binary, use_ingress  # noqa: E402

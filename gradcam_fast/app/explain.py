@@ -25,7 +25,8 @@ from typing import IO
 import torch
 
 from ..check.finite import NONFINITE, NonFiniteMapsError
-from ..format.result import GradCAMResult, Session
+from ..format.protocols import Session
+from ..format.result import GradCAMResult
 from ..io.gallery import write_gallery
 from ..io.images import preprocessing_of
 from .classes import class_targets, maps_per_image, top_predictions

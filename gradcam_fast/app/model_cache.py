@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING
 
 from filelock import FileLock
 
-from ..model.loading import file_identity
+from ..model.file_identity import file_identity
 from ..runtime.cachedir import cache_dir
 
 if TYPE_CHECKING:

@@ -15,7 +15,7 @@ import torch
 from torch import nn
 
 from ..check.reference import eager_gradcam
-from ..format.result import Session
+from ..format.protocols import Session
 
 __all__ = ["BenchRow", "time_calls", "time_session"]
 

@@ -94,7 +94,7 @@ def _splice_tap(model: nn.Module, target_layer: str | None, image_size: int) -> 
             m._forward_pre_hooks.update(pre)
     names = {node: tracer.node_to_qualname.get(node, node.name) for node in graph.nodes}
     if target_layer is None:
-        from ..model.loading import default_target_layer  # the documented default, by name only
+        from ..model.layer_names import default_target_layer  # the documented default, by name only
 
         target_layer = default_target_layer(model, image_size)
     # torchvision's rule (create_feature_extractor): the last node named `target_layer` or

@@ -11,7 +11,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from ..io.visualize import COLORMAPS
+from ..io.colormaps import COLORMAPS
 from ..model.catalog import METHOD_NAMES
 from .options import (
     add_class_options,
@@ -34,8 +34,8 @@ def run(args: argparse.Namespace) -> int:
     from ..app import explain as pipeline  # looked up here: tests replace pipeline.explain
     from ..app.classes import check_class_request, maps_per_image, resolve_classes
     from ..app.model_cache import open_session
+    from ..io.colormaps import colormap_lut
     from ..io.discover import collect_inputs
-    from ..io.visualize import colormap_lut
 
     try:
         colormap_lut(args.colormap)

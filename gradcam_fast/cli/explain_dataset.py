@@ -15,7 +15,7 @@ import sys
 import time
 from pathlib import Path
 
-from ..io.visualize import COLORMAPS
+from ..io.colormaps import COLORMAPS
 from .options import (
     add_class_options,
     add_model_options,
@@ -71,8 +71,8 @@ def run(args: argparse.Namespace) -> int:
         return usage_error(f"{INSTALL_HINT} ({exc})")
     from ..app.classes import check_class_request, maps_per_image, resolve_classes
     from ..app.model_cache import cached_model
+    from ..io.colormaps import colormap_lut
     from ..io.discover import dataset_sources
-    from ..io.visualize import colormap_lut
 
     colormap_lut(args.colormap)  # an unknown colormap fails here, not in every actor
     check_class_request(args.classes, args.top_k)

@@ -14,7 +14,7 @@ import logging
 import os
 from collections.abc import Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Protocol
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
@@ -25,6 +25,7 @@ from ..cams.postprocess import weighted_sum
 from ..check.finite import check_finite
 from ..format.inputs import as_image_batch, as_pixel_batch, as_targets
 from ..format.metadata import ModelMetadata
+from ..format.protocols import Runner
 from ..format.result import GradCAMResult
 from .backends import open_runner
 from .cachedir import cache_dir
@@ -37,18 +38,6 @@ if TYPE_CHECKING:
 __all__ = ["GradCAMSession", "available_devices", "cpu_count"]
 
 log = logging.getLogger(__name__)
-
-
-class Runner(Protocol):
-    """A backend: images, targets -> (logits, target_classes, activations, gradients or channel
-    weights), with the metadata of the model it runs. `OrtRunner`, `OpenVinoRunner` and
-    `TorchRunner` are three."""
-
-    device: torch.device
-    metadata: ModelMetadata
-    providers: list[str]
-
-    def __call__(self, images: torch.Tensor, targets: torch.Tensor) -> tuple[torch.Tensor, ...]: ...
 
 
 def _resolve_device(device: str | torch.device, cuda_usable: bool) -> torch.device:

@@ -28,8 +28,8 @@ from ..app.classes import TOP_PREDICTIONS, class_targets, maps_per_image, top_pr
 from ..app.steps import decode, model_input, slug, write_overlays
 from ..check.finite import NONFINITE, NonFiniteMapsError
 from ..format.metadata import ModelMetadata
+from ..io.files import atomic_file
 from ..io.images import IMAGE_EXTENSIONS, preprocessing_of
-from ..io.visualize import atomic_file
 
 if TYPE_CHECKING:
     import ray.data
