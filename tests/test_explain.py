@@ -152,7 +152,9 @@ def test_explain_two_samples_exports_once_and_caches(run, tmp_path, monkeypatch)
     status, err = run(*images, "--out", tmp_path / "a", *common)
     assert status == EXIT_OK, err
     [model] = cache.glob("*.onnx")
-    assert "vgg11" in model.name and model.name.endswith("-k1-cw.onnx")  # Grad-CAM: lean model
+    assert "vgg11" in model.name and model.name.endswith(
+        "-k1-cw.onnx"
+    )  # Grad-CAM: the channel-weights model
     records = read_results(tmp_path / "a")
     assert set(records) == {"cat.jpg", "coffee.jpg"}
     for record in records.values():

@@ -123,7 +123,7 @@ def test_a_bfloat16_body_converts_parameters_outside_leaf_modules():
 def test_resnet_default_target_is_layer4_and_its_channel_weights_skip_the_fc_vjp():
     """Only pooling lies between layer4 and fc: the channel weights are fc's rows / (h*w)."""
     model = _model("resnet18")
-    graph = GradCAMGraph(model, "layer4", 2, gradients=False, image_size=64)
+    graph = GradCAMGraph(model, "layer4", 2, channel_weights_only=True, image_size=64)
     assert graph.target_layer == "layer4.1.relu_1"
     assert graph.first_linear == "fc"
     images, targets = _inputs(64)
@@ -137,7 +137,7 @@ def test_resnet_default_target_is_layer4_and_its_channel_weights_skip_the_fc_vjp
 def test_channel_weights_without_the_shortcut_are_the_gradients_means():
     """ConvNeXt's classifier normalizes after pooling: no shortcut, the full backward's mean."""
     model = _model("convnext_tiny")
-    graph = GradCAMGraph(model, None, 2, gradients=False, image_size=64)
+    graph = GradCAMGraph(model, None, 2, channel_weights_only=True, image_size=64)
     assert graph.first_linear is None
     images, targets = _inputs(64)
     with torch.no_grad():
@@ -171,7 +171,7 @@ def test_int8_resnet_keeps_the_maps(tmp_path):
     calibration = torch.randn(8, 3, 64, 64, generator=torch.Generator().manual_seed(3))
     path = export_onnx(
         _model("resnet18"), tmp_path / "q.onnx", image_size=64, precision="int8",
-        calibration=calibration, gradients=False,
+        calibration=calibration, channel_weights_only=True,
     )  # fmt: skip
     session = GradCAMSession(path, device="cpu")
     assert session.metadata.precision == "int8"

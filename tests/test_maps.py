@@ -149,10 +149,15 @@ def test_metadata_without_maps_fields_still_reads():
     assert back == with_maps and back.output_names[-2:] == ("cams", "cams_lowres")
 
 
-def test_lean_model_maps(tiny, tmp_path):
-    """gradients=False with maps: Grad-CAM maps from the channel weights, in the graph."""
+def test_channel_weights_model_maps(tiny, tmp_path):
+    """channel_weights_only=True with maps: Grad-CAM maps from the channel weights, in the graph."""
     path = export_onnx(
-        tiny, tmp_path / "lean.onnx", image_size=S, num_targets=K, maps=True, gradients=False
+        tiny,
+        tmp_path / "cw.onnx",
+        image_size=S,
+        num_targets=K,
+        maps=True,
+        channel_weights_only=True,
     )
     session = GradCAMSession(path, device="cpu")
     assert session.metadata.output_names[3:] == ("channel_weights", "cams", "cams_lowres")

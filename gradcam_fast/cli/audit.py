@@ -75,7 +75,7 @@ def run(args: argparse.Namespace) -> int:
         **session_options(args),
         **network_options(args),
         num_targets=1,
-        gradients=args.method != "gradcam",
+        channel_weights_only=args.method == "gradcam",
     )
     meta = session.metadata
     if annotations is not None:

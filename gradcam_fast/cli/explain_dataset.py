@@ -83,7 +83,7 @@ def run(args: argparse.Namespace) -> int:
     model_path = args.model or cached_model(
         **network_options(args),
         num_targets=wanted or 1,
-        gradients=False,  # the rows hold Grad-CAM maps: the channel-weights model serves
+        channel_weights_only=True,  # the rows hold Grad-CAM maps: the channel-weights model serves
     )
     meta = read_metadata(model_path)
     maps_per_image(model_path, meta.num_targets, args.classes, args.top_k)

@@ -20,9 +20,9 @@ def run(args: argparse.Namespace) -> int:
         network.pop("arch"),
         args.out,
         validate=not args.no_validate,
-        gradients=not args.channel_weights_only,
         **network,
         **pick(args, "num_targets", "opset", "raw_pixels", "external_data", "maps", "method"),
+        **pick(args, "channel_weights_only"),
     )
     print(path)
     return EXIT_OK
@@ -46,9 +46,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--channel-weights-only",
         action="store_true",
-        help="the channel-weights model (gradients=False): outputs Grad-CAM's channel weights "
-        "instead of the gradients, skipping the first Linear's VJP (faster at small batches); "
-        "serves --method gradcam only",
+        help="the channel-weights model (export_onnx's channel_weights_only=True): outputs "
+        "Grad-CAM's channel weights instead of the gradients, skipping the first Linear's VJP "
+        "(faster at small batches); serves --method gradcam only",
     )
     p.add_argument(
         "--external-data",

@@ -50,7 +50,7 @@ def run(args: argparse.Namespace) -> int:
     model = args.model or cached_model(
         **options.network_options(args),
         num_targets=args.num_targets,
-        gradients=not args.channel_weights_only,
+        channel_weights_only=args.channel_weights_only,
     )
     print(precision.choice_line(args), file=sys.stderr)
     if started_ray:  # without --address a Ray of its own ("local"), with the ingress set above
@@ -180,6 +180,6 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     model.add_argument(
         "--channel-weights-only",
         action="store_true",
-        help="the Grad-CAM-only model (channel weights instead of gradients: faster at small "
-        "batches); requests for other methods get a 400",
+        help="the channel-weights model (channel weights instead of gradients: Grad-CAM only, "
+        "faster at small batches); requests for other methods get a 400",
     )

@@ -10,8 +10,8 @@ gets the maps, with nothing to re-implement.
 
 Every method but `eigencam` exports: they are plain tensor arithmetic (mean, matmul, einsum,
 where, ReLU). Eigen-CAM needs a symmetric eigendecomposition (`torch.linalg.eigh`, in float64),
-for which ONNX has no operator. A model exported with `gradients=False` (channel weights only)
-carries Grad-CAM maps only. How an exported model's maps are judged: `check/maps.py`.
+for which ONNX has no operator. The channel-weights model (`channel_weights_only=True`) carries
+Grad-CAM maps only. How an exported model's maps are judged: `check/maps.py`.
 """
 
 from __future__ import annotations
@@ -32,7 +32,7 @@ __all__ = [
 ]
 
 
-def check_exportable(method: str, gradients: bool = True) -> str:
+def check_exportable(method: str, channel_weights_only: bool = False) -> str:
     """`method` if it can be computed inside an exported graph, else a ValueError saying why."""
     check_method(method)
     if method not in EXPORTABLE_METHODS:
@@ -42,10 +42,11 @@ def check_exportable(method: str, gradients: bool = True) -> str:
             f"{', '.join(EXPORTABLE_METHODS)}, or export without maps and let GradCAMSession "
             f"compute {method} after the run"
         )
-    if not gradients and method != "gradcam":
+    if channel_weights_only and method != "gradcam":
         raise ValueError(
-            f"method {method!r} needs the gradients, and a model exported with gradients=False "
-            "outputs Grad-CAM's channel weights only: use method='gradcam' or gradients=True"
+            f"method {method!r} needs the gradients, and the channel-weights model "
+            "(channel_weights_only=True) outputs Grad-CAM's channel weights only: use "
+            "method='gradcam' or channel_weights_only=False"
         )
     return method
 
@@ -53,22 +54,22 @@ def check_exportable(method: str, gradients: bool = True) -> str:
 class GradCAMMaps(nn.Module):
     """A Grad-CAM graph whose outputs are followed by `cams` [B,K,S,S] and `cams_lowres` [B,K,h,w]
     of `method`. `gradcam` is the wrapped graph's module (as in `pixels.RawPixelGradCAM`); with
-    `gradients=False` its fourth output is the channel weights [B,K,C]."""
+    `channel_weights_only` its fourth output is the channel weights [B,K,C]."""
 
     def __init__(
-        self, graph: nn.Module, method: str, image_size: int, gradients: bool = True
+        self, graph: nn.Module, method: str, image_size: int, channel_weights_only: bool = False
     ) -> None:
         super().__init__()
         self.gradcam = graph
-        self.method = check_exportable(method, gradients)
+        self.method = check_exportable(method, channel_weights_only)
         self.image_size = image_size
-        self.gradients = gradients
+        self.channel_weights_only = channel_weights_only
 
     def forward(self, images: torch.Tensor, targets: torch.Tensor):
         logits, classes, activations, grads = self.gradcam(images, targets)
-        if self.gradients:
-            lowres = cam_lowres(self.method, activations, grads)
-        else:  # channel weights [B, K, C]
+        if self.channel_weights_only:  # channel weights [B, K, C]
             lowres = weighted_sum(grads, activations)
+        else:
+            lowres = cam_lowres(self.method, activations, grads)
         cams = upsample_normalize(lowres, self.image_size)
         return logits, classes, activations, grads, cams, lowres

@@ -20,8 +20,8 @@ class GradCAMResult:
     logits: torch.Tensor  # [B, num_classes] float32
     activations: torch.Tensor  # [B, C, h, w] float32, the target layer's output
     gradients: torch.Tensor | None  # [B, K, C, h, w] float32, d logit_target / d activations
-    # [B, K, C], Grad-CAM's weights; set by models exported with gradients=False (which return
-    # no gradients), else None (they are gradients.mean((-2, -1)))
+    # [B, K, C], Grad-CAM's weights; set by the channel-weights model (channel_weights_only=True,
+    # which returns no gradients), else None (they are gradients.mean((-2, -1)))
     channel_weights: torch.Tensor | None = None
 
     @classmethod

@@ -64,11 +64,11 @@ def _method_for(meta: ModelMetadata, method: str | None) -> str:
             f"method={meta.method!r}), not {method!r}: call it with method={meta.method!r} (or "
             "none), or use a model exported without maps, whose maps the session computes"
         )
-    if not meta.gradients and method != "gradcam":
+    if meta.channel_weights_only and method != "gradcam":
         raise ValueError(
-            f"method {method!r} needs the gradients, and this model was exported with "
-            "gradients=False (channel weights only, for Grad-CAM): use method='gradcam' or "
-            "a model exported with gradients"
+            f"method {method!r} needs the gradients, and this is the channel-weights model "
+            "(exported with channel_weights_only=True, formerly gradients=False; Grad-CAM's "
+            "channel weights only): use method='gradcam' or a model exported with gradients"
         )
     return method
 
@@ -291,7 +291,7 @@ class GradCAMSession:
     ) -> GradCAMResult:
         logits, classes, activations, gradients, *maps = self._runner(images, targets)
         weights = None
-        if not self.metadata.gradients:  # the channel-weights model: Grad-CAM's weights only
+        if self.metadata.channel_weights_only:  # Grad-CAM's weights only
             weights, gradients = gradients, None
         outputs = {
             "target_classes": classes,
