@@ -24,7 +24,7 @@ LAYERS = [
     "format",  # the file's metadata, results, input checks, preprocessing constants
     "model",  # loading CNNs, their names, tracing them to the target
     "core",  # the Grad-CAM graph and its VJP rules
-    "check",  # the eager oracle and the comparisons against it
+    "check",  # the eager reference and the comparisons against it
     "io",  # image files, listings, overlays, calibration sets
     "runtime",  # the session and its backends, int8 models of float32 files
     "export",  # export to ONNX and its validation

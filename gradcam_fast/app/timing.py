@@ -1,4 +1,4 @@
-"""Timing session calls on this machine, with the eager hook way alongside (`gradcam-fast bench`).
+"""Timing session calls on this machine, with the eager reference alongside (`gradcam-fast bench`).
 
 A quick check for an installed package on a user's machine. The full comparison with the other
 libraries and plain inference lives in the repository (`python -m benchmarks.report`).

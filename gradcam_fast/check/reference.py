@@ -1,5 +1,6 @@
-"""eager_gradcam: Grad-CAM the way it is taught (a tap on the target + backward). The oracle and
-the baseline.
+"""eager_gradcam, the eager reference: Grad-CAM the way it is taught (a tap on the target +
+backward). What every fast path is checked against, and the speed baseline (the one name for
+it: "eager reference"; benchmarks/ time it as the `eager_hook` contender).
 
 Independent of the code it checks: it shares no target resolution, rule or graph with
 model/trace.py, core/graph.py or core/vjp.py. The model is traced by torchvision's own

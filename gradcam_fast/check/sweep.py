@@ -1,4 +1,4 @@
-"""The model sweep: every torchvision CNN's Grad-CAM graph against the autograd oracle.
+"""The model sweep: every torchvision CNN's Grad-CAM graph against the eager reference (autograd).
 
 For each arch, on seeded random weights, three targets: the default (the last stage's output),
 one inside the last stage's blocks (a residual or inverted-residual block's inner layer: the
@@ -67,7 +67,7 @@ def sweep_targets(traced: TracedModel) -> dict[str, str]:
 def sweep_model(
     arch: str, image_size: int = 224, batch: int = 2, num_targets: int = 2, seed: int = 0
 ) -> list[SweepRow]:
-    """Check `arch`'s graph at each of `sweep_targets` against the oracle, in float32."""
+    """Check `arch`'s graph at each of `sweep_targets` against the eager reference, in float32."""
     from ..cams.postprocess import gradcam_lowres
     from ..core.graph import GradCAMGraph
     from ..format.result import GradCAMResult

@@ -1,4 +1,5 @@
-"""`gradcam-fast sweep`: every CNN's Grad-CAM graph against the autograd oracle, as a table."""
+"""`gradcam-fast sweep`: every CNN's Grad-CAM graph against the eager reference (autograd), as a
+table."""
 
 from __future__ import annotations
 

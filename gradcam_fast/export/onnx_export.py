@@ -1,5 +1,6 @@
-"""export_onnx: trace GradCAMGraph to ONNX with metadata, then validate it against the eager way
-(`validate.py`); float16 (`float16.py`) and int8 (`quantize.py`) convert the body on the way."""
+"""export_onnx: trace GradCAMGraph to ONNX with metadata, then validate it against the eager
+reference (`validate.py`); float16 (`float16.py`) and int8 (`quantize.py`) convert the body on
+the way."""
 
 from __future__ import annotations
 
