@@ -32,7 +32,7 @@ __all__ = ["DESCRIPTION", "EPILOG", "HELP", "add_arguments", "run"]
 
 def run(args: argparse.Namespace) -> int:
     from ..app import explain as pipeline  # looked up here: tests replace pipeline.explain
-    from ..app.classes import check_class_request, maps_per_image, resolve_classes
+    from ..app.classes import check_class_request, maps_to_write, resolve_classes
     from ..app.model_cache import open_session
     from ..io.colormaps import colormap_lut
     from ..io.discover import collect_inputs
@@ -71,7 +71,7 @@ def run(args: argparse.Namespace) -> int:
     if args.classes:
         classes = resolve_classes(args.classes, meta.categories, meta.num_classes)
     try:
-        maps_per_image(session.path, meta.num_targets, args.classes, args.top_k)
+        maps_to_write(session.path, meta.num_targets, args.classes, args.top_k)
     except ValueError as exc:
         return usage_error(str(exc))
     if not args.quiet:  # after the usage checks: a usage error stays one line

@@ -69,7 +69,7 @@ def run(args: argparse.Namespace) -> int:
         from ..services.ray_data import explain_dataset, read_metadata
     except ImportError as exc:
         return usage_error(f"{INSTALL_HINT} ({exc})")
-    from ..app.classes import check_class_request, maps_per_image, resolve_classes
+    from ..app.classes import check_class_request, maps_to_write, resolve_classes
     from ..app.model_cache import cached_model
     from ..io.colormaps import colormap_lut
     from ..io.discover import dataset_sources
@@ -86,7 +86,7 @@ def run(args: argparse.Namespace) -> int:
         channel_weights_only=True,  # the rows hold Grad-CAM maps: the channel-weights model serves
     )
     meta = read_metadata(model_path)
-    maps_per_image(model_path, meta.num_targets, args.classes, args.top_k)
+    maps_to_write(model_path, meta.num_targets, args.classes, args.top_k)
     classes = None
     if args.classes:
         classes = resolve_classes(args.classes, meta.categories, meta.num_classes)

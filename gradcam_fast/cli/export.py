@@ -40,7 +40,13 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("-o", "--out", type=Path, required=True, help="output .onnx path")
     add_network_options(p)
     add_precision_options(p, export=True)
-    p.add_argument("--num-targets", "-k", type=int, default=1, help="maps per image (K)")
+    p.add_argument(
+        "--num-targets",
+        "-k",
+        type=int,
+        default=1,
+        help="K, the target classes (maps) each call computes per image (default 1)",
+    )
     p.add_argument("--opset", type=int, help="ONNX opset (default: the exporter's)")
     p.add_argument("--no-validate", action="store_true", help="skip the check against eager")
     p.add_argument(

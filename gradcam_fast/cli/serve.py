@@ -174,8 +174,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         "--num-targets",
         type=positive,
         default=1,
-        help="maps per image the model computes: the largest top_k or number of classes a "
-        "request may ask for (default 1)",
+        help="K, the target classes (maps) the model computes per image: the largest top_k or "
+        "number of classes a request may ask for (default 1)",
     )
     model.add_argument(
         "--channel-weights-only",
