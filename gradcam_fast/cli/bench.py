@@ -38,11 +38,10 @@ def run(args: argparse.Namespace) -> int:
 
 
 HELP = "time Grad-CAM calls here (and the eager reference with --eager)"
-DESCRIPTION = (
-    "Median time of session calls on random images at each --batch-size, "
-    "with the eager reference (eager_gradcam: hook + full backward) alongside (--eager). "
-    "Prints a markdown table."
-)
+DESCRIPTION = """\
+Median time of session calls on random images at each --batch-size, with the eager reference
+(eager_gradcam: hook + full backward) alongside (--eager). Prints a markdown table.
+"""
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:

@@ -94,15 +94,14 @@ def run(args: argparse.Namespace) -> int:
 
 
 HELP = "Grad-CAM overlays for image files and folders"
-DESCRIPTION = (
-    "Grad-CAM overlays for image files, folders (recursive) and glob patterns. "
-    "Writes an overlay PNG per image and class, results.jsonl (one line per input) and "
-    "index.html (a gallery) into --out."
-)
-EPILOG = (
-    "exit status: 0 every file explained; 1 some files failed (see results.jsonl); "
-    "2 usage or model error, nothing explained."
-)
+DESCRIPTION = """\
+Grad-CAM overlays for image files, folders (recursive) and glob patterns. Writes an overlay PNG
+per image and class, results.jsonl (one line per input) and index.html (a gallery) into --out.
+"""
+EPILOG = """\
+exit status: 0 every file explained; 1 some files failed (see results.jsonl); 2 usage or model
+error, nothing explained.
+"""
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:

@@ -123,13 +123,13 @@ def run(args: argparse.Namespace) -> int:
 
 
 HELP = "Grad-CAM for whole datasets on Ray Data (local or a cluster), into Parquet"
-DESCRIPTION = (
-    "Explain every image of SOURCE (folders, files, or URIs Ray can read such as "
-    "s3://bucket/prefix) with a pool of Ray actors, one model session each, and write "
-    "Parquet to DEST: one row per file with its top-5 predictions, the explained classes, "
-    "the low-resolution maps, and the error for files that could not be read. Without "
-    "--address or RAY_ADDRESS, a local Ray is started on this machine."
-)
+DESCRIPTION = """\
+Explain every image of SOURCE (folders, files, or URIs Ray can read such as s3://bucket/prefix)
+with a pool of Ray actors, one model session each, and write Parquet to DEST: one row per file
+with its top-5 predictions, the explained classes, the low-resolution maps, and the error for
+files that could not be read. Without --address or RAY_ADDRESS, a local Ray is started on this
+machine.
+"""
 EPILOG = (
     "exit status: 0 every file explained; 1 some files failed (their rows carry the "
     "error); 2 usage, model or cluster error. " + INSTALL_HINT + "."
@@ -151,8 +151,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     pre.add_argument("--no-crop", action="store_true", help="resize to S x S without a crop")
     pre.add_argument(
         "--overlays",
-        type=Path,
         metavar="DIR",
+        type=Path,
         help="also write an overlay PNG per image and class into DIR (on a cluster: a folder "
         "every node can write to)",
     )

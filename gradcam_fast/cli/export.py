@@ -29,10 +29,10 @@ def run(args: argparse.Namespace) -> int:
 
 
 HELP = "export a CNN's Grad-CAM graph to ONNX"
-DESCRIPTION = (
-    "Export the Grad-CAM graph of a CNN to ONNX, validated against the eager "
-    "implementation in ONNX Runtime unless --no-validate."
-)
+DESCRIPTION = """\
+Export the Grad-CAM graph of a CNN to ONNX, validated against the eager reference in ONNX
+Runtime unless --no-validate.
+"""
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:

@@ -103,12 +103,11 @@ def run(args: argparse.Namespace) -> int:
 
 
 HELP = "serve Grad-CAM over HTTP on Ray Serve (batched, replicated)"
-DESCRIPTION = (
-    "Serve Grad-CAM over HTTP on Ray Serve: POST an image file to /explain, get the top-5 "
-    "predictions and the low-resolution maps as JSON (docs/serving.md). Runs in the foreground "
-    "until Ctrl-C or SIGTERM. Without --address or RAY_ADDRESS, a local Ray is started on this "
-    "machine."
-)
+DESCRIPTION = """\
+Serve Grad-CAM over HTTP on Ray Serve: POST an image file to /explain, get the top-5 predictions
+and the low-resolution maps as JSON (docs/serving.md). Runs in the foreground until Ctrl-C or
+SIGTERM. Without --address or RAY_ADDRESS, a local Ray is started on this machine.
+"""
 EPILOG = (
     f"exit status: 0 after a clean shutdown; 2 usage, model or cluster error. It {INSTALL_HINT}."
 )

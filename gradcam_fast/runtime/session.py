@@ -183,8 +183,8 @@ class GradCAMSession:
             runner, self.choice = open_runner(
                 Path(path),
                 device,
-                backend=backend,
-                precision=precision,
+                backend,
+                precision,
                 calibration=calibration,
                 calibration_method=calibration_method,
                 ort=ort,
