@@ -36,8 +36,8 @@ class Session(Protocol):
 
 
 class Runner(Protocol):
-    """A backend: images, targets -> (logits, target_classes, activations, gradients or channel
-    weights), with the metadata of the model it runs."""
+    """The backend seam: images, targets -> (logits, target_classes, activations, gradients or
+    channel weights), with the metadata of the model it runs."""
 
     device: torch.device
     metadata: ModelMetadata
