@@ -151,7 +151,7 @@ def test_channel_weights_without_the_shortcut_are_the_gradients_means():
 @pytest.mark.parametrize(
     "kind",
     [
-        {"gradients": False},
+        {"channel_weights_only": True},
         {"maps": True, "method": "gradcam++"},
         {"precision": "float16"},
         {"raw_pixels": True},

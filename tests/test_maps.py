@@ -235,7 +235,7 @@ def test_aug_smooth_on_a_maps_model(gradcam_path, tiny):
         ({"maps": True, "method": "eigencam"}, "eigendecomposition"),
         ({"maps": True, "method": "nope"}, "unknown CAM method"),
         ({"method": "gradcam"}, "pass maps=True"),
-        ({"maps": True, "method": "layercam", "gradients": False}, "needs the gradients"),
+        ({"maps": True, "method": "layercam", "channel_weights_only": True}, "needs the gradients"),
     ],
 )
 def test_export_refuses(tiny, tmp_path, kwargs, match):
