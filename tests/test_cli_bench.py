@@ -1,4 +1,4 @@
-"""`gradcam-fast bench`: a table of timed calls, with the eager hook way alongside."""
+"""`gradcam-fast bench`: a table of timed calls, with the eager reference alongside."""
 
 from __future__ import annotations
 

@@ -22,8 +22,8 @@ from tiny_models import make_tiny_vgg
 
 from gradcam_fast import GradCAMSession, export_onnx
 from gradcam_fast.cli import EXIT_ERROR, EXIT_OK, EXIT_SOME_FAILED, main
+from gradcam_fast.io.colormaps import colormap_lut
 from gradcam_fast.io.images import load_image, model_view, preprocess
-from gradcam_fast.io.visualize import colormap_lut
 
 SAMPLES = Path(__file__).resolve().parent.parent / "examples" / "images"
 CAT, COFFEE = SAMPLES / "cat.jpg", SAMPLES / "coffee.jpg"

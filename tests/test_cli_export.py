@@ -65,11 +65,11 @@ def test_export_error_is_one_line_without_traceback(tmp_path, capsys):
 
 @pytest.mark.slow
 def test_export_channel_weights_only_with_external_data(tmp_path, capsys):
-    out = tmp_path / "lean.onnx"
+    out = tmp_path / "cw.onnx"
     code = main(["export", "--arch", "vgg11", "--weights", "random", "--image-size", "32",
                  "--channel-weights-only", "--external-data", "-o", str(out)])  # fmt: skip
     assert code == 0, capsys.readouterr().err
-    assert out.with_name("lean.onnx.data").stat().st_size > 100_000_000  # the weights moved out
+    assert out.with_name("cw.onnx.data").stat().st_size > 100_000_000  # the weights moved out
     session = GradCAMSession(out, "cpu", low_memory=True)
     assert session.metadata.gradients is False
     result = session(torch.zeros(2, 3, 32, 32))

@@ -43,7 +43,7 @@ def images():
 
 @pytest.fixture(scope="module")
 def reference(vgg19, images):
-    """Float32 eager Grad-CAM on the CPU: the oracle for every CUDA path."""
+    """Float32 eager Grad-CAM on the CPU: the eager reference for every CUDA path."""
     return eager_gradcam(vgg19, images, torch.tensor([[-1, 3]] * 8))
 
 

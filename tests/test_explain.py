@@ -25,6 +25,7 @@ from gradcam_fast import GradCAMSession, export_onnx
 from gradcam_fast.app.classes import resolve_classes
 from gradcam_fast.app.steps import decode
 from gradcam_fast.cli import EXIT_ERROR, EXIT_OK, EXIT_SOME_FAILED, main
+from gradcam_fast.io.colormaps import overlay
 from gradcam_fast.io.discover import collect_inputs
 from gradcam_fast.io.images import (
     cam_to_image,
@@ -34,7 +35,6 @@ from gradcam_fast.io.images import (
     preprocess,
     preprocessing_of,
 )
-from gradcam_fast.io.visualize import overlay
 from gradcam_fast.model.loading import ModelInfo
 
 SAMPLES = Path(__file__).resolve().parent.parent / "examples" / "images"
@@ -152,7 +152,9 @@ def test_explain_two_samples_exports_once_and_caches(run, tmp_path, monkeypatch)
     status, err = run(*images, "--out", tmp_path / "a", *common)
     assert status == EXIT_OK, err
     [model] = cache.glob("*.onnx")
-    assert "vgg11" in model.name and model.name.endswith("-k1-cw.onnx")  # Grad-CAM: lean model
+    assert "vgg11" in model.name and model.name.endswith(
+        "-k1-cw.onnx"
+    )  # Grad-CAM: the channel-weights model
     records = read_results(tmp_path / "a")
     assert set(records) == {"cat.jpg", "coffee.jpg"}
     for record in records.values():

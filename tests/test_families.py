@@ -1,5 +1,5 @@
-"""Every torchvision CNN family beyond VGG: the graph against the autograd oracle (in torch, at
-the default target, inside the last stage's blocks and at the stage before), the export
+"""Every torchvision CNN family beyond VGG: the graph against the eager reference (autograd; in
+torch, at the default target, inside the last stage's blocks and at the stage before), the export
 through ONNX Runtime at each family's default target, the other model kinds (channel weights,
 maps, float16, int8) on a ResNet, a caller's own classifier, and the refusals. Random weights,
 small images where the size does not matter; `gradcam-fast sweep` runs all 68 at full size."""
@@ -60,7 +60,7 @@ SAME_OPS_AS_A_SIBLING = {"resnext", "wide_resnet", "efficientnet_v2", "mobilenet
 
 @pytest.mark.slow
 @pytest.mark.parametrize("family", [f for f in FAMILIES if f not in SAME_OPS_AS_A_SIBLING])
-def test_graph_matches_the_oracle_at_three_targets(family):
+def test_graph_matches_the_eager_reference_at_three_targets(family):
     """Default, inside the last stage's blocks, and the stage before: 1e-4 in float32."""
     arch, size = FAMILIES[family]
     rows = sweep_model(arch, size)
@@ -71,9 +71,9 @@ def test_graph_matches_the_oracle_at_three_targets(family):
 
 @pytest.mark.slow
 @pytest.mark.parametrize("family", list(FAMILIES))
-def test_export_runs_in_onnx_runtime_like_the_oracle(family, tmp_path):
-    """The exported file (validated against the oracle at batch 3 on export) at batch 2 with
-    ranks and class indices mixed, in ONNX Runtime on the CPU."""
+def test_export_runs_in_onnx_runtime_like_the_eager_reference(family, tmp_path):
+    """The exported file (validated against the eager reference at batch 3 on export) at batch 2
+    with ranks and class indices mixed, in ONNX Runtime on the CPU."""
     arch, size = FAMILIES[family]
     model = _model(arch)
     path = export_onnx(model, tmp_path / f"{arch}.onnx", image_size=size, num_targets=2)
@@ -87,9 +87,10 @@ def test_export_runs_in_onnx_runtime_like_the_oracle(family, tmp_path):
     assert torch.equal(got.target_classes, ref.target_classes)
 
 
-def test_a_frozen_densenet_at_the_output_of_features_matches_the_oracle():
+def test_a_frozen_densenet_at_the_output_of_features_matches_the_eager_reference():
     """Frozen weights (requires_grad False) and a target followed by an in-place op (DenseNet's
-    F.relu(features, inplace=True)): the oracle's tap must not hand that op a leaf tensor."""
+    F.relu(features, inplace=True)): the eager reference's tap must not hand that op a leaf
+    tensor."""
     model = _model("densenet121").requires_grad_(False)
     graph = GradCAMGraph(model, "features", 2, image_size=64)
     images, targets = _inputs(64)
@@ -123,7 +124,7 @@ def test_a_bfloat16_body_converts_parameters_outside_leaf_modules():
 def test_resnet_default_target_is_layer4_and_its_channel_weights_skip_the_fc_vjp():
     """Only pooling lies between layer4 and fc: the channel weights are fc's rows / (h*w)."""
     model = _model("resnet18")
-    graph = GradCAMGraph(model, "layer4", 2, gradients=False, image_size=64)
+    graph = GradCAMGraph(model, "layer4", 2, channel_weights_only=True, image_size=64)
     assert graph.target_layer == "layer4.1.relu_1"
     assert graph.first_linear == "fc"
     images, targets = _inputs(64)
@@ -137,7 +138,7 @@ def test_resnet_default_target_is_layer4_and_its_channel_weights_skip_the_fc_vjp
 def test_channel_weights_without_the_shortcut_are_the_gradients_means():
     """ConvNeXt's classifier normalizes after pooling: no shortcut, the full backward's mean."""
     model = _model("convnext_tiny")
-    graph = GradCAMGraph(model, None, 2, gradients=False, image_size=64)
+    graph = GradCAMGraph(model, None, 2, channel_weights_only=True, image_size=64)
     assert graph.first_linear is None
     images, targets = _inputs(64)
     with torch.no_grad():
@@ -150,7 +151,7 @@ def test_channel_weights_without_the_shortcut_are_the_gradients_means():
 @pytest.mark.parametrize(
     "kind",
     [
-        {"gradients": False},
+        {"channel_weights_only": True},
         {"maps": True, "method": "gradcam++"},
         {"precision": "float16"},
         {"raw_pixels": True},
@@ -158,7 +159,7 @@ def test_channel_weights_without_the_shortcut_are_the_gradients_means():
     ids=["channel-weights", "maps", "float16", "raw-pixels"],
 )
 def test_other_model_kinds_export_for_a_resnet(kind, tmp_path):
-    """Each kind validates against the oracle on export (float16 with its looser limits)."""
+    """Each kind validates against the eager reference on export (float16 with looser limits)."""
     path = export_onnx(_model("resnet18"), tmp_path / "r.onnx", image_size=64, **kind)
     meta = GradCAMSession(path, device="cpu").metadata
     assert meta.arch == "resnet18"
@@ -171,7 +172,7 @@ def test_int8_resnet_keeps_the_maps(tmp_path):
     calibration = torch.randn(8, 3, 64, 64, generator=torch.Generator().manual_seed(3))
     path = export_onnx(
         _model("resnet18"), tmp_path / "q.onnx", image_size=64, precision="int8",
-        calibration=calibration, gradients=False,
+        calibration=calibration, channel_weights_only=True,
     )  # fmt: skip
     session = GradCAMSession(path, device="cpu")
     assert session.metadata.precision == "int8"

@@ -1,4 +1,4 @@
-"""GradCAMGraph (torch) against the eager hook implementation, the oracle."""
+"""GradCAMGraph (torch) against the eager reference (`eager_gradcam`)."""
 
 from __future__ import annotations
 
@@ -155,10 +155,10 @@ def test_graph_registers_no_hooks_and_needs_no_grad(vgg19, rng):
     [(None, 224, True), (None, 90, True), ("features.36", 100, True), ("features.34", 64, False)],
 )
 def test_channel_weights_only_graph_matches_eager_weights(vgg19, layer, size, shortcut, rng):
-    # gradients=False: Grad-CAM's weights through the first Linear's per-channel sums when only
-    # pooling lies between target and classifier (max-pool floor mode and overlapping adaptive
-    # bins included), else the spatial mean of the full VJP
-    graph = GradCAMGraph(vgg19, layer, 2, gradients=False)
+    # channel_weights_only=True: Grad-CAM's weights through the first Linear's per-channel sums
+    # when only pooling lies between target and classifier (max-pool floor mode and overlapping
+    # adaptive bins included), else the spatial mean of the full VJP
+    graph = GradCAMGraph(vgg19, layer, 2, channel_weights_only=True)
     assert (graph.first_linear is not None) == shortcut
     images = torch.randn(2, 3, size, size, generator=rng)
     targets = torch.tensor([[-1, 7], [3, -400]])

@@ -52,7 +52,7 @@ def images_of(seed: int, batch: int) -> torch.Tensor:
 def assert_same(got, expected) -> None:
     for name in FIELDS:
         a, b = getattr(got, name), getattr(expected, name)
-        if a is None or b is None:  # optional fields (gradients of a gradients=False model)
+        if a is None or b is None:  # optional fields (gradients of the channel-weights model)
             assert a is None and b is None, name
             continue
         assert a.dtype == b.dtype and a.shape == b.shape, name

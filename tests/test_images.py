@@ -18,6 +18,8 @@ from torchvision import transforms as T
 
 from gradcam_fast.format.metadata import ModelMetadata
 from gradcam_fast.format.preprocessing import IMAGENET_MEAN, IMAGENET_STD
+from gradcam_fast.io.colormaps import COLORMAPS, apply_colormap, colormap_lut, overlay
+from gradcam_fast.io.files import atomic_file, save_npy, save_png
 from gradcam_fast.io.images import (
     ImageError,
     cam_to_image,
@@ -27,15 +29,6 @@ from gradcam_fast.io.images import (
     preprocess,
     preprocessing_of,
     view_of,
-)
-from gradcam_fast.io.visualize import (
-    COLORMAPS,
-    apply_colormap,
-    atomic_file,
-    colormap_lut,
-    overlay,
-    save_npy,
-    save_png,
 )
 from gradcam_fast.model.loading import ModelInfo
 

@@ -21,10 +21,10 @@ PACKAGE = Path(gradcam_fast.__file__).resolve().parent
 
 LAYERS = [
     "cams",  # the CAM arithmetic on tensors
-    "format",  # the file's metadata, results, input checks, preprocessing constants
+    "format",  # the file's metadata, results, protocols, option lists, input checks, preprocessing
     "model",  # loading CNNs, their names, tracing them to the target
     "core",  # the Grad-CAM graph and its VJP rules
-    "check",  # the eager oracle and the comparisons against it
+    "check",  # the eager reference and the comparisons against it
     "io",  # image files, listings, overlays, calibration sets
     "runtime",  # the session and its backends, int8 models of float32 files
     "export",  # export to ONNX and its validation

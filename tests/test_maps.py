@@ -17,12 +17,8 @@ from gradcam_fast import GradCAMSession, eager_gradcam, export_onnx
 from gradcam_fast.cams.methods import METHODS
 from gradcam_fast.cams.postprocess import upsample_normalize
 from gradcam_fast.check.compare import relative_error
-from gradcam_fast.export.maps import (
-    EXPORTABLE_METHODS,
-    compare_maps,
-    failing_map_figures,
-    reference_maps,
-)
+from gradcam_fast.check.maps import compare_maps, failing_map_figures, reference_maps
+from gradcam_fast.export.maps import EXPORTABLE_METHODS
 from gradcam_fast.export.validate import ExportValidationError, validate_onnx
 from gradcam_fast.format.metadata import ModelMetadata
 from gradcam_fast.format.preprocessing import normalize_pixels
@@ -153,10 +149,15 @@ def test_metadata_without_maps_fields_still_reads():
     assert back == with_maps and back.output_names[-2:] == ("cams", "cams_lowres")
 
 
-def test_lean_model_maps(tiny, tmp_path):
-    """gradients=False with maps: Grad-CAM maps from the channel weights, in the graph."""
+def test_channel_weights_model_maps(tiny, tmp_path):
+    """channel_weights_only=True with maps: Grad-CAM maps from the channel weights, in the graph."""
     path = export_onnx(
-        tiny, tmp_path / "lean.onnx", image_size=S, num_targets=K, maps=True, gradients=False
+        tiny,
+        tmp_path / "cw.onnx",
+        image_size=S,
+        num_targets=K,
+        maps=True,
+        channel_weights_only=True,
     )
     session = GradCAMSession(path, device="cpu")
     assert session.metadata.output_names[3:] == ("channel_weights", "cams", "cams_lowres")
@@ -234,7 +235,7 @@ def test_aug_smooth_on_a_maps_model(gradcam_path, tiny):
         ({"maps": True, "method": "eigencam"}, "eigendecomposition"),
         ({"maps": True, "method": "nope"}, "unknown CAM method"),
         ({"method": "gradcam"}, "pass maps=True"),
-        ({"maps": True, "method": "layercam", "gradients": False}, "needs the gradients"),
+        ({"maps": True, "method": "layercam", "channel_weights_only": True}, "needs the gradients"),
     ],
 )
 def test_export_refuses(tiny, tmp_path, kwargs, match):

@@ -45,7 +45,7 @@ def files(tiny, tmp_path_factory):
     kw = {"image_size": SIZE, "num_targets": 2, "validate": False}
     return {
         "full": export_onnx(tiny, folder / "full.onnx", **kw),
-        "cw": export_onnx(tiny, folder / "cw.onnx", gradients=False, **kw),
+        "cw": export_onnx(tiny, folder / "cw.onnx", channel_weights_only=True, **kw),
         "maps": export_onnx(tiny, folder / "maps.onnx", maps=True, raw_pixels=True, **kw),
     }
 
@@ -183,7 +183,7 @@ def ort_int8(tiny, tmp_path_factory):
     path = tmp_path_factory.mktemp("int8") / "ort_int8.onnx"
     calibration = torch.randn(8, 3, SIZE, SIZE, generator=torch.Generator().manual_seed(7))
     return export_onnx(
-        tiny, path, image_size=SIZE, num_targets=2, gradients=False, precision="int8",
+        tiny, path, image_size=SIZE, num_targets=2, channel_weights_only=True, precision="int8",
         calibration=calibration, validate=False,
     )  # fmt: skip
 

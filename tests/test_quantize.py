@@ -56,14 +56,16 @@ def tiny():
     return make_tiny_vgg()
 
 
-@pytest.mark.parametrize("gradients", [True, False])
-def test_int8_export_quantizes_the_body_only_and_passes_validation(tmp_path, tiny, gradients):
+@pytest.mark.parametrize("channel_weights_only", [False, True])
+def test_int8_export_quantizes_the_body_only_and_passes_validation(
+    tmp_path, tiny, channel_weights_only
+):
     path = export_onnx(
         tiny,
         tmp_path / "m.onnx",
         image_size=SIZE,
         num_targets=2,
-        gradients=gradients,
+        channel_weights_only=channel_weights_only,
         precision="int8",
         calibration=_noise(16, 0),
     )
@@ -96,7 +98,7 @@ def test_int8_export_quantizes_the_body_only_and_passes_validation(tmp_path, tin
     errors = compare_with_reference(got, ref)
     assert failing_figures(errors, "int8") == [], errors
     assert errors["logits"] > 1e-4  # really quantized: not the float32 model
-    assert (got.channel_weights is None) == gradients
+    assert (got.channel_weights is None) == (not channel_weights_only)
 
 
 @pytest.mark.parametrize(
@@ -276,9 +278,7 @@ def test_calibration_folder_is_preprocessed_as_the_weights_say(tmp_path, monkeyp
     weights = {"resize_size": 232, "crop_size": 224, "interpolation": "bicubic"}
     monkeypatch.setattr(quantize, "quantize_body", lambda proto, *args: proto)
     info = ModelInfo(**weights)
-    _, fields, images = quantize.quantize_for_export(
-        None, "int8", tmp_path, "minmax", False, SIZE, 1, info, True
-    )
+    _, fields, images = quantize.quantize_for_export(None, tmp_path, "minmax", SIZE, 1, info, True)
     assert fields["calibration_images"] == len(files)
     expected = np.stack([model_view(load_image(p), SIZE, **weights) for p in files])
     np.testing.assert_array_equal(images.numpy(), expected)

@@ -4,7 +4,7 @@ result, every bad request gets a 4xx naming the problem, a killed replica is rep
 One local Ray (2 CPUs) and one Serve instance on 127.0.0.1 (a free port, behind HAProxy where
 Ray Serve bundles it, as `gradcam-fast serve` runs by default) for the module, with two
 applications of tiny VGGs at 64 px: `/gc` (K = 2, gradients, class names, batches of up to 4
-waiting 200 ms, a 200 kB body limit) and `/lean` (K = 1, channel weights only), each one replica
+waiting 200 ms, a 200 kB body limit) and `/cw` (K = 1, channel weights only), each one replica
 reserving half a CPU. All traffic stays on loopback.
 """
 
@@ -36,8 +36,8 @@ from test_images import png_declaring  # noqa: E402
 from tiny_models import make_tiny_vgg  # noqa: E402
 
 from gradcam_fast import GradCAMSession, export_onnx  # noqa: E402
+from gradcam_fast.io.colormaps import overlay  # noqa: E402
 from gradcam_fast.io.images import load_image, model_view, preprocess  # noqa: E402
-from gradcam_fast.io.visualize import overlay  # noqa: E402
 from gradcam_fast.model.loading import ModelInfo  # noqa: E402
 from gradcam_fast.services.ray_serve import app  # noqa: E402
 from gradcam_fast.services.serve_ingress import haproxy_binary, use_ingress  # noqa: E402
@@ -55,12 +55,12 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def _export(folder: Path, name: str, num_targets: int, gradients: bool, seed: int) -> Path:
+def _export(folder: Path, name: str, num_targets: int, weights_only: bool, seed: int) -> Path:
     model = make_tiny_vgg(num_classes=len(NAMES), seed=seed)
     model.gradcam_fast_info = ModelInfo(arch="vgg", weights="random:tiny", categories=NAMES)
     return export_onnx(
-        model, folder / name, image_size=SIZE, num_targets=num_targets, gradients=gradients,
-        validate=False,
+        model, folder / name, image_size=SIZE, num_targets=num_targets,
+        channel_weights_only=weights_only, validate=False,
     )  # fmt: skip
 
 
@@ -68,8 +68,8 @@ def _export(folder: Path, name: str, num_targets: int, gradients: bool, seed: in
 def models(tmp_path_factory) -> dict[str, Path]:
     folder = tmp_path_factory.mktemp("serve_models")
     return {
-        "gc": _export(folder, "gc.onnx", 2, True, seed=5),
-        "lean": _export(folder, "lean.onnx", 1, False, seed=6),
+        "gc": _export(folder, "gc.onnx", 2, False, seed=5),
+        "cw": _export(folder, "cw.onnx", 1, True, seed=6),
     }
 
 
@@ -92,8 +92,8 @@ def server(models) -> str:
             name="gc", route_prefix="/gc",
         )  # fmt: skip
         serve.run(
-            app(str(models["lean"]), max_batch_size=4, batch_wait_ms=20, **common),
-            name="lean", route_prefix="/lean",
+            app(str(models["cw"]), max_batch_size=4, batch_wait_ms=20, **common),
+            name="cw", route_prefix="/cw",
         )  # fmt: skip
         yield f"http://127.0.0.1:{port}"
     finally:
@@ -317,7 +317,7 @@ BAD = [  # (path and query, body, status, phrase the error must contain)
     ("/gc/explain?top_k=two", JPEG, 400, "not an integer"),
     ("/gc/explain?top_k=1&class=1", JPEG, 400, "either class or top_k"),
     ("/gc/explain?method=smoothgrad", JPEG, 400, "unknown method"),
-    ("/lean/explain?method=gradcam%2B%2B", JPEG, 400, "needs the gradients"),
+    ("/cw/explain?method=gradcam%2B%2B", JPEG, 400, "needs the gradients"),
     ("/gc/explain?overlay=jpeg", JPEG, 400, "only overlay format is png"),
     ("/gc/explain?topk=2", JPEG, 400, "unknown query parameter(s) topk"),
     ("/gc/explain", b"\xff" * (BODY_LIMIT + 1), 413, "over this server's"),
@@ -367,12 +367,12 @@ def _replica_actor(app_name: str) -> str:
 
 
 def test_killed_replica_is_replaced_and_failures_are_errors(server, models, photos):
-    """The replica of /lean is killed while 24 requests are under way: every request ends
+    """The replica of /cw is killed while 24 requests are under way: every request ends
     within the timeout (an answer or an error, never a hang), every 200 is right, and once
     Ray Serve has started a new replica the next requests succeed."""
-    url = f"{server}/lean/explain"
-    expected = [_expected(models["lean"], data, [[-1]]) for data in photos]
-    old = _call(f"{server}/lean/healthz")[1]["replica"]
+    url = f"{server}/cw/explain"
+    expected = [_expected(models["cw"], data, [[-1]]) for data in photos]
+    old = _call(f"{server}/cw/healthz")[1]["replica"]
 
     def one(i: int):
         try:
@@ -385,7 +385,7 @@ def test_killed_replica_is_replaced_and_failures_are_errors(server, models, phot
         while sum(f.done() for f in futures) < 4:
             time.sleep(0.02)
         under_way = sum(not f.done() for f in futures)
-        ray.kill(ray.get_actor(_replica_actor("lean"), namespace="serve"), no_restart=True)
+        ray.kill(ray.get_actor(_replica_actor("cw"), namespace="serve"), no_restart=True)
         done, pending = wait(futures, timeout=3 * TIMEOUT)
     assert not pending, f"{len(pending)} requests hung"
     assert under_way > 0, "the replica was killed after the load, not during it"
@@ -393,14 +393,14 @@ def test_killed_replica_is_replaced_and_failures_are_errors(server, models, phot
     print("statuses after the kill:", sorted(str(status) for _, status, _ in outcomes))
     for i, status, body in outcomes:
         if status == 200:
-            _check_lean(body, expected[i % len(photos)])
+            _check_cw(body, expected[i % len(photos)])
         else:
             assert status is None or status >= 500, (status, body)
 
     deadline = time.monotonic() + 120
     while True:
         try:
-            status, body = _call(f"{server}/lean/healthz")
+            status, body = _call(f"{server}/cw/healthz")
         except OSError:
             status, body = None, {}
         if status == 200 and body["replica"] != old:
@@ -410,9 +410,9 @@ def test_killed_replica_is_replaced_and_failures_are_errors(server, models, phot
     for i in range(4):
         status, body = _call(url, photos[i])
         assert status == 200, body
-        _check_lean(body, expected[i])
+        _check_cw(body, expected[i])
 
 
-def _check_lean(body: dict, result) -> None:
+def _check_cw(body: dict, result) -> None:
     assert _relative_error(body["cams_lowres"], result.cams_lowres[0].numpy()) < 1e-4
     assert body["explained"] == result.target_classes[0].tolist()

@@ -283,25 +283,27 @@ def test_cuda_without_provider_is_an_error_not_a_fallback(small_exports):
 
 
 @pytest.fixture(scope="module")
-def lean_session(vgg19, tmp_path_factory):
-    path = tmp_path_factory.mktemp("lean") / "lean.onnx"
+def cw_session(vgg19, tmp_path_factory):
+    path = tmp_path_factory.mktemp("cw") / "cw.onnx"
     return GradCAMSession(
-        export_onnx(vgg19, path, image_size=64, num_targets=2, gradients=False), "cpu"
+        export_onnx(vgg19, path, image_size=64, num_targets=2, channel_weights_only=True), "cpu"
     )  # export validates the channel weights against the eager reference
 
 
 @pytest.mark.slow
-def test_channel_weights_model_matches_eager(lean_session, vgg19, rng):
+def test_channel_weights_model_matches_eager(cw_session, vgg19, rng):
     images = torch.randn(3, 3, 64, 64, generator=rng)
     targets = torch.tensor([[-1, 4], [7, -2], [-1000, 0]])
-    got, _ = assert_session_matches_eager(lean_session, vgg19, images, targets)
+    got, _ = assert_session_matches_eager(cw_session, vgg19, images, targets)
     assert got.gradients is None and got.channel_weights.shape == (3, 2, 512)
-    assert lean_session.metadata.gradients is False
-    chunked = GradCAMSession(lean_session.path, "cpu", max_batch_size=2)(images, targets)
+    assert cw_session.metadata.gradients is False
+    chunked = GradCAMSession(cw_session.path, "cpu", max_batch_size=2)(images, targets)
     assert torch.allclose(chunked.cams, got.cams, atol=1e-6) and chunked.gradients is None
 
 
 @pytest.mark.slow
-def test_channel_weights_model_refuses_methods_needing_gradients(lean_session):
-    with pytest.raises(ValueError, match=r"'hirescam' needs the gradients.*gradients=False"):
-        lean_session(torch.zeros(1, 3, 64, 64), method="hirescam")
+def test_channel_weights_model_refuses_methods_needing_gradients(cw_session):
+    with pytest.raises(
+        ValueError, match=r"'hirescam' needs the gradients.*channel_weights_only=True"
+    ):
+        cw_session(torch.zeros(1, 3, 64, 64), method="hirescam")

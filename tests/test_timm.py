@@ -1,6 +1,6 @@
 """timm CNNs (issue 22: any nn.Module classifier that fx traces, "a timm CNN if timm installs"):
 timm's own layers trace to ops the registry covers. Each model is swept like torchvision's (default target, inside the last
-stage, the stage before) against the autograd oracle, and one runs end to end through ONNX
+stage, the stage before) against the eager reference, and one runs end to end through ONNX
 Runtime. Skipped without timm (`pip install -e ".[timm]"`)."""
 
 from __future__ import annotations
@@ -28,7 +28,7 @@ def _timm(name: str) -> torch.nn.Module:
 
 
 @pytest.mark.parametrize("name", MODELS)
-def test_timm_models_match_the_oracle_at_three_depths(name):
+def test_timm_models_match_the_eager_reference_at_three_depths(name):
     rows = sweep_model(_timm(name), image_size=SIZE)
     assert {r.kind for r in rows} == {"default", "inside", "earlier"}, rows
     bad = [(r.kind, r.target, r.error, r.note) for r in rows if not r.ok]

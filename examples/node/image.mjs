@@ -189,7 +189,7 @@ export function modelView(img, size, fullImage = false, preprocessing = {}) {
   return crop(resized, roundHalfEven((w - size) / 2), roundHalfEven((h - size) / 2), size, size);
 }
 
-// matplotlib's jet (as gradcam_fast.io.visualize): (x, value) breakpoints per channel.
+// matplotlib's jet (as gradcam_fast.io.colormaps): (x, value) breakpoints per channel.
 const JET = [
   [[0, 0], [0.35, 0], [0.66, 1], [0.89, 1], [1, 0.5]],
   [[0, 0], [0.125, 0], [0.375, 1], [0.64, 1], [0.91, 0], [1, 0]],

@@ -1,7 +1,8 @@
 """Which classes each image's maps explain, and the top predictions recorded beside them.
 
 Shared by `explain` (results.jsonl) and Ray (`distributed`, Parquet rows): class names or
-indices resolved against the model, the number of maps per image checked against the model's K,
+indices resolved against the model, the number of maps to write checked against the model's K
+(`num_targets`, the maps each call computes per image),
 the targets padded to K, and the top-5 predictions.
 """
 
@@ -18,7 +19,7 @@ __all__ = [
     "TOP_PREDICTIONS",
     "check_class_request",
     "class_targets",
-    "maps_per_image",
+    "maps_to_write",
     "resolve_classes",
     "top_predictions",
 ]
@@ -32,13 +33,14 @@ def check_class_request(classes: Sequence | None, top_k: int | None) -> None:
         raise ValueError("give either --class or --top-k, not both")
 
 
-def maps_per_image(
+def maps_to_write(
     source: str | os.PathLike | None,
     num_targets: int,
     classes: Sequence | None = None,
     top_k: int | None = None,
 ) -> int:
-    """Maps written per image: one per class, else `top_k`, else the model's K (`num_targets`).
+    """How many of an image's maps to write: one per class, else `top_k`, else all of the model's
+    K (`num_targets`).
     A model computing fewer than asked for is refused with the fix; one computing more serves
     (the extra maps are computed, not written)."""
     check_class_request(classes, top_k)

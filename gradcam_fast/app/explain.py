@@ -25,10 +25,11 @@ from typing import IO
 import torch
 
 from ..check.finite import NONFINITE, NonFiniteMapsError
-from ..format.result import GradCAMResult, Session
+from ..format.protocols import Session
+from ..format.result import GradCAMResult
 from ..io.gallery import write_gallery
 from ..io.images import preprocessing_of
-from .classes import class_targets, maps_per_image, top_predictions
+from .classes import class_targets, maps_to_write, top_predictions
 from .steps import Decoded, decode, model_input, slug, write_overlays
 
 __all__ = ["explain"]
@@ -168,7 +169,7 @@ def explain(
 
     meta = session.metadata
     names = tuple(meta.categories)
-    maps = maps_per_image(session.path, meta.num_targets, classes, top_k)
+    maps = maps_to_write(session.path, meta.num_targets, classes, top_k)
     targets = class_targets(classes, meta.num_targets)
     out.mkdir(parents=True, exist_ok=True)
     if on_error is None:

@@ -13,7 +13,8 @@ from typing import TYPE_CHECKING
 
 from filelock import FileLock
 
-from ..model.loading import file_identity
+from ..format.options import channel_weights_only_of
+from ..model.file_identity import file_identity
 from ..runtime.cachedir import cache_dir
 
 if TYPE_CHECKING:
@@ -44,21 +45,24 @@ def cached_model(
     image_size: int = 224,
     num_targets: int = 1,
     seed: int = 0,
-    gradients: bool = True,
+    channel_weights_only: bool = False,
     precision: str = "float32",
     calibration: str | os.PathLike | None = None,
     calibration_method: str = "minmax",
+    gradients: bool | None = None,
 ) -> Path:
     """Path of the exported model for these settings, exporting (and validating) it if missing.
 
-    `gradients=False` caches the channel-weights model (`export_onnx(..., gradients=False)`,
-    file name ending in `-cw`): enough for Grad-CAM, and cheaper at small batches; the other
-    methods need the gradients.
+    `channel_weights_only=True` caches the channel-weights model (`export_onnx(...,
+    channel_weights_only=True)`, file name ending in `-cw`): enough for Grad-CAM, and cheaper
+    at small batches; the other methods need the gradients. `gradients=False` is its
+    deprecated spelling (a DeprecationWarning).
     `precision="int8"` caches the int8 model calibrated on the `calibration` folder, keyed by a
     hash of the folder's images (another set of photos gives another model).
     """
     from ..export.onnx_export import export_onnx
 
+    channel_weights_only = channel_weights_only_of(channel_weights_only, gradients, "cached_model")
     name = "-".join([arch, _weights_key(weights, seed), target_layer or "default", str(image_size)])
     if precision == "int8":
         from ..io.calibration import calibration_fingerprint
@@ -68,7 +72,7 @@ def cached_model(
         name += f"-int8-{calibration_method}-{calibration_fingerprint(calibration)}"
     elif precision != "float32":
         raise ValueError(f"the model cache holds float32 and int8 models, not {precision!r}")
-    path = cache_dir() / f"{name}-k{num_targets}{'' if gradients else '-cw'}.onnx"
+    path = cache_dir() / f"{name}-k{num_targets}{'-cw' if channel_weights_only else ''}.onnx"
     if path.is_file():
         return path
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -83,7 +87,7 @@ def cached_model(
             num_targets=num_targets,
             weights=weights,
             seed=seed,
-            gradients=gradients,
+            channel_weights_only=channel_weights_only,
             precision=precision,
             calibration=calibration,
             calibration_method=calibration_method,
@@ -100,7 +104,7 @@ def open_session(
     **settings,
 ) -> GradCAMSession:
     """A session for the exported `model` file, or else for the cached export of `settings`
-    (`cached_model`'s arch, weights, target_layer, image_size, num_targets, seed, gradients;
+    (`cached_model`'s arch, weights, target_layer, image_size, num_targets, seed, channel_weights_only;
     made if missing). `session_options`: more GradCAMSession keywords (backend, precision,
     calibration, ...)."""
     from ..runtime.session import GradCAMSession

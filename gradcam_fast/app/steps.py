@@ -19,6 +19,8 @@ import numpy as np
 import torch
 
 from ..format.metadata import ModelMetadata
+from ..io.colormaps import overlay
+from ..io.files import save_npy, save_png
 from ..io.images import (
     ImageError,
     ModelCrop,
@@ -29,7 +31,6 @@ from ..io.images import (
     to_tensor,
     view_of,
 )
-from ..io.visualize import overlay, save_npy, save_png
 
 __all__ = [
     "Decoded",

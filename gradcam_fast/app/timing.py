@@ -1,4 +1,4 @@
-"""Timing session calls on this machine, with the eager hook way alongside (`gradcam-fast bench`).
+"""Timing session calls on this machine, with the eager reference alongside (`gradcam-fast bench`).
 
 A quick check for an installed package on a user's machine. The full comparison with the other
 libraries and plain inference lives in the repository (`python -m benchmarks.report`).
@@ -15,7 +15,7 @@ import torch
 from torch import nn
 
 from ..check.reference import eager_gradcam
-from ..format.result import Session
+from ..format.protocols import Session
 
 __all__ = ["BenchRow", "time_calls", "time_session"]
 

@@ -18,7 +18,7 @@ from pathlib import Path
 from PIL import Image
 
 from ..app.steps import Decoded, decode
-from ..format.result import Session
+from ..format.protocols import Session
 from .annotations import AnnotationIssue, Annotations, ObjectAnnotation, resolve_labels
 from .core import METRICS, AuditItem, AuditSettings, audit_items
 

@@ -21,7 +21,7 @@ import torch
 
 from ..app.steps import Decoded
 from ..check.finite import NONFINITE, NonFiniteMapsError
-from ..format.result import Session
+from ..format.protocols import Session
 from ..io.images import cam_to_image, to_tensor
 from .annotations import ObjectAnnotation
 from .faithfulness import auc, confidence_change, deletion_insertion, road

@@ -14,8 +14,9 @@ from urllib.parse import quote
 import numpy as np
 from PIL import Image, ImageDraw
 
+from ..io.colormaps import overlay
+from ..io.files import atomic_file
 from ..io.gallery import write_index
-from ..io.visualize import atomic_file, overlay
 from .plots import bars_svg, curves_svg
 from .summary import SCORES, rank_value
 

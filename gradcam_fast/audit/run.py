@@ -23,9 +23,9 @@ from pathlib import Path
 import numpy as np
 
 from ..app.steps import decode, slug
-from ..format.result import Session
+from ..format.protocols import Session
+from ..io.files import atomic_file, save_png
 from ..io.images import cam_to_image, load_image
-from ..io.visualize import atomic_file, save_png
 from .annotations import Annotations, ObjectAnnotation
 from .api import match_annotations
 from .core import AuditItem, AuditSettings, audit_items

@@ -96,7 +96,7 @@ def compare_with_reference(
     errors: dict[str, float] = {}
     for name in names:
         a, b = (r.weights() if name == "weights" else getattr(r, name) for r in (got, ref))
-        if a is None or b is None:  # no gradients: a model exported with gradients=False
+        if a is None or b is None:  # no gradients: the channel-weights model
             continue
         a, b = a.detach().double().cpu(), b.detach().double().cpu()
         bad = int((~torch.isfinite(a)).sum()) or int((~torch.isfinite(b)).sum())

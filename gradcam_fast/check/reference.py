@@ -1,5 +1,6 @@
-"""eager_gradcam: Grad-CAM the way it is taught (a tap on the target + backward). The oracle and
-the baseline.
+"""eager_gradcam, the eager reference: Grad-CAM the way it is taught (a tap on the target +
+backward). What every fast path is checked against, and the speed baseline (the one name for
+it: "eager reference"; benchmarks/ time it as the `eager_hook` contender).
 
 Independent of the code it checks: it shares no target resolution, rule or graph with
 model/trace.py, core/graph.py or core/vjp.py. The model is traced by torchvision's own
@@ -94,7 +95,7 @@ def _splice_tap(model: nn.Module, target_layer: str | None, image_size: int) -> 
             m._forward_pre_hooks.update(pre)
     names = {node: tracer.node_to_qualname.get(node, node.name) for node in graph.nodes}
     if target_layer is None:
-        from ..model.loading import default_target_layer  # the documented default, by name only
+        from ..model.layer_names import default_target_layer  # the documented default, by name only
 
         target_layer = default_target_layer(model, image_size)
     # torchvision's rule (create_feature_extractor): the last node named `target_layer` or

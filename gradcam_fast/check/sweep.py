@@ -1,4 +1,4 @@
-"""The model sweep: every torchvision CNN's Grad-CAM graph against the autograd oracle.
+"""The model sweep: every torchvision CNN's Grad-CAM graph against the eager reference (autograd).
 
 For each arch, on seeded random weights, three targets: the default (the last stage's output),
 one inside the last stage's blocks (a residual or inverted-residual block's inner layer: the
@@ -73,7 +73,7 @@ def sweep_model(
 ) -> list[SweepRow]:
     """Check the graph of `arch` (a torchvision name, on seeded random weights, or any
     classifier module in eval mode, a timm CNN for one) at each of `sweep_targets` against the
-    oracle, in float32."""
+    eager reference, in float32."""
     from ..cams.postprocess import gradcam_lowres
     from ..core.graph import GradCAMGraph
     from ..format.result import GradCAMResult

@@ -75,7 +75,7 @@ def run(args: argparse.Namespace) -> int:
         **session_options(args),
         **network_options(args),
         num_targets=1,
-        gradients=args.method != "gradcam",
+        channel_weights_only=args.method == "gradcam",
     )
     meta = session.metadata
     if annotations is not None:
@@ -126,19 +126,18 @@ def run(args: argparse.Namespace) -> int:
 
 
 HELP = "localization and faithfulness of the maps over a dataset, with a report"
-DESCRIPTION = (
-    "Audit the maps of every image of SOURCE (files, folders, globs): with --annotations "
-    "(COCO JSON, a folder of Pascal VOC XML files, or a CSV file,class,x0,y0,x1,y1 in original "
-    "pixels), the pointing game, the energy-based pointing game and box localization for each "
-    "annotated class; always, deletion/insertion AUC, average drop/increase in confidence and "
-    "ROAD. Writes images.jsonl (one line per image and class, or an error), summary.json "
-    "(means with bootstrap intervals) and index.html into --out; rerunning into the same --out "
-    "resumes."
-)
-EPILOG = (
-    "exit status: 0 everything audited; 1 some images or annotations failed (see "
-    "images.jsonl); 2 usage, annotation-file or model error. Metrics: docs/audit.md."
-)
+DESCRIPTION = """\
+Audit the maps of every image of SOURCE (files, folders, globs): with --annotations (COCO JSON,
+a folder of Pascal VOC XML files, or a CSV file,class,x0,y0,x1,y1 in original pixels), the
+pointing game, the energy-based pointing game and box localization for each annotated class;
+always, deletion/insertion AUC, average drop/increase in confidence and ROAD. Writes
+images.jsonl (one line per image and class, or an error), summary.json (means with bootstrap
+intervals) and index.html into --out; rerunning into the same --out resumes.
+"""
+EPILOG = """\
+exit status: 0 everything audited; 1 some images or annotations failed (see images.jsonl); 2
+usage, annotation-file or model error. Metrics: docs/audit.md.
+"""
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:

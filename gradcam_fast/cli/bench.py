@@ -24,7 +24,7 @@ def run(args: argparse.Namespace) -> int:
         model = load_model(args.arch, args.weights, seed=args.seed).to(session.device)
     print(f"# {session!r}", file=sys.stderr)
     print(choice_line(args, session), file=sys.stderr)
-    print("| batch | gradcam_fast ms | images/s | eager hook ms | speedup |")
+    print("| batch | gradcam_fast ms | images/s | eager reference ms | speedup |")
     print("| ---: | ---: | ---: | ---: | ---: |")
     for row in time_session(session, args.batch_size, args.rounds, model):
         eager, speedup = "-", "-"
@@ -37,11 +37,11 @@ def run(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
-HELP = "time Grad-CAM calls here (and the eager hook way with --eager)"
-DESCRIPTION = (
-    "Median time of session calls on random images at each --batch-size, "
-    "with the eager hook implementation alongside (--eager). Prints a markdown table."
-)
+HELP = "time Grad-CAM calls here (and the eager reference with --eager)"
+DESCRIPTION = """\
+Median time of session calls on random images at each --batch-size, with the eager reference
+(eager_gradcam: hook + full backward) alongside (--eager). Prints a markdown table.
+"""
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -50,5 +50,5 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         "--batch-size", type=positive, nargs="+", default=[1, 8], help="batch sizes (default 1 8)"
     )
     p.add_argument("--rounds", type=positive, default=5, help="timed calls per batch size")
-    p.add_argument("--eager", action="store_true", help="also time the eager hook way")
+    p.add_argument("--eager", action="store_true", help="also time the eager reference")
     add_model_options(p)

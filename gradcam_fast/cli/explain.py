@@ -11,7 +11,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from ..io.visualize import COLORMAPS
+from ..io.colormaps import COLORMAPS
 from ..model.catalog import METHOD_NAMES
 from .options import (
     add_class_options,
@@ -32,10 +32,10 @@ __all__ = ["DESCRIPTION", "EPILOG", "HELP", "add_arguments", "run"]
 
 def run(args: argparse.Namespace) -> int:
     from ..app import explain as pipeline  # looked up here: tests replace pipeline.explain
-    from ..app.classes import check_class_request, maps_per_image, resolve_classes
+    from ..app.classes import check_class_request, maps_to_write, resolve_classes
     from ..app.model_cache import open_session
+    from ..io.colormaps import colormap_lut
     from ..io.discover import collect_inputs
-    from ..io.visualize import colormap_lut
 
     try:
         colormap_lut(args.colormap)
@@ -64,14 +64,14 @@ def run(args: argparse.Namespace) -> int:
         **session_options(args),
         **network_options(args),
         num_targets=wanted or 1,
-        gradients=args.method != "gradcam",
+        channel_weights_only=args.method == "gradcam",
     )
     meta = session.metadata
     classes = None
     if args.classes:
         classes = resolve_classes(args.classes, meta.categories, meta.num_classes)
     try:
-        maps_per_image(session.path, meta.num_targets, args.classes, args.top_k)
+        maps_to_write(session.path, meta.num_targets, args.classes, args.top_k)
     except ValueError as exc:
         return usage_error(str(exc))
     if not args.quiet:  # after the usage checks: a usage error stays one line
@@ -94,15 +94,14 @@ def run(args: argparse.Namespace) -> int:
 
 
 HELP = "Grad-CAM overlays for image files and folders"
-DESCRIPTION = (
-    "Grad-CAM overlays for image files, folders (recursive) and glob patterns. "
-    "Writes an overlay PNG per image and class, results.jsonl (one line per input) and "
-    "index.html (a gallery) into --out."
-)
-EPILOG = (
-    "exit status: 0 every file explained; 1 some files failed (see results.jsonl); "
-    "2 usage or model error, nothing explained."
-)
+DESCRIPTION = """\
+Grad-CAM overlays for image files, folders (recursive) and glob patterns. Writes an overlay PNG
+per image and class, results.jsonl (one line per input) and index.html (a gallery) into --out.
+"""
+EPILOG = """\
+exit status: 0 every file explained; 1 some files failed (see results.jsonl); 2 usage or model
+error, nothing explained.
+"""
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:

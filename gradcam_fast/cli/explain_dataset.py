@@ -15,7 +15,7 @@ import sys
 import time
 from pathlib import Path
 
-from ..io.visualize import COLORMAPS
+from ..io.colormaps import COLORMAPS
 from .options import (
     add_class_options,
     add_model_options,
@@ -69,10 +69,10 @@ def run(args: argparse.Namespace) -> int:
         from ..services.ray_data import explain_dataset, read_metadata
     except ImportError as exc:
         return usage_error(f"{INSTALL_HINT} ({exc})")
-    from ..app.classes import check_class_request, maps_per_image, resolve_classes
+    from ..app.classes import check_class_request, maps_to_write, resolve_classes
     from ..app.model_cache import cached_model
+    from ..io.colormaps import colormap_lut
     from ..io.discover import dataset_sources
-    from ..io.visualize import colormap_lut
 
     colormap_lut(args.colormap)  # an unknown colormap fails here, not in every actor
     check_class_request(args.classes, args.top_k)
@@ -83,10 +83,10 @@ def run(args: argparse.Namespace) -> int:
     model_path = args.model or cached_model(
         **network_options(args),
         num_targets=wanted or 1,
-        gradients=False,  # the rows hold Grad-CAM maps: the channel-weights model serves
+        channel_weights_only=True,  # the rows hold Grad-CAM maps: the channel-weights model serves
     )
     meta = read_metadata(model_path)
-    maps_per_image(model_path, meta.num_targets, args.classes, args.top_k)
+    maps_to_write(model_path, meta.num_targets, args.classes, args.top_k)
     classes = None
     if args.classes:
         classes = resolve_classes(args.classes, meta.categories, meta.num_classes)
@@ -123,13 +123,13 @@ def run(args: argparse.Namespace) -> int:
 
 
 HELP = "Grad-CAM for whole datasets on Ray Data (local or a cluster), into Parquet"
-DESCRIPTION = (
-    "Explain every image of SOURCE (folders, files, or URIs Ray can read such as "
-    "s3://bucket/prefix) with a pool of Ray actors, one model session each, and write "
-    "Parquet to DEST: one row per file with its top-5 predictions, the explained classes, "
-    "the low-resolution maps, and the error for files that could not be read. Without "
-    "--address or RAY_ADDRESS, a local Ray is started on this machine."
-)
+DESCRIPTION = """\
+Explain every image of SOURCE (folders, files, or URIs Ray can read such as s3://bucket/prefix)
+with a pool of Ray actors, one model session each, and write Parquet to DEST: one row per file
+with its top-5 predictions, the explained classes, the low-resolution maps, and the error for
+files that could not be read. Without --address or RAY_ADDRESS, a local Ray is started on this
+machine.
+"""
 EPILOG = (
     "exit status: 0 every file explained; 1 some files failed (their rows carry the "
     "error); 2 usage, model or cluster error. " + INSTALL_HINT + "."
@@ -151,8 +151,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     pre.add_argument("--no-crop", action="store_true", help="resize to S x S without a crop")
     pre.add_argument(
         "--overlays",
-        type=Path,
         metavar="DIR",
+        type=Path,
         help="also write an overlay PNG per image and class into DIR (on a cluster: a folder "
         "every node can write to)",
     )

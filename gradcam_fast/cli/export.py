@@ -20,19 +20,19 @@ def run(args: argparse.Namespace) -> int:
         network.pop("arch"),
         args.out,
         validate=not args.no_validate,
-        gradients=not args.channel_weights_only,
         **network,
         **pick(args, "num_targets", "opset", "raw_pixels", "external_data", "maps", "method"),
+        **pick(args, "channel_weights_only"),
     )
     print(path)
     return EXIT_OK
 
 
 HELP = "export a CNN's Grad-CAM graph to ONNX"
-DESCRIPTION = (
-    "Export the Grad-CAM graph of a CNN to ONNX, validated against the eager "
-    "implementation in ONNX Runtime unless --no-validate."
-)
+DESCRIPTION = """\
+Export the Grad-CAM graph of a CNN to ONNX, validated against the eager reference in ONNX
+Runtime unless --no-validate.
+"""
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -40,15 +40,21 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("-o", "--out", type=Path, required=True, help="output .onnx path")
     add_network_options(p)
     add_precision_options(p, export=True)
-    p.add_argument("--num-targets", "-k", type=int, default=1, help="maps per image (K)")
+    p.add_argument(
+        "--num-targets",
+        "-k",
+        type=int,
+        default=1,
+        help="K, the target classes (maps) each call computes per image (default 1)",
+    )
     p.add_argument("--opset", type=int, help="ONNX opset (default: the exporter's)")
     p.add_argument("--no-validate", action="store_true", help="skip the check against eager")
     p.add_argument(
         "--channel-weights-only",
         action="store_true",
-        help="the channel-weights model (gradients=False): outputs Grad-CAM's channel weights "
-        "instead of the gradients, skipping the first Linear's VJP (faster at small batches); "
-        "serves --method gradcam only",
+        help="the channel-weights model (export_onnx's channel_weights_only=True): outputs "
+        "Grad-CAM's channel weights instead of the gradients, skipping the first Linear's VJP "
+        "(faster at small batches); serves --method gradcam only",
     )
     p.add_argument(
         "--external-data",

@@ -39,11 +39,11 @@ def run(args: argparse.Namespace) -> int:
 
 
 HELP = "list a CNN's valid target layers with their output shapes"
-DESCRIPTION = (
-    "Every layer of ARCH (a CNN of torchvision's registry) by the name --target-layer takes, the op it runs "
-    "and its output shape per image. Module names (layer4, features) name their block's last "
-    "layer too. Without ARCH, or with --list-archs, lists the archs."
-)
+DESCRIPTION = """\
+Every layer of ARCH (a CNN of torchvision's registry) by the name --target-layer takes, the op
+it runs and its output shape per image. Module names (layer4, features) name their block's last
+layer too. Without ARCH, or with --list-archs, lists the archs.
+"""
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:

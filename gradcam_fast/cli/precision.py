@@ -8,7 +8,8 @@ neither torch nor onnx.
 What auto picks is resolved once, before the model is exported: ONNX Runtime's int8 is an
 int8 export (cached per calibration set), OpenVINO's int8 is made by the session from the
 float32 export (`int8_cache`). With `--model FILE` the session resolves auto itself, from the
-file's metadata. Every command prints the choice, and why, on stderr.
+file's metadata. Every command prints the choice, and why, on stderr. The lists of export
+precisions and calibration methods are format/options.py's (torch-free).
 """
 
 from __future__ import annotations
@@ -17,13 +18,11 @@ import argparse
 import sys
 from pathlib import Path
 
+from ..format.options import CALIBRATION_METHODS, EXPORT_PRECISIONS, one_precision
+
 __all__ = ["add_precision_options", "choice_line", "precision_kwargs", "session_kwargs"]
 
-_METHODS = ("minmax", "percentile", "entropy")  # ort_quantize.CALIBRATION_METHODS (a test checks)
-
-
 _PRECISIONS = ("auto", "float32", "bfloat16", "int8")
-_EXPORT_PRECISIONS = ("float32", "float16", "int8")  # onnx_export.EXPORT_PRECISIONS (a test checks)
 _BACKENDS = ("auto", "onnxruntime", "openvino")
 _LOSSY = (
     "lossy: its maps are judged against float32's by correlation (compare.LIMITS); "
@@ -37,7 +36,7 @@ def add_precision_options(group, export: bool = False) -> None:
     if export:
         group.add_argument(
             "--precision",
-            choices=_EXPORT_PRECISIONS,
+            choices=EXPORT_PRECISIONS,
             help="the file's precision (default float32): float16, a float16 body with float32 "
             "head and I/O (for the CUDA provider); int8, a static per-channel int8 body (ONNX "
             "Runtime QOperator format) calibrated on --calibration, head and its backward "
@@ -70,7 +69,7 @@ def add_precision_options(group, export: bool = False) -> None:
     )
     group.add_argument(
         "--calibration-method",
-        choices=_METHODS,
+        choices=CALIBRATION_METHODS,
         default="minmax",
         help="(ONNX Runtime's int8, default minmax; OpenVINO's int8 uses NNCF's)",
     )
@@ -105,6 +104,19 @@ def _choice(args: argparse.Namespace):
     return args._choice
 
 
+_NEEDS_CALIBRATION = (
+    "int8 needs --calibration DIR: a folder of at least 8 photos like those the model will explain"
+)
+
+
+def _int8(args: argparse.Namespace) -> dict:
+    return {
+        "precision": "int8",
+        "calibration": args.calibration,
+        "calibration_method": args.calibration_method,
+    }
+
+
 def precision_kwargs(args: argparse.Namespace) -> dict:
     """export_onnx / cached_model keyword arguments for the parsed options (empty but for
     ONNX Runtime's int8); refuses --calibration without int8 and int8 without --calibration."""
@@ -115,17 +127,10 @@ def precision_kwargs(args: argparse.Namespace) -> dict:
                 raise ValueError("--calibration is for int8 models: add --precision int8")
             return {"precision": precision}
         if args.calibration is None:
-            raise ValueError(
-                "int8 needs --calibration DIR: a folder of at least 8 photos like those "
-                "the model will explain"
-            )
-        return {"precision": "int8", "calibration": args.calibration,
-                "calibration_method": args.calibration_method}  # fmt: skip
+            raise ValueError(_NEEDS_CALIBRATION)
+        return _int8(args)
     if args.calibration is None and args.precision == "int8":
-        raise ValueError(
-            "int8 needs --calibration DIR: a folder of at least 8 photos like those "
-            "the model will explain"
-        )
+        raise ValueError(_NEEDS_CALIBRATION)
     if args.calibration is not None and args.precision not in ("int8", "auto"):
         raise ValueError("--calibration is for int8 models: use --precision int8 (or auto)")
     if args.calibration is not None and args.model is not None:
@@ -135,23 +140,21 @@ def precision_kwargs(args: argparse.Namespace) -> dict:
         )
     choice = _choice(args)
     if choice is not None and choice.precision == "int8" and choice.backend == "onnxruntime":
-        return {"precision": "int8", "calibration": args.calibration,
-                "calibration_method": args.calibration_method}  # fmt: skip
+        return _int8(args)
     return {}
 
 
 def _export_precision(args: argparse.Namespace) -> str:
     """export's --precision, or its deprecated spellings --fp16 and --int8 (each noted on
-    stderr); two different precisions at once are refused."""
+    stderr); two different precisions at once are refused (`options.one_precision`, as
+    export_onnx's own deprecated spellings are)."""
     asked = {} if args.precision is None else {f"--precision {args.precision}": args.precision}
     for flag, precision in (("--fp16", "float16"), ("--int8", "int8")):
         if getattr(args, flag[2:]):
-            print(f"gradcam-fast: note: {flag} is deprecated: use --precision {precision}",
-                  file=sys.stderr)  # fmt: skip
+            note = f"gradcam-fast: note: {flag} is deprecated: use --precision {precision}"
+            print(note, file=sys.stderr)
             asked[flag] = precision
-    if len(set(asked.values())) > 1:
-        raise ValueError(f"{' and '.join(asked)} exclude each other: choose one --precision")
-    return next(iter(asked.values()), "float32")
+    return one_precision(asked, "--precision")
 
 
 def session_kwargs(args: argparse.Namespace) -> dict:

@@ -50,7 +50,7 @@ def run(args: argparse.Namespace) -> int:
     model = args.model or cached_model(
         **options.network_options(args),
         num_targets=args.num_targets,
-        gradients=not args.channel_weights_only,
+        channel_weights_only=args.channel_weights_only,
     )
     print(precision.choice_line(args), file=sys.stderr)
     if started_ray:  # without --address a Ray of its own ("local"), with the ingress set above
@@ -103,12 +103,11 @@ def run(args: argparse.Namespace) -> int:
 
 
 HELP = "serve Grad-CAM over HTTP on Ray Serve (batched, replicated)"
-DESCRIPTION = (
-    "Serve Grad-CAM over HTTP on Ray Serve: POST an image file to /explain, get the top-5 "
-    "predictions and the low-resolution maps as JSON (docs/serving.md). Runs in the foreground "
-    "until Ctrl-C or SIGTERM. Without --address or RAY_ADDRESS, a local Ray is started on this "
-    "machine."
-)
+DESCRIPTION = """\
+Serve Grad-CAM over HTTP on Ray Serve: POST an image file to /explain, get the top-5 predictions
+and the low-resolution maps as JSON (docs/serving.md). Runs in the foreground until Ctrl-C or
+SIGTERM. Without --address or RAY_ADDRESS, a local Ray is started on this machine.
+"""
 EPILOG = (
     f"exit status: 0 after a clean shutdown; 2 usage, model or cluster error. It {INSTALL_HINT}."
 )
@@ -174,12 +173,12 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         "--num-targets",
         type=positive,
         default=1,
-        help="maps per image the model computes: the largest top_k or number of classes a "
-        "request may ask for (default 1)",
+        help="K, the target classes (maps) the model computes per image: the largest top_k or "
+        "number of classes a request may ask for (default 1)",
     )
     model.add_argument(
         "--channel-weights-only",
         action="store_true",
-        help="the Grad-CAM-only model (channel weights instead of gradients: faster at small "
-        "batches); requests for other methods get a 400",
+        help="the channel-weights model (channel weights instead of gradients: Grad-CAM only, "
+        "faster at small batches); requests for other methods get a 400",
     )

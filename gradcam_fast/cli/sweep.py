@@ -1,4 +1,5 @@
-"""`gradcam-fast sweep`: every CNN's Grad-CAM graph against the autograd oracle, as a table."""
+"""`gradcam-fast sweep`: every CNN's Grad-CAM graph against the eager reference (autograd), as a
+table."""
 
 from __future__ import annotations
 
@@ -34,12 +35,12 @@ def run(args: argparse.Namespace) -> int:
 
 
 HELP = "check Grad-CAM graphs of the CNNs against autograd (random weights)"
-DESCRIPTION = (
-    "For each ARCH (default: all 68 CNNs), on seeded random weights, builds the Grad-CAM graph at "
-    "the default target, at a layer inside the last stage's blocks and at the stage before, and "
-    "compares logits, activations, gradients and maps with autograd on the unmodified model "
-    "(relative error under 1e-4). Prints a markdown table; exit status 1 if any failed."
-)
+DESCRIPTION = """\
+For each ARCH (default: all 68 CNNs), on seeded random weights, builds the Grad-CAM graph at the
+default target, at a layer inside the last stage's blocks and at the stage before, and compares
+logits, activations, gradients and maps with autograd on the unmodified model (relative error
+under 1e-4). Prints a markdown table; exit status 1 if any failed.
+"""
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:

@@ -19,6 +19,7 @@ import torch.nn.functional as F
 from torch import fx, nn
 
 from ..format.metadata import ModelMetadata
+from ..format.options import channel_weights_only_of
 from ..model.loading import model_info
 from ..model.trace import TracedModel, resolve_target, trace_model
 from ..model.trace import ancestors as _ancestors
@@ -75,10 +76,11 @@ class GradCAMGraph(nn.Module):
 
     `target_layer`: a node or module name (`trace.resolve_target`); None: the last stage's
     output (`trace.default_target_node`). `image_size`: the size the shapes are checked at.
-    `gradients=False` makes the channel-weights graph: it returns Grad-CAM's channel weights
-    [B,K,C] (the spatial means of the gradients) instead of the gradients. When only pooling
-    lies between the target and the first Linear (VGG's and ResNet's default targets), they come
-    from that Linear's weights summed over each channel's positions, so its VJP is skipped.
+    `channel_weights_only=True` makes the channel-weights graph: it returns Grad-CAM's channel
+    weights [B,K,C] (the spatial means of the gradients) instead of the gradients. When only
+    pooling lies between the target and the first Linear (VGG's and ResNet's default targets),
+    they come from that Linear's weights summed over each channel's positions, so its VJP is
+    skipped. `gradients=False` is its deprecated spelling (a DeprecationWarning).
     """
 
     def __init__(
@@ -86,8 +88,10 @@ class GradCAMGraph(nn.Module):
         model: nn.Module,
         target_layer: str | None = None,
         num_targets: int = 1,
-        gradients: bool = True,
+        gradients: bool | None = None,
         image_size: int = 224,
+        *,
+        channel_weights_only: bool = False,
     ):
         super().__init__()
         if num_targets < 1:
@@ -98,11 +102,13 @@ class GradCAMGraph(nn.Module):
         target = resolve_target(traced, target_layer)
         self.target_layer = traced.name_of(target)
         self.num_targets = num_targets
-        self.gradients = gradients
+        self.channel_weights_only = channel_weights_only_of(
+            channel_weights_only, gradients, "GradCAMGraph"
+        )
         self._plan(traced, target)
         self.num_classes = traced.shape_of(self._output)[1]
         self._shortcut, channel_sums = None, None
-        if not gradients:
+        if self.channel_weights_only:
             self._shortcut, channel_sums = self._channel_sums(traced, target)
         # the Linear whose per-channel weight sums give the channel weights, if any
         self.first_linear = None if self._shortcut is None else traced.name_of(self._shortcut)
@@ -211,7 +217,7 @@ class GradCAMGraph(nn.Module):
             std=tuple(self.info.std),
             weights=self.info.weights,
             categories=tuple(self.info.categories),
-            gradients=self.gradients,
+            gradients=not self.channel_weights_only,  # the file's key for it (format unchanged)
             resize_size=self.info.resize_size,
             crop_size=self.info.crop_size,
             interpolation=self.info.interpolation,
@@ -256,7 +262,7 @@ class GradCAMGraph(nn.Module):
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
         """images [B,3,S,S] float, targets [B,K] int64 -> logits [B,N], target_classes [B,K],
         activations [B,C,h,w], gradients [B,K,C,h,w] (d logit_target / d activations), or
-        with gradients=False the channel weights [B,K,C]."""
+        with channel_weights_only the channel weights [B,K,C]."""
         env = self._run_body(images)
         # The body may run in float16 (see torch_backend); the head, forward and backward,
         # always runs in float32: it is a small part of the work, and float16 gradients would
@@ -308,7 +314,7 @@ class GradCAMGraph(nn.Module):
                 sums = grads[stop] @ self.channel_sums
             return logits, classes, activations, sums / (h * w)
         g = grads[self._target]
-        if not self.gradients:
+        if self.channel_weights_only:
             return logits, classes, activations, g.mean(dim=(-2, -1))
         return logits, classes, activations, g
 

@@ -1,5 +1,6 @@
-"""export_onnx: trace GradCAMGraph to ONNX with metadata, then validate it against the eager way
-(`validate.py`); float16 (`float16.py`) and int8 (`quantize.py`) convert the body on the way."""
+"""export_onnx: trace GradCAMGraph to ONNX with metadata, then validate it against the eager
+reference (`validate.py`); float16 (`float16.py`) and int8 (`quantize.py`) convert the body on
+the way."""
 
 from __future__ import annotations
 
@@ -24,6 +25,7 @@ from ..format.metadata import (
     OUTPUT_NAMES,
     ModelMetadata,
 )
+from ..format.options import EXPORT_PRECISIONS, channel_weights_only_of, one_precision
 from ..model.loading import load_model
 from .float16 import to_float16
 from .pixels import RawPixelGradCAM
@@ -47,13 +49,11 @@ def _as_model(model_or_arch: nn.Module | str, weights: str | os.PathLike, seed: 
     return model_or_arch
 
 
-EXPORT_PRECISIONS = ("float32", "float16", "int8")
-
-
 def export_precision(precision: str | None, fp16: bool = False, quantize: str | None = None) -> str:
     """The file's precision from `precision` and its deprecated spellings (`fp16=True`,
-    `quantize="int8"`, each warned); two different precisions asked at once are refused."""
-    asked = {} if precision is None else {"precision": precision}
+    `quantize="int8"`, each warned); two different precisions asked at once are refused
+    (`options.one_precision`, which export's command line uses too)."""
+    asked = {} if precision is None else {f"precision={precision!r}": precision}
     if fp16:
         warnings.warn(
             "export_onnx(fp16=True) is deprecated: use precision='float16'",
@@ -70,16 +70,7 @@ def export_precision(precision: str | None, fp16: bool = False, quantize: str | 
             stacklevel=3,
         )
         asked["quantize='int8'"] = "int8"
-    if len(set(asked.values())) > 1:
-        given = ", ".join(f"{k}={v!r}" if k == "precision" else k for k, v in asked.items())
-        raise ValueError(f"{given} exclude each other: choose one precision")
-    chosen = next(iter(asked.values()), "float32")
-    if chosen not in EXPORT_PRECISIONS:
-        raise ValueError(
-            f"precision must be one of {', '.join(EXPORT_PRECISIONS)}, got {chosen!r} "
-            "(bfloat16 is a session's precision: GradCAMSession(..., precision='bfloat16'))"
-        )
-    return chosen
+    return one_precision(asked)
 
 
 def export_onnx(
@@ -96,13 +87,14 @@ def export_onnx(
     raw_pixels: bool = False,
     precision: str | None = None,
     external_data: bool = False,
-    gradients: bool = True,
+    channel_weights_only: bool = False,
     maps: bool = False,
     method: str | None = None,
     calibration: str | os.PathLike | torch.Tensor | None = None,
     calibration_method: str = "minmax",
     fp16: bool = False,
     quantize: str | None = None,
+    gradients: bool | None = None,
 ) -> Path:
     """Export the Grad-CAM graph of a CNN (an arch name loaded with `weights`, or a classifier
     module that torch.fx traces) to `path` and return it. Batch is dynamic; image size and K
@@ -126,10 +118,11 @@ def export_onnx(
     do not underflow); meant for the CUDA provider, validated against the float32 reference
     with LIMITS["float16"].
 
-    With `gradients=False`, the channel-weights model: it outputs Grad-CAM's channel weights [B, K, C]
-    (`channel_weights`) instead of the gradients: for the default target this skips the first
-    Linear layer's VJP (a second read of its 392 MiB of weights in VGG19), the largest cost
-    beyond plain inference at small batches. Such a model serves method "gradcam" only.
+    With `channel_weights_only=True`, the channel-weights model: it outputs Grad-CAM's channel
+    weights [B, K, C] (`channel_weights`) instead of the gradients: for the default target this
+    skips the first Linear layer's VJP (a second read of its 392 MiB of weights in VGG19), the
+    largest cost beyond plain inference at small batches. Such a model serves method "gradcam"
+    only. `gradients=False` is its older spelling (still works, with a DeprecationWarning).
 
     With `maps`, the model also outputs `method`'s maps (default "gradcam"): `cams` [B,K,S,S]
     upsampled and min-max normalized, and `cams_lowres` [B,K,h,w], exactly what GradCAMSession
@@ -148,10 +141,10 @@ def export_onnx(
     it passes. See runtime/ort_quantize.py.
     """
     precision = export_precision(precision, fp16, quantize)
-    fp16, quantize = precision == "float16", "int8" if precision == "int8" else None
+    channel_weights_only = channel_weights_only_of(channel_weights_only, gradients, "export_onnx")
     if method is not None and not maps:
         raise ValueError(f"method={method!r} names the maps' method: pass maps=True with it")
-    if maps and quantize is not None:
+    if maps and precision == "int8":
         raise ValueError(
             "maps=True with precision='int8' is not supported yet (the in-graph maps have no int8 "
             "limits): export the int8 model without maps, or the maps model in float32"
@@ -159,10 +152,14 @@ def export_onnx(
     if maps:
         from .maps import check_exportable
 
-        method = check_exportable(method or "gradcam", gradients)
+        method = check_exportable(method or "gradcam", channel_weights_only)
     model = _as_model(model_or_arch, weights, seed)
     graph = GradCAMGraph(
-        model, target_layer, num_targets, gradients=gradients, image_size=image_size
+        model,
+        target_layer,
+        num_targets,
+        image_size=image_size,
+        channel_weights_only=channel_weights_only,
     )
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -184,10 +181,10 @@ def export_onnx(
     if maps:
         from .maps import GradCAMMaps
 
-        exported = GradCAMMaps(exported, method, image_size, gradients)
+        exported = GradCAMMaps(exported, method, image_size, channel_weights_only)
     started = time.perf_counter()
     batch = torch.export.Dim("batch", min=1, max=1 << 16)
-    output_names = OUTPUT_NAMES if gradients else CHANNEL_WEIGHTS_OUTPUT_NAMES
+    output_names = CHANNEL_WEIGHTS_OUTPUT_NAMES if channel_weights_only else OUTPUT_NAMES
     output_names += MAP_OUTPUT_NAMES if maps else ()
     with warnings.catch_warnings(), torch.no_grad():
         warnings.simplefilter("ignore")
@@ -203,19 +200,18 @@ def export_onnx(
             verbose=False,
         )
     proto = program.model_proto
-    if fp16:
+    if precision == "float16":
         proto = to_float16(proto)
     int8, check_images = {}, None
-    if quantize is not None:
+    if precision == "int8":
         from .quantize import quantize_for_export
 
         proto, int8, check_images = quantize_for_export(
-            proto, quantize, calibration, calibration_method, fp16, image_size, num_targets,
-            graph.info, raw_pixels,
-        )  # fmt: skip
+            proto, calibration, calibration_method, image_size, num_targets, graph.info, raw_pixels
+        )
     meta = graph.metadata(
         image_size,
-        precision="int8" if quantize else "float16" if fp16 else "float32",
+        precision=precision,
         input_format="uint8_nhwc" if raw_pixels else "float_nchw",
         maps=maps,
         method=method,

@@ -10,9 +10,10 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
+from ..format.options import check_calibration_method
 from ..io.calibration import MIN_CALIBRATION_IMAGES, calibration_images
 from ..io.images import preprocessing_of
-from ..runtime.ort_quantize import CALIBRATION_METHODS, quantize_body
+from ..runtime.ort_quantize import quantize_body
 
 if TYPE_CHECKING:
     import torch
@@ -27,28 +28,22 @@ VALIDATE_IMAGES = 8  # calibration images the exported int8 model is validated o
 
 def quantize_for_export(
     proto: ModelProto,
-    quantize: str,
     calibration,
     method: str,
-    fp16: bool,
     image_size: int,
     num_targets: int,
     info: ModelInfo,
     raw_pixels: bool,
 ) -> tuple[ModelProto, dict, torch.Tensor]:
-    """export_onnx's hook: checks the options, reads the calibration set, quantizes; returns
+    """export_onnx's hook for precision "int8" (export_precision has refused any other asked at
+    the same time): checks the options, reads the calibration set, quantizes; returns
     the model, its metadata fields and the images to validate it on."""
-    if quantize != "int8":
-        raise ValueError(f"quantize must be None or 'int8', got {quantize!r}")
-    if fp16:
-        raise ValueError("precision 'int8' and 'float16' exclude each other: choose one precision")
     if calibration is None:
         raise ValueError(
             "precision='int8' needs calibration images: a folder of image files or a tensor of "
             f"preprocessed images (at least {MIN_CALIBRATION_IMAGES})"
         )
-    if method not in CALIBRATION_METHODS:
-        raise ValueError(f"calibration method must be one of {CALIBRATION_METHODS}, got {method!r}")
+    check_calibration_method(method)
     images = calibration_images(
         calibration, image_size, info.mean, info.std, raw_pixels, preprocessing_of(info)
     )

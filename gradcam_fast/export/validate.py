@@ -93,7 +93,7 @@ def validate_onnx(
     ref_targets = got.target_classes if meta.precision == "int8" else targets
     ref = eager_gradcam(model, images, ref_targets, meta.target_layer)
     if meta.maps:  # the exported method's maps, from the eager activations and gradients
-        from .maps import MAP_LIMITS, compare_maps, failing_map_figures, reference_maps
+        from ..check.maps import MAP_LIMITS, compare_maps, failing_map_figures, reference_maps
 
         ref = reference_maps(ref, meta.method, meta.image_size)
     errors = compare_with_reference(got, ref)

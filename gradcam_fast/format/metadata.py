@@ -19,8 +19,8 @@ FORMAT_VERSION = 1
 PREFIX = "gradcam_fast."
 INPUT_NAMES = ("images", "targets")
 OUTPUT_NAMES = ("logits", "target_classes", "activations", "gradients")
-# The channel-weights model (exported with gradients=False): Grad-CAM's channel weights
-# [B, K, C] instead of the gradients.
+# The channel-weights model (exported with channel_weights_only=True): Grad-CAM's channel
+# weights [B, K, C] instead of the gradients.
 CHANNEL_WEIGHTS_OUTPUT_NAMES = ("logits", "target_classes", "activations", "channel_weights")
 # A model exported with maps=True: these follow the outputs above (see export/maps.py).
 MAP_OUTPUT_NAMES = ("cams", "cams_lowres")
@@ -45,7 +45,9 @@ class ModelMetadata:
     categories: tuple[str, ...] = field(default=(), repr=False)
     precision: str = "float32"  # or "float16" / "int8": the precision of the body below the target
     input_format: str = "float_nchw"  # or "uint8_nhwc": raw decoded pixels, normalized in-graph
-    gradients: bool = True  # False: the channel-weights model, channel_weights [B,K,C] out
+    # False: the channel-weights model, channel_weights [B,K,C] out (`channel_weights_only`; the
+    # file's key keeps this name, so files of every version read alike)
+    gradients: bool = True
     maps: bool = False  # True: also outputs cams [B,K,S,S] and cams_lowres [B,K,h,w] (export/maps)
     method: str | None = None  # the CAM method of those maps (None without maps)
     calibration_method: str = ""  # int8: how activation ranges were calibrated (e.g. "minmax")
@@ -58,8 +60,13 @@ class ModelMetadata:
     format_version: int = FORMAT_VERSION
 
     @property
+    def channel_weights_only(self) -> bool:
+        """Whether this is the channel-weights model (export_onnx(..., channel_weights_only=True))."""
+        return not self.gradients
+
+    @property
     def output_names(self) -> tuple[str, ...]:
-        names = OUTPUT_NAMES if self.gradients else CHANNEL_WEIGHTS_OUTPUT_NAMES
+        names = CHANNEL_WEIGHTS_OUTPUT_NAMES if self.channel_weights_only else OUTPUT_NAMES
         return names + MAP_OUTPUT_NAMES if self.maps else names
 
     def to_props(self) -> dict[str, str]:

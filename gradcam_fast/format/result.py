@@ -1,19 +1,13 @@
-"""GradCAMResult, what a session call and the eager reference return, and `Session`, what code
-that runs a session relies on."""
+"""GradCAMResult, what a session call and the eager reference return (what code that runs a
+session relies on, `Session`, is in protocols.py)."""
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from dataclasses import dataclass
-from pathlib import Path
-from typing import TYPE_CHECKING, Protocol
 
 import torch
 
-if TYPE_CHECKING:
-    from .metadata import ModelMetadata
-
-__all__ = ["GradCAMResult", "Session"]
+__all__ = ["GradCAMResult"]
 
 
 @dataclass
@@ -26,8 +20,8 @@ class GradCAMResult:
     logits: torch.Tensor  # [B, num_classes] float32
     activations: torch.Tensor  # [B, C, h, w] float32, the target layer's output
     gradients: torch.Tensor | None  # [B, K, C, h, w] float32, d logit_target / d activations
-    # [B, K, C], Grad-CAM's weights; set by models exported with gradients=False (which return
-    # no gradients), else None (they are gradients.mean((-2, -1)))
+    # [B, K, C], Grad-CAM's weights; set by the channel-weights model (channel_weights_only=True,
+    # which returns no gradients), else None (they are gradients.mean((-2, -1)))
     channel_weights: torch.Tensor | None = None
 
     @classmethod
@@ -53,15 +47,3 @@ class GradCAMResult:
     def probabilities(self) -> torch.Tensor:
         """Softmax of the logits, [B, num_classes]."""
         return torch.softmax(self.logits.float(), dim=1)
-
-
-class Session(Protocol):
-    """What `explain`, `smooth.aug_smooth_cams` and the Ray predictor use of a session:
-    `GradCAMSession` is one (for an ONNX file or, with `path` None, a torch model)."""
-
-    path: Path | None
-    device: torch.device
-    metadata: ModelMetadata
-
-    # images, targets=None, *, method="gradcam", aug_smooth=False: see GradCAMSession.__call__
-    __call__: Callable[..., GradCAMResult]

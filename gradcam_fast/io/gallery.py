@@ -8,7 +8,7 @@ from pathlib import Path
 from urllib.parse import quote
 
 from ..format.metadata import ModelMetadata
-from .visualize import atomic_file
+from .files import atomic_file
 
 __all__ = ["write_gallery", "write_index"]
 

@@ -1,9 +1,11 @@
 """Loading torchvision CNNs (and a caller's classifiers) and the facts about them that export
-and preprocessing need: weights identity, class names, mean/std, resize, crop, interpolation."""
+and preprocessing need: weights identity, class names, mean/std, resize, crop, interpolation.
+
+A weights file is named by its content hash (`file_identity.py`); layers are named by tracing
+(`layer_names.py`, whose two functions are also importable from here)."""
 
 from __future__ import annotations
 
-import hashlib
 import os
 import pickle
 import warnings
@@ -15,6 +17,8 @@ from torch import nn
 
 from ..format.preprocessing import IMAGENET_MEAN, IMAGENET_STD
 from .catalog import ARCH_TABLE, ARCHS, TRANSFORMER_PREFIXES
+from .file_identity import file_identity
+from .layer_names import default_target_layer, layer_names
 
 __all__ = [
     "ARCHS",
@@ -51,31 +55,6 @@ def model_info(model: nn.Module) -> ModelInfo:
     class (ImageNet's preprocessing)."""
     info = getattr(model, "gradcam_fast_info", None)
     return info or ModelInfo(arch=type(model).__name__.lower())
-
-
-def layer_names(model: nn.Module, image_size: int = 224) -> list[str]:
-    """Every traced layer of `model` by node name (`features.0`, `layer4.1.relu_1`, ...)."""
-    from .trace import layer_table, trace_model
-
-    return [layer.name for layer in layer_table(trace_model(model, image_size))]
-
-
-def default_target_layer(model: nn.Module, image_size: int = 224) -> str:
-    """The default Grad-CAM target: the last stage's output (`features.35` in VGG19, the output
-    of `layer4` in ResNets; see `trace.default_target_node` and docs/models.md)."""
-    from .trace import default_target_node, trace_model
-
-    traced = trace_model(model, image_size)
-    return traced.name_of(default_target_node(traced))
-
-
-def file_identity(path: Path) -> str:
-    """A short content hash naming a weights file in metadata and cache keys."""
-    digest = hashlib.sha256()
-    with path.open("rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            digest.update(chunk)
-    return f"file:{digest.hexdigest()[:16]}"
 
 
 def _load_state_dict_file(model: nn.Module, path: Path, arch: str) -> None:

@@ -36,8 +36,19 @@ __all__ = ["AUTO_INT8_MIN_SPEEDUP", "open_runner"]
 # (a margin over the noise of the few rounds timed when the model is made)
 AUTO_INT8_MIN_SPEEDUP = 1.1
 
-_BF16_FLAGS = {"avx512_bf16", "amx_bf16"}
-_INT8_FLAGS = {"avx512_vnni", "avx_vnni", "amx_int8"}
+# precision -> (the CPU flags that compute it natively, the warning without any of them)
+_NATIVE = {
+    "bfloat16": (
+        {"avx512_bf16", "amx_bf16"},
+        "precision='bfloat16' on a CPU without native bfloat16 (no AVX512-BF16 or AMX): "
+        "OpenVINO runs float32 instead (see session.inference_precision); use 'float32'",
+    ),
+    "int8": (
+        {"avx512_vnni", "avx_vnni", "amx_int8"},
+        "precision='int8' on a CPU without VNNI (AVX512-VNNI, AVX-VNNI or AMX-INT8): int8 "
+        "convolutions are emulated and may run slower than float32",
+    ),
+}
 
 
 def _choices(
@@ -77,29 +88,17 @@ def _choices(
 
 
 def _warn_native(precision: str) -> None:
-    flags = cpu_flags()
-    if precision == "bfloat16" and not flags & _BF16_FLAGS:
-        warnings.warn(
-            "precision='bfloat16' on a CPU without native bfloat16 (no AVX512-BF16 or AMX): "
-            "OpenVINO runs float32 instead (see session.inference_precision); use 'float32'",
-            RuntimeWarning,
-            stacklevel=4,
-        )
-    if precision == "int8" and not flags & _INT8_FLAGS:
-        warnings.warn(
-            "precision='int8' on a CPU without VNNI (AVX512-VNNI, AVX-VNNI or AMX-INT8): int8 "
-            "convolutions are emulated and may run slower than float32",
-            RuntimeWarning,
-            stacklevel=4,
-        )
+    flags, warning = _NATIVE.get(precision, (None, ""))
+    if flags is not None and not cpu_flags() & flags:
+        warnings.warn(warning, RuntimeWarning, stacklevel=4)
 
 
 def open_runner(
     path: Path,
     device: torch.device,
-    *,
     backend: str,
     precision: str | None,
+    *,
     calibration: Any,
     calibration_method: str,
     ort: Callable[[Path], Any],

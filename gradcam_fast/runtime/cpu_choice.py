@@ -50,50 +50,46 @@ SESSION_PRECISIONS = ("float32", "bfloat16", "int8", "auto")
 
 class Row(NamedTuple):
     """One row of the table: the CPU flags it needs, the (backend, precision) pairs auto may
-    pick in order of preference (int8 only with calibration photos), the backend of exact
-    float32 on such a CPU, and where the figures come from."""
+    pick in order of preference (int8 only with calibration photos), where the figures come
+    from, and the backend of exact float32 on such a CPU."""
 
     name: str
     flags: frozenset[str]
     options: tuple[tuple[str, str], ...]
-    float32: str
     source: str
+    float32: str = "onnxruntime"
 
+
+def _row(name: str, flags: str, options: str, source: str) -> Row:
+    """A row from its flags ("a b") and options ("backend precision, backend precision")."""
+    pairs = tuple(tuple(o.split()) for o in options.split(",") if o.strip())
+    return Row(name, frozenset(flags.split()), pairs, source)
+
+
+_AMX_RUN = (
+    "measured on a 2-core AMX Xeon by the issue's author (issue 21, 2026-12-02): OpenVINO "
+    "int8 5.8x/11.4x, bf16 4.2x/6.9x, ONNX Runtime int8 2.9x/3.2x over ONNX Runtime "
+    "float32 at batch 1/8; OpenVINO float32 1.0x"
+)
+_ZEN4_RUN = (
+    "measured on a 2-core AMD EPYC Zen 4 (no AMX; benchmarks/RESULTS.md, quiet rerun of "
+    "2026-12-03): ONNX Runtime int8 3.35x/3.72x, OpenVINO int8 2.46x/3.63x, OpenVINO "
+    "bf16 1.78x/2.00x over ONNX Runtime float32 at batch 1/8"
+)
+_VNNI = "ONNX Runtime's int8 (VNNI dot products)"
+_ORT_INT8, _OV_INT8, _OV_BF16 = "onnxruntime int8", "openvino int8", "openvino bfloat16"
 
 ROWS = (
-    Row(
-        "AMX",
-        frozenset({"amx_bf16", "amx_int8"}),
-        (("openvino", "int8"), ("openvino", "bfloat16"), ("onnxruntime", "int8")),
-        "onnxruntime",
-        "measured on a 2-core AMX Xeon by the issue's author (issue 21, 2026-12-02): OpenVINO "
-        "int8 5.8x/11.4x, bf16 4.2x/6.9x, ONNX Runtime int8 2.9x/3.2x over ONNX Runtime "
-        "float32 at batch 1/8; OpenVINO float32 1.0x",
-    ),
-    Row(
+    _row("AMX", "amx_bf16 amx_int8", f"{_OV_INT8}, {_OV_BF16}, {_ORT_INT8}", _AMX_RUN),
+    _row(
         "AVX512-BF16 + VNNI, no AMX",
-        frozenset({"avx512_bf16", "avx512_vnni"}),
-        (("onnxruntime", "int8"), ("openvino", "int8"), ("openvino", "bfloat16")),
-        "onnxruntime",
-        "measured on a 2-core AMD EPYC Zen 4 (no AMX; benchmarks/RESULTS.md, quiet rerun of "
-        "2026-12-03): ONNX Runtime int8 3.35x/3.72x, OpenVINO int8 2.46x/3.63x, OpenVINO "
-        "bf16 1.78x/2.00x over ONNX Runtime float32 at batch 1/8",
+        "avx512_bf16 avx512_vnni",
+        f"{_ORT_INT8}, {_OV_INT8}, {_OV_BF16}",
+        _ZEN4_RUN,
     ),
-    Row(
-        "VNNI",
-        frozenset({"avx512_vnni"}),
-        (("onnxruntime", "int8"),),
-        "onnxruntime",
-        "ONNX Runtime's int8 (VNNI dot products), issue 13; OpenVINO unmeasured on such CPUs",
-    ),
-    Row(
-        "AVX-VNNI",
-        frozenset({"avx_vnni"}),
-        (("onnxruntime", "int8"),),
-        "onnxruntime",
-        "ONNX Runtime's int8 (VNNI dot products); OpenVINO unmeasured on such CPUs",
-    ),
-    Row("other", frozenset(), (), "onnxruntime", "today's default, exact float32"),
+    _row("VNNI", "avx512_vnni", _ORT_INT8, f"{_VNNI}, issue 13; OpenVINO unmeasured on such CPUs"),
+    _row("AVX-VNNI", "avx_vnni", _ORT_INT8, f"{_VNNI}; OpenVINO unmeasured on such CPUs"),
+    _row("other", "", "", "today's default, exact float32"),
 )
 
 

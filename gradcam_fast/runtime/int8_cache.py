@@ -57,8 +57,8 @@ def int8_model(
     in the model's input format, at least 8); made, validated and cached on first use.
     `open_session(path, backend=...)` opens a CPU session (passed in by the session module,
     which imports this one)."""
+    from ..format.options import check_calibration_method
     from ..io.calibration import calibration_fingerprint, calibration_images
-    from .ort_quantize import CALIBRATION_METHODS
 
     if meta.precision != "float32":
         raise ValueError(f"{path} is a {meta.precision} model: int8 is made from a float32 file")
@@ -69,10 +69,8 @@ def int8_model(
         )
     if backend == "openvino":
         calibration_method = "nncf"
-    elif calibration_method not in CALIBRATION_METHODS:
-        raise ValueError(
-            f"calibration method must be one of {CALIBRATION_METHODS}, got {calibration_method!r}"
-        )
+    else:
+        check_calibration_method(calibration_method)
     key = file_key(path)
     name = f"{Path(path).stem}-{key}-{backend}-{calibration_method}"
     out = cache_dir() / "int8" / f"{name}-{calibration_fingerprint(calibration)}.onnx"

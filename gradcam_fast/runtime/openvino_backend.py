@@ -76,7 +76,8 @@ def _failed_ops(message: str) -> tuple[str, ...]:
 
 
 class OpenVinoRunner:
-    """An OpenVINO compiled model over a gradcam_fast ONNX file: images, targets -> raw outputs.
+    """The OpenVINO runner (`protocols.Runner`): a compiled gradcam_fast ONNX file, images,
+    targets -> raw outputs.
 
     `precision`: "float32", "bfloat16" or "int8" (see the module note); `threads`: OpenVINO's
     INFERENCE_NUM_THREADS (default: all the cores it may use); `hint`: PERFORMANCE_HINT,

@@ -133,7 +133,8 @@ def _bind(bind, name: str, tensor: torch.Tensor) -> None:
 
 
 class OrtRunner:
-    """An ONNX Runtime session over a gradcam_fast model: images, targets -> raw outputs."""
+    """The ONNX Runtime runner (`protocols.Runner`) of a gradcam_fast model file, around an
+    `onnxruntime.InferenceSession`: images, targets -> raw outputs."""
 
     def __init__(
         self,

@@ -31,13 +31,13 @@ import onnx
 import torch
 
 from ..format.onnx_body import body_nodes
+from ..format.options import check_calibration_method
 from ..io.calibration import calibration_batches
 
-__all__ = ["CALIBRATION_METHODS", "HEAD_BLOCK_SIZE", "quantize_body", "quantize_head_weights"]
+__all__ = ["HEAD_BLOCK_SIZE", "quantize_body", "quantize_head_weights"]
 
 log = logging.getLogger(__name__)
 
-CALIBRATION_METHODS = ("minmax", "percentile", "entropy")
 HEAD_BLOCK_SIZE = 128  # head weights per float scale (MatMulNBits block size)
 
 
@@ -156,8 +156,7 @@ def quantize_body(
         quantize_static,
     )
 
-    if method not in CALIBRATION_METHODS:
-        raise ValueError(f"calibration method must be one of {CALIBRATION_METHODS}, got {method!r}")
+    check_calibration_method(method)
     calibrate = {
         "minmax": CalibrationMethod.MinMax,
         "percentile": CalibrationMethod.Percentile,

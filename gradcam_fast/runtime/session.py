@@ -14,7 +14,7 @@ import logging
 import os
 from collections.abc import Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Protocol
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
@@ -25,6 +25,7 @@ from ..cams.postprocess import weighted_sum
 from ..check.finite import check_finite
 from ..format.inputs import as_image_batch, as_pixel_batch, as_targets
 from ..format.metadata import ModelMetadata
+from ..format.protocols import Runner
 from ..format.result import GradCAMResult
 from .backends import open_runner
 from .cachedir import cache_dir
@@ -37,18 +38,6 @@ if TYPE_CHECKING:
 __all__ = ["GradCAMSession", "available_devices", "cpu_count"]
 
 log = logging.getLogger(__name__)
-
-
-class Runner(Protocol):
-    """A backend: images, targets -> (logits, target_classes, activations, gradients or channel
-    weights), with the metadata of the model it runs. `OrtRunner`, `OpenVinoRunner` and
-    `TorchRunner` are three."""
-
-    device: torch.device
-    metadata: ModelMetadata
-    providers: list[str]
-
-    def __call__(self, images: torch.Tensor, targets: torch.Tensor) -> tuple[torch.Tensor, ...]: ...
 
 
 def _resolve_device(device: str | torch.device, cuda_usable: bool) -> torch.device:
@@ -75,11 +64,11 @@ def _method_for(meta: ModelMetadata, method: str | None) -> str:
             f"method={meta.method!r}), not {method!r}: call it with method={meta.method!r} (or "
             "none), or use a model exported without maps, whose maps the session computes"
         )
-    if not meta.gradients and method != "gradcam":
+    if meta.channel_weights_only and method != "gradcam":
         raise ValueError(
-            f"method {method!r} needs the gradients, and this model was exported with "
-            "gradients=False (channel weights only, for Grad-CAM): use method='gradcam' or "
-            "a model exported with gradients"
+            f"method {method!r} needs the gradients, and this is the channel-weights model "
+            "(exported with channel_weights_only=True, formerly gradients=False; Grad-CAM's "
+            "channel weights only): use method='gradcam' or a model exported with gradients"
         )
     return method
 
@@ -194,8 +183,8 @@ class GradCAMSession:
             runner, self.choice = open_runner(
                 Path(path),
                 device,
-                backend=backend,
-                precision=precision,
+                backend,
+                precision,
                 calibration=calibration,
                 calibration_method=calibration_method,
                 ort=ort,
@@ -302,7 +291,7 @@ class GradCAMSession:
     ) -> GradCAMResult:
         logits, classes, activations, gradients, *maps = self._runner(images, targets)
         weights = None
-        if not self.metadata.gradients:  # the channel-weights model: Grad-CAM's weights only
+        if self.metadata.channel_weights_only:  # Grad-CAM's weights only
             weights, gradients = gradients, None
         outputs = {
             "target_classes": classes,

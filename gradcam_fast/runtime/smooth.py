@@ -22,7 +22,8 @@ import torch
 from ..cams.methods import check_method
 from ..check.finite import NonFiniteMapsError, check_finite
 from ..format.inputs import as_image_batch, as_targets
-from ..format.result import GradCAMResult, Session
+from ..format.protocols import Session
+from ..format.result import GradCAMResult
 
 __all__ = ["AUGMENTATIONS", "aug_smooth_cams", "augment"]
 

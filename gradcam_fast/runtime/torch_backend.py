@@ -75,7 +75,8 @@ def _cuda_flags(strict_fp32: bool, benchmark: bool):
 
 
 class TorchRunner:
-    """Runs a copy of the model's GradCAMGraph on `device`: images, targets -> raw outputs.
+    """The torch runner (`protocols.Runner`): a copy of the model's GradCAMGraph on `device`,
+    images, targets -> raw outputs.
 
     Returns float32 (logits, target_classes, activations, gradients) tensors owned by the
     caller. `cuda_graphs` captures one graph per batch size on first use (CUDA only).

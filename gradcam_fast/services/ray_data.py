@@ -24,12 +24,12 @@ import numpy as np
 import pyarrow as pa
 import torch
 
-from ..app.classes import TOP_PREDICTIONS, class_targets, maps_per_image, top_predictions
+from ..app.classes import TOP_PREDICTIONS, class_targets, maps_to_write, top_predictions
 from ..app.steps import decode, model_input, slug, write_overlays
 from ..check.finite import NONFINITE, NonFiniteMapsError
 from ..format.metadata import ModelMetadata
+from ..io.files import atomic_file
 from ..io.images import IMAGE_EXTENSIONS, preprocessing_of
-from ..io.visualize import atomic_file
 
 if TYPE_CHECKING:
     import ray.data
@@ -145,7 +145,7 @@ class GradCAMPredictor:
         meta = self.session.metadata
         preprocessing_of(meta)  # metadata no image could be preprocessed with fails here, once
         self.names = tuple(meta.categories)
-        self.maps = maps_per_image(path, meta.num_targets, classes, top_k)
+        self.maps = maps_to_write(path, meta.num_targets, classes, top_k)
         self.targets = class_targets(classes, meta.num_targets)
         self.crop = crop
         self.overlays_dir = None if overlays_dir is None else Path(overlays_dir)

@@ -137,7 +137,7 @@ class GradCAMDeployment:
         colormap: str = "jet",
         alpha: float = 0.5,
     ):
-        from ..io.visualize import colormap_lut
+        from ..io.colormaps import colormap_lut
         from ..runtime.session import GradCAMSession
 
         if max_batch_size < 1 or batch_wait_ms < 0 or max_body_bytes < 1 or decode_threads < 1:
@@ -287,7 +287,7 @@ class GradCAMDeployment:
         """In a decode thread: one base64 PNG per map, the map blended on the model's view."""
         from PIL import Image
 
-        from ..io.visualize import overlay
+        from ..io.colormaps import overlay
 
         encoded = []
         for cam in cams:

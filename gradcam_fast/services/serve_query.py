@@ -84,7 +84,7 @@ def parse_query(query: Any, meta: ModelMetadata) -> ExplainQuery:
     method = query.get("method", exported if meta.maps else "gradcam")
     if method not in METHOD_NAMES:
         raise HTTPError(400, f"unknown method {method!r}; choose one of {', '.join(METHOD_NAMES)}")
-    if method != "gradcam" and not meta.gradients:
+    if method != "gradcam" and meta.channel_weights_only:
         raise HTTPError(
             400,
             f"method {method!r} needs the gradients, and this server's model outputs "
