@@ -32,7 +32,7 @@ def own_cache(tmp_path, monkeypatch):
 def float32_file(tmp_path_factory):
     tiny = make_tiny_vgg([8, "M", 16, "M", 32, "M"], pool=3)
     path = tmp_path_factory.mktemp("auto") / "cw.onnx"
-    return export_onnx(tiny, path, image_size=SIZE, gradients=False, validate=False)
+    return export_onnx(tiny, path, image_size=SIZE, channel_weights_only=True, validate=False)
 
 
 def _photos(seed: int = 3) -> torch.Tensor:
