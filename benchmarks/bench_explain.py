@@ -14,7 +14,6 @@ from __future__ import annotations
 import json
 import os
 import time
-import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -24,11 +23,11 @@ import torch
 from PIL import Image
 from torchvision import transforms as T
 
-from gradcam_fast import export_onnx, load_vgg
+from benchmarks.contenders import make_model
+from gradcam_fast import export_onnx
 from gradcam_fast.cli import EXIT_OK, main
 from gradcam_fast.format.preprocessing import IMAGENET_MEAN, IMAGENET_STD
 from gradcam_fast.io.images import load_image, model_view, to_tensor
-from gradcam_fast.testing import make_tiny_vgg
 
 SAMPLES = Path(__file__).resolve().parent.parent / "examples" / "images"
 
@@ -73,14 +72,10 @@ def photo_folder(tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="module")
 def model_file(tmp_path_factory) -> Path:
-    if SETTING.model == "tiny":
-        model = make_tiny_vgg((16, "M", 32, "M", 32, "M"), num_classes=10, pool=7)
-    else:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")  # random weights explain nothing: known here
-            model = load_vgg(SETTING.model, "random")
     path = tmp_path_factory.mktemp("model") / "model.onnx"
-    return export_onnx(model, path, image_size=SETTING.image_size, validate=False)
+    return export_onnx(
+        make_model(SETTING.model), path, image_size=SETTING.image_size, validate=False
+    )
 
 
 def _record(benchmark, seconds: float, mode: str) -> None:
