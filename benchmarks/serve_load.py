@@ -36,33 +36,20 @@ import sys
 import tempfile
 import threading
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
 
+from benchmarks.config import Profile, get_profile
 from benchmarks.photos import jpegs
 from benchmarks.tables import markdown_table
 from benchmarks.timing import median_s
 
-__all__ = ["CONFIGS", "SETTINGS", "LoadResult", "main", "report", "run", "run_load"]
+__all__ = ["CONFIGS", "LoadResult", "main", "report", "run", "run_load"]
 
 CONCURRENCY = (1, 8, 32)
 SETTLE_S = 0.1  # quiet time before each side of a paired c=1 round
-
-
-@dataclass(frozen=True)
-class Setting:
-    arch: str  # "tiny" or a VGG arch name
-    image_size: int
-    requests: dict[int, int]  # requests sent at each concurrency
-    bare_rounds: int
-
-
-SETTINGS = {
-    "tiny": Setting("tiny", 32, {1: 4, 8: 16, 32: 32}, 3),
-    "full": Setting("vgg19", 224, {1: 24, 8: 64, 32: 128}, 10),
-}
 
 
 @dataclass
@@ -268,7 +255,7 @@ CONFIGS = {"batching": (8, 200.0), "no_batching": (1, 0.0)}
 
 
 def run(
-    setting: Setting, cpus: int | None = None, configs: dict | None = None, ingress: str = "auto"
+    setting: Profile, cpus: int | None = None, configs: dict | None = None, ingress: str = "auto"
 ) -> dict:
     """The whole benchmark, behind `ingress` (gradcam_fast.services.serve_ingress); returns {"config",
     "served": {config: [(LoadResult, bare figures timed just before it)...]}}."""
@@ -286,8 +273,8 @@ def run(
     port = free_port()
     environment = dict(os.environ)  # use_ingress sets Ray's variables; restored at the end
     try:
-        model = export_model(setting.arch, setting.image_size, work)
-        bare = Bare(model, files, cpus, setting.bare_rounds)
+        model = export_model(setting.model, setting.image_size, work)
+        bare = Bare(model, files, cpus, setting.serve_bare_rounds)
         expected = bare.expected_maps(files[3])
         load = os.getloadavg()
         started = time.perf_counter()
@@ -307,9 +294,9 @@ def run(
             served[name] = []
             for c in CONCURRENCY:
                 reference = bare.figures(c)
-                result = run_load(port, prefix, files, c, setting.requests[c])
+                result = run_load(port, prefix, files, c, setting.serve_requests[c])
                 if c == 1:
-                    reference |= paired_c1(port, prefix, bare, files, setting.requests[1])
+                    reference |= paired_c1(port, prefix, bare, files, setting.serve_requests[1])
                 else:  # the bare batch 8 timed before and after the level, averaged
                     after = bare.figures(c)["bare_b8_s_per_image"]
                     reference["bare_b8_s_per_image"] = (
@@ -324,10 +311,10 @@ def run(
         os.environ.clear()
         os.environ.update(environment)
     config = {
-        "arch": setting.arch,
+        "arch": setting.model,
         "image_size": setting.image_size,
         "cpus": cpus,
-        "requests": setting.requests,
+        "requests": setting.serve_requests,
         "python": platform.python_version(),
         "ray": ray.__version__,
         "ingress": ingress,
@@ -425,9 +412,9 @@ def main(argv: list[str] | None = None) -> int:
     )  # fmt: skip
     args = parser.parse_args(argv)
     configs = {**CONFIGS, "batching": (args.max_batch_size, args.batch_wait_ms)}
-    full = SETTINGS["full"]
-    requests = {c: max(c, round(n * args.scale)) for c, n in full.requests.items()}
-    setting = Setting(args.arch, args.image_size, requests, full.bare_rounds)
+    full = get_profile("full")
+    requests = {c: max(c, round(n * args.scale)) for c, n in full.serve_requests.items()}
+    setting = replace(full, model=args.arch, image_size=args.image_size, serve_requests=requests)
     figures = run(setting, configs=configs, ingress=args.ingress)
     print(report(figures))
     if args.json:

@@ -3,12 +3,11 @@ is judged."""
 
 from __future__ import annotations
 
-import os
-
 import numpy as np
 import pytest
 
-from benchmarks.serve_load import CONFIGS, SETTINGS, report, run
+from benchmarks.config import active_profile
+from benchmarks.serve_load import CONFIGS, report, run
 
 
 def test_serve_load_runs_and_answers_right():
@@ -16,8 +15,7 @@ def test_serve_load_runs_and_answers_right():
     replica's batch sizes add up to the requests and respect max_batch_size, figures finite."""
     pytest.importorskip("ray.serve", reason='Ray Serve is optional: pip install ".[serve]"')
     pytest.importorskip("starlette", reason='Ray Serve is optional: pip install ".[serve]"')
-    setting = SETTINGS[os.environ.get("GRADCAM_BENCH_PROFILE", "tiny")]
-    figures = run(setting)
+    figures = run(active_profile())
     for name, results in figures["served"].items():
         limit = CONFIGS[name][0]
         for r, _ in results:
