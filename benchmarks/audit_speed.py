@@ -3,7 +3,7 @@
 1. Deletion + insertion with S steps (2S - 1 perturbed images per image) through the session,
    against the plain ONNX Runtime forward of the unmodified model (the floor) on as many images
    in batches of the same size: image-steps per second each, interleaved rounds
-   (`interleaved.interleave`), the ratio the median of the per-round ratios. Target >= 0.9.
+   (`benchmarks.timing.interleave`), the ratio the median of the per-round ratios. Target >= 0.9.
 2. The whole audit against the same metrics in the peers, on the same images, timed once each
    (minutes at VGG19 on 2 cores): `audit(..., metrics=[deletion, insertion, drop])` against
    TorchCAM's DeletionInsertionMetric + ClassificationMetric (its GradCAM extractor on the eager
@@ -16,31 +16,16 @@ Prints a markdown report and one JSON line.
 from __future__ import annotations
 
 import argparse
-import contextlib
 import json
-import platform
 import statistics
 import sys
 import tempfile
 import time
 from pathlib import Path
 
+from benchmarks.machine import cpu
+
 __all__ = ["main"]
-
-
-def _cpu() -> dict:
-    info = {"machine": platform.machine(), "model": platform.processor()}
-    with contextlib.suppress(OSError):
-        text = Path("/proc/cpuinfo").read_text()
-        lines = {}
-        for line in text.splitlines():
-            if ":" in line:
-                key, value = line.split(":", 1)
-                lines.setdefault(key.strip(), value.strip())
-        info["model"] = lines.get("model name", "")
-        flags = set(lines.get("flags", "").split())
-        info["flags"] = sorted(f for f in ("avx512_bf16", "avx512_vnni", "amx_tile") if f in flags)
-    return info
 
 
 def _setup(tiny: bool, folder: Path, n: int, seed: int = 0):
@@ -66,11 +51,11 @@ def throughput(session, floor_path, images, steps: int, batch: int, rounds: int)
     import onnxruntime as ort
     import torch
 
-    from benchmarks.contenders import ort_session_options
-    from benchmarks.interleaved import interleave
+    from benchmarks.timing import interleave
     from gradcam_fast.audit.api import decode_image
     from gradcam_fast.audit.core import session_scorer
     from gradcam_fast.audit.faithfulness import deletion_insertion
+    from gradcam_fast.runtime.ort_backend import session_options
 
     meta = session.metadata
     x = torch.stack([decode_image(im, meta).tensor for im in images])
@@ -80,7 +65,7 @@ def throughput(session, floor_path, images, steps: int, batch: int, rounds: int)
     score = session_scorer(session, batch)
     per_image = 2 * steps - 1
     floor = ort.InferenceSession(
-        str(floor_path), ort_session_options(), providers=["CPUExecutionProvider"]
+        str(floor_path), session_options(), providers=["CPUExecutionProvider"]
     )
     stack = x.repeat_interleave(per_image, 0).numpy()
 
@@ -178,7 +163,7 @@ def main(argv: list[str] | None = None) -> dict:
     torch.set_num_threads(cpu_count())
     with tempfile.TemporaryDirectory() as tmp:
         model, size, session, floor, images = _setup(args.tiny, Path(tmp), args.images)
-        figures = {"cpu": _cpu(), "model": "tiny" if args.tiny else "vgg19", "size": size}
+        figures = {"cpu": cpu(), "model": "tiny" if args.tiny else "vgg19", "size": size}
         figures["throughput"] = throughput(
             session, floor, images, args.steps, args.batch, args.rounds
         )

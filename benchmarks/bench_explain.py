@@ -12,10 +12,7 @@ $GRADCAM_BENCH_PROFILE like the rest of the suite: "tiny" (default, CI: a small 
 from __future__ import annotations
 
 import json
-import os
 import time
-import warnings
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -24,46 +21,31 @@ import torch
 from PIL import Image
 from torchvision import transforms as T
 
-from gradcam_fast import export_onnx, load_vgg
+from benchmarks.config import active_profile
+from benchmarks.contenders import make_model
+from benchmarks.photos import EXAMPLES
+from gradcam_fast import export_onnx
 from gradcam_fast.cli import EXIT_OK, main
 from gradcam_fast.format.preprocessing import IMAGENET_MEAN, IMAGENET_STD
 from gradcam_fast.io.images import load_image, model_view, to_tensor
-from gradcam_fast.testing import make_tiny_vgg
 
-SAMPLES = Path(__file__).resolve().parent.parent / "examples" / "images"
-
-
-@dataclass(frozen=True)
-class Setting:
-    model: str  # "tiny" or "vgg19"
-    image_size: int
-    images: int  # files in the folder
-    side: int  # their longer side, pixels
-    batch_size: int
-    workers: int  # decoding/writing threads of the overlapped run
-    rounds: int
-
-
-SETTINGS = {
-    "tiny": Setting("tiny", 32, 12, 400, 4, 2, 1),
-    "full": Setting("vgg19", 224, 64, 2048, 16, 4, 3),
-}
-SETTING = SETTINGS[os.environ.get("GRADCAM_BENCH_PROFILE", "tiny")]
+PROFILE = active_profile()
+RUN = PROFILE.explain
 
 
 @pytest.fixture(scope="module")
 def photo_folder(tmp_path_factory) -> Path:
-    """SETTING.images seeded JPEGs (quality 90) made from the sample photos: resized to
-    SETTING.side, each with its own random crop and flip so that no two files are the same."""
+    """RUN.images seeded JPEGs (quality 90) made from the sample photos: resized to
+    RUN.side, each with its own random crop and flip so that no two files are the same."""
     folder = tmp_path_factory.mktemp("photos")
     rng = np.random.default_rng(0)
-    sources = [load_image(path) for path in sorted(SAMPLES.glob("*.jpg"))]
-    for i in range(SETTING.images):
+    sources = [load_image(path) for path in sorted(EXAMPLES.glob("*.jpg"))]
+    for i in range(RUN.images):
         image = sources[i % len(sources)]
         w, h = image.size
         left, top = rng.integers(0, w // 10 + 1), rng.integers(0, h // 10 + 1)
         image = image.crop((left, top, w - rng.integers(0, w // 10 + 1), h))
-        scale = SETTING.side / max(image.size)
+        scale = RUN.side / max(image.size)
         image = image.resize((round(image.width * scale), round(image.height * scale)))
         if rng.random() < 0.5:
             image = image.transpose(Image.Transpose.FLIP_LEFT_RIGHT)
@@ -73,14 +55,10 @@ def photo_folder(tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="module")
 def model_file(tmp_path_factory) -> Path:
-    if SETTING.model == "tiny":
-        model = make_tiny_vgg((16, "M", 32, "M", 32, "M"), num_classes=10, pool=7)
-    else:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")  # random weights explain nothing: known here
-            model = load_vgg(SETTING.model, "random")
     path = tmp_path_factory.mktemp("model") / "model.onnx"
-    return export_onnx(model, path, image_size=SETTING.image_size, validate=False)
+    return export_onnx(
+        make_model(PROFILE.model), path, image_size=PROFILE.image_size, validate=False
+    )
 
 
 def _record(benchmark, seconds: float, mode: str) -> None:
@@ -89,23 +67,23 @@ def _record(benchmark, seconds: float, mode: str) -> None:
     median = stats.stats.median if stats else seconds
     benchmark.extra_info.update(
         mode=mode,
-        images=SETTING.images,
-        side=SETTING.side,
-        model=SETTING.model,
-        image_size=SETTING.image_size,
-        batch_size=SETTING.batch_size,
+        images=RUN.images,
+        side=RUN.side,
+        model=PROFILE.model,
+        image_size=PROFILE.image_size,
+        batch_size=RUN.batch_size,
         cpu_threads=torch.get_num_threads(),
-        images_per_s=round(SETTING.images / median, 2),
+        images_per_s=round(RUN.images / median, 2),
     )
 
 
 @pytest.mark.parametrize("mode", ["overlapped", "serial"])
 def test_explain_folder_throughput(benchmark, photo_folder, model_file, tmp_path, mode):
-    workers = SETTING.workers if mode == "overlapped" else 0
+    workers = RUN.workers if mode == "overlapped" else 0
     out = tmp_path / "out"
     argv = [
         "explain", str(photo_folder), "--out", str(out), "--model", str(model_file),
-        "--device", "cpu", "--batch-size", str(SETTING.batch_size), "--workers", str(workers),
+        "--device", "cpu", "--batch-size", str(RUN.batch_size), "--workers", str(workers),
         "--quiet", "--backend", "onnxruntime", "--precision", "float32",  # as before auto
     ]  # fmt: skip
     seconds = []
@@ -116,10 +94,10 @@ def test_explain_folder_throughput(benchmark, photo_folder, model_file, tmp_path
         seconds.append(time.perf_counter() - start)
 
     benchmark.group = "explain-cli"
-    benchmark.pedantic(run_cli, rounds=SETTING.rounds, iterations=1, warmup_rounds=0)
+    benchmark.pedantic(run_cli, rounds=RUN.rounds, iterations=1, warmup_rounds=0)
     lines = (out / "results.jsonl").read_text().splitlines()
     records = [json.loads(line) for line in lines]
-    assert len(records) == SETTING.images and all("outputs" in r for r in records)
+    assert len(records) == RUN.images and all("outputs" in r for r in records)
     _record(benchmark, min(seconds), mode)
 
 
@@ -132,14 +110,14 @@ def test_decode_alone_throughput(benchmark, photo_folder):
 
     def decode_all():
         start = time.perf_counter()
-        tensors = [to_tensor(model_view(load_image(path), SETTING.image_size)) for path in files]
+        tensors = [to_tensor(model_view(load_image(path), PROFILE.image_size)) for path in files]
         seconds.append(time.perf_counter() - start)
         decoded[:] = tensors
 
     benchmark.group = "explain-cli"
-    benchmark.pedantic(decode_all, rounds=SETTING.rounds, iterations=1, warmup_rounds=0)
+    benchmark.pedantic(decode_all, rounds=RUN.rounds, iterations=1, warmup_rounds=0)
     _record(benchmark, min(seconds), "decode-only")
-    size = SETTING.image_size
+    size = PROFILE.image_size
     transform = T.Compose(
         [
             T.Resize(round(size * 256 / 224)),
@@ -148,7 +126,7 @@ def test_decode_alone_throughput(benchmark, photo_folder):
             T.Normalize(IMAGENET_MEAN, IMAGENET_STD),
         ]
     )
-    assert len(decoded) == len(files) == SETTING.images
+    assert len(decoded) == len(files) == RUN.images
     for path, tensor in zip(files, decoded, strict=True):
         with Image.open(path) as image:
             expected = transform(image.convert("RGB"))

@@ -16,28 +16,23 @@ import torch
 from benchmarks.config import active_profile
 from benchmarks.contenders import (
     CONTENDERS,
+    PEERS,
+    SESSIONS,
     ContenderUnavailable,
     check_output,
     open_contender,
-    ort_session_options,
 )
 from gradcam_fast import GradCAMSession, export_onnx
 from gradcam_fast.cams.postprocess import gradcam_lowres, upsample_normalize
 from gradcam_fast.check.compare import compare_with_reference, failing_figures
 from gradcam_fast.export.validate import validate_onnx
+from gradcam_fast.runtime.ort_backend import session_options
 
 PROFILE = active_profile()
 GROUP = [
     "eager_hook",
-    "eager_autograd",
-    "pytorch_grad_cam",
-    "captum",
-    "torchcam",
-    "gradcam_fast",
-    "gradcam_fast_lean",
-    "gradcam_fast_int8",
-    "torch_float32",
-    "torch_bfloat16",
+    *PEERS,
+    *SESSIONS,
     "floor_ort",
     "torch_no_grad",
     "openvino_float32",
@@ -192,7 +187,7 @@ def test_floor_uses_the_session_settings(setup):
     session = _inference_session(GradCAMSession(setup.paths["gradcam_k1"], device="cpu"))
     assert session is not None, "found no ort.InferenceSession inside GradCAMSession"
     ours = session.get_session_options()
-    floor = ort_session_options()
+    floor = session_options()
     for attr in SETTINGS:
         assert getattr(ours, attr) == getattr(floor, attr), attr
     for key in CONFIG_KEYS:

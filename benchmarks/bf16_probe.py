@@ -18,23 +18,16 @@ from __future__ import annotations
 
 import argparse
 import copy
-import statistics
 import sys
-import time
 from collections.abc import Callable
 
 import torch
 
+from benchmarks.timing import median_s
+
 
 def _median_ms(fn: Callable[[], object], rounds: int) -> float:
-    fn()
-    fn()
-    times = []
-    for _ in range(rounds):
-        started = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - started)
-    return 1e3 * statistics.median(times)
+    return 1e3 * median_s(fn, rounds, warmup=2)
 
 
 def gemm_gflops(dtype: torch.dtype, n: int = 2048, rounds: int = 5) -> float:

@@ -6,9 +6,20 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass
 
-__all__ = ["PROFILE_ENV", "Profile", "active_profile", "get_profile"]
+__all__ = ["PROFILE_ENV", "ExplainRun", "Profile", "active_profile", "get_profile"]
 
 PROFILE_ENV = "GRADCAM_BENCH_PROFILE"
+
+
+@dataclass(frozen=True)
+class ExplainRun:
+    """bench_explain.py's folder and CLI runs."""
+
+    images: int  # files in the folder
+    side: int  # their longer side, pixels
+    batch_size: int
+    workers: int  # decoding/writing threads of the overlapped run
+    rounds: int
 
 
 @dataclass(frozen=True)
@@ -21,9 +32,12 @@ class Profile:
     batches: tuple[int, ...]  # batch sizes of the contender groups
     rounds: dict[int, int]  # timed rounds per batch size (the check call is the warm-up)
     k_batches: tuple[int, ...]  # batch sizes of the K=5 vs K=1 group
-    num_targets: int  # K of the multi-target group
-    memory_batch: int  # batch of the separate-process peak RSS probes
-    postprocess_batch: int  # batch of the post-processing line
+    explain: ExplainRun
+    serve_requests: dict[int, int]  # serve_load.py: requests sent at each concurrency
+    serve_bare_rounds: int  # serve_load.py: timed calls of the bare session next to each level
+    num_targets: int = 5  # K of the multi-target group
+    memory_batch: int = 8  # batch of the separate-process peak RSS probes
+    postprocess_batch: int = 8  # batch of the post-processing line
 
 
 PROFILES = {
@@ -34,9 +48,9 @@ PROFILES = {
         batches=(1, 8),
         rounds={1: 1, 8: 1},
         k_batches=(8,),
-        num_targets=5,
-        memory_batch=8,
-        postprocess_batch=8,
+        explain=ExplainRun(images=12, side=400, batch_size=4, workers=2, rounds=1),
+        serve_requests={1: 4, 8: 16, 32: 32},
+        serve_bare_rounds=3,
     ),
     "full": Profile(
         name="full",
@@ -45,9 +59,9 @@ PROFILES = {
         batches=(1, 8, 32),
         rounds={1: 7, 8: 3, 32: 2},
         k_batches=(1, 8),
-        num_targets=5,
-        memory_batch=8,
-        postprocess_batch=8,
+        explain=ExplainRun(images=64, side=2048, batch_size=16, workers=4, rounds=3),
+        serve_requests={1: 24, 8: 64, 32: 128},
+        serve_bare_rounds=10,
     ),
 }
 

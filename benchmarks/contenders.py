@@ -1,10 +1,12 @@
 """The contenders: every way of getting Grad-CAM maps (or plain logits, for the floor) that the
-suite times, each run the way its own documentation says, plus the check against the eager
-reference that every contender passes before it is timed.
+benchmarks time, each run the way its own documentation says; their one registry (`ContenderSpec`:
+the CPU ones in `CONTENDERS`, the GPU ones built by `benchmarks.gpu_contenders`); and the one
+check against the eager reference that every contender passes before it is timed.
 
 A contender is opened on a `Setup` (model, target layer, exported files), called as
 `run(images, classes)` (the timed call: images [B,3,S,S] float32, classes [B,K] int64 chosen by
-the reference), and converted to an `Output` by `output(raw)` outside the timing.
+the reference), and converted to a `GradCAMResult` by `output(raw)` outside the timing (the
+outputs a library does not expose are None).
 """
 
 from __future__ import annotations
@@ -22,8 +24,9 @@ import torch.nn.functional as F
 from torch import nn
 
 from gradcam_fast.cams.postprocess import gradcam_lowres, upsample_normalize
-from gradcam_fast.check.compare import LIMITS, map_correlations, relative_error
+from gradcam_fast.check.compare import LIMITS, compare_with_reference, failing_figures
 from gradcam_fast.check.reference import eager_gradcam
+from gradcam_fast.format.result import GradCAMResult
 from gradcam_fast.model.loading import load_model
 from gradcam_fast.runtime.ort_backend import session_options
 from gradcam_fast.runtime.session import GradCAMSession
@@ -31,19 +34,19 @@ from gradcam_fast.runtime.session import GradCAMSession
 __all__ = [
     "CAM_ATOL",
     "CONTENDERS",
-    "LOWRES_RTOL",
+    "PEERS",
+    "SESSIONS",
+    "ContenderSpec",
     "ContenderUnavailable",
-    "Output",
     "Setup",
     "check_output",
     "export_floor",
+    "exposed",
     "make_model",
     "open_contender",
-    "ort_session_options",
     "weights_bytes",
 ]
 
-LOWRES_RTOL = 1e-4  # DESIGN.md: relative error of float32 maps against the eager reference
 CAM_ATOL = 1e-3  # upsampled maps in [0, 1]; other libraries resize/normalize in other orders
 TINY_CFG = [16, "M", 32, "M", 64, 64, "M"]  # features of the CI-sized VGG (32 px images)
 
@@ -67,14 +70,9 @@ class Setup:
         return self.model.get_submodule(self.target_layer)
 
 
-@dataclass
-class Output:
-    """What a contender produced, in the reference's layout, for the check."""
-
-    cams: torch.Tensor | None = None  # [B, K, S, S] in [0, 1]
-    lowres: torch.Tensor | None = None  # [B, K, h, w], ReLU(sum_c w_c A_c)
-    classes: torch.Tensor | None = None  # [B, K]
-    logits: torch.Tensor | None = None  # [B, N]
+def exposed(cams=None, lowres=None, classes=None, logits=None) -> GradCAMResult:
+    """What a contender produced, as a `GradCAMResult` holding only the outputs it exposes."""
+    return GradCAMResult(cams, lowres, classes, logits, None, None)
 
 
 def make_model(kind: str, seed: int = 0) -> nn.Module:
@@ -94,12 +92,6 @@ def weights_bytes(model: nn.Module) -> int:
     """Bytes of the model's parameters and buffers: the 'size of the weights'."""
     tensors = [*model.parameters(), *model.buffers()]
     return sum(t.numel() * t.element_size() for t in tensors)
-
-
-def ort_session_options(threads: int | None = None) -> ort.SessionOptions:
-    """The SessionOptions `GradCAMSession` uses on the CPU, for the floor (same runtime, same
-    settings)."""
-    return session_options(threads)
 
 
 def export_floor(model: nn.Module, path: str | os.PathLike, image_size: int) -> Path:
@@ -132,6 +124,18 @@ def _minmax(maps: torch.Tensor) -> torch.Tensor:
     return ((flat - low) / span.clamp_min(1e-12)).reshape(maps.shape)
 
 
+def _library(module: str, what: str):
+    """Import `module` (an optional peer library) or raise ContenderUnavailable."""
+    import importlib
+
+    try:
+        return importlib.import_module(module)
+    except ImportError as exc:
+        raise ContenderUnavailable(
+            f"{what} is not installed ({exc}): pip install 'gradcam_fast[bench]'"
+        ) from None
+
+
 # --- contenders -----------------------------------------------------------------------------
 
 
@@ -141,7 +145,7 @@ class _Contender:
     def run(self, images: torch.Tensor, classes: torch.Tensor) -> Any:
         raise NotImplementedError
 
-    def output(self, raw: Any) -> Output:
+    def output(self, raw: Any) -> GradCAMResult:
         return raw
 
     def close(self) -> None:
@@ -156,9 +160,6 @@ class EagerHook(_Contender):
 
     def run(self, images, classes):
         return eager_gradcam(self.setup.model, images, classes, self.setup.target_layer)
-
-    def output(self, raw):
-        return Output(raw.cams, raw.cams_lowres, raw.target_classes, raw.logits)
 
 
 class EagerAutograd(_Contender):
@@ -202,7 +203,7 @@ class EagerAutograd(_Contender):
         self.activations = None
         lowres = gradcam_lowres(activations.detach(), torch.stack(grads, dim=1))
         cams = upsample_normalize(lowres, self.setup.image_size)
-        return Output(cams, lowres, classes, logits.detach())
+        return exposed(cams, lowres, classes, logits.detach())
 
 
 class PytorchGradCam(_Contender):
@@ -210,23 +211,18 @@ class PytorchGradCam(_Contender):
     (CAM object made once, called per batch; it returns NumPy maps at the input size)."""
 
     def __init__(self, setup: Setup):
-        try:
-            from pytorch_grad_cam import GradCAM
-            from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget
-        except ImportError as exc:
-            raise ContenderUnavailable(
-                f"pytorch-grad-cam is not installed ({exc}): pip install 'gradcam_fast[bench]'"
-            ) from None
+        library = _library("pytorch_grad_cam", "pytorch-grad-cam")
+        from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget
+
         self.target_cls = ClassifierOutputTarget
-        layer = setup.target_module
-        self.cam = GradCAM(model=setup.model, target_layers=[layer])
+        self.cam = library.GradCAM(model=setup.model, target_layers=[setup.target_module])
 
     def run(self, images, classes):
         targets = [self.target_cls(int(c)) for c in classes[:, 0]]
         return self.cam(input_tensor=images, targets=targets)
 
     def output(self, raw):
-        return Output(cams=torch.from_numpy(raw)[:, None])
+        return exposed(cams=torch.from_numpy(raw)[:, None])
 
     def close(self):
         self.cam.activations_and_grads.release()
@@ -238,20 +234,15 @@ class CaptumLayerGradCam(_Contender):
     `LayerAttribution.interpolate(..., "bilinear")` and min-max normalized, as in its tutorial."""
 
     def __init__(self, setup: Setup):
-        try:
-            from captum.attr import LayerAttribution, LayerGradCam
-        except ImportError as exc:
-            raise ContenderUnavailable(
-                f"captum is not installed ({exc}): pip install 'gradcam_fast[bench]'"
-            ) from None
-        self.interpolate = LayerAttribution.interpolate
+        attr = _library("captum.attr", "captum")
+        self.interpolate = attr.LayerAttribution.interpolate
         self.size = setup.image_size
-        self.method = LayerGradCam(setup.model, setup.target_module)
+        self.method = attr.LayerGradCam(setup.model, setup.target_module)
 
     def run(self, images, classes):
         lowres = self.method.attribute(images, target=classes[:, 0], relu_attributions=True)
         cams = _minmax(self.interpolate(lowres, (self.size, self.size), "bilinear"))
-        return Output(cams, lowres.detach(), classes)
+        return exposed(cams, lowres.detach(), classes)
 
 
 class TorchCamGradCAM(_Contender):
@@ -264,22 +255,17 @@ class TorchCamGradCAM(_Contender):
     here, in the timed call, as for Captum."""
 
     def __init__(self, setup: Setup):
-        try:
-            from torchcam.methods import GradCAM
-        except ImportError as exc:
-            raise ContenderUnavailable(
-                f"torchcam is not installed ({exc}): pip install 'gradcam_fast[bench]'"
-            ) from None
+        methods = _library("torchcam.methods", "torchcam")
         self.model = setup.model
         self.size = setup.image_size
-        self.extractor = GradCAM(setup.model, setup.target_module)
+        self.extractor = methods.GradCAM(setup.model, setup.target_module)
 
     def run(self, images, classes):
         scores = self.model(images)
         lowres = self.extractor(classes[:, 0].tolist(), scores)[0]  # [B, h, w], in [0, 1]
         size = (self.size, self.size)
         up = F.interpolate(lowres[:, None], size, mode="bilinear", align_corners=False)
-        return Output(cams=_minmax(up), classes=classes)
+        return exposed(cams=_minmax(up), classes=classes)
 
     def close(self):
         self.extractor.remove_hooks()
@@ -287,16 +273,21 @@ class TorchCamGradCAM(_Contender):
 
 
 class FastSession(_Contender):
-    """4. the gradcam_fast session (ONNX Runtime, CPU), post-processing included."""
+    """4. the gradcam_fast session (ONNX Runtime, CPU), post-processing included; with
+    `backend="openvino"` and a precision, 8. the session on OpenVINO (the int8 rows run the NNCF
+    int8 file `gradcam_ov_int8`, made from the float32 one)."""
 
     def __init__(self, setup: Setup, key: str = "gradcam_k1", **options: Any):
+        if options.get("backend") == "openvino":
+            _library("openvino", "openvino")
+            if key not in setup.paths:
+                raise ContenderUnavailable(
+                    f"no {key} model in this run (OpenVINO's int8 needs nncf)"
+                )
         self.session = GradCAMSession(setup.paths[key], device="cpu", **options)
 
     def run(self, images, classes):
         return self.session(images, classes)
-
-    def output(self, raw):
-        return Output(raw.cams, raw.cams_lowres, raw.target_classes, raw.logits)
 
 
 class FloorOrt(_Contender):
@@ -305,7 +296,7 @@ class FloorOrt(_Contender):
 
     def __init__(self, setup: Setup):
         self.session = ort.InferenceSession(
-            str(setup.paths["floor"]), ort_session_options(), providers=["CPUExecutionProvider"]
+            str(setup.paths["floor"]), session_options(), providers=["CPUExecutionProvider"]
         )
         self.num_classes = self.session.get_outputs()[0].shape[1]
         self.bindings: dict[int, tuple[ort.IOBinding, torch.Tensor]] = {}
@@ -327,21 +318,7 @@ class FloorOrt(_Contender):
             "images", "cpu", 0, images.numpy().dtype, tuple(images.shape), images.data_ptr()
         )
         self.session.run_with_iobinding(binding)
-        return Output(logits=logits.clone())
-
-
-class OpenVinoSession(FastSession):
-    """8. the session on OpenVINO (`backend="openvino"`, CPU) at an explicit precision; the
-    int8 rows run the NNCF int8 file (`gradcam_ov_int8`, made from the float32 one)."""
-
-    def __init__(self, setup: Setup, key: str, precision: str, **options: Any):
-        try:
-            import openvino  # noqa: F401
-        except ImportError as exc:
-            raise ContenderUnavailable(f"openvino is not installed: {exc}") from None
-        if key not in setup.paths:
-            raise ContenderUnavailable(f"no {key} model in this run (OpenVINO's int8 needs nncf)")
-        super().__init__(setup, key, backend="openvino", precision=precision, **options)
+        return exposed(logits=logits.clone())
 
 
 class OpenVinoBare(_Contender):
@@ -350,15 +327,15 @@ class OpenVinoBare(_Contender):
     The session's overhead is its time over this one."""
 
     def __init__(self, setup: Setup):
-        self.session = OpenVinoSession(setup, "gradcam_channel_weights", "float32").session
-        self.request = self.session._runner.compiled.create_infer_request()
+        session = _openvino(CW, "float32")(setup).session
+        self.request = session._runner.compiled.create_infer_request()
 
     def run(self, images, classes):
         self.request.infer({"images": images.numpy(), "targets": classes.numpy()})
         return self.request
 
     def output(self, raw):
-        return Output(logits=torch.from_numpy(raw.get_output_tensor(0).data.copy()))
+        return exposed(logits=torch.from_numpy(raw.get_output_tensor(0).data.copy()))
 
 
 class TorchBackend(_Contender):
@@ -379,9 +356,6 @@ class TorchBackend(_Contender):
     def run(self, images, classes):
         return self.session(images, classes)
 
-    def output(self, raw):
-        return Output(raw.cams, raw.cams_lowres, raw.target_classes, raw.logits)
-
 
 class TorchNoGrad(_Contender):
     """5b. torch inference of the unmodified model under `no_grad`, for reference."""
@@ -391,148 +365,158 @@ class TorchNoGrad(_Contender):
 
     def run(self, images, classes):
         with torch.no_grad():
-            return Output(logits=self.model(images))
+            return exposed(logits=self.model(images))
+
+
+# --- the registry ---------------------------------------------------------------------------
 
 
 @dataclass(frozen=True)
 class ContenderSpec:
-    """A contender's name in results, its label in tables, and how to open it."""
+    """A contender: its name in results, how to open it (`factory(setup)` -> an object with
+    `run`, `output` and `close`; on the GPU, a callable `run(images, targets)`), and how it is
+    checked: against the `precision`'s LIMITS, on its logits alone where it is a `floor`."""
 
     name: str
-    label: str
-    factory: Callable[[Setup], _Contender]
-    # "gradcam" (checked on maps), "floor" (checked on logits), or a lower precision ("int8",
-    # "bfloat16": checked on logits and map correlation with LIMITS[kind])
-    kind: str = "gradcam"
-    optional: bool = False
+    factory: Callable[[Setup], Any]
+    precision: str = "float32"  # float32, tf32, float16, bfloat16, int8
+    floor: bool = False
+    label: str = ""  # its label in the CPU report's tables
 
 
+CW = "gradcam_channel_weights"
+
+
+def _session(key: str = "gradcam_k1", **options: Any) -> Callable[[Setup], FastSession]:
+    return lambda setup: FastSession(setup, key, **options)
+
+
+def _openvino(key: str, precision: str, **options: Any) -> Callable[[Setup], FastSession]:
+    return _session(key, backend="openvino", precision=precision, **options)
+
+
+def _torch(precision: str) -> Callable[[Setup], TorchBackend]:
+    return lambda setup: TorchBackend(setup, precision)
+
+
+# the groups the commands time together
+PEERS = ("eager_autograd", "pytorch_grad_cam", "captum", "torchcam")  # 2 and 3
+SESSIONS = (
+    "gradcam_fast",
+    "gradcam_fast_lean",
+    "gradcam_fast_int8",
+    "torch_float32",
+    "torch_bfloat16",
+)
+THROUGHPUT = {"performance_hint": "THROUGHPUT"}
 CONTENDERS: dict[str, ContenderSpec] = {
     spec.name: spec
     for spec in [
-        ContenderSpec("eager_hook", "1. eager hook (full backward)", EagerHook),
-        ContenderSpec("eager_autograd", "2. eager autograd on the activation", EagerAutograd),
+        ContenderSpec("eager_hook", EagerHook, label="1. eager hook (full backward)"),
+        ContenderSpec("eager_autograd", EagerAutograd, label="2. eager autograd on the activation"),
+        ContenderSpec("pytorch_grad_cam", PytorchGradCam, label="3a. pytorch-grad-cam GradCAM"),
+        ContenderSpec("captum", CaptumLayerGradCam, label="3b. Captum LayerGradCam"),
+        ContenderSpec("torchcam", TorchCamGradCAM, label="3c. TorchCAM GradCAM"),
+        ContenderSpec("gradcam_fast", _session(), label="4. gradcam_fast session (ORT)"),
+        ContenderSpec("floor_ort", FloorOrt, floor=True, label="5a. floor: plain model in ORT"),
         ContenderSpec(
-            "pytorch_grad_cam", "3a. pytorch-grad-cam GradCAM", PytorchGradCam, optional=True
+            "torch_no_grad", TorchNoGrad, floor=True, label="5b. torch no_grad inference"
         ),
-        ContenderSpec("captum", "3b. Captum LayerGradCam", CaptumLayerGradCam, optional=True),
-        ContenderSpec("torchcam", "3c. TorchCAM GradCAM", TorchCamGradCAM, optional=True),
-        ContenderSpec("gradcam_fast", "4. gradcam_fast session (ORT)", FastSession),
-        ContenderSpec("floor_ort", "5a. floor: plain model in ORT", FloorOrt, kind="floor"),
-        ContenderSpec("torch_no_grad", "5b. torch no_grad inference", TorchNoGrad, kind="floor"),
         ContenderSpec(
             "gradcam_fast_lean",
-            "4''. gradcam_fast session, channel weights only (gradients=False)",
-            lambda setup: FastSession(setup, "gradcam_channel_weights"),
+            _session(CW),
+            label="4''. gradcam_fast session, channel weights only (gradients=False)",
         ),
         ContenderSpec(
             "gradcam_fast_low_memory",
-            "4'. gradcam_fast session, low_memory=True",
-            lambda setup: FastSession(setup, low_memory=True),
+            _session(low_memory=True),
+            label="4'. gradcam_fast session, low_memory=True",
         ),
         ContenderSpec(
             "gradcam_fast_low_memory_external",
-            "4'. gradcam_fast session, low_memory=True, external-data model",
-            lambda setup: FastSession(setup, "gradcam_external", low_memory=True),
+            _session("gradcam_external", low_memory=True),
+            label="4'. gradcam_fast session, low_memory=True, external-data model",
         ),
         ContenderSpec(
             "gradcam_fast_int8",
-            "4i. gradcam_fast session, int8 body, channel weights only",
-            lambda setup: FastSession(setup, "gradcam_int8"),
-            kind="int8",
+            _session("gradcam_int8"),
+            "int8",
+            label="4i. gradcam_fast session, int8 body, channel weights only",
         ),
         ContenderSpec(
-            "torch_float32",
-            "7. gradcam_fast torch backend, float32",
-            lambda setup: TorchBackend(setup, "float32"),
+            "torch_float32", _torch("float32"), label="7. gradcam_fast torch backend, float32"
         ),
         ContenderSpec(
             "torch_bfloat16",
-            "7b. gradcam_fast torch backend, bfloat16 body",
-            lambda setup: TorchBackend(setup, "bfloat16"),
-            kind="bfloat16",
+            _torch("bfloat16"),
+            "bfloat16",
+            label="7b. gradcam_fast torch backend, bfloat16 body",
         ),
         ContenderSpec(
             "ort_qdq_int8",
-            "4q. gradcam_fast session (ORT) on the NNCF QDQ int8 file",
-            lambda setup: FastSession(setup, "gradcam_ov_int8"),
-            kind="int8",
+            _session("gradcam_ov_int8"),
+            "int8",
+            label="4q. gradcam_fast session (ORT) on the NNCF QDQ int8 file",
         ),
         ContenderSpec(
             "openvino_float32",
-            "8. session on OpenVINO, float32 (f32 hint), channel weights only",
-            lambda setup: OpenVinoSession(setup, "gradcam_channel_weights", "float32"),
-            optional=True,
+            _openvino(CW, "float32"),
+            label="8. session on OpenVINO, float32 (f32 hint), channel weights only",
         ),
         ContenderSpec(
             "openvino_full_float32",
-            "8. session on OpenVINO, float32, full export (gradients)",
-            lambda setup: OpenVinoSession(setup, "gradcam_k1", "float32"),
-            optional=True,
+            _openvino("gradcam_k1", "float32"),
+            label="8. session on OpenVINO, float32, full export (gradients)",
         ),
         ContenderSpec(
             "openvino_bfloat16",
-            "8b. session on OpenVINO, bf16 hint, channel weights only",
-            lambda setup: OpenVinoSession(setup, "gradcam_channel_weights", "bfloat16"),
-            kind="bfloat16",
-            optional=True,
+            _openvino(CW, "bfloat16"),
+            "bfloat16",
+            label="8b. session on OpenVINO, bf16 hint, channel weights only",
         ),
         ContenderSpec(
             "openvino_full_bfloat16",
-            "8b. session on OpenVINO, bf16 hint, full export (gradients)",
-            lambda setup: OpenVinoSession(setup, "gradcam_k1", "bfloat16"),
-            kind="bfloat16",
-            optional=True,
+            _openvino("gradcam_k1", "bfloat16"),
+            "bfloat16",
+            label="8b. session on OpenVINO, bf16 hint, full export (gradients)",
         ),
         ContenderSpec(
             "openvino_int8",
-            "8i. session on OpenVINO, NNCF int8 body, channel weights only",
-            lambda setup: OpenVinoSession(setup, "gradcam_ov_int8", "int8"),
-            kind="int8",
-            optional=True,
+            _openvino("gradcam_ov_int8", "int8"),
+            "int8",
+            label="8i. session on OpenVINO, NNCF int8 body, channel weights only",
         ),
         ContenderSpec(
             "openvino_int8_head_int8",
-            "8i'. session on OpenVINO, NNCF int8 body and head weights, channel weights only",
-            lambda setup: OpenVinoSession(setup, "gradcam_ov_int8_head_int8", "int8"),
-            kind="int8",
-            optional=True,
+            _openvino("gradcam_ov_int8_head_int8", "int8"),
+            "int8",
+            label="8i'. session on OpenVINO, NNCF int8 body and head weights, channel weights only",
         ),
         ContenderSpec(
             "openvino_full_int8",
-            "8i. session on OpenVINO, NNCF int8 body, full export (gradients)",
-            lambda setup: OpenVinoSession(setup, "gradcam_ov_int8_full", "int8"),
-            kind="int8",
-            optional=True,
+            _openvino("gradcam_ov_int8_full", "int8"),
+            "int8",
+            label="8i. session on OpenVINO, NNCF int8 body, full export (gradients)",
         ),
         ContenderSpec(
             "openvino_throughput",
-            "8t. session on OpenVINO, float32, PERFORMANCE_HINT=THROUGHPUT",
-            lambda setup: OpenVinoSession(
-                setup, "gradcam_channel_weights", "float32", performance_hint="THROUGHPUT"
-            ),
-            optional=True,
+            _openvino(CW, "float32", **THROUGHPUT),
+            label="8t. session on OpenVINO, float32, PERFORMANCE_HINT=THROUGHPUT",
         ),
         ContenderSpec(
             "openvino_bfloat16_throughput",
-            "8t. session on OpenVINO, bf16, PERFORMANCE_HINT=THROUGHPUT",
-            lambda setup: OpenVinoSession(
-                setup, "gradcam_channel_weights", "bfloat16", performance_hint="THROUGHPUT"
-            ),
-            kind="bfloat16",
-            optional=True,
+            _openvino(CW, "bfloat16", **THROUGHPUT),
+            "bfloat16",
+            label="8t. session on OpenVINO, bf16, PERFORMANCE_HINT=THROUGHPUT",
         ),
         ContenderSpec(
             "openvino_bare",
-            "8'. bare OpenVINO call on the session's compiled model (float32)",
             OpenVinoBare,
-            kind="floor",
-            optional=True,
+            floor=True,
+            label="8'. bare OpenVINO call on the session's compiled model (float32)",
         ),
         ContenderSpec(
-            "gradcam_fast_k5",
-            "6. gradcam_fast session, K=5",
-            lambda setup: FastSession(setup, "gradcam_k5"),
+            "gradcam_fast_k5", _session("gradcam_k5"), label="6. gradcam_fast session, K=5"
         ),
     ]
 }
@@ -545,58 +529,64 @@ def open_contender(name: str, setup: Setup) -> _Contender:
     return CONTENDERS[name].factory(setup)
 
 
-def check_output(name: str, got: Output, reference: Any) -> dict[str, float]:
-    """Compare a contender's output with the eager reference (a GradCAMResult); raise
+# --- the check ------------------------------------------------------------------------------
+
+
+def check_output(
+    name: str, got: GradCAMResult, reference: GradCAMResult, precision: str | None = None
+) -> dict[str, float]:
+    """Compare a contender's output with the eager reference: every output it exposes, with
+    `gradcam_fast.check.compare` (the figures and LIMITS export validation judges with) at the
+    contender's precision (its registry entry's unless given), and at float32 the upsampled
+    maps' max absolute difference (under CAM_ATOL). A floor is judged on its logits alone. Raise
     AssertionError naming the contender and the figures when it is wrong, or naming the output
-    and the count when one holds NaN or Inf (which no figure below could catch). Returns the
-    errors."""
-    for output in ("logits", "lowres", "cams"):
-        tensor = getattr(got, output)
-        if tensor is not None and (bad := int((~torch.isfinite(tensor)).sum())):
+    and the count when one holds NaN or Inf. Returns the judged figures (and the worst map's
+    decorrelation where the precision is judged on the maps' correlation)."""
+    for output, tensor in vars(got).items():
+        bad = 0 if tensor is None else int((~torch.isfinite(tensor.float())).sum())
+        if bad:
             raise AssertionError(
                 f"{name}: {output} holds {bad} non-finite values (NaN or Inf) of {tensor.numel()}"
             )
-    errors: dict[str, float] = {}
-    kind = CONTENDERS[name].kind
-    if kind in LIMITS:  # a lower precision: logits and map shapes, with that precision's limits
-        errors["logits"] = relative_error(got.logits, reference.logits)
-        corr = map_correlations(got.lowres, reference.cams_lowres).flatten()
-        errors["cams_lowres_decorrelation"] = 1.0 - corr.median().item()
-        errors["cams_lowres_worst_decorrelation"] = 1.0 - corr.min().item()
-        failed = [k for k, v in errors.items() if not v <= LIMITS[kind].get(k, float("inf"))]
-        if failed:
-            raise AssertionError(f"{name}: {failed} beyond the {kind} limits: {errors}")
-        return errors
-    if kind == "floor":
-        errors["logits"] = relative_error(got.logits, reference.logits)
-        if errors["logits"] > LOWRES_RTOL:
-            raise AssertionError(
-                f"{name}: logits differ from the eager model's by {errors['logits']:.2e} "
-                f"(relative, tolerance {LOWRES_RTOL:.0e})"
-            )
-        return errors
-    if got.classes is not None and not torch.equal(
-        got.classes.cpu(), reference.target_classes.cpu()
+    spec = CONTENDERS.get(name, ContenderSpec(name, None))
+    precision = precision or spec.precision
+    limits = {**LIMITS[precision], **({"cams": CAM_ATOL} if precision == "float32" else {})}
+    if spec.floor:
+        got = exposed(logits=got.logits)
+    elif got.cams is None and got.cams_lowres is None:
+        raise AssertionError(f"{name}: produced neither maps nor low-resolution maps to check")
+    elif got.target_classes is not None and not torch.equal(
+        got.target_classes.cpu(), reference.target_classes.cpu()
     ):
         raise AssertionError(
-            f"{name}: explained classes {got.classes} != {reference.target_classes}"
+            f"{name}: explained classes {got.target_classes} != {reference.target_classes}"
         )
-    if got.lowres is not None:
-        errors["lowres"] = relative_error(got.lowres, reference.cams_lowres)
+    errors = compare_with_reference(got, reference)
     if got.cams is not None:
         if got.cams.shape != reference.cams.shape:
             raise AssertionError(
-                f"{name}: maps of shape {list(got.cams.shape)}, reference {list(reference.cams.shape)}"
+                f"{name}: maps of shape {list(got.cams.shape)}, reference "
+                f"{list(reference.cams.shape)}"
             )
-        errors["cams"] = (
-            (got.cams.double().cpu() - reference.cams.double().cpu()).abs().max().item()
-        )
-    if not errors:
-        raise AssertionError(f"{name}: produced neither maps nor low-resolution maps to check")
-    if errors.get("lowres", 0.0) > LOWRES_RTOL or errors.get("cams", 0.0) > CAM_ATOL:
+        diff = got.cams.detach().double().cpu() - reference.cams.double().cpu()
+        errors["cams"] = diff.abs().max().item()
+    failed = failing_figures(errors, precision)
+    if "cams" in limits and not errors.get("cams", 0.0) <= limits["cams"]:
+        failed.append("cams")
+    shown = (
+        {*limits, "cams_lowres_worst_decorrelation"}
+        if precision in ("int8", "bfloat16")
+        else limits
+    )
+    errors = {k: float(v) for k, v in errors.items() if k in shown}  # the judged figures
+    if failed and spec.floor:
         raise AssertionError(
-            f"{name}: maps differ from the eager reference (lowres relative error "
-            f"{errors.get('lowres', float('nan')):.2e}, tolerance {LOWRES_RTOL:.0e}; upsampled "
-            f"max abs error {errors.get('cams', float('nan')):.2e}, tolerance {CAM_ATOL:.0e})"
+            f"{name}: logits differ from the eager model's by {errors['logits']:.2e} "
+            f"(relative, tolerance {limits['logits']:.0e})"
+        )
+    if failed:
+        raise AssertionError(
+            f"{name}: maps differ from the eager reference ({failed} beyond the {precision} "
+            f"limits): {errors}"
         )
     return errors

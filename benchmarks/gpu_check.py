@@ -29,7 +29,6 @@ import copy
 import json
 import math
 import os
-import statistics
 import subprocess
 import sys
 import tempfile
@@ -42,20 +41,19 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-import onnxruntime as ort  # noqa: E402
 import torch  # noqa: E402
 
-SIZE = 224
+from benchmarks.contenders import ContenderSpec, check_output  # noqa: E402
+from benchmarks.gpu_contenders import EAGER_FP32, FLOOR, SIZE, Skip, plan  # noqa: E402
+from benchmarks.machine import gpu_info  # noqa: E402
+from benchmarks.tables import markdown_table  # noqa: E402
+from benchmarks.timing import median_s  # noqa: E402
+
 BATCHES = (1, 8, 64)
-SHORT = {"float32": "fp32", "tf32": "tf32", "float16": "fp16"}
 LIMITS_OF = {"float32": "float32", "tf32": "float16", "float16": "float16"}  # tf32: 10-bit mantissa
 EXPORTS_ENV = "GRADCAM_FAST_CUDA_EXPORTS"  # tests/test_cuda.py reads the exports from there
-EAGER_FP32 = "eager hook fp32"
-FLOOR = "plain forward (floor)"
-TABLE_HEAD = (
-    "| contender | precision | batch | median ms | images/s | vs eager fp32 | vs floor | check |\n"
-    "| --- | --- | ---: | ---: | ---: | ---: | ---: | --- |"
-)
+COLUMNS = "contender | precision | batch | median ms | images/s | vs eager fp32 | vs floor | check"
+TABLE_HEAD = "\n".join(markdown_table(COLUMNS, "llrrrrrl", "", []))
 
 
 @dataclass
@@ -67,17 +65,6 @@ class Row:
     batch: int
     ms: float | None
     check: str  # "ok", "-" (a floor: nothing to check), "WRONG ...", "error: ...", "skipped: ..."
-
-
-@dataclass
-class Contender:
-    """A path to time: `make()` returns the callable `run(images, targets)` (a floor's ignores
-    targets); floors are not checked."""
-
-    name: str
-    precision: str
-    make: Callable[[], Callable]
-    floor: bool = False
 
 
 class Recorder:
@@ -130,6 +117,20 @@ def render_markdown(rows: list[Row], header: dict) -> str:
     floor of the same precision and batch, both from the same run."""
     eager = {r.batch: r.ms for r in rows if r.contender == EAGER_FP32 and r.ms}
     floor = {(r.batch, r.precision): r.ms for r in rows if r.contender == FLOOR and r.ms}
+    cells = []
+    for r in rows:
+        timed = r.ms is not None and math.isfinite(r.ms) and r.ms > 0
+        base = floor.get((r.batch, r.precision))
+        cells.append(
+            (
+                r,
+                f"{r.ms:.2f}" if timed else "-",
+                f"{r.batch * 1000 / r.ms:,.0f}" if timed else "-",
+                f"{eager[r.batch] / r.ms:.2f}x" if timed and r.batch in eager else "-",
+                f"{r.ms / base:.2f}" if timed and base else "-",
+                r.check.replace("|", "/").replace("\n", " "),
+            )
+        )
     lines = [
         f"# gpu_check on {header.get('device', '?')}, torch {header.get('torch', '?')}, "
         f"{header.get('date', '?')}",
@@ -141,26 +142,19 @@ def render_markdown(rows: list[Row], header: dict) -> str:
         "float32 eager reference on the CPU first (column check)._",
         f"cuda tests: {header.get('tests', '?')}",
         "",
-        TABLE_HEAD,
+        *markdown_table(
+            COLUMNS,
+            "llrrrrrl",
+            "{0.contender} | {0.precision} | {0.batch} | {1} | {2} | {3} | {4} | {5}",
+            cells,
+        ),
     ]
-    for r in rows:
-        timed = r.ms is not None and math.isfinite(r.ms) and r.ms > 0
-        ms = f"{r.ms:.2f}" if timed else "-"
-        rate = f"{r.batch * 1000 / r.ms:,.0f}" if timed else "-"
-        vs_eager = f"{eager[r.batch] / r.ms:.2f}x" if timed and r.batch in eager else "-"
-        base = floor.get((r.batch, r.precision))
-        vs_floor = f"{r.ms / base:.2f}" if timed and base else "-"
-        check = r.check.replace("|", "/").replace("\n", " ")
-        lines.append(
-            f"| {r.contender} | {r.precision} | {r.batch} | {ms} | {rate} | {vs_eager} | "
-            f"{vs_floor} | {check} |"
-        )
     return "\n".join(lines) + "\n"
 
 
 def run_contenders(
-    contenders: list[Contender],
-    measure: Callable[[Contender], list[Row]],
+    contenders: list[ContenderSpec],
+    measure: Callable[[ContenderSpec], list[Row]],
     recorder: Recorder,
     budget_s: float,
     now: Callable[[], float] = time.perf_counter,
@@ -185,35 +179,12 @@ def run_contenders(
 
 
 def verdict(got, reference, precision: str) -> tuple[str, dict]:
-    """ "ok", or "WRONG" with the failing figures: beyond the precision's limits, or not finite
-    (NaN passes a `>` comparison, so finiteness is checked here on its own)."""
-    from gradcam_fast.check.compare import compare_with_reference, failing_figures
-
-    errors = compare_with_reference(got.to("cpu"), reference)
-    failed = failing_figures(errors, LIMITS_OF[precision])
-    failed += [k for k, v in errors.items() if not math.isfinite(v) and k not in failed]
-    failed += [
-        f"{name} not finite"
-        for name, v in vars(got).items()
-        if v is not None and v.is_floating_point() and not bool(torch.isfinite(v).all())
-    ]
-    return ("ok" if not failed else f"WRONG {failed}"), errors
-
-
-def cuda_time(fn, warmup: int, iters: int) -> list[float]:
-    """Milliseconds of each call, measured with CUDA events after `warmup` calls."""
-    for _ in range(warmup):
-        fn()
-    torch.cuda.synchronize()
-    times = []
-    for _ in range(iters):
-        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-        start.record()
-        fn()
-        end.record()
-        end.synchronize()
-        times.append(start.elapsed_time(end))
-    return times
+    """ "ok", or "WRONG" and why (`benchmarks.contenders.check_output`, at the limits of the
+    precision's class), with the judged figures."""
+    try:
+        return "ok", check_output("", got.to("cpu"), reference, LIMITS_OF[precision])
+    except AssertionError as exc:
+        return f"WRONG {str(exc).removeprefix(': ')[:300]}", {}
 
 
 def run_cuda_tests(out: Path, timeout_s: float, exports: Path) -> str:
@@ -248,165 +219,25 @@ def run_cuda_tests(out: Path, timeout_s: float, exports: Path) -> str:
     return f"{summary} ({seconds:.0f} s, exit {code})"
 
 
-def _no_tf32(fn):
-    cudnn, matmul = torch.backends.cudnn, torch.backends.cuda.matmul
-    saved = cudnn.allow_tf32, matmul.allow_tf32
-    cudnn.allow_tf32 = matmul.allow_tf32 = False
-    try:
-        return fn()
-    finally:
-        cudnn.allow_tf32, matmul.allow_tf32 = saved
-
-
-def _autocast(fn):
-    with torch.autocast("cuda", dtype=torch.float16):
-        return fn()
-
-
-def _floor(net, precision: str, channels_last: bool = True, graphs: bool = False):
-    """The plain forward of `net` (no Grad-CAM): run(images, targets) ignoring the targets."""
-    half = precision == "float16"
-    fmt = torch.channels_last if channels_last else torch.contiguous_format
-    net = copy.deepcopy(net).to(dtype=torch.float16 if half else torch.float32, memory_format=fmt)
-
-    def forward(x):
-        with torch.inference_mode():
-            if precision == "float32":
-                return _no_tf32(lambda: net(x))
-            return net(x)
-
-    def prepare(images):
-        return (images.half() if half else images).contiguous(memory_format=fmt)
-
-    if not graphs:
-        return lambda images, targets: forward(prepare(images))
-    captured: dict[int, tuple] = {}
-
-    def replay(images, targets):
-        b = images.shape[0]
-        if b not in captured:
-            static = prepare(images).clone()
-            side = torch.cuda.Stream()
-            side.wait_stream(torch.cuda.current_stream())
-            with torch.cuda.stream(side):
-                for _ in range(3):
-                    forward(static)
-            torch.cuda.current_stream().wait_stream(side)
-            graph = torch.cuda.CUDAGraph()
-            with torch.cuda.graph(graph):
-                out = forward(static)
-            captured[b] = (graph, static, out)
-        graph, static, out = captured[b]
-        static.copy_(prepare(images))
-        graph.replay()
-        return out
-
-    return replay
-
-
-def plan(
-    model, exports: dict[str, Path | Exception], ort_cuda: bool, tensorrt: str | None, quick: bool
-) -> list[Contender]:
-    """Every contender, most important first (a spent budget skips the tail). `exports` maps a
-    precision to its ONNX file or the error its export raised; `tensorrt` is None where
-    ONNX Runtime's TensorRT provider loads, else why not."""
-    from gradcam_fast import GradCAMSession, eager_gradcam
-
-    def eager(precision):
-        if precision == "float32":
-            return lambda: lambda x, t: _no_tf32(lambda: eager_gradcam(model, x, t))
-        if precision == "float16":
-            return lambda: lambda x, t: _autocast(lambda: eager_gradcam(model, x, t))
-        return lambda: lambda x, t: eager_gradcam(model, x, t)
-
-    def torch_backend(precision, graphs):
-        name = f"torch backend {SHORT[precision]}" + (" + CUDA graphs" if graphs else "")
-        make = lambda: GradCAMSession.from_model(  # noqa: E731
-            model, image_size=SIZE, device="cuda", precision=precision, cuda_graphs=graphs
-        )
-        return Contender(name, precision, make)
-
-    def session(precision, **options):
-        path = exports[precision]
-        if isinstance(path, Exception):
-            raise RuntimeError(f"the {precision} export failed: {path}")
-        if not ort_cuda:
-            raise RuntimeError(f"onnxruntime {ort.__version__} has no usable CUDA provider")
-        return GradCAMSession(path, device="cuda", **options)
-
-    def onnxruntime(precision, graphs, label="", **options):
-        name = f"onnxruntime CUDA {SHORT[precision]}" + (" + CUDA graphs" if graphs else "") + label
-        return Contender(name, precision, lambda: session(precision, cuda_graphs=graphs, **options))
-
-    def floor(precision, label="", **kw):
-        return Contender(FLOOR + label, precision, lambda: _floor(model, precision, **kw), True)
-
-    both = (True,) if quick else (False, True)
-    nhwc = {"cuda_options": {"prefer_nhwc": "1"}}
-    contenders = [
-        floor("float32"),
-        floor("float16"),
-        Contender(EAGER_FP32, "float32", eager("float32")),
-        Contender("eager hook fp16 (autocast)", "float16", eager("float16")),
-        torch_backend("float16", True),
-        torch_backend("float32", True),
-        *(onnxruntime(p, g) for p in ("float16", "float32") for g in both),
-        *(() if quick else (torch_backend("float16", False), torch_backend("float32", False))),
-        # levers on the floor: NHWC kernels, cuDNN's exhaustive search, graphs, channels-last
-        onnxruntime("float16", True, " + prefer_nhwc", **nhwc),
-        onnxruntime("float16", True, " + EXHAUSTIVE", cudnn_search="EXHAUSTIVE"),
-        onnxruntime(
-            "float16", True, " + prefer_nhwc + EXHAUSTIVE", cudnn_search="EXHAUSTIVE", **nhwc
-        ),
-        floor("float16", " + CUDA graphs", graphs=True),
-        floor("float16", " NCHW", channels_last=False),
-        floor("tf32"),
-        Contender("eager hook (torch defaults: TF32 convs)", "tf32", eager("tf32")),
-        torch_backend("tf32", True),
-    ]
-    for precision in ("float32", "float16"):
-        if tensorrt is None:
-            make = lambda p=precision: session(p, tensorrt=True)  # noqa: E731
-        else:
-            make = _skip(f"TensorRT does not load here: {tensorrt}")
-        checked_as = "tf32" if precision == "float32" else precision  # TensorRT may use TF32
-        contenders.append(Contender(f"onnxruntime TensorRT {SHORT[precision]}", checked_as, make))
-    return contenders
-
-
-class Skip(Exception):
-    """A contender that cannot run here for a known reason (recorded as skipped, not failed)."""
-
-
-def _skip(reason: str):
-    def make():
-        raise Skip(reason)
-
-    return make
-
-
 def measure_on_gpu(images, reference, quick: bool):
     """The real measurement: check at batch 8, then time at each batch size."""
 
-    def measure(c: Contender) -> list[Row]:
+    def measure(c: ContenderSpec) -> list[Row]:
         try:
-            run = c.make()
+            run = c.factory(None)
         except Skip as why:
             return [Row(c.name, c.precision, b, None, f"skipped: {why}") for b in BATCHES]
         check = "-"
         if not c.floor:
             got = run(images[8], reference.target_classes)
             check, errors = verdict(got, reference, c.precision)
-            print(
-                f"{c.name}: check {check}, cams_lowres error {errors['cams_lowres']:.1e}",
-                flush=True,
-            )
+            print(f"{c.name}: check {check}, errors {errors}", flush=True)
         rows = []
         for b in BATCHES:
             t = torch.full((b, 1), -1, device="cuda")
             iters = (10 if c.name.startswith("eager") else 40) // (2 if quick else 1)
-            times = cuda_time(lambda b=b, t=t: run(images[b], t), 3, iters)
-            rows.append(Row(c.name, c.precision, b, statistics.median(times), check))
+            ms = 1e3 * median_s(lambda b=b, t=t: run(images[b], t), iters, 3, cuda=True)
+            rows.append(Row(c.name, c.precision, b, ms, check))
         print(f"{c.name}: ms by batch {[round(r.ms, 2) for r in rows]}", flush=True)
         torch.cuda.empty_cache()
         return rows
@@ -438,27 +269,10 @@ def export_each(model, folder: Path, recorder: Recorder) -> dict[str, Path | Exc
     return exports
 
 
-def header_info(tests: str) -> dict:
-    try:
-        driver = (
-            subprocess.run(
-                ["nvidia-smi", "--query-gpu=driver_version", "--format=csv,noheader"],
-                capture_output=True,
-                text=True,
-                timeout=20,
-                check=False,
-            ).stdout.strip()
-            or "?"
-        )
-    except (OSError, subprocess.SubprocessError):
-        driver = "?"
+def header_info(tests: str, device: dict | None = None) -> dict:
+    """The table's header: the GPU (`machine.gpu_info`) unless `device` is given, date, command."""
     return {
-        "device": torch.cuda.get_device_name(),
-        "driver": driver,
-        "torch": torch.__version__,
-        "cuda": torch.version.cuda,
-        "cudnn": torch.backends.cudnn.version(),
-        "onnxruntime": f"{ort.__version__} ({', '.join(ort.get_available_providers())})",
+        **(gpu_info() if device is None else device),
         "date": time.strftime("%Y-%m-%d"),
         "command": "python benchmarks/gpu_check.py " + " ".join(sys.argv[1:]),
         "tests": tests,
@@ -468,22 +282,17 @@ def header_info(tests: str) -> dict:
 def dry_run(args) -> int:
     """Everything but the GPU: the real plan, fake timings, the same files. The float16 export
     is made to fail and TensorRT to be missing, as a real run records them."""
-    header = {
-        "device": "DRY RUN (fake timings)",
-        "torch": torch.__version__,
-        "date": time.strftime("%Y-%m-%d"),
-        "command": "python benchmarks/gpu_check.py " + " ".join(sys.argv[1:]),
-        "tests": "skipped (dry run)",
-    }
+    dry = {"device": "DRY RUN (fake timings)", "torch": torch.__version__}
+    header = header_info("skipped (dry run)", dry)
     recorder = Recorder(args.out, header)
     exports = {"float32": Path("float32.onnx"), "float16": RuntimeError("simulated failure")}
     missing = "simulated: libnvinfer.so.10: cannot open shared object file"
     contenders = plan(None, exports, ort_cuda=True, tensorrt=missing, quick=args.quick)
 
-    def measure(c: Contender) -> list[Row]:
+    def measure(c: ContenderSpec) -> list[Row]:
         try:
             if "TensorRT" in c.name or c.name.startswith("onnxruntime CUDA fp16"):
-                c.make()  # TensorRT: Skip; float16 ONNX Runtime: the export's failure
+                c.factory(None)  # TensorRT: Skip; float16 ONNX Runtime: the export's failure
         except Skip as why:
             return [Row(c.name, c.precision, b, None, f"skipped: {why}") for b in BATCHES]
         ms = 2.0 if c.name.startswith("eager") else 1.0

@@ -9,16 +9,15 @@ prints the profiler's table of CUDA time by operator for the session call.
 from __future__ import annotations
 
 import argparse
-import statistics
 import sys
 import warnings
 from pathlib import Path
 
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from gpu_check import cuda_time
-
+from benchmarks.timing import median_s
 from gradcam_fast import GradCAMSession, load_vgg
 
 
@@ -42,8 +41,8 @@ def main() -> None:
                 "graph": lambda r=runner, xc=xc: r.graph(xc, t),
                 "runner": lambda r=runner: r(x, t),
             }
-            figures = {k: statistics.median(cuda_time(f, 3, 15)) for k, f in parts.items()}
-        figures["session"] = statistics.median(cuda_time(lambda s=session: s(x, t), 3, 15))
+            figures = {k: 1e3 * median_s(f, 15, 3, cuda=True) for k, f in parts.items()}
+        figures["session"] = 1e3 * median_s(lambda s=session: s(x, t), 15, 3, cuda=True)
         print(
             precision,
             {k: round(v, 2) for k, v in figures.items()},

@@ -2,7 +2,7 @@
 
     python -m benchmarks.lowp [--out benchmarks/results/lowp.md]
 
-Speed: interleaved rounds (benchmarks/interleaved.py: every round visits each contender once in
+Speed: interleaved rounds (benchmarks/timing.py: every round visits each contender once in
 a shuffled order, one untimed call then the timed one; ratios are medians of within-round ratios)
 of the float32 session, its channel-weights model, the int8 session (channel weights), the float32
 ORT floor, the torch backend in float32 and bfloat16, the eager ways and the peers that are
@@ -38,13 +38,12 @@ from pathlib import Path
 
 import torch
 
-from benchmarks.interleaved import interleave, round_robin_ratios
+from benchmarks.contenders import PEERS, SESSIONS
+from benchmarks.photos import fidelity_photos
+from benchmarks.tables import markdown_table
+from benchmarks.timing import interleave
 
-ROOT = Path(__file__).resolve().parents[1]
-PHOTOS = [ROOT / "examples" / "images", ROOT / "examples" / "fidelity_photos"]
 ROUNDS = {1: 7, 8: 5, 32: 2}
-PEERS = ("eager_autograd", "pytorch_grad_cam", "captum", "torchcam")
-PEER_MAX_BATCH = 8
 # arch -> the module every contender explains (the peers hook modules): the layers their
 # documentation recommends; other archs get their default target.
 BENCH_TARGETS = {
@@ -59,8 +58,6 @@ BENCH_TARGETS = {
 # what refused to be made, and why (the int8 files whose maps are beyond the int8 limits on the
 # calibration photos): reported, and the runs that need them left out
 REFUSED: dict[str, str] = {}
-SESSIONS = ("gradcam_fast", "gradcam_fast_lean", "gradcam_fast_int8", "torch_float32",
-            "torch_bfloat16")  # fmt: skip
 OPENVINO = ("openvino_float32", "openvino_full_float32", "openvino_bfloat16",
             "openvino_full_bfloat16", "openvino_int8", "openvino_full_int8", "ort_qdq_int8",
             "openvino_bare", "openvino_throughput")  # fmt: skip
@@ -83,14 +80,6 @@ def nncf_int8(source: Path, out: Path, calibration: torch.Tensor) -> Path:
     out.parent.mkdir(parents=True, exist_ok=True)
     made.replace(out)
     return out
-
-
-def photos(size: int = 224) -> tuple[list[str], torch.Tensor]:
-    """The fidelity photos, preprocessed like `explain` does."""
-    from gradcam_fast.io.images import load_image, preprocess
-
-    files = sorted(p for folder in PHOTOS for p in folder.glob("*.jpg"))
-    return [p.name for p in files], torch.stack([preprocess(load_image(p), size) for p in files])
 
 
 def fidelity(
@@ -158,42 +147,14 @@ def speed(
     model, folder: Path, names: list[str], batches: list[int], target: str | None = None
 ) -> dict[str, dict]:
     """Interleaved ratios per batch size (see the module docstring)."""
-    from benchmarks.contenders import (
-        ContenderUnavailable,
-        Setup,
-        check_output,
-        open_contender,
-    )  # fmt: skip
-    from gradcam_fast.check.reference import eager_gradcam
+    from benchmarks.contenders import Setup
+    from benchmarks.interleaved import rounds_by_batch
     from gradcam_fast.model.loading import default_target_layer
 
     paths = {p.stem: p for p in folder.glob("*.onnx")}
     setup = Setup(model, target or default_target_layer(model), 224, paths)
-    contenders = {}
-    for name in names:
-        try:
-            contenders[name] = open_contender(name, setup)
-        except ContenderUnavailable as exc:
-            print(f"# {name} left out: {exc}", file=sys.stderr)
-    results = {}
-    for batch in batches:
-        gen = torch.Generator().manual_seed(batch)
-        images = torch.randn(batch, 3, 224, 224, generator=gen)
-        reference = eager_gradcam(model, images, None, setup.target_layer)
-        classes = reference.target_classes
-        slow = (*PEERS, "eager_hook")
-        here = [n for n in contenders if n not in slow or batch <= PEER_MAX_BATCH]
-        for name in here:  # a failed check is reported, and the contender still timed
-            c = contenders[name]
-            try:
-                check_output(name, c.output(c.run(images, classes)), reference)
-            except AssertionError as exc:
-                print(f"# CHECK FAILED at batch {batch}: {exc}", file=sys.stderr, flush=True)
-        calls = {n: (lambda c=contenders[n], x=images, t=classes: c.run(x, t)) for n in here}
-        results[batch] = round_robin_ratios(interleave(calls, ROUNDS[batch]))
-        print(f"# batch {batch}: {json.dumps(results[batch])}", file=sys.stderr, flush=True)
-    for c in contenders.values():
-        c.close()
+    slow = (*PEERS, "eager_hook")
+    results = rounds_by_batch(setup, names, batches, ROUNDS.__getitem__, slow, strict=False)
     # K=5 against K=1 at batch 8, float32 and int8 sessions (the files lowp exported)
     from gradcam_fast import GradCAMSession
 
@@ -277,23 +238,25 @@ def render(fid: dict, spd: dict, files: list[str], seconds: float, arch: str = "
             f"## Fidelity (16 photos, {arch} random weights, against the float32 session)",
             "",
         ]
-        lines += [
-            "| variant | median Pearson | worst | top-1 kept |",
-            "| --- | ---: | ---: | ---: |",
-        ]
-        for name, f in fid.items():
-            lines.append(f"| {name} | {f['median']:.4f} | {f['worst']:.4f} | {f['top1_kept']}/16 |")
+        row = "{0} | {1[median]:.4f} | {1[worst]:.4f} | {1[top1_kept]}/16"
+        lines += markdown_table(
+            "variant | median Pearson | worst | top-1 kept", "lrrr", row, fid.items()
+        )
         lines += ["", f"Per photo ({', '.join(fid)}): " + ", ".join(
             f"{n} " + "/".join(f"{c:.3f}" for c in cs) for n, *cs in zip(
                 files, *(f["per_photo"] for f in fid.values()), strict=True)
         ), ""]  # fmt: skip
     lines += ["## Speed (interleaved; ratio = median over rounds of time / floor_ort)", ""]
-    lines += ["| batch | contender | median ms | x floor | floor / it |", "| ---: | --- | ---: | ---: | ---: |"]  # fmt: skip
     batches = [b for b in ROUNDS if b in spd]
-    for batch in batches:
-        for name, row in spd[batch].items():
-            r = row["ratio_to_floor"]
-            lines.append(f"| {batch} | {name} | {row['median_ms']:.1f} | {r:.3f} | {1 / r:.2f}x |")
+    rows = [
+        {"batch": b, "name": n, "r": 1 / r["ratio_to_floor"], **r}
+        for b in batches
+        for n, r in spd[b].items()
+    ]
+    row = "{batch} | {name} | {median_ms:.1f} | {ratio_to_floor:.3f} | {r:.2f}x"
+    lines += markdown_table(
+        "batch | contender | median ms | x floor | floor / it", "rlrrr", row, rows
+    )
     if all({"torch_float32", "torch_bfloat16"} <= set(spd[b]) for b in batches):
         lines += ["", "bfloat16 vs float32 torch backend (median ms ratio): " + ", ".join(
             f"batch {b}: {spd[b]['torch_float32']['median_ms'] / spd[b]['torch_bfloat16']['median_ms']:.2f}x"
@@ -347,7 +310,7 @@ def main(argv: list[str] | None = None) -> int:
     torch.set_num_threads(cpu_count())
     model = make_model(args.arch)
     target = BENCH_TARGETS.get(args.arch)
-    files, images = photos()
+    files, images = fidelity_photos()
     calib = images[0::2]
     with tempfile.TemporaryDirectory(prefix="gradcam-lowp-") as tmp:
         folder = Path(tmp)

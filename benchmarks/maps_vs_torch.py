@@ -22,18 +22,19 @@ from __future__ import annotations
 import argparse
 import gc
 import os
-import platform
 import statistics
-import sys
 import tempfile
-import time
 import warnings
 from pathlib import Path
 
 import torch
 from torch import nn
 
-from gradcam_fast import GradCAMSession, export_onnx, load_vgg
+from benchmarks.contenders import make_model
+from benchmarks.machine import cpu
+from benchmarks.tables import markdown_table
+from benchmarks.timing import time_calls
+from gradcam_fast import GradCAMSession, export_onnx
 from gradcam_fast.cams.methods import cam_lowres
 from gradcam_fast.cams.postprocess import upsample_normalize
 from gradcam_fast.check.compare import relative_error
@@ -53,15 +54,6 @@ class _MapsOnly(nn.Module):
     def forward(self, activations: torch.Tensor, gradients: torch.Tensor):
         lowres = cam_lowres(self.method, activations, gradients)
         return upsample_normalize(lowres, self.image_size), lowres
-
-
-def _timed(fn, rounds: int, *args, **kwargs) -> list[float]:
-    times = []
-    for _ in range(rounds):
-        start = time.perf_counter()
-        fn(*args, **kwargs)
-        times.append(time.perf_counter() - start)
-    return times
 
 
 def _postprocess(activations, gradients, method, size, rounds, folder: Path) -> dict:
@@ -88,8 +80,8 @@ def _postprocess(activations, gradients, method, size, rounds, folder: Path) -> 
     ort_times, torch_times = [], []
     with torch.no_grad():
         for _ in range(rounds):
-            ort_times += _timed(session.run, 1, None, feeds)
-            torch_times += _timed(_MapsOnly(method, size), 1, activations, gradients)
+            ort_times += time_calls(lambda: session.run(None, feeds), 1)
+            torch_times += time_calls(lambda: _MapsOnly(method, size)(activations, gradients), 1)
     return {
         "onnxruntime": statistics.median(ort_times),
         "torch": statistics.median(torch_times),
@@ -110,7 +102,7 @@ def _session_blocks(
             for batch, x in inputs.items():
                 result = session(x, method=method)  # warm-up; its maps are checked below
                 reference.setdefault((kind, batch), result.cams)
-                timed = _timed(session, rounds, x, method=method)
+                timed = time_calls(lambda s=session, x=x: s(x, method=method), rounds)
                 times.setdefault((kind, batch), []).extend(timed)
             del session
             gc.collect()
@@ -133,15 +125,9 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--blocks", type=int, default=2, help="times each session is opened")
     parser.add_argument("--method", default="gradcam")
     args = parser.parse_args(argv)
-    if args.tiny:
-        sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
-        from tiny_models import make_tiny_vgg
-
-        model, size, name = make_tiny_vgg(), 32, "tiny VGG"
-        rounds = args.rounds or 2
-    else:
-        model, size, name = load_vgg("vgg19", "random", seed=0), 224, "VGG19 (random weights)"
-        rounds = args.rounds or 5
+    model = make_model("tiny" if args.tiny else "vgg19")
+    size, name = (32, "tiny VGG") if args.tiny else (224, "VGG19 (random weights)")
+    rounds = args.rounds or (2 if args.tiny else 5)
     gen = torch.Generator().manual_seed(0)
     inputs = {b: torch.randn(b, 3, size, size, generator=gen) for b in args.batches}
     load_before = os.getloadavg()
@@ -170,18 +156,20 @@ def main(argv: list[str] | None = None) -> dict:
 
     print(f"# In-graph maps vs torch post-processing ({name}, {size}x{size}, {args.method}, K=1)")
     print(
-        f"\n{platform.processor() or platform.machine()}, {cpu_count()} cores, torch "
-        f"{torch.__version__}, load average {load_before[0]:.2f} before, {load_after[0]:.2f} after\n"
+        f"\n{cpu()['model']}, {cpu_count()} cores, torch {torch.__version__}, load average "
+        f"{load_before[0]:.2f} before, {load_after[0]:.2f} after\n"
     )
-    print("| batch | maps part: ORT ms | maps part: torch ms | ORT / torch | session with in-graph "
-          "maps ms | session + torch ms | in-graph / torch |")  # fmt: skip
-    print("| --- | --- | --- | --- | --- | --- | --- |")
-    for batch in inputs:
-        p, m, t = post[batch], calls[("maps", batch)], calls[("torch", batch)]
-        print(
-            f"| {batch} | {p['onnxruntime'] * 1e3:.3f} | {p['torch'] * 1e3:.3f} | "
-            f"{p['onnxruntime'] / p['torch']:.2f} | {m * 1e3:.1f} | {t * 1e3:.1f} | {m / t:.3f} |"
-        )
+    rows = []
+    for b in inputs:
+        ort_ms, torch_ms = post[b]["onnxruntime"] * 1e3, post[b]["torch"] * 1e3
+        maps_ms, own_ms = calls[("maps", b)] * 1e3, calls[("torch", b)] * 1e3
+        rows.append((b, ort_ms, torch_ms, ort_ms / torch_ms, maps_ms, own_ms, maps_ms / own_ms))
+    header = (
+        "batch | maps part: ORT ms | maps part: torch ms | ORT / torch | session with in-graph "
+        "maps ms | session + torch ms | in-graph / torch"
+    )
+    row = "{} | {:.3f} | {:.3f} | {:.2f} | {:.1f} | {:.1f} | {:.3f}"
+    print("\n".join(markdown_table(header, "lllllll", row, rows)))
     errors = ", ".join(
         f"batch {b}: maps part {post[b]['error']:.1e}, session {session_errors[b]:.1e}"
         for b in inputs

@@ -1,7 +1,7 @@
 """Where an ONNX model's time goes in ONNX Runtime, by operator type and by node:
 `python -m benchmarks.profile_ort MODEL.onnx [--batch 1] [--runs 4] [--config KEY=VALUE ...]`.
 
-Uses the session's CPU settings (benchmarks.contenders.ort_session_options) plus
+Uses the session's CPU settings (gradcam_fast.runtime.ort_backend.session_options) plus
 `enable_profiling`; `--config` adds session config entries (e.g. session.disable_prepacking=1)
 to try a setting. Prints the RSS after loading and after the runs, then the summaries; compare a
 gradcam_fast model with the floor (plain model) at the same batch.
@@ -36,8 +36,8 @@ def kernel_times(profile_json: Path) -> dict[tuple[str, str], float]:
 def main(argv: list[str] | None = None) -> int:
     import onnxruntime as ort
 
-    from benchmarks.contenders import ort_session_options
     from benchmarks.memory import current_rss_mib, peak_rss_mib
+    from gradcam_fast.runtime.ort_backend import session_options
 
     parser = argparse.ArgumentParser(prog="python -m benchmarks.profile_ort", description=__doc__)
     parser.add_argument("model", type=Path)
@@ -47,7 +47,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--top", type=int, default=20, help="nodes to list")
     args = parser.parse_args(argv)
 
-    options = ort_session_options()
+    options = session_options()
     options.enable_profiling = True
     options.profile_file_prefix = str(Path(tempfile.mkdtemp()) / "ort_profile")
     for entry in args.config:

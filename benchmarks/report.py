@@ -15,93 +15,31 @@ e.g. the analysis in benchmarks/RESULTS.md, is kept).
 from __future__ import annotations
 
 import argparse
-import datetime as dt
 import json
 import os
-import platform
 import shlex
 import subprocess
 import sys
 import tempfile
-from importlib import metadata
 from pathlib import Path
 from typing import Any
 
-__all__ = [
-    "BEGIN",
-    "END",
-    "evaluate_targets",
-    "machine_info",
-    "main",
-    "render_markdown",
-    "splice",
-    "summarize",
-]
+from benchmarks.contenders import PEERS
+from benchmarks.machine import machine_info
+from benchmarks.report_summary import evaluate_targets, render_markdown, splice, summarize
+
+__all__ = ["main"]
 
 ROOT = Path(__file__).resolve().parent.parent
-BEGIN = "<!-- report:begin (written by python -m benchmarks.report; edit outside the markers) -->"
-END = "<!-- report:end -->"
 MEMORY_CONTENDERS = [
     "eager_hook",
-    "eager_autograd",
-    "pytorch_grad_cam",
-    "captum",
-    "torchcam",
+    *PEERS,
     "gradcam_fast",
     "gradcam_fast_low_memory",
     "gradcam_fast_low_memory_external",
     "floor_ort",
     "torch_no_grad",
 ]
-
-
-def machine_info(profile: str) -> dict[str, Any]:
-    """CPU model, cores, threads, library versions, device and load: the report's header."""
-    import onnxruntime as ort
-
-    from gradcam_fast.runtime.session import cpu_count
-
-    cpu = platform.processor() or "unknown"
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-
-    def version(dist: str) -> str | None:
-        try:
-            return metadata.version(dist)
-        except metadata.PackageNotFoundError:
-            return None
-
-    return {
-        "date_utc": dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
-        "profile": profile,
-        "cpu": cpu,
-        "cores": cpu_count(),
-        "torch_threads": cpu_count(),
-        "ort_intra_op_threads": cpu_count(),
-        "device": "cpu",
-        "ort_providers": ort.get_available_providers(),
-        "load_average": list(os.getloadavg()),
-        "python": platform.python_version(),
-        "platform": platform.platform(),
-        "versions": {
-            dist: version(dist)
-            for dist in (
-                "torch",
-                "torchvision",
-                "onnxruntime",
-                "onnx",
-                "numpy",
-                "grad-cam",
-                "captum",
-                "torchcam",
-            )
-        },
-    }
 
 
 def _run(cmd: list[str], env: dict[str, str]) -> subprocess.CompletedProcess:
@@ -130,301 +68,31 @@ def run_suite(profile: str, models: Path, json_path: Path, pytest_args: list[str
         raise SystemExit(f"the benchmark suite failed (pytest exit {done.returncode}); see above")
 
 
+def _json_line(what: str, module: str, *args: str) -> dict[str, Any] | None:
+    """The last stdout line of `python -m module args` as JSON; None (said on stderr) when the
+    process fails."""
+    done = _run([sys.executable, "-m", module, *args], dict(os.environ))
+    if done.returncode != 0:
+        last = (done.stderr.strip().splitlines() or ["no output"])[-1]
+        print(f"{what} failed: {last}", file=sys.stderr)
+        return None
+    return json.loads(done.stdout.strip().splitlines()[-1])
+
+
 def run_memory(profile: str, models: Path, batch: int) -> list[dict[str, Any]]:
     """One process per contender; a contender whose library is missing is left out."""
-    rows = []
-    for name in MEMORY_CONTENDERS:
-        cmd = [sys.executable, "-m", "benchmarks.memory", name, "--models", str(models)]
-        done = _run([*cmd, "--profile", profile, "--batch", str(batch)], dict(os.environ))
-        if done.returncode != 0:
-            last = (done.stderr.strip().splitlines() or ["no output"])[-1]
-            print(f"memory probe {name} failed: {last}", file=sys.stderr)
-            continue
-        rows.append(json.loads(done.stdout.strip().splitlines()[-1]))
-    return rows
+    options = ("--models", str(models), "--profile", profile, "--batch", str(batch))
+    rows = [
+        _json_line(f"memory probe {n}", "benchmarks.memory", n, *options) for n in MEMORY_CONTENDERS
+    ]
+    return [row for row in rows if row is not None]
 
 
 def run_interleaved(profile: str, models: Path) -> dict[str, Any]:
     """Interleaved-round ratios by batch size (str) and contender; {} when the step fails."""
-    cmd = [sys.executable, "-m", "benchmarks.interleaved", "--models", str(models)]
-    done = _run([*cmd, "--profile", profile], dict(os.environ))
-    if done.returncode != 0:
-        last = (done.stderr.strip().splitlines() or ["no output"])[-1]
-        print(f"interleaved rounds failed: {last}", file=sys.stderr)
-        return {}
-    return json.loads(done.stdout.strip().splitlines()[-1])["batches"]
-
-
-def _stats(bench: dict[str, Any]) -> dict[str, Any]:
-    s = bench["stats"]
-    return {
-        "name": bench["name"],
-        "group": bench.get("group"),
-        "median_ms": s["median"] * 1e3,
-        "min_ms": s["min"] * 1e3,
-        "max_ms": s["max"] * 1e3,
-        "rounds": s["rounds"],
-        **bench.get("extra_info", {}),
-    }
-
-
-def summarize(
-    bench_json: dict[str, Any], interleaved: dict[str, Any] | None = None
-) -> dict[str, Any]:
-    """Rows with ratios from pytest-benchmark's JSON: contender groups (speedup over the eager
-    hook, ratio to the ORT floor, same batch), K groups, post-processing, export, the rest; and
-    the interleaved rounds' figures (`benchmarks.interleaved`) when given."""
-    rows = [_stats(b) for b in bench_json["benchmarks"]]
-    contenders = [r for r in rows if "contender" in r and r["group"].startswith("batch ")]
-    by_key = {(r["batch"], r["contender"]): r for r in contenders}
-    for r in contenders:
-        eager = by_key.get((r["batch"], "eager_hook"))
-        floor = by_key.get((r["batch"], "floor_ort"))
-        r["images_per_s"] = r["batch"] / (r["median_ms"] / 1e3)
-        r["speedup_vs_eager"] = eager["median_ms"] / r["median_ms"] if eager else None
-        r["ratio_to_floor"] = r["median_ms"] / floor["median_ms"] if floor else None
-    k_rows = [r for r in rows if "contender" in r and r["group"].startswith("K, ")]
-    k1 = {r["batch"]: r for r in k_rows if r["k"] == 1}
-    for r in k_rows:
-        r["ratio_to_k1"] = (
-            r["median_ms"] / k1[r["batch"]]["median_ms"] if r["batch"] in k1 else None
-        )
-    stages = {r["stage"]: r for r in rows if "stage" in r}
-    others = [r for r in rows if "contender" not in r and "stage" not in r]
-    return {
-        "contenders": contenders,
-        "k": k_rows,
-        "stages": stages,
-        "others": others,
-        "interleaved": interleaved or {},
-    }
-
-
-def evaluate_targets(
-    summary: dict[str, Any], memory: list[dict[str, Any]], weights_mib: float
-) -> list[dict[str, Any]]:
-    """The issue's targets, each with its figure and whether it is met. The ratios to the floor
-    and the speedups over the eager hook come from the interleaved rounds where they were run
-    (marked so), else from the pytest-benchmark groups."""
-    by_key = {(r["batch"], r["contender"]): r for r in summary["contenders"]}
-    interleaved = summary.get("interleaved", {})
-    batches = sorted({r["batch"] for r in summary["contenders"]})
-    targets = []
-
-    def add(target: str, figure: float | None, limit: float, higher_is_better: bool, fmt: str):
-        if figure is None:
-            return
-        met = figure >= limit if higher_is_better else figure <= limit
-        targets.append({"target": target, "figure": fmt.format(figure), "met": met})
-
-    def pick(key: str, suite_row: dict, interleaved_row: dict) -> tuple[float, str]:
-        """The interleaved figure where there is one (labelled so), else the suite's."""
-        if interleaved_row.get(key) is not None:
-            return interleaved_row[key], ", interleaved"
-        return suite_row[key], ""
-
-    for b in batches:
-        fast = by_key.get((b, "gradcam_fast"))
-        if not fast:
-            continue
-        rr = interleaved.get(str(b), {}).get("gradcam_fast", {})
-        if b in (1, 8):
-            speedup, how = pick("speedup_vs_eager", fast, rr)
-            add(
-                f"speedup over the eager hook, batch {b} (>= 4x){how}",
-                speedup,
-                4.0,
-                True,
-                "{:.2f}x",
-            )
-        ratio, how = pick("ratio_to_floor", fast, rr)
-        add(f"ratio to the ORT floor, batch {b} (<= 1.05x){how}", ratio, 1.05, False, "{:.3f}x")
-        rivals = [
-            by_key[b, n]
-            for n in ("eager_autograd", "pytorch_grad_cam", "captum", "torchcam")
-            if (b, n) in by_key
-        ]
-        if rivals:
-            best = min(rivals, key=lambda r: r["median_ms"])
-            add(
-                f"speedup over the fastest of 2 and 3 ({best['contender']}), batch {b} (>= 2x)",
-                best["median_ms"] / fast["median_ms"],
-                2.0,
-                True,
-                "{:.2f}x",
-            )
-    for r in summary["k"]:
-        if r["k"] != 1 and r.get("ratio_to_k1") is not None:
-            add(
-                f"K={r['k']} / K=1, batch {r['batch']} (<= 1.10x)",
-                r["ratio_to_k1"],
-                1.10,
-                False,
-                "{:.3f}x",
-            )
-    post = summary["stages"].get("postprocess")
-    fast = by_key.get((post["batch"], "gradcam_fast")) if post else None
-    if post and fast:
-        add(
-            f"post-processing / session call, batch {post['batch']} (<= 2%)",
-            100 * post["median_ms"] / fast["median_ms"],
-            2.0,
-            False,
-            "{:.2f}%",
-        )
-    for m in memory:
-        if m["contender"] == "gradcam_fast":
-            add(
-                f"peak RSS of a session process at batch {m['batch']} / weights (<= 1.3x)",
-                m["peak_mib"] / weights_mib,
-                1.3,
-                False,
-                "{:.2f}x",
-            )
-    return targets
-
-
-def _fmt(value: float | None, spec: str) -> str:
-    return "-" if value is None else format(value, spec)
-
-
-def render_markdown(
-    summary: dict[str, Any],
-    memory: list[dict[str, Any]],
-    targets: list[dict[str, Any]],
-    machine: dict[str, Any],
-    weights_mib: float,
-    command: str,
-) -> str:
-    """The report as markdown (ms per call; speedup = eager hook / contender; floor ratio =
-    contender / ORT floor; both within the same batch size and run)."""
-    out = [
-        f"Command: `{command}`  ",
-        f"Date: {machine['date_utc']}; load average at start (1, 5, 15 min): "
-        + ", ".join(f"{x:.2f}" for x in machine["load_average"])
-        + f"; profile `{machine['profile']}`; weights {weights_mib:.0f} MiB.",
-        "",
-    ]
-    batches = sorted({r["batch"] for r in summary["contenders"]})
-    for b in batches:
-        out += [
-            f"### Batch {b}",
-            "",
-            "| contender | median ms | spread ms (min-max) | rounds | images/s | speedup vs eager hook | ratio to floor | check (max error) |",
-            "| --- | ---: | ---: | ---: | ---: | ---: | ---: | --- |",
-        ]
-        rows = sorted(
-            (r for r in summary["contenders"] if r["batch"] == b), key=lambda r: r["label"]
-        )
-        for r in rows:
-            errors = ", ".join(f"{k} {v:.1e}" for k, v in r.get("errors", {}).items())
-            out.append(
-                f"| {r['label']} | {r['median_ms']:.1f} | {r['min_ms']:.1f}-{r['max_ms']:.1f} | "
-                f"{r['rounds']} | {r['images_per_s']:.2f} | {_fmt(r['speedup_vs_eager'], '.2f')}x | "
-                f"{_fmt(r['ratio_to_floor'], '.3f')}x | {errors} |"
-            )
-        out.append("")
-    if summary["k"]:
-        out += [
-            "### K target classes per image (gradcam_fast)",
-            "",
-            "| batch | K | median ms | spread ms (min-max) | ratio to K=1 |",
-            "| ---: | ---: | ---: | ---: | ---: |",
-        ]
-        for r in sorted(summary["k"], key=lambda r: (r["batch"], r["k"])):
-            out.append(
-                f"| {r['batch']} | {r['k']} | {r['median_ms']:.1f} | {r['min_ms']:.1f}-{r['max_ms']:.1f} | "
-                f"{_fmt(r['ratio_to_k1'], '.3f')}x |"
-            )
-        out.append("")
-    if summary.get("interleaved"):
-        out += [
-            "### Interleaved rounds (each round: every contender once, shuffled, an untimed call then a timed one)",
-            "",
-            "Ratios are medians over rounds of the ratio within a round.",
-            "",
-            "| batch | contender | median ms | rounds | ratio to floor | speedup vs eager hook |",
-            "| ---: | --- | ---: | ---: | ---: | ---: |",
-        ]
-        for b, rows in sorted(summary["interleaved"].items(), key=lambda kv: int(kv[0])):
-            for name, r in rows.items():
-                out.append(
-                    f"| {b} | {name} | {r['median_ms']:.1f} | {r['rounds']} | "
-                    f"{_fmt(r.get('ratio_to_floor'), '.3f')}x | "
-                    f"{_fmt(r.get('speedup_vs_eager'), '.2f')}x |"
-                )
-        out.append("")
-    out += ["### Export and post-processing", ""]
-    export = summary["stages"].get("export")
-    if export:
-        out.append(
-            f"- Export (trace + save, K=1): {export['median_ms'] / 1e3:.1f} s; validation against "
-            f"the eager reference: {export['validate_s']:.1f} s; file {export['size_bytes'] / 2**20:.0f} MiB."
-        )
-    post = summary["stages"].get("postprocess")
-    if post:
-        fast = next(
-            (
-                r
-                for r in summary["contenders"]
-                if r["batch"] == post["batch"] and r["contender"] == "gradcam_fast"
-            ),
-            None,
-        )
-        share = (
-            f" = {100 * post['median_ms'] / fast['median_ms']:.2f}% of the session call"
-            if fast
-            else ""
-        )
-        out.append(
-            f"- Post-processing at batch {post['batch']} (weights, weighted sum, ReLU, upsample, "
-            f"min-max): {post['median_ms']:.2f} ms median{share}."
-        )
-    out.append("")
-    if memory:
-        out += [
-            f"### Peak memory (RSS, MiB), one process per contender, batch {memory[0]['batch']}",
-            "",
-            "| contender | after imports | after load | peak | peak / weights | peak - imports |",
-            "| --- | ---: | ---: | ---: | ---: | ---: |",
-        ]
-        for m in memory:
-            out.append(
-                f"| {m['contender']} | {m['imports_mib']:.0f} | {m['loaded_mib']:.0f} | {m['peak_mib']:.0f} | "
-                f"{m['peak_mib'] / weights_mib:.2f}x | {m['peak_mib'] - m['imports_mib']:.0f} |"
-            )
-        out.append("")
-    if targets:
-        out += ["### Targets", "", "| target | figure | met |", "| --- | ---: | --- |"]
-        out += [
-            f"| {t['target']} | {t['figure']} | {'yes' if t['met'] else '**no**'} |"
-            for t in targets
-        ]
-        out.append("")
-    if summary["others"]:
-        out += [
-            "### Other benchmarks in the suite",
-            "",
-            "| group | benchmark | median ms | spread ms (min-max) | rounds |",
-            "| --- | --- | ---: | ---: | ---: |",
-        ]
-        for r in summary["others"]:
-            out.append(
-                f"| {r['group']} | {r['name']} | {r['median_ms']:.1f} | {r['min_ms']:.1f}-{r['max_ms']:.1f} | {r['rounds']} |"
-            )
-        out.append("")
-    out += ["### Machine", "", "```json", json.dumps(machine, indent=2), "```", ""]
-    return "\n".join(out)
-
-
-def splice(document: str, report: str) -> str:
-    """`document` with the text between BEGIN and END replaced by `report` (appended when the
-    markers are missing)."""
-    block = f"{BEGIN}\n{report.rstrip()}\n{END}"
-    if BEGIN in document and END in document:
-        head, rest = document.split(BEGIN, 1)
-        return head + block + rest.split(END, 1)[1]
-    return document.rstrip() + ("\n\n" if document.strip() else "") + block + "\n"
+    options = ("--models", str(models), "--profile", profile)
+    figures = _json_line("interleaved rounds", "benchmarks.interleaved", *options)
+    return figures["batches"] if figures else {}
 
 
 def _weights_mib(profile: str) -> float:

@@ -10,7 +10,8 @@ import pytest
 import torch
 
 from benchmarks import gpu_check
-from benchmarks.gpu_check import BATCHES, Contender, Recorder, Row, render_markdown
+from benchmarks.contenders import ContenderSpec
+from benchmarks.gpu_check import BATCHES, Recorder, Row, render_markdown
 from gradcam_fast.format.result import GradCAMResult
 
 
@@ -34,7 +35,7 @@ def test_rows_reach_the_disk_as_each_contender_finishes_and_a_crash_is_passed(tm
             seen_on_disk["md"] = (tmp_path / "gpu_check.md").read_text()
         return _rows(c.name)
 
-    contenders = [Contender(n, "float16", None) for n in ("first", "crashes", "second")]
+    contenders = [ContenderSpec(n, None, "float16") for n in ("first", "crashes", "second")]
     gpu_check.run_contenders(contenders, measure, recorder, budget_s=1e9)
     recorder.close()
     assert seen_on_disk["jsonl"] == ["first"] * 3 + ["crashes"] * 3
@@ -58,7 +59,7 @@ def test_contenders_past_the_budget_are_recorded_as_skipped(tmp_path):
         measured.append(c.name)
         return _rows(c.name)
 
-    contenders = [Contender(f"c{i}", "float32", None) for i in range(5)]
+    contenders = [ContenderSpec(f"c{i}", None) for i in range(5)]
     # starts read at 0, 20, 40, ...: c0 and c1 start within 25 s, the rest do not
     gpu_check.run_contenders(contenders, measure, recorder, budget_s=25, now=now)
     assert measured == ["c0", "c1"]

@@ -11,9 +11,10 @@ from pathlib import Path
 import pytest
 import torch
 
-from benchmarks.contenders import Output, check_output
-from benchmarks.interleaved import interleave, round_robin_ratios
-from benchmarks.report import evaluate_targets, render_markdown, splice, summarize
+from benchmarks.contenders import check_output
+from benchmarks.contenders import exposed as Output
+from benchmarks.report_summary import evaluate_targets, render_markdown, splice, summarize
+from benchmarks.timing import interleave, round_robin_ratios
 
 ROOT = Path(__file__).resolve().parent.parent
 

@@ -1,8 +1,8 @@
 """Latency and throughput of `gradcam_fast.services.ray_serve` on Ray Serve under a bounded load on loopback,
 with and without batching, next to the bare session call, in one run.
 
-    python benchmarks/bench_serve.py                  # VGG19 (random weights) at 224
-    python benchmarks/bench_serve.py --arch vgg11 --json serve.json
+    python -m benchmarks.serve_load                  # VGG19 (random weights) at 224
+    python -m benchmarks.serve_load --arch vgg11 --json serve.json
 
 The load generator sends a fixed number of requests (JPEG files of 300 to 640 px, as bodies of
 `POST /explain`) at concurrency 1, 8 and 32 from client threads with keep-alive connections to
@@ -17,19 +17,18 @@ one bare call and one served request after it, each started after a quiet 0.1 s 
 before and after 8 and 32 at batch 8. The client runs on the same CPUs as the server.
 Every served answer is checked against the bare session's result for the same file first.
 
-Under pytest (benchmarks/conftest.py: once each, on a tiny model) it runs the same code on a small
-seeded VGG at 32 px with a few requests per level. Weights are random and nothing is downloaded.
+Under pytest (benchmarks/test_serve_load.py, once, on a tiny model) it runs the same code on a
+small seeded VGG at 32 px with a few requests per level. Weights are random and nothing is
+downloaded.
 """
 
 from __future__ import annotations
 
 import argparse
 import http.client
-import io
 import json
 import os
 import platform
-import random
 import shutil
 import socket
 import statistics
@@ -37,48 +36,20 @@ import sys
 import tempfile
 import threading
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
 
-__all__ = ["LoadResult", "main", "run_load"]
+from benchmarks.config import Profile, get_profile
+from benchmarks.photos import jpegs
+from benchmarks.tables import markdown_table
+from benchmarks.timing import median_s
 
-EXAMPLES = Path(__file__).resolve().parents[1] / "examples" / "images"
+__all__ = ["CONFIGS", "LoadResult", "main", "report", "run", "run_load"]
+
 CONCURRENCY = (1, 8, 32)
 SETTLE_S = 0.1  # quiet time before each side of a paired c=1 round
-
-
-@dataclass(frozen=True)
-class Setting:
-    arch: str  # "tiny" or a VGG arch name
-    image_size: int
-    requests: dict[int, int]  # requests sent at each concurrency
-    bare_rounds: int
-
-
-SETTINGS = {
-    "tiny": Setting("tiny", 32, {1: 4, 8: 16, 32: 32}, 3),
-    "full": Setting("vgg19", 224, {1: 24, 8: 64, 32: 128}, 10),
-}
-
-
-def make_files(count: int, seed: int = 0) -> list[bytes]:
-    """`count` JPEG files made from the example images, 300 to 640 px wide."""
-    from PIL import Image
-
-    sources = [Image.open(p).convert("RGB") for p in sorted(EXAMPLES.glob("*.jpg"))]
-    rng = random.Random(seed)
-    files = []
-    for i in range(count):
-        image = sources[i % len(sources)]
-        width = rng.randint(300, 640)
-        buffer = io.BytesIO()
-        image.resize((width, max(32, width * image.height // image.width))).save(
-            buffer, format="JPEG", quality=90
-        )
-        files.append(buffer.getvalue())
-    return files
 
 
 @dataclass
@@ -174,7 +145,7 @@ def run_load(
 def paired_c1(port: int, prefix: str, bare: Bare, files: list[bytes], pairs: int) -> dict:
     """At concurrency 1, `pairs` rounds of one bare batch-1 call (decoded tensor) then one
     served request of the same file: the median of the within-round ratios, which both sides'
-    share of this machine's drifting load cancels out of (as benchmarks/interleaved.py does).
+    share of this machine's drifting load cancels out of (as benchmarks/timing.py's interleave does).
     Each side starts SETTLE_S after the other ended: ONNX Runtime's threads spin for a while
     after a run, and on 2 cores the bare session's spinning slowed the served request right
     after it by about 13 ms (170 against 157 ms, 2026-12-01)."""
@@ -185,7 +156,7 @@ def paired_c1(port: int, prefix: str, bare: Bare, files: list[bytes], pairs: int
             data = files[i % len(files)]
             x = bare.decode(data)[None]
             time.sleep(SETTLE_S)
-            bare_s.append(_median_seconds(lambda x=x: bare.session(x), 1))
+            bare_s.append(median_s(lambda x=x: bare.session(x), 1))
             time.sleep(SETTLE_S)
             start = time.perf_counter()
             status, body = _post(connection, f"{prefix}/explain", data)
@@ -199,15 +170,6 @@ def paired_c1(port: int, prefix: str, bare: Bare, files: list[bytes], pairs: int
         "paired_served_s": statistics.median(served),
         "paired_bare_s": statistics.median(bare_s),
     }
-
-
-def _median_seconds(fn, rounds: int) -> float:
-    times = []
-    for _ in range(rounds):
-        start = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - start)
-    return statistics.median(times)
 
 
 class Bare:
@@ -239,20 +201,25 @@ class Bare:
         seconds per image at batch 8."""
         if concurrency == 1:
             return {
-                "bare_b1_s": _median_seconds(lambda: self.session(self.x1), self.rounds),
-                "bare_decode_b1_s": _median_seconds(
+                "bare_b1_s": median_s(lambda: self.session(self.x1), self.rounds),
+                "bare_decode_b1_s": median_s(
                     lambda: self.session(self.decode(self.files[1])[None]), self.rounds
                 ),
             }
         rounds = max(2, self.rounds // 3)
-        return {"bare_b8_s_per_image": _median_seconds(lambda: self.session(self.x8), rounds) / 8}
+        return {"bare_b8_s_per_image": median_s(lambda: self.session(self.x8), rounds) / 8}
 
     def expected_maps(self, data: bytes) -> np.ndarray:
         return self.session(self.decode(data)[None]).cams_lowres[0].numpy()
 
 
 def check_answer(port: int, prefix: str, data: bytes, expected: np.ndarray) -> None:
-    """The served maps of `data` equal the bare session's (relative error under 1e-4)."""
+    """The served maps of `data` equal the bare session's (`relative_error` of
+    gradcam_fast.check.compare under 1e-4, which is infinite for NaN or Inf)."""
+    import torch
+
+    from gradcam_fast.check.compare import relative_error
+
     connection = http.client.HTTPConnection("127.0.0.1", port, timeout=300)
     try:
         status, body = _post(connection, f"{prefix}/explain", data)
@@ -260,9 +227,9 @@ def check_answer(port: int, prefix: str, data: bytes, expected: np.ndarray) -> N
         connection.close()
     if status != 200:
         raise AssertionError(f"{prefix}/explain answered {status}: {body[:500]!r}")
-    got = np.asarray(json.loads(body)["cams_lowres"], dtype=np.float64)
-    error = np.abs(got - expected).max() / max(np.abs(expected).max(), 1e-12)
-    if got.shape != expected.shape or not np.isfinite(got).all() or not error < 1e-4:
+    got = torch.tensor(json.loads(body)["cams_lowres"], dtype=torch.float64)
+    error = relative_error(got, torch.from_numpy(expected))
+    if got.shape != expected.shape or not error < 1e-4:
         raise AssertionError(f"served maps differ from the session's: relative error {error}")
 
 
@@ -273,18 +240,11 @@ def free_port() -> int:
 
 
 def export_model(arch: str, image_size: int, folder: Path) -> Path:
+    from benchmarks.contenders import make_model
     from gradcam_fast import export_onnx
 
-    if arch == "tiny":
-        sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
-        from tiny_models import make_tiny_vgg
-
-        return export_onnx(
-            make_tiny_vgg(), folder / "model.onnx", image_size=image_size, validate=False
-        )
-    return export_onnx(
-        arch, folder / "model.onnx", image_size=image_size, weights="random", validate=False
-    )
+    model = make_model(arch)
+    return export_onnx(model, folder / "model.onnx", image_size=image_size, validate=False)
 
 
 # what `gradcam-fast serve` gives its replicas: torch's OpenMP threads sleep between ops instead
@@ -295,7 +255,7 @@ CONFIGS = {"batching": (8, 200.0), "no_batching": (1, 0.0)}
 
 
 def run(
-    setting: Setting, cpus: int | None = None, configs: dict | None = None, ingress: str = "auto"
+    setting: Profile, cpus: int | None = None, configs: dict | None = None, ingress: str = "auto"
 ) -> dict:
     """The whole benchmark, behind `ingress` (gradcam_fast.services.serve_ingress); returns {"config",
     "served": {config: [(LoadResult, bare figures timed just before it)...]}}."""
@@ -307,14 +267,14 @@ def run(
     from gradcam_fast.services.serve_ingress import use_ingress
 
     cpus = cpus or cpu_count()
-    files = make_files(16)
+    files = jpegs(16)
     work = Path(tempfile.mkdtemp(prefix="bench_serve_"))
     served: dict[str, list[tuple[LoadResult, dict[str, float]]]] = {}
     port = free_port()
     environment = dict(os.environ)  # use_ingress sets Ray's variables; restored at the end
     try:
-        model = export_model(setting.arch, setting.image_size, work)
-        bare = Bare(model, files, cpus, setting.bare_rounds)
+        model = export_model(setting.model, setting.image_size, work)
+        bare = Bare(model, files, cpus, setting.serve_bare_rounds)
         expected = bare.expected_maps(files[3])
         load = os.getloadavg()
         started = time.perf_counter()
@@ -334,9 +294,9 @@ def run(
             served[name] = []
             for c in CONCURRENCY:
                 reference = bare.figures(c)
-                result = run_load(port, prefix, files, c, setting.requests[c])
+                result = run_load(port, prefix, files, c, setting.serve_requests[c])
                 if c == 1:
-                    reference |= paired_c1(port, prefix, bare, files, setting.requests[1])
+                    reference |= paired_c1(port, prefix, bare, files, setting.serve_requests[1])
                 else:  # the bare batch 8 timed before and after the level, averaged
                     after = bare.figures(c)["bare_b8_s_per_image"]
                     reference["bare_b8_s_per_image"] = (
@@ -351,10 +311,10 @@ def run(
         os.environ.clear()
         os.environ.update(environment)
     config = {
-        "arch": setting.arch,
+        "arch": setting.model,
         "image_size": setting.image_size,
         "cpus": cpus,
-        "requests": setting.requests,
+        "requests": setting.serve_requests,
         "python": platform.python_version(),
         "ray": ray.__version__,
         "ingress": ingress,
@@ -369,22 +329,31 @@ def run(
 def report(figures: dict) -> str:
     """The table printed by the script, with the issue's target ratios (each against the bare
     figure timed just before that level)."""
-    lines = [
-        json.dumps(figures["config"]),
-        f"{'config':<13}{'conc':>5}{'reqs':>6}{'p50 ms':>9}{'p99 ms':>9}{'img/s':>8}"
-        f"{'bare':>18}{'err':>5}  batch sizes run (size: calls)",
-    ]
+    rows = []
     for name, results in figures["served"].items():
         for r, bare in results:
-            sizes = ", ".join(f"{k}: {v}" for k, v in sorted(r.batch_sizes.items()))
             if r.concurrency == 1:
                 reference = f"{bare['bare_b1_s'] * 1e3:.0f}/{bare['bare_decode_b1_s'] * 1e3:.0f} ms"
             else:
                 reference = f"b8 {1 / bare['bare_b8_s_per_image']:.2f} img/s"
-            lines.append(
-                f"{name:<13}{r.concurrency:>5}{r.requests:>6}{r.p50 * 1e3:>9.1f}"
-                f"{r.p99 * 1e3:>9.1f}{r.throughput:>8.2f} {reference:>17}{r.errors:>5}  {sizes}"
+            sizes = ", ".join(f"{k}: {v}" for k, v in sorted(r.batch_sizes.items()))
+            rows.append(
+                {
+                    "name": name,
+                    "r": r,
+                    "ms": (r.p50 * 1e3, r.p99 * 1e3),
+                    "bare": reference,
+                    "sizes": sizes,
+                }
             )
+    lines = [json.dumps(figures["config"])]
+    lines += markdown_table(
+        "config | conc | reqs | p50 ms | p99 ms | img/s | bare | err | batch sizes run (size: calls)",
+        "lrrrrrrrl",
+        "{name} | {r.concurrency} | {r.requests} | {ms[0]:.1f} | {ms[1]:.1f} | {r.throughput:.2f} | "
+        "{bare} | {r.errors} | {sizes}",
+        rows,
+    )
     by = {(n, r.concurrency): (r, b) for n, rs in figures["served"].items() for r, b in rs}
     r1, b1 = by[("batching", 1)]
     r8, b8 = by[("batching", 8)]
@@ -426,25 +395,6 @@ def _as_json(figures: dict) -> dict:
     return {"config": figures["config"], "served": served}
 
 
-def test_serve_load_runs_and_answers_right():
-    """Once, cheaply (tiny model, a few requests per level): every request answered 200, the
-    replica's batch sizes add up to the requests and respect max_batch_size, figures finite."""
-    import pytest
-
-    pytest.importorskip("ray.serve", reason='Ray Serve is optional: pip install ".[serve]"')
-    pytest.importorskip("starlette", reason='Ray Serve is optional: pip install ".[serve]"')
-    setting = SETTINGS[os.environ.get("GRADCAM_BENCH_PROFILE", "tiny")]
-    figures = run(setting)
-    for name, results in figures["served"].items():
-        limit = CONFIGS[name][0]
-        for r, _ in results:
-            assert r.errors == 0 and len(r.latencies) == r.requests
-            assert sum(k * v for k, v in r.batch_sizes.items()) == r.requests
-            assert max(r.batch_sizes) <= limit
-            assert np.isfinite([r.p50, r.p99, r.throughput]).all()
-    print(report(figures))
-
-
 def main(argv: list[str] | None = None) -> int:
     from gradcam_fast.services.serve_ingress import INGRESS_CHOICES
 
@@ -462,9 +412,9 @@ def main(argv: list[str] | None = None) -> int:
     )  # fmt: skip
     args = parser.parse_args(argv)
     configs = {**CONFIGS, "batching": (args.max_batch_size, args.batch_wait_ms)}
-    full = SETTINGS["full"]
-    requests = {c: max(c, round(n * args.scale)) for c, n in full.requests.items()}
-    setting = Setting(args.arch, args.image_size, requests, full.bare_rounds)
+    full = get_profile("full")
+    requests = {c: max(c, round(n * args.scale)) for c, n in full.serve_requests.items()}
+    setting = replace(full, model=args.arch, image_size=args.image_size, serve_requests=requests)
     figures = run(setting, configs=configs, ingress=args.ingress)
     print(report(figures))
     if args.json:

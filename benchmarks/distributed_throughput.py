@@ -1,10 +1,10 @@
 """Images/s of `explain-dataset` on Ray Data with 1 and 2 actors against the single-process
 `explain`, on the same folder, the same model and the same CPUs, in one run.
 
-A script, not a pytest-benchmark file (it defines no tests, so collecting it costs nothing):
+A script (no pytest test: a run takes minutes and needs Ray):
 
-    python benchmarks/bench_distributed.py                # VGG19 at 224, 64 images
-    python benchmarks/bench_distributed.py --arch vgg11 --images 96 --json out.json
+    python -m benchmarks.distributed_throughput                # VGG19 at 224, 64 images
+    python -m benchmarks.distributed_throughput --arch vgg11 --images 96 --json out.json
 
 Each Ray run is timed end to end (`write_parquet` returns when every row is written), so it
 includes starting the actors (a process each, importing torch and ONNX Runtime, opening the
@@ -18,33 +18,24 @@ from __future__ import annotations
 import argparse
 import json
 import platform
-import random
 import shutil
 import sys
 import tempfile
 import time
 from pathlib import Path
 
+from benchmarks.photos import jpegs
+from benchmarks.tables import markdown_table
+
 __all__ = ["main"]
 
-EXAMPLES = Path(__file__).resolve().parents[1] / "examples" / "images"
 
-
-def make_folder(root: Path, count: int, seed: int = 0) -> list[Path]:
-    """`count` JPEGs made from the example images at sizes between 300 and 640 px wide."""
-    from PIL import Image
-
-    sources = [Image.open(p).convert("RGB") for p in sorted(EXAMPLES.glob("*.jpg"))]
-    rng = random.Random(seed)
+def make_folder(root: Path, count: int) -> list[Path]:
+    """`count` JPEGs (benchmarks.photos.jpegs: 300 to 640 px wide) written under `root`."""
     root.mkdir(parents=True, exist_ok=True)
-    paths = []
-    for i in range(count):
-        image = sources[i % len(sources)]
-        width = rng.randint(300, 640)
-        height = max(32, width * image.height // image.width)
-        path = root / f"img{i:05d}.jpg"
-        image.resize((width, height)).save(path, quality=90)
-        paths.append(path)
+    paths = [root / f"img{i:05d}.jpg" for i in range(count)]
+    for path, data in zip(paths, jpegs(count), strict=True):
+        path.write_bytes(data)
     return paths
 
 
@@ -138,14 +129,14 @@ def main(argv: list[str] | None = None) -> int:
     }
     print(json.dumps(config))
     base = figures["single_process_images_per_s"]
-    print(f"{'run':<28}{'images/s':>10}{'vs single':>11}{'fixed s':>9}")
-    print(f"{'single-process explain':<28}{base:>10.2f}{1.0:>11.2f}{'':>9}")
+    rows = [("single-process explain", base, 1.0, "")]
     for actors in (1, 2):
-        rate = figures[f"ray_{actors}_actor_images_per_s"]
-        fixed = figures[f"ray_{actors}_actor_fixed_s"]
-        print(f"{f'Ray, {actors} actor(s)':<28}{rate:>10.2f}{rate / base:>11.2f}{fixed:>9.1f}")
+        rate, fixed = (figures[f"ray_{actors}_actor_{k}"] for k in ("images_per_s", "fixed_s"))
+        rows.append((f"Ray, {actors} actor(s)", rate, rate / base, f"{fixed:.1f}"))
         rate = figures[f"ray_{actors}_actor_images_per_s_after_startup"]
-        print(f"{'  after the fixed cost':<28}{rate:>10.2f}{rate / base:>11.2f}")
+        rows.append(("  after the fixed cost", rate, rate / base, ""))
+    header = "run | images/s | vs single | fixed s"
+    print("\n".join(markdown_table(header, "lrrr", "{} | {:.2f} | {:.2f} | {}", rows)))
     print(f"ray.init: {figures['ray_init_s']:.1f} s (not in any figure above)")
     if args.json:
         args.json.write_text(json.dumps({"config": config, "figures": figures}, indent=2))
