@@ -1,4 +1,5 @@
-"""The audit's speed: `python -m benchmarks.audit_speed [--tiny]` (VGG19 at 224, random weights).
+"""The audit's speed: `python -m benchmarks.audit_speed [--arch resnet50] [--int8] [--tiny]` (VGG19,
+or `--arch`, at 224, random weights).
 
 1. Deletion + insertion with S steps (2S - 1 perturbed images per image) through the session,
    against the plain ONNX Runtime forward of the unmodified model (the floor) on as many images
@@ -10,6 +11,9 @@
    model, the only peer with all three), and ROAD against pytorch-grad-cam's ROADCombined (the
    only peer with ROAD). Each pair's means are printed beside each other (same metric, maps
    from each library's own Grad-CAM: close, not equal). Target >= 10x.
+3. With `--int8`: the same two audits of ours through ONNX Runtime's int8 session (made from
+   the float32 file by `precision="int8"`, calibrated on 8 other images of the same kind), each
+   against the float32 session's, timed once each one after the other. Target >= 2.5x.
 Prints a markdown report and one JSON line.
 """
 
@@ -28,21 +32,63 @@ from benchmarks.machine import cpu
 __all__ = ["main"]
 
 
-def _setup(tiny: bool, folder: Path, n: int, seed: int = 0):
+def _pictures(n: int, size: int, seed: int) -> list:
     import torch
     from PIL import Image
 
+    gen = torch.Generator().manual_seed(seed)
+    pixels = torch.randint(0, 256, (n, size + size // 7, size + size // 3, 3), generator=gen)
+    return [Image.fromarray(p.to(torch.uint8).numpy()) for p in pixels]
+
+
+def _setup(arch: str, folder: Path, n: int, seed: int = 0):
     from benchmarks.contenders import export_floor, make_model
     from gradcam_fast import GradCAMSession, export_onnx
 
-    model = make_model("tiny" if tiny else "vgg19")
-    size = 32 if tiny else 224
-    path = export_onnx(model, folder / "gc.onnx", image_size=size, gradients=False, validate=False)
+    model = make_model(arch)
+    size = 32 if arch == "tiny" else 224
+    path = export_onnx(
+        model, folder / "gc.onnx", image_size=size, channel_weights_only=True, validate=False
+    )
     floor = export_floor(model, folder / "floor.onnx", size)
-    gen = torch.Generator().manual_seed(seed)
-    pixels = torch.randint(0, 256, (n, size + size // 7, size + size // 3, 3), generator=gen)
-    images = [Image.fromarray(p.to(torch.uint8).numpy()) for p in pixels]
-    return model, size, GradCAMSession(path, device="cpu"), floor, images
+    return model, size, GradCAMSession(path, device="cpu"), floor, _pictures(n, size, seed)
+
+
+def own_audits(session, images, steps: int, batch: int) -> tuple[float, float, list, list]:
+    """Seconds of our deletion + insertion + drop audit and of our ROAD audit, and their rows."""
+    from gradcam_fast.audit import audit
+
+    start = time.perf_counter()
+    rows = audit(
+        session, images, metrics=["deletion", "insertion", "drop"], steps=steps, batch_size=batch
+    )
+    middle = time.perf_counter()
+    road_rows = audit(session, images, metrics=["road"], batch_size=batch)
+    return middle - start, time.perf_counter() - middle, rows, road_rows
+
+
+def int8_audits(session, images, steps: int, batch: int) -> dict:
+    """Part 3: our two audits in int8 against float32, on the same images."""
+    from gradcam_fast import GradCAMSession
+    from gradcam_fast.audit.api import decode_image
+
+    size = session.metadata.image_size
+    calibration = [decode_image(im, session.metadata).tensor for im in _pictures(8, size, 99)]
+    import torch
+
+    int8 = GradCAMSession(
+        session.path, device="cpu", precision="int8", calibration=torch.stack(calibration)
+    )
+    f32_dir, f32_road, *_ = own_audits(session, images, steps, batch)
+    i8_dir, i8_road, *_ = own_audits(int8, images, steps, batch)
+    return {
+        "float32_del_ins_drop_s": f32_dir,
+        "int8_del_ins_drop_s": i8_dir,
+        "float32_road_s": f32_road,
+        "int8_road_s": i8_road,
+        "speedup_del_ins_drop": f32_dir / i8_dir,
+        "speedup_road": f32_road / i8_road,
+    }
 
 
 def throughput(session, floor_path, images, steps: int, batch: int, rounds: int) -> dict:
@@ -94,22 +140,16 @@ def peers(model, session, images, steps: int, batch: int) -> dict:
     from torchcam.methods import GradCAM
     from torchcam.metrics import ClassificationMetric, DeletionInsertionMetric
 
-    from gradcam_fast.audit import audit
     from gradcam_fast.audit.api import decode_image
     from gradcam_fast.audit.faithfulness import baseline_images
-    from gradcam_fast.model.loading import default_target_layer
+    from gradcam_fast.model.layer_names import default_target_layer
 
     layer = default_target_layer(model)
     x = torch.stack([decode_image(im, session.metadata).tensor for im in images])
     out: dict = {}
-    start = time.perf_counter()
-    rows = audit(
-        session, images, metrics=["deletion", "insertion", "drop"], steps=steps, batch_size=batch
+    out["ours_del_ins_drop_s"], out["ours_road_s"], rows, road_rows = own_audits(
+        session, images, steps, batch
     )
-    out["ours_del_ins_drop_s"] = time.perf_counter() - start
-    start = time.perf_counter()
-    road_rows = audit(session, images, metrics=["road"], batch_size=batch)
-    out["ours_road_s"] = time.perf_counter() - start
     softmax = lambda z: torch.softmax(z, -1)  # noqa: E731
     start = time.perf_counter()
     extractor = GradCAM(model, layer)
@@ -154,6 +194,8 @@ def main(argv: list[str] | None = None) -> dict:
 
     parser = argparse.ArgumentParser(prog="python -m benchmarks.audit_speed", description=__doc__)
     parser.add_argument("--tiny", action="store_true", help="the tiny VGG at 32 (a quick check)")
+    parser.add_argument("--arch", default="vgg19", help="a torchvision CNN (default vgg19)")
+    parser.add_argument("--int8", action="store_true", help="also our audits in int8 (part 3)")
     parser.add_argument("--images", type=int, default=4)
     parser.add_argument("--steps", type=int, default=20)
     parser.add_argument("--batch", type=int, default=16)
@@ -162,13 +204,16 @@ def main(argv: list[str] | None = None) -> dict:
     args = parser.parse_args(argv)
     torch.set_num_threads(cpu_count())
     with tempfile.TemporaryDirectory() as tmp:
-        model, size, session, floor, images = _setup(args.tiny, Path(tmp), args.images)
-        figures = {"cpu": cpu(), "model": "tiny" if args.tiny else "vgg19", "size": size}
+        arch = "tiny" if args.tiny else args.arch
+        model, size, session, floor, images = _setup(arch, Path(tmp), args.images)
+        figures = {"cpu": cpu(), "model": arch, "size": size}
         figures["throughput"] = throughput(
             session, floor, images, args.steps, args.batch, args.rounds
         )
         if not args.no_peers:
             figures["peers"] = peers(model, session, images, args.steps, args.batch)
+        if args.int8:
+            figures["int8"] = int8_audits(session, images, args.steps, args.batch)
     t = figures["throughput"]
     print(f"| {figures['model']} {size} | deletion+insertion S={args.steps}, batch {args.batch} | "
           f"{t['ours_image_steps_per_s']:.1f} image-steps/s | floor {t['floor_images_per_s']:.1f} "
@@ -180,6 +225,11 @@ def main(argv: list[str] | None = None) -> dict:
         print(f"| ROAD (9 fractions x 2 orders) | ours {p['ours_road_s']:.1f} s | pytorch-grad-cam "
               f"{p['pgc_road_s']:.1f} s | {p['speedup_road']:.2f}x |")  # fmt: skip
         print("| means (ours, peer) | " + json.dumps(p["means"]) + " |")
+    if "int8" in figures:
+        q = figures["int8"]
+        print(f"| int8 / float32, ours | deletion+insertion+drop {q['int8_del_ins_drop_s']:.1f} s / "
+              f"{q['float32_del_ins_drop_s']:.1f} s: {q['speedup_del_ins_drop']:.2f}x | ROAD "
+              f"{q['int8_road_s']:.1f} s / {q['float32_road_s']:.1f} s: {q['speedup_road']:.2f}x |")  # fmt: skip
     print(json.dumps(figures))
     return figures
 

@@ -40,7 +40,7 @@ def model_files(folder: Path, num_targets: int) -> dict[str, Path]:
 
 def export_all(model: torch.nn.Module, folder: Path, profile: Profile) -> dict[str, Path]:
     """Export the Grad-CAM graph (K=1 and K=profile.num_targets), its channel-weights-only variant
-    (gradients=False) and the plain model (the floor).
+    (channel_weights_only=True) and the plain model (the floor).
 
     Not validated here: every contender is checked against the eager reference before timing."""
     paths = model_files(folder, profile.num_targets)
@@ -53,7 +53,7 @@ def export_all(model: torch.nn.Module, folder: Path, profile: Profile) -> dict[s
             validate=False,
         )
     export_onnx(
-        model, paths["gradcam_channel_weights"], image_size=profile.image_size, gradients=False,
+        model, paths["gradcam_channel_weights"], image_size=profile.image_size, channel_weights_only=True,
         validate=False,
     )  # fmt: skip
     export_onnx(
@@ -65,7 +65,7 @@ def export_all(model: torch.nn.Module, folder: Path, profile: Profile) -> dict[s
     calibration = torch.randn(8, 3, profile.image_size, profile.image_size,
                               generator=torch.Generator().manual_seed(99))  # fmt: skip
     export_onnx(
-        model, paths["gradcam_int8"], image_size=profile.image_size, gradients=False,
+        model, paths["gradcam_int8"], image_size=profile.image_size, channel_weights_only=True,
         precision="int8", calibration=calibration, validate=False,
     )  # fmt: skip
     from gradcam_fast.runtime.cpu_choice import openvino_installed
@@ -116,7 +116,7 @@ def images_for(profile: Profile) -> Callable[[int], torch.Tensor]:
 def reference_for(
     setup: Setup, images_for: Callable[[int], torch.Tensor]
 ) -> Callable[[int, int], GradCAMResult]:
-    """`eager_gradcam` of the batch for its top K classes: the oracle, and the classes every
+    """`eager_gradcam` of the batch for its top K classes: the eager reference, and the classes every
     contender is asked to explain (explicit indices, so no contender re-ranks logits)."""
     cache: dict[tuple[int, int], GradCAMResult] = {}
 

@@ -403,7 +403,7 @@ def _torch(precision: str) -> Callable[[Setup], TorchBackend]:
 PEERS = ("eager_autograd", "pytorch_grad_cam", "captum", "torchcam")  # 2 and 3
 SESSIONS = (
     "gradcam_fast",
-    "gradcam_fast_lean",
+    "gradcam_fast_cw",
     "gradcam_fast_int8",
     "torch_float32",
     "torch_bfloat16",
@@ -423,9 +423,9 @@ CONTENDERS: dict[str, ContenderSpec] = {
             "torch_no_grad", TorchNoGrad, floor=True, label="5b. torch no_grad inference"
         ),
         ContenderSpec(
-            "gradcam_fast_lean",
+            "gradcam_fast_cw",
             _session(CW),
-            label="4''. gradcam_fast session, channel weights only (gradients=False)",
+            label="4''. gradcam_fast session, channel weights only (channel_weights_only=True)",
         ),
         ContenderSpec(
             "gradcam_fast_low_memory",
@@ -522,8 +522,13 @@ CONTENDERS: dict[str, ContenderSpec] = {
 }
 
 
+# earlier names, so that the command lines in RESULTS.md still run
+ALIASES = {"gradcam_fast_lean": "gradcam_fast_cw"}
+
+
 def open_contender(name: str, setup: Setup) -> _Contender:
     """Build contender `name` on `setup` (raises ContenderUnavailable for a missing library)."""
+    name = ALIASES.get(name, name)
     if name not in CONTENDERS:
         raise ValueError(f"unknown contender {name!r}; choose one of {sorted(CONTENDERS)}")
     return CONTENDERS[name].factory(setup)

@@ -362,7 +362,9 @@ def main(argv: list[str] | None = None) -> int:
     torch.backends.cudnn.benchmark = True  # every contender and the floor get autotuned convs
     gen = torch.Generator().manual_seed(0)
     images = {b: torch.randn(b, 3, SIZE, SIZE, generator=gen).cuda() for b in BATCHES}
-    reference = eager_gradcam(model, images[8].cpu(), None)  # float32 on the CPU: the oracle
+    reference = eager_gradcam(
+        model, images[8].cpu(), None
+    )  # float32 on the CPU: the eager reference
     model_cuda = copy.deepcopy(model).cuda()
     recorder.phase("reference and inputs", time.perf_counter() - t0)
     ort_cuda = "cuda" in available_devices()

@@ -220,7 +220,7 @@ def test_interleaved_rounds_run_checked_contenders(profile, setup):
     for rows in batches.values():
         assert set(rows) == {
             "gradcam_fast",
-            "gradcam_fast_lean",
+            "gradcam_fast_cw",
             "gradcam_fast_int8",
             "torch_float32",
             "torch_bfloat16",
