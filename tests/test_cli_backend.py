@@ -14,7 +14,7 @@ from tiny_models import make_tiny_vgg
 
 from gradcam_fast import export_onnx
 from gradcam_fast.cli import main
-from gradcam_fast.cli.precision import precision_kwargs, session_kwargs
+from gradcam_fast.cli.precision import precision_kwargs, session_kwargs, settled_session_kwargs
 from gradcam_fast.model.loading import ModelInfo
 
 EXAMPLES = Path(__file__).resolve().parent.parent / "examples" / "images"
@@ -59,14 +59,30 @@ def test_explain_on_openvino_gives_the_same_predictions(tmp_path, tiny_model, ca
         assert abs(a["probability"] - b["probability"]) <= 1e-5
 
 
-def test_auto_on_a_zen4_cpu_picks_openvino_bfloat16_and_says_it_is_lossy(
-    tmp_path, tiny_model, capsys, monkeypatch
+def _bf16_trial(monkeypatch, speedup: float) -> None:
+    from gradcam_fast.runtime import speed_trial
+
+    def trial(path, meta, open_session, calibration=None):
+        return {"speedup": speedup, "by_batch": {1: speedup}, "failed": []}
+
+    monkeypatch.setattr(speed_trial, "bfloat16_trial", trial)
+
+
+@pytest.mark.parametrize(("speedup", "runs"), [(2.0, "bfloat16"), (0.8, "float32")])
+def test_auto_on_a_zen4_cpu_takes_openvino_bfloat16_where_it_pays(
+    tmp_path, tiny_model, capsys, monkeypatch, speedup, runs
 ):
+    """Zen 4's row tries OpenVINO bf16 first (no calibration); the session keeps it only where
+    its trial on this model found it faster (speed_trial.py), and the line says what ran."""
     pytest.importorskip("openvino")
     monkeypatch.setenv("GRADCAM_FAST_CPU_FLAGS", ZEN4)
+    _bf16_trial(monkeypatch, speedup)
     status, err, record = _explain(tmp_path, tiny_model, capsys)
     assert status == 0 and "error" not in record
-    assert "backend openvino, precision bfloat16" in err and "lossy" in err
+    if runs == "bfloat16":
+        assert "backend openvino, precision bfloat16" in err and "lossy" in err
+    else:
+        assert "backend onnxruntime, precision float32" in err and "lossy" not in err
 
 
 def _args(**given) -> argparse.Namespace:
@@ -75,25 +91,44 @@ def _args(**given) -> argparse.Namespace:
     return argparse.Namespace(**(defaults | given))
 
 
-def test_plan_int8_per_backend(monkeypatch):
-    pytest.importorskip("openvino")
+def test_sessions_resolve_auto_and_make_int8_from_the_float32_export(monkeypatch):
     photos = Path("photos")
+    int8 = {"calibration": photos, "calibration_method": "minmax"}
     monkeypatch.setenv("GRADCAM_FAST_CPU_FLAGS", ZEN4)
     args = _args(calibration=photos, backend="openvino")
-    assert precision_kwargs(args) == {}  # OpenVINO: the float32 export, int8 made from it
-    assert session_kwargs(args) == {"backend": "openvino", "precision": "int8",
-                                    "calibration": photos}  # fmt: skip
-    args = _args(calibration=photos)  # auto on Zen 4: ONNX Runtime's int8 (measured faster)
-    assert precision_kwargs(args)["precision"] == "int8"  # ONNX Runtime's int8 export
-    assert session_kwargs(args) == {"backend": "onnxruntime"}
-    monkeypatch.setenv("GRADCAM_FAST_CPU_FLAGS", "")
-    args = _args()
-    assert (precision_kwargs(args), session_kwargs(args)) == (
-        {},
-        {"backend": "onnxruntime", "precision": "float32"},
-    )
-    with_model = _args(model=Path("m.onnx"))  # the session resolves auto from the file
-    assert session_kwargs(with_model) == {"backend": "auto", "precision": "auto"}
+    assert precision_kwargs(args) == {}  # the float32 export: the session makes int8 from it
+    assert session_kwargs(args) == {"backend": "openvino", "precision": "auto", **int8}
+    args = _args(calibration=photos, precision="int8", backend="onnxruntime")
+    assert precision_kwargs(args) == {}
+    assert session_kwargs(args) == {"backend": "onnxruntime", "precision": "int8", **int8}
+    assert session_kwargs(_args()) == {"backend": "auto", "precision": "auto"}
+    assert session_kwargs(_args(model=Path("m.onnx"))) == {"backend": "auto", "precision": "auto"}
+    on_gpu = session_kwargs(_args(device="cuda"))  # the CLI decides: the CUDA provider
+    assert on_gpu == {"backend": "onnxruntime", "precision": "float32"}
+
+
+def test_actors_get_auto_settled_once_with_the_int8_model_made(tmp_path, monkeypatch):
+    """explain-dataset and serve settle auto in the driver: the actors open the same choice,
+    int8 with its calibration (found in the cache), or float32 where int8 does not pay."""
+    from gradcam_fast.runtime import int8_cache
+
+    monkeypatch.setenv("GRADCAM_FAST_CACHE", str(tmp_path / "cache"))
+    monkeypatch.setenv("GRADCAM_FAST_CPU_FLAGS", "avx512_vnni")  # ONNX Runtime int8, then float32
+    model = export_onnx(make_tiny_vgg(), tmp_path / "m.onnx", image_size=SIZE, validate=False)
+    photos = torch.randn(8, 3, SIZE, SIZE, generator=torch.Generator().manual_seed(1))
+    args = _args(calibration=photos)
+    monkeypatch.setattr(int8_cache, "measured_speedup", lambda path: 2.0)
+    settled, line = settled_session_kwargs(args, model)
+    assert settled == {"backend": "onnxruntime", "precision": "int8", "calibration": photos,
+                       "calibration_method": "minmax"}  # fmt: skip
+    assert "backend onnxruntime, precision int8" in line and "lossy" in line
+    monkeypatch.setattr(int8_cache, "measured_speedup", lambda path: 0.5)
+    with pytest.warns(RuntimeWarning, match="auto passes over onnxruntime int8"):
+        settled, line = settled_session_kwargs(args, model)
+    assert settled == {"backend": "onnxruntime", "precision": "float32"}
+    given = _args(backend="onnxruntime", precision="float32")
+    assert settled_session_kwargs(given, model)[0] == {"backend": "onnxruntime",
+                                                       "precision": "float32"}  # fmt: skip
 
 
 def test_calibration_with_float32_is_refused():

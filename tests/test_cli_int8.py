@@ -32,10 +32,7 @@ def photos(tmp_path):
             "--precision float32 and --fp16 exclude each other",
         ),
         (["bench", "--precision", "int8"], "int8 needs --calibration DIR"),
-        (
-            ["bench", "--precision", "int8", "--calibration", ".", "--model", "m.onnx"],
-            "leave out --model",
-        ),
+        (["bench", "--precision", "float32", "--calibration", "."], "--calibration is for int8"),
     ],
 )
 def test_int8_option_mistakes_are_one_line_errors(tmp_path, monkeypatch, capsys, argv, message):
@@ -48,8 +45,9 @@ def test_int8_option_mistakes_are_one_line_errors(tmp_path, monkeypatch, capsys,
 
 @pytest.mark.slow
 def test_export_int8_and_bench_precision_int8(tmp_path, monkeypatch, capsys, photos):
-    """A real VGG11 (random weights) at 32 px through the CLI; bench caches its int8 model under
-    a key holding the calibration set's hash."""
+    """A real VGG11 (random weights) at 32 px through the CLI; bench's session makes the int8
+    model from the float32 export and caches it under a key holding the calibration set's
+    hash."""
     out = tmp_path / "vgg11-int8.onnx"
     common = ["--arch", "vgg11", "--weights", "random", "--image-size", "32"]
     assert (
@@ -68,11 +66,13 @@ def test_export_int8_and_bench_precision_int8(tmp_path, monkeypatch, capsys, pho
     bench = ["bench", *common, "--batch-size", "2", "--rounds", "1", "--device", "cpu"]
     assert main([*bench, "--precision", "int8", "--calibration", str(photos)]) == 0
     assert "precision='int8'" not in capsys.readouterr().out  # the table only
-    cached = sorted(p.name for p in (tmp_path / "cache").glob("*.onnx"))
-    assert len(cached) == 1 and "-int8-minmax-" in cached[0]
+    [exported] = (tmp_path / "cache").glob("*.onnx")
+    assert GradCAMSession(exported, "cpu").metadata.precision == "float32"
+    int8 = sorted(p.name for p in (tmp_path / "cache" / "int8").glob("*.onnx"))
+    assert len(int8) == 1 and "-onnxruntime-minmax-" in int8[0]
     Image.new("RGB", (40, 40), (9, 9, 9)).save(photos / "extra.png")
     assert main([*bench, "--precision", "int8", "--calibration", str(photos)]) == 0
-    assert len(list((tmp_path / "cache").glob("*int8*.onnx"))) == 2  # another set, another model
+    assert len(list((tmp_path / "cache" / "int8").glob("*.onnx"))) == 2  # another set
 
 
 def test_export_deprecated_flags_name_the_new_option(capsys):

@@ -27,7 +27,7 @@ from .options import (
     positive,
     usage_error,
 )
-from .precision import choice_line, session_kwargs
+from .precision import settled_session_kwargs
 
 __all__ = ["DESCRIPTION", "EPILOG", "HELP", "add_arguments", "run"]
 
@@ -91,8 +91,9 @@ def run(args: argparse.Namespace) -> int:
     if args.classes:
         classes = resolve_classes(args.classes, meta.categories, meta.num_classes)
 
+    options, line = settled_session_kwargs(args, model_path)
     if not args.quiet:
-        print(choice_line(args), file=sys.stderr)
+        print(line, file=sys.stderr)
     started_ray = not ray.is_initialized()
     if started_ray:  # address None: RAY_ADDRESS, else a running local cluster, else a new one
         ray.init(address=args.address)
@@ -109,7 +110,7 @@ def run(args: argparse.Namespace) -> int:
             extensions=extensions,
             **pick(args, "actors", "batch_size", "cpus_per_actor", "top_k", "colormap", "alpha"),
             tensorrt=args.tensorrt,
-            session_options=session_kwargs(args),
+            session_options=options,
         )
         dataset.write_parquet(args.out, ray_remote_args={"num_cpus": 0})
         elapsed = time.perf_counter() - start

@@ -5,10 +5,12 @@ for the commands that run sessions (explain, explain-dataset, serve, bench) `--b
 DIR` for int8. Kept apart from runtime/ort_quantize.py so that building the parser imports
 neither torch nor onnx.
 
-What auto picks is resolved once, before the model is exported: ONNX Runtime's int8 is an
-int8 export (cached per calibration set), OpenVINO's int8 is made by the session from the
-float32 export (`int8_cache`). With `--model FILE` the session resolves auto itself, from the
-file's metadata. Every command prints the choice, and why, on stderr. The lists of export
+On the CPU the session resolves auto itself (`runtime/backends.py`): it tries the CPU row's
+candidates and keeps a lossy one (int8, made from the float32 export with --calibration, or
+OpenVINO's bfloat16) only where it holds the maps and was timed faster on this model and CPU
+(once, cached). explain and bench open their session here; explain-dataset and serve settle
+auto once in this process (`settled_session_kwargs`), so that every actor and replica runs
+the same choice. Every command prints the choice, and why, on stderr. The lists of export
 precisions and calibration methods are format/options.py's (torch-free).
 """
 
@@ -20,7 +22,13 @@ from pathlib import Path
 
 from ..format.options import CALIBRATION_METHODS, EXPORT_PRECISIONS, one_precision
 
-__all__ = ["add_precision_options", "choice_line", "precision_kwargs", "session_kwargs"]
+__all__ = [
+    "add_precision_options",
+    "choice_line",
+    "precision_kwargs",
+    "session_kwargs",
+    "settled_session_kwargs",
+]
 
 _PRECISIONS = ("auto", "float32", "bfloat16", "int8")
 _BACKENDS = ("auto", "onnxruntime", "openvino")
@@ -84,24 +92,17 @@ def _cuda(device: str) -> bool:
 
 
 def _choice(args: argparse.Namespace):
-    """What runs, resolved once per command (None with --model: the session resolves it)."""
-    if "_choice" not in vars(args):
-        from ..runtime.cpu_choice import Choice, cpu_flags, openvino_installed, resolve
+    """What runs where the CLI decides it: on a GPU, ONNX Runtime's CUDA provider (float32 for
+    auto); on the CPU, given values kept as they are; None where the CPU's session resolves
+    auto."""
+    from ..runtime.cpu_choice import Choice
 
-        if args.model is not None:
-            args._choice = None
-        elif _cuda(args.device):
-            precision = "float32" if args.precision == "auto" else args.precision
-            args._choice = Choice("onnxruntime", precision, "a GPU: ONNX Runtime's CUDA provider")
-        else:
-            args._choice = resolve(
-                args.backend,
-                args.precision,
-                cpu_flags(),
-                calibration=args.calibration is not None,
-                openvino=openvino_installed(),
-            )
-    return args._choice
+    if _cuda(args.device):
+        precision = "float32" if args.precision == "auto" else args.precision
+        return Choice("onnxruntime", precision, "a GPU: ONNX Runtime's CUDA provider")
+    if "auto" in (args.backend, args.precision):
+        return None
+    return Choice(args.backend, args.precision, "as given")
 
 
 _NEEDS_CALIBRATION = (
@@ -118,8 +119,10 @@ def _int8(args: argparse.Namespace) -> dict:
 
 
 def precision_kwargs(args: argparse.Namespace) -> dict:
-    """export_onnx / cached_model keyword arguments for the parsed options (empty but for
-    ONNX Runtime's int8); refuses --calibration without int8 and int8 without --calibration."""
+    """export_onnx / cached_model keyword arguments for the parsed options: export's precision
+    (int8 with its calibration); for the other commands none (they export float32, and the
+    session makes int8 from it), after refusing --calibration without int8 (or auto) and int8
+    without --calibration."""
     if not hasattr(args, "backend"):  # export
         precision = _export_precision(args)
         if precision != "int8":
@@ -133,14 +136,6 @@ def precision_kwargs(args: argparse.Namespace) -> dict:
         raise ValueError(_NEEDS_CALIBRATION)
     if args.calibration is not None and args.precision not in ("int8", "auto"):
         raise ValueError("--calibration is for int8 models: use --precision int8 (or auto)")
-    if args.calibration is not None and args.model is not None:
-        raise ValueError(
-            "--precision int8 exports and caches a model: leave out --model "
-            "(an exported int8 file runs as it is with --model)"
-        )
-    choice = _choice(args)
-    if choice is not None and choice.precision == "int8" and choice.backend == "onnxruntime":
-        return _int8(args)
     return {}
 
 
@@ -158,24 +153,41 @@ def _export_precision(args: argparse.Namespace) -> str:
 
 
 def session_kwargs(args: argparse.Namespace) -> dict:
-    """GradCAMSession keywords for the choice: backend, precision, and OpenVINO's int8
-    calibration (the session makes the int8 model from the float32 export)."""
+    """GradCAMSession keywords for the options: the backend and precision (auto resolved by
+    the session on the CPU, `_choice` on a GPU) and the int8 calibration."""
     choice = _choice(args)
-    if choice is None:  # --model: the session resolves auto with the file's metadata
-        return {"backend": args.backend, "precision": args.precision}
-    if choice.precision == "int8" and choice.backend == "openvino":
-        return {"backend": "openvino", "precision": "int8", "calibration": args.calibration}
-    if choice.precision == "int8":  # ONNX Runtime's int8 export runs as it is
-        return {"backend": "onnxruntime"}
-    return {"backend": choice.backend, "precision": choice.precision}
+    backend, precision = choice[:2] if choice is not None else (args.backend, args.precision)
+    kwargs = {"backend": backend, "precision": precision}
+    if args.calibration is not None and precision in ("int8", "auto"):
+        kwargs |= _int8(args) | {"precision": precision}
+    return kwargs
+
+
+def settled_session_kwargs(args: argparse.Namespace, model: str | Path) -> tuple[dict, str]:
+    """`session_kwargs` with auto settled for the sessions other processes open (explain-dataset's
+    actors, serve's replicas), and the line that says what they run. Auto is settled by opening
+    the session here once: it times the lossy candidates and makes the int8 model (both
+    cached), so the actors open the same choice at once."""
+    kwargs = session_kwargs(args)
+    if "auto" not in (kwargs["backend"], kwargs["precision"]):
+        return kwargs, choice_line(args)
+    from ..format.onnx_props import file_metadata
+    from ..runtime.session import GradCAMSession
+
+    session = GradCAMSession(model, device="cpu", **kwargs)
+    line, (backend, precision) = choice_line(args, session), session.choice[:2]
+    settled = {"backend": backend, "precision": precision}
+    if precision == "int8" and file_metadata(model).precision == "float32":
+        settled |= _int8(args)  # the int8 model made from it, found in the cache
+    return settled, line
 
 
 def choice_line(args: argparse.Namespace, session=None) -> str:
-    """What runs and why, one line for stderr: the resolved choice (or the session's)."""
-    choice = _choice(args)
+    """What runs and why, one line for stderr: the session's choice, or the CLI's (a GPU, or
+    values given)."""
+    choice = session.choice if session is not None else _choice(args)
     if session is not None:
         backend, precision = session.backend, session.precision
-        choice = choice or session.choice
     elif choice is not None:
         backend, precision = choice.backend, choice.precision
     else:

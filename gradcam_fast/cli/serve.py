@@ -52,7 +52,8 @@ def run(args: argparse.Namespace) -> int:
         num_targets=args.num_targets,
         channel_weights_only=args.channel_weights_only,
     )
-    print(precision.choice_line(args), file=sys.stderr)
+    session_options, line = precision.settled_session_kwargs(args, model)
+    print(line, file=sys.stderr)
     if started_ray:  # without --address a Ray of its own ("local"), with the ingress set above
         ray.init(address=args.address or "local")
     cores = int(ray.available_resources().get("CPU", 1))
@@ -72,7 +73,7 @@ def run(args: argparse.Namespace) -> int:
                 max_body_bytes=int(args.max_body_mb * (1 << 20)),
                 device=args.device,
                 tensorrt=args.tensorrt,
-                session_options=precision.session_kwargs(args),
+                session_options=session_options,
                 env={"OMP_WAIT_POLICY": os.environ.get("OMP_WAIT_POLICY", "PASSIVE")},
             ),
             name=APP_NAME,

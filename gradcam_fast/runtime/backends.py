@@ -10,9 +10,12 @@ the fallbacks, each with a warning that says why.
   float32 file needs `calibration=` and makes the backend's int8 model (`int8_cache`).
 - `precision="auto"` (or `backend="auto"`) tries the CPU row's candidates in order: an int8
   model refused by its validation, or measured when it was made at less than
-  `AUTO_INT8_MIN_SPEEDUP` times the float32 file's speed, is passed over with a warning that
-  says why, for the next candidate (the last is float32). An explicit `precision="int8"` runs
-  anyway, and warns where int8 was measured slower than float32.
+  `AUTO_MIN_SPEEDUP` times the float32 file's speed (at batch 1 or 8), is passed over with a
+  warning that says why, for the next candidate (the last is float32); so is OpenVINO's
+  bfloat16 where its trial on this model and CPU (`speed_trial.bfloat16_trial`, once, cached)
+  found it not that much faster or its maps beyond the bfloat16 limits. An explicit
+  `precision="int8"` runs anyway, and warns where int8 was measured slower than float32; an
+  explicit "bfloat16" is not tried first.
 - A precision the CPU does not compute natively warns: bfloat16 without AVX512-BF16 or AMX
   (OpenVINO then runs float32, and says so in `inference_precision`), int8 without VNNI.
 """
@@ -29,12 +32,11 @@ import torch
 from ..format.metadata import ModelMetadata
 from ..format.onnx_props import file_metadata
 from .cpu_choice import Choice, candidates, cpu_flags, openvino_installed
+from .speed_trial import AUTO_MIN_SPEEDUP
 
-__all__ = ["AUTO_INT8_MIN_SPEEDUP", "open_runner"]
+__all__ = ["AUTO_INT8_MIN_SPEEDUP", "AUTO_MIN_SPEEDUP", "open_runner"]
 
-# auto keeps an int8 model only where it was measured at least this much faster than float32
-# (a margin over the noise of the few rounds timed when the model is made)
-AUTO_INT8_MIN_SPEEDUP = 1.1
+AUTO_INT8_MIN_SPEEDUP = AUTO_MIN_SPEEDUP  # its earlier name, from when only int8 was timed
 
 # precision -> (the CPU flags that compute it natively, the warning without any of them)
 _NATIVE = {
@@ -123,6 +125,10 @@ def open_runner(
             if made is None:
                 continue  # auto: refused or not faster here, said in a warning
             run = made
+        elif auto and choice[:2] == ("openvino", "bfloat16") and meta.precision == "float32":
+            if not _bfloat16_pays(path, meta, calibration, open_session):
+                continue  # said in a warning
+            run = path
         elif calibration is not None and choice.precision != "int8" and not auto:
             raise ValueError(f"calibration= is for precision='int8' (this session runs {choice})")
         else:
@@ -158,20 +164,43 @@ def _int8_file(
         )
         return None
     speedup = measured_speedup(made)
-    if speedup is not None and speedup < (AUTO_INT8_MIN_SPEEDUP if auto else 1.0):
+    if speedup is not None and speedup < (AUTO_MIN_SPEEDUP if auto else 1.0):
         said = (
             f"{choice.backend} int8 of {path.name}: {speedup:.2f}x the speed of float32 in ONNX "
             "Runtime, as measured on this CPU when it was made"
         )
         if auto:
             warnings.warn(
-                f"auto passes over {said} (auto keeps int8 from {AUTO_INT8_MIN_SPEEDUP}x)",
+                f"auto passes over {said} (auto keeps int8 from {AUTO_MIN_SPEEDUP}x)",
                 RuntimeWarning,
                 stacklevel=4,
             )
             return None
         warnings.warn(f"{said}: precision='float32' is faster here", RuntimeWarning, stacklevel=4)
     return made
+
+
+def _bfloat16_pays(path: Path, meta: ModelMetadata, calibration: Any, open_session) -> bool:
+    """Whether auto keeps OpenVINO's bfloat16 for this file: its trial on this CPU (made once,
+    cached) kept the maps and ran at least AUTO_MIN_SPEEDUP times float32's speed at batch 1
+    and 8; else a warning says why not."""
+    from .speed_trial import bfloat16_trial
+
+    trial = bfloat16_trial(path, meta, open_session, calibration)
+    if trial["failed"]:
+        why = f"its maps are beyond the bfloat16 limits against float32 ({trial['failed']})"
+    elif trial["speedup"] < AUTO_MIN_SPEEDUP:
+        by_batch = ", ".join(f"{v:.2f}x at batch {b}" for b, v in trial["by_batch"].items())
+        why = (
+            f"it ran {by_batch} the speed of float32 in ONNX Runtime on this CPU (auto keeps "
+            f"it from {AUTO_MIN_SPEEDUP}x)"
+        )
+    else:
+        return True
+    warnings.warn(
+        f"auto passes over OpenVINO bfloat16 for {path.name}: {why}", RuntimeWarning, stacklevel=4
+    )
+    return False
 
 
 def _open(path: Path, meta: ModelMetadata, choice: Choice, backend: str, ort, openvino):

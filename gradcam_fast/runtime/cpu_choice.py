@@ -4,8 +4,9 @@ Each row names the CPU features it needs (Linux /proc/cpuinfo flag names) and th
 precision) pairs auto may pick, in order of preference; the first row whose flags the CPU has
 decides. int8 needs
 calibration photos (it is skipped without them) and is validated against float32 on them when
-the int8 model is made (`int8_cache.py`); bfloat16 is chosen only where it was measured to keep
-the maps (correlation with float32's at least 0.99, top-1 kept) and to be faster.
+the int8 model is made (`int8_cache.py`). The rows were measured on VGG19; a session keeps a
+lossy option only where it also holds the maps and pays on its own model on this CPU
+(`speed_trial.py`, `backends.py`), else it takes the next.
 Figures: speed-ups of VGG19 Grad-CAM (224, channel-weights model) over plain VGG19 float32 in
 ONNX Runtime, batch 1 / batch 8; benchmarks/RESULTS.md has the runs.
 

@@ -10,7 +10,7 @@ Files live in `cache_dir()/int8/`, named by the source file (path, size, modific
 the backend, the calibration method and a hash of the calibration set.
 
 When it is made, the int8 model is also timed against the float32 file in ONNX Runtime on the
-same images (a few interleaved rounds), and the speed-up is kept beside it
+same images at batch 1 and 8 (`speed_trial.speedup`), and the speed-up is kept beside it
 (`<file>.speed.json`, read by `measured_speedup`): int8 pays on heavy convolutions and costs
 more than it saves on small depthwise models (MobileNet-V3: 0.7x in benchmarks/RESULTS.md), so
 `precision="auto"` passes over an int8 model that is not faster on this CPU.
@@ -20,9 +20,7 @@ from __future__ import annotations
 
 import json
 import os
-import statistics
 import tempfile
-import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -32,11 +30,11 @@ from filelock import FileLock
 
 from ..format.metadata import ModelMetadata
 from .cachedir import cache_dir, file_key
+from .speed_trial import speedup
 
 __all__ = ["Int8ValidationError", "int8_model", "measured_speedup", "write_int8"]
 
 SPEED_SUFFIX = ".speed.json"
-SPEED_ROUNDS = 3
 
 
 class Int8ValidationError(ValueError):
@@ -100,7 +98,10 @@ def _make(
         staged = Path(tmp) / out.name
         write_int8(path, staged, meta, backend, images, method)
         float32, int8 = _validate(path, staged, backend, images[:8], open_session)
-        speed = _speedup(float32, int8, images[:8])
+        speed = {
+            **speedup(float32, int8, images[:8]),
+            "against": "the float32 file in ONNX Runtime",
+        }
         sidecar = Path(tmp) / (out.name + SPEED_SUFFIX)
         sidecar.write_text(json.dumps(speed, indent=1))
         os.replace(sidecar, out.parent / sidecar.name)
@@ -115,28 +116,6 @@ def measured_speedup(path: str | os.PathLike) -> float | None:
         return float(record["speedup"])
     except (OSError, ValueError, KeyError, TypeError):
         return None
-
-
-def _speedup(float32, int8, images: torch.Tensor) -> dict[str, Any]:
-    """Median over interleaved rounds of float32's time / int8's, both sessions warm (each
-    ran the images once in the validation)."""
-    from .cpu_choice import cpu_model
-
-    ratios = []
-    for _ in range(SPEED_ROUNDS):
-        start = time.perf_counter()
-        float32(images)
-        middle = time.perf_counter()
-        int8(images)
-        ratios.append((middle - start) / (time.perf_counter() - middle))
-    return {
-        "speedup": statistics.median(ratios),
-        "against": "the float32 file in ONNX Runtime, same images, both warm",
-        "batch": len(images),
-        "rounds": SPEED_ROUNDS,
-        "cpu": cpu_model(),
-        "measured": time.strftime("%Y-%m-%d %H:%M:%S"),
-    }
 
 
 def write_int8(

@@ -1,0 +1,137 @@
+"""auto keeps OpenVINO's bfloat16 only where it keeps the maps and pays on this model and CPU
+(issue 21: auto never slower than float32; OpenVINO bf16 is 1.2x slower than ONNX Runtime
+float32 on MobileNet-V3-L at batch 1 on a Zen 4). The trial is measured once and cached; these
+tests pin what is measured and what auto does with a verdict, never how fast anything is."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import types
+
+import pytest
+import torch
+from tiny_models import make_tiny_vgg
+
+from gradcam_fast import GradCAMSession, export_onnx
+from gradcam_fast.format.onnx_props import file_metadata
+from gradcam_fast.runtime import speed_trial
+from gradcam_fast.runtime.backends import AUTO_MIN_SPEEDUP
+
+SIZE = 40
+ZEN4 = "avx512f avx512_bf16 avx512_vnni"  # its row: OpenVINO bf16 first without calibration
+
+
+@pytest.fixture(autouse=True)
+def own_cache(tmp_path, monkeypatch):
+    monkeypatch.setenv("GRADCAM_FAST_CACHE", str(tmp_path / "cache"))
+    monkeypatch.setenv("GRADCAM_FAST_CPU_FLAGS", ZEN4)
+    return tmp_path / "cache"
+
+
+@pytest.fixture(scope="module")
+def float32_file(tmp_path_factory):
+    tiny = make_tiny_vgg([8, "M", 16, "M", 32, "M"], pool=3)
+    path = tmp_path_factory.mktemp("trial") / "cw.onnx"
+    return export_onnx(tiny, path, image_size=SIZE, channel_weights_only=True, validate=False)
+
+
+def test_the_speedup_is_the_slower_of_batch_1_and_the_whole_batch(monkeypatch):
+    """A clock that each call moves by a set time: float32 1 s per image; the candidate 2 s at
+    batch 1 (slower) and 0.25 s per image at batch 8 (4x faster): the verdict is batch 1's."""
+    now = [0.0]
+
+    def call(per_image, fixed=0.0):
+        return lambda x: now.__setitem__(0, now[0] + fixed + per_image * len(x))
+
+    reference = call(1.0)
+    candidate = lambda x: call(0.0, 2.0)(x) if len(x) == 1 else call(0.25)(x)  # noqa: E731
+    clock = types.SimpleNamespace(perf_counter=lambda: now[0], strftime=lambda f: "then")
+    monkeypatch.setattr(speed_trial, "time", clock)
+    record = speed_trial.speedup(reference, candidate, torch.zeros(8, 3, 4, 4))
+    assert record["by_batch"] == {1: 0.5, 8: 4.0}
+    assert record["speedup"] == 0.5 and record["rounds"] == speed_trial.SPEED_ROUNDS
+
+
+def test_probe_images_are_seeded_and_in_the_models_input_format(float32_file, tmp_path):
+    meta = file_metadata(float32_file)
+    first, again = speed_trial.probe_images(meta), speed_trial.probe_images(meta)
+    assert first.shape == (speed_trial.PROBE_BATCH, 3, SIZE, SIZE) and torch.equal(first, again)
+    raw = speed_trial.probe_images(dataclasses.replace(meta, input_format="uint8_nhwc"))
+    assert raw.dtype == torch.uint8 and raw.shape == (speed_trial.PROBE_BATCH, SIZE, SIZE, 3)
+    photos = torch.randn(10, 3, SIZE, SIZE)
+    assert torch.equal(speed_trial.probe_images(meta, photos), photos[: speed_trial.PROBE_BATCH])
+
+
+def test_the_bfloat16_trial_is_measured_once_per_file_and_cpu(float32_file, own_cache):
+    pytest.importorskip("openvino")
+    meta = file_metadata(float32_file)
+    opened = []
+
+    def open_session(path, **kw):
+        opened.append(kw)
+        return GradCAMSession(path, device="cpu", **kw)
+
+    record = speed_trial.bfloat16_trial(float32_file, meta, open_session)
+    assert opened == [
+        {"backend": "onnxruntime", "precision": "float32"},
+        {"backend": "openvino", "precision": "bfloat16"},
+    ]
+    assert math.isfinite(record["speedup"]) and record["speedup"] > 0
+    assert set(record["by_batch"]) == {1, speed_trial.PROBE_BATCH}
+    assert record["failed"] == []  # a tiny VGG keeps its maps in bf16 (or runs float32)
+    assert all(math.isfinite(v) for v in record["errors"].values())
+    [kept] = (own_cache / "trials").glob("*.json")
+    assert json.loads(kept.read_text())["speedup"] == record["speedup"]
+    assert not list(kept.parent.glob("*.tmp"))
+
+    def refuse(path, **kw):
+        raise AssertionError("measured again")
+
+    again = speed_trial.bfloat16_trial(float32_file, meta, refuse)  # read back
+    assert again["speedup"] == record["speedup"]
+    kept.write_text(json.dumps({**again, "cpu": "another CPU"}))  # not this CPU's: measured again
+    with pytest.raises(AssertionError, match="measured again"):
+        speed_trial.bfloat16_trial(float32_file, meta, refuse)
+
+
+def _verdict(monkeypatch, speedup: float, failed: list[str] | None = None) -> list:
+    calls = []
+
+    def trial(path, meta, open_session, calibration=None):
+        calls.append(path)
+        by_batch = {"1": speedup, "8": speedup + 1}
+        return {"speedup": speedup, "by_batch": by_batch, "failed": failed or []}
+
+    monkeypatch.setattr(speed_trial, "bfloat16_trial", trial)
+    return calls
+
+
+def test_auto_passes_over_bfloat16_that_is_not_faster(float32_file, monkeypatch):
+    pytest.importorskip("openvino")
+    _verdict(monkeypatch, 0.8)
+    with pytest.warns(RuntimeWarning, match=r"passes over OpenVINO bfloat16.*0\.80x at batch 1"):
+        session = GradCAMSession(float32_file, device="cpu", precision="auto", backend="auto")
+    assert (session.backend, session.precision) == ("onnxruntime", "float32")
+    assert torch.isfinite(session(torch.randn(2, 3, SIZE, SIZE)).cams).all()
+
+
+def test_auto_passes_over_bfloat16_that_breaks_the_maps(float32_file, monkeypatch):
+    pytest.importorskip("openvino")
+    _verdict(monkeypatch, 3.0, ["cams_lowres_decorrelation"])
+    with pytest.warns(RuntimeWarning, match=r"beyond the bfloat16 limits.*cams_lowres_decorr"):
+        session = GradCAMSession(float32_file, device="cpu", precision="auto", backend="auto")
+    assert (session.backend, session.precision) == ("onnxruntime", "float32")
+
+
+def test_auto_keeps_bfloat16_that_pays_and_explicit_bfloat16_is_not_tried(
+    float32_file, monkeypatch, recwarn
+):
+    pytest.importorskip("openvino")
+    calls = _verdict(monkeypatch, AUTO_MIN_SPEEDUP + 0.5)
+    session = GradCAMSession(float32_file, device="cpu", precision="auto", backend="auto")
+    assert (session.backend, session.precision) == ("openvino", "bfloat16")
+    assert calls == [float32_file] and not [w for w in recwarn if "passes over" in str(w.message)]
+    GradCAMSession(float32_file, device="cpu", precision="bfloat16", backend="openvino")
+    assert len(calls) == 1
