@@ -3,6 +3,7 @@ with and without batching, next to the bare session call, in one run.
 
     python -m benchmarks.serve_load                  # VGG19 (random weights) at 224
     python -m benchmarks.serve_load --arch vgg11 --json serve.json
+    python -m benchmarks.serve_load --backend openvino --precision bfloat16
 
 The load generator sends a fixed number of requests (JPEG files of 300 to 640 px, as bodies of
 `POST /explain`) at concurrency 1, 8 and 32 from client threads with keep-alive connections to
@@ -177,12 +178,16 @@ class Bare:
     before each served level, so that each ratio compares figures taken minutes apart at most
     (this machine's load drifts)."""
 
-    def __init__(self, model: Path, files: list[bytes], threads: int, rounds: int):
+    def __init__(
+        self, model: Path, files: list[bytes], threads: int, rounds: int, session_options: dict
+    ):
         import torch
 
         from gradcam_fast import GradCAMSession
 
-        self.session = GradCAMSession(model, device="cpu", intra_op_threads=threads)
+        self.session = GradCAMSession(
+            model, device="cpu", intra_op_threads=threads, **session_options
+        )
         self.files, self.rounds = files, rounds
         self.x1 = self.decode(files[0])[None]
         self.x8 = torch.stack([self.decode(files[i % len(files)]) for i in range(8)])
@@ -255,10 +260,16 @@ CONFIGS = {"batching": (8, 200.0), "no_batching": (1, 0.0)}
 
 
 def run(
-    setting: Profile, cpus: int | None = None, configs: dict | None = None, ingress: str = "auto"
+    setting: Profile,
+    cpus: int | None = None,
+    configs: dict | None = None,
+    ingress: str = "auto",
+    session_options: dict | None = None,
 ) -> dict:
-    """The whole benchmark, behind `ingress` (gradcam_fast.services.serve_ingress); returns {"config",
-    "served": {config: [(LoadResult, bare figures timed just before it)...]}}."""
+    """The whole benchmark, behind `ingress` (gradcam_fast.services.serve_ingress), the bare
+    session and the replicas opened with `session_options` (GradCAMSession's backend and
+    precision); returns {"config", "served": {config: [(LoadResult, bare figures timed just
+    before it)...]}}."""
     import ray
     from ray import serve
 
@@ -274,7 +285,8 @@ def run(
     environment = dict(os.environ)  # use_ingress sets Ray's variables; restored at the end
     try:
         model = export_model(setting.model, setting.image_size, work)
-        bare = Bare(model, files, cpus, setting.serve_bare_rounds)
+        session_options = session_options or {}
+        bare = Bare(model, files, cpus, setting.serve_bare_rounds, session_options)
         expected = bare.expected_maps(files[3])
         load = os.getloadavg()
         started = time.perf_counter()
@@ -286,7 +298,8 @@ def run(
             prefix = f"/{name}"
             serve.run(
                 app(str(model), cpus_per_replica=cpus, max_batch_size=max_batch_size,
-                    batch_wait_ms=wait_ms, max_ongoing_requests=32, env=REPLICA_ENV),
+                    batch_wait_ms=wait_ms, max_ongoing_requests=32, env=REPLICA_ENV,
+                    session_options=session_options),
                 name=name, route_prefix=prefix,
             )  # fmt: skip
             check_answer(port, prefix, files[3], expected)
@@ -318,6 +331,7 @@ def run(
         "python": platform.python_version(),
         "ray": ray.__version__,
         "ingress": ingress,
+        "session": bare.session.describe_choice(),
         "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
         "load_average_before_and_after": [round(v, 2) for v in (*load, *os.getloadavg())],
         "ray_and_serve_start_s": round(startup, 1),
@@ -410,12 +424,18 @@ def main(argv: list[str] | None = None) -> int:
         help="HAProxy or Ray Serve's Python proxy before the replicas (default auto: as "
         "`gradcam-fast serve`)",
     )  # fmt: skip
+    parser.add_argument("--backend", choices=("onnxruntime", "openvino"), default="onnxruntime")
+    parser.add_argument("--precision", choices=("float32", "bfloat16", "int8"), default="float32")
+    parser.add_argument("--calibration", type=Path, help="photos for --precision int8")
     args = parser.parse_args(argv)
+    options = {"backend": args.backend, "precision": args.precision}
+    if args.calibration is not None:
+        options["calibration"] = args.calibration
     configs = {**CONFIGS, "batching": (args.max_batch_size, args.batch_wait_ms)}
     full = get_profile("full")
     requests = {c: max(c, round(n * args.scale)) for c, n in full.serve_requests.items()}
     setting = replace(full, model=args.arch, image_size=args.image_size, serve_requests=requests)
-    figures = run(setting, configs=configs, ingress=args.ingress)
+    figures = run(setting, configs=configs, ingress=args.ingress, session_options=options)
     print(report(figures))
     if args.json:
         args.json.write_text(json.dumps(_as_json(figures), indent=2))
