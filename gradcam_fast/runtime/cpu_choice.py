@@ -154,17 +154,10 @@ def choose(flags: Iterable[str], *, calibration: bool = False, openvino: bool = 
     return resolve("auto", "auto", flags, calibration=calibration, openvino=openvino)
 
 
-def resolve(
-    backend: str,
-    precision: str,
-    flags: Iterable[str],
-    *,
-    calibration: bool = False,
-    openvino: bool = True,
-) -> Choice:
-    """The backend and precision to run, either of them "auto" (resolved from the CPU's row)
-    or given; given values are kept as they are."""
-    return candidates(backend, precision, flags, calibration=calibration, openvino=openvino)[0]
+def resolve(backend: str, precision: str, flags: Iterable[str], **options: bool) -> Choice:
+    """What a session tries first: the first of `candidates` (same arguments; `options` are
+    its calibration= and openvino=). Given values are kept as they are."""
+    return candidates(backend, precision, flags, **options)[0]
 
 
 def candidates(
