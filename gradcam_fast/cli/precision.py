@@ -64,9 +64,10 @@ def add_precision_options(group, export: bool = False) -> None:
             "--precision",
             choices=_PRECISIONS,
             default="auto",
-            help="auto (default): the fastest precision whose maps were measured to hold on "
-            "this CPU (bfloat16 or, with --calibration, int8 where that pays; else exact "
-            "float32); float32: exact; bfloat16: OpenVINO only; int8 needs --calibration",
+            help="auto (default): the fastest precision whose maps hold on this CPU and model "
+            "(bfloat16 or, with --calibration, int8: each timed on the model once, cached, and "
+            "kept only where it pays; else exact float32); float32: exact; bfloat16: OpenVINO "
+            "only; int8 needs --calibration",
         )
     group.add_argument(
         "--calibration",
