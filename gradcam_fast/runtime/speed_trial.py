@@ -29,25 +29,39 @@ from ..format.metadata import ModelMetadata
 from .cachedir import cache_dir, file_key
 from .cpu_choice import cpu_model
 
-__all__ = ["AUTO_MIN_SPEEDUP", "SPEED_ROUNDS", "bfloat16_trial", "probe_images", "speedup"]
+__all__ = [
+    "AUTO_MIN_SPEEDUP",
+    "MAX_ROUNDS",
+    "SPEED_ROUNDS",
+    "bfloat16_trial",
+    "probe_images",
+    "speedup",
+]
 
 # auto keeps a lossy precision only where it was measured at least this much faster than
 # float32 (a margin over the noise of the few rounds timed)
 AUTO_MIN_SPEEDUP = 1.1
 SPEED_ROUNDS = 3
+MAX_ROUNDS = 15
+ROUND_BUDGET_S = 1.0
 PROBE_BATCH = 8
 
 
 def speedup(reference: Callable, candidate: Callable, images: torch.Tensor) -> dict[str, Any]:
     """How much faster `candidate(images)` runs than `reference(images)`, at batch 1 and at
-    the whole batch: the median over `SPEED_ROUNDS` interleaved rounds of reference's time /
-    candidate's, each call warmed once first. "speedup" is the smaller of the two batches'."""
-    by_batch = {}
+    the whole batch: the median over interleaved rounds of reference's time / candidate's, each
+    call warmed once first. At least `SPEED_ROUNDS` rounds, more for fast models (up to
+    `MAX_ROUNDS`, about `ROUND_BUDGET_S` of timing per batch size): a few milliseconds' calls
+    are noisy. "speedup" is the smaller of the two batches'."""
+    by_batch, rounds = {}, {}
     for batch in sorted({1, len(images)}):
         part = images[:batch]
+        start = time.perf_counter()
         reference(part), candidate(part)  # warm: first-call allocations are not timed
+        warm = time.perf_counter() - start
+        rounds[batch] = min(MAX_ROUNDS, max(SPEED_ROUNDS, int(ROUND_BUDGET_S / max(warm, 1e-6))))
         ratios = []
-        for _ in range(SPEED_ROUNDS):
+        for _ in range(rounds[batch]):
             start = time.perf_counter()
             reference(part)
             middle = time.perf_counter()
@@ -57,7 +71,7 @@ def speedup(reference: Callable, candidate: Callable, images: torch.Tensor) -> d
     return {
         "speedup": min(by_batch.values()),
         "by_batch": by_batch,
-        "rounds": SPEED_ROUNDS,
+        "rounds": rounds,
         "cpu": cpu_model(),
         "measured": time.strftime("%Y-%m-%d %H:%M:%S"),
     }
