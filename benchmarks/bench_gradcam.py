@@ -71,11 +71,7 @@ def _check_then_time(benchmark, name, setup, images, reference, group, rounds, k
         errors = check_output(name, contender.output(contender.run(images, classes)), reference)
         benchmark.group = group
         benchmark.extra_info.update(
-            contender=name,
-            label=CONTENDERS[name].label,
-            batch=images.shape[0],
-            k=k,
-            errors=errors,
+            contender=name, label=CONTENDERS[name].label, batch=images.shape[0], k=k, errors=errors
         )
         benchmark.pedantic(
             contender.run, args=(images, classes), rounds=rounds, iterations=1, warmup_rounds=0
