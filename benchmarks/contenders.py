@@ -1,12 +1,11 @@
-"""The contenders: every way of getting Grad-CAM maps (or plain logits, for the floor) that the
-benchmarks time, each run the way its own documentation says; their one registry (`ContenderSpec`:
-the CPU ones in `CONTENDERS`, the GPU ones built by `benchmarks.gpu_contenders`); and the one
-check against the eager reference that every contender passes before it is timed.
+"""The contenders: every way of getting Grad-CAM maps (or plain logits, for the floors) that the
+benchmarks time, each run as its own documentation says; their registry (`ContenderSpec`; the GPU
+ones are in `benchmarks.gpu_contenders`); and the check against the eager reference that every
+contender passes before it is timed.
 
-A contender is opened on a `Setup` (model, target layer, exported files), called as
-`run(images, classes)` (the timed call: images [B,3,S,S] float32, classes [B,K] int64 chosen by
-the reference), and converted to a `GradCAMResult` by `output(raw)` outside the timing (the
-outputs a library does not expose are None).
+A contender is opened on a `Setup`, called as `run(images, classes)` (the timed call; classes
+[B,K] chosen by the reference), and converted by `output(raw)` to a `GradCAMResult` holding the
+outputs it exposes, outside the timing.
 """
 
 from __future__ import annotations
@@ -76,9 +75,8 @@ def exposed(cams=None, lowres=None, classes=None, logits=None) -> GradCAMResult:
 
 
 def make_model(kind: str, seed: int = 0) -> nn.Module:
-    """The benchmarked network: a torchvision CNN by arch name ("vgg19", "resnet50", ...;
-    seeded random weights: weights do not change the cost) or "tiny" (a small seeded VGG with
-    a small classifier, for CI)."""
+    """The benchmarked network: a torchvision CNN by arch name, seeded random weights (weights do
+    not change the cost), or "tiny" (a small seeded VGG, for CI)."""
     if kind != "tiny":
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")  # "random weights explain nothing": known here
@@ -163,9 +161,8 @@ class EagerHook(_Contender):
 
 
 class EagerAutograd(_Contender):
-    """2. autograd with respect to the target activations only (TorchCAM/Captum style), with
-    the parameters frozen: the layer's output is made a leaf that requires grad, so the backward
-    runs through the head alone and the body builds no graph."""
+    """2. autograd with respect to the target activations only (TorchCAM/Captum style), the
+    parameters frozen: the backward runs through the head alone."""
 
     def __init__(self, setup: Setup):
         self.setup = setup
@@ -177,9 +174,7 @@ class EagerAutograd(_Contender):
         return self.activations.clone()  # not a leaf: an in-place op may follow (DenseNet)
 
     def run(self, images, classes):
-        # Frozen and hooked during this call only: the contenders share one model, and the
-        # others (the eager hook, the peers) must run on it as their users have it, unfrozen
-        # (a frozen model would cut their backward short at the target too).
+        # frozen and hooked during this call only: the other contenders share the model unfrozen
         flags = [p.requires_grad for p in self.model.parameters()]
         for p in self.model.parameters():
             p.requires_grad_(False)
@@ -229,8 +224,7 @@ class PytorchGradCam(_Contender):
 
 
 class CaptumLayerGradCam(_Contender):
-    """3b. Captum's `LayerGradCam(model, layer).attribute(inputs, target=...)` with
-    `relu_attributions=True` (the original Grad-CAM), upsampled with
+    """3b. Captum's `LayerGradCam(...).attribute(..., relu_attributions=True)`, upsampled with
     `LayerAttribution.interpolate(..., "bilinear")` and min-max normalized, as in its tutorial."""
 
     def __init__(self, setup: Setup):
@@ -246,13 +240,9 @@ class CaptumLayerGradCam(_Contender):
 
 
 class TorchCamGradCAM(_Contender):
-    """3c. TorchCAM's `GradCAM(model, target_layer)`, as its README shows: the extractor is made
-    once (it hooks the layer), the model is called as usual, and
-    `cam_extractor(class_idx, scores)` (one class index per image) differentiates the scores with
-    respect to the layer's output only and returns ReLU'd maps, min-max normalized at the layer's
-    resolution, one [B, h, w] tensor per target layer. TorchCAM stops there (its `overlay_mask`
-    resizes with PIL when drawing), so the maps are upsampled bilinearly and min-max normalized
-    here, in the timed call, as for Captum."""
+    """3c. TorchCAM's `GradCAM(model, target_layer)` (extractor made once), the model called as
+    usual, then `cam_extractor(class_idx, scores)`, as its README shows: maps min-max normalized
+    at the layer's resolution, which are upsampled and normalized here (timed), as for Captum."""
 
     def __init__(self, setup: Setup):
         methods = _library("torchcam.methods", "torchcam")
@@ -274,8 +264,7 @@ class TorchCamGradCAM(_Contender):
 
 class FastSession(_Contender):
     """4. the gradcam_fast session (ONNX Runtime, CPU), post-processing included; with
-    `backend="openvino"` and a precision, 8. the session on OpenVINO (the int8 rows run the NNCF
-    int8 file `gradcam_ov_int8`, made from the float32 one)."""
+    `backend="openvino"`, 8. the session on OpenVINO."""
 
     def __init__(self, setup: Setup, key: str = "gradcam_k1", **options: Any):
         if options.get("backend") == "openvino":
@@ -291,8 +280,8 @@ class FastSession(_Contender):
 
 
 class FloorOrt(_Contender):
-    """5a. the floor: the unmodified model's logits in ONNX Runtime with the session's settings,
-    bound by pointer like the session (IOBinding, output buffer reused per batch size)."""
+    """5a. the floor: the unmodified model in ONNX Runtime with the session's settings and
+    IOBinding (an output buffer per batch size), like the session."""
 
     def __init__(self, setup: Setup):
         self.session = ort.InferenceSession(
@@ -322,9 +311,8 @@ class FloorOrt(_Contender):
 
 
 class OpenVinoBare(_Contender):
-    """8'. a bare OpenVINO call on the session's own compiled model (float32, channel weights):
-    numpy in, the request's own output tensors out, no checks, no post-processing, no copies.
-    The session's overhead is its time over this one."""
+    """8'. a bare OpenVINO call on the session's own compiled model (float32, channel weights),
+    no checks, post-processing or copies: the session's overhead is its time over this one."""
 
     def __init__(self, setup: Setup):
         session = _openvino(CW, "float32")(setup).session
@@ -339,8 +327,7 @@ class OpenVinoBare(_Contender):
 
 
 class TorchBackend(_Contender):
-    """7. the torch backend, `GradCAMSession.from_model(model, device="cpu", precision=...)`:
-    float32, or bfloat16 (body in bfloat16, channels-last oneDNN; head float32)."""
+    """7. the torch backend, `GradCAMSession.from_model(model, device="cpu", precision=...)`."""
 
     def __init__(self, setup: Setup, precision: str):
         with warnings.catch_warnings():
@@ -373,9 +360,8 @@ class TorchNoGrad(_Contender):
 
 @dataclass(frozen=True)
 class ContenderSpec:
-    """A contender: its name in results, how to open it (`factory(setup)` -> an object with
-    `run`, `output` and `close`; on the GPU, a callable `run(images, targets)`), and how it is
-    checked: against the `precision`'s LIMITS, on its logits alone where it is a `floor`."""
+    """A contender: its name, how to open it (`factory(setup)`: an object with `run`, `output`
+    and `close`; on the GPU a callable `run(images, targets)`), and how it is checked."""
 
     name: str
     factory: Callable[[Setup], Any]
@@ -409,116 +395,61 @@ SESSIONS = (
     "torch_bfloat16",
 )
 THROUGHPUT = {"performance_hint": "THROUGHPUT"}
+FLOORS = ("floor_ort", "torch_no_grad", "openvino_bare")  # checked on their logits alone
+# name, factory, label in the CPU report's tables; a name holding "int8" or "bfloat16" is checked
+# against that precision's LIMITS, every other against float32's
+_CPU = [
+    ("eager_hook", EagerHook, "1. eager hook (full backward)"),
+    ("eager_autograd", EagerAutograd, "2. eager autograd on the activation"),
+    ("pytorch_grad_cam", PytorchGradCam, "3a. pytorch-grad-cam GradCAM"),
+    ("captum", CaptumLayerGradCam, "3b. Captum LayerGradCam"),
+    ("torchcam", TorchCamGradCAM, "3c. TorchCAM GradCAM"),
+    ("gradcam_fast", _session(), "4. gradcam_fast session (ORT)"),
+    ("floor_ort", FloorOrt, "5a. floor: plain model in ORT"),
+    ("torch_no_grad", TorchNoGrad, "5b. torch no_grad inference"),
+    ("gradcam_fast_cw", _session(CW),
+     "4''. gradcam_fast session, channel weights only (channel_weights_only=True)"),
+    ("gradcam_fast_low_memory", _session(low_memory=True),
+     "4'. gradcam_fast session, low_memory=True"),
+    ("gradcam_fast_low_memory_external", _session("gradcam_external", low_memory=True),
+     "4'. gradcam_fast session, low_memory=True, external-data model"),
+    ("gradcam_fast_int8", _session("gradcam_int8"),
+     "4i. gradcam_fast session, int8 body, channel weights only"),
+    ("torch_float32", _torch("float32"), "7. gradcam_fast torch backend, float32"),
+    ("torch_bfloat16", _torch("bfloat16"), "7b. gradcam_fast torch backend, bfloat16 body"),
+    ("ort_qdq_int8", _session("gradcam_ov_int8"),
+     "4q. gradcam_fast session (ORT) on the NNCF QDQ int8 file"),
+    ("openvino_float32", _openvino(CW, "float32"),
+     "8. session on OpenVINO, float32 (f32 hint), channel weights only"),
+    ("openvino_full_float32", _openvino("gradcam_k1", "float32"),
+     "8. session on OpenVINO, float32, full export (gradients)"),
+    ("openvino_bfloat16", _openvino(CW, "bfloat16"),
+     "8b. session on OpenVINO, bf16 hint, channel weights only"),
+    ("openvino_full_bfloat16", _openvino("gradcam_k1", "bfloat16"),
+     "8b. session on OpenVINO, bf16 hint, full export (gradients)"),
+    ("openvino_int8", _openvino("gradcam_ov_int8", "int8"),
+     "8i. session on OpenVINO, NNCF int8 body, channel weights only"),
+    ("openvino_int8_head_int8", _openvino("gradcam_ov_int8_head_int8", "int8"),
+     "8i'. session on OpenVINO, NNCF int8 body and head weights, channel weights only"),
+    ("openvino_full_int8", _openvino("gradcam_ov_int8_full", "int8"),
+     "8i. session on OpenVINO, NNCF int8 body, full export (gradients)"),
+    ("openvino_throughput", _openvino(CW, "float32", **THROUGHPUT),
+     "8t. session on OpenVINO, float32, PERFORMANCE_HINT=THROUGHPUT"),
+    ("openvino_bfloat16_throughput", _openvino(CW, "bfloat16", **THROUGHPUT),
+     "8t. session on OpenVINO, bf16, PERFORMANCE_HINT=THROUGHPUT"),
+    ("openvino_bare", OpenVinoBare,
+     "8'. bare OpenVINO call on the session's compiled model (float32)"),
+    ("gradcam_fast_k5", _session("gradcam_k5"), "6. gradcam_fast session, K=5"),
+]  # fmt: skip
+
+
+def _precision(name: str) -> str:
+    return next((p for p in ("int8", "bfloat16") if p in name), "float32")
+
+
 CONTENDERS: dict[str, ContenderSpec] = {
-    spec.name: spec
-    for spec in [
-        ContenderSpec("eager_hook", EagerHook, label="1. eager hook (full backward)"),
-        ContenderSpec("eager_autograd", EagerAutograd, label="2. eager autograd on the activation"),
-        ContenderSpec("pytorch_grad_cam", PytorchGradCam, label="3a. pytorch-grad-cam GradCAM"),
-        ContenderSpec("captum", CaptumLayerGradCam, label="3b. Captum LayerGradCam"),
-        ContenderSpec("torchcam", TorchCamGradCAM, label="3c. TorchCAM GradCAM"),
-        ContenderSpec("gradcam_fast", _session(), label="4. gradcam_fast session (ORT)"),
-        ContenderSpec("floor_ort", FloorOrt, floor=True, label="5a. floor: plain model in ORT"),
-        ContenderSpec(
-            "torch_no_grad", TorchNoGrad, floor=True, label="5b. torch no_grad inference"
-        ),
-        ContenderSpec(
-            "gradcam_fast_cw",
-            _session(CW),
-            label="4''. gradcam_fast session, channel weights only (channel_weights_only=True)",
-        ),
-        ContenderSpec(
-            "gradcam_fast_low_memory",
-            _session(low_memory=True),
-            label="4'. gradcam_fast session, low_memory=True",
-        ),
-        ContenderSpec(
-            "gradcam_fast_low_memory_external",
-            _session("gradcam_external", low_memory=True),
-            label="4'. gradcam_fast session, low_memory=True, external-data model",
-        ),
-        ContenderSpec(
-            "gradcam_fast_int8",
-            _session("gradcam_int8"),
-            "int8",
-            label="4i. gradcam_fast session, int8 body, channel weights only",
-        ),
-        ContenderSpec(
-            "torch_float32", _torch("float32"), label="7. gradcam_fast torch backend, float32"
-        ),
-        ContenderSpec(
-            "torch_bfloat16",
-            _torch("bfloat16"),
-            "bfloat16",
-            label="7b. gradcam_fast torch backend, bfloat16 body",
-        ),
-        ContenderSpec(
-            "ort_qdq_int8",
-            _session("gradcam_ov_int8"),
-            "int8",
-            label="4q. gradcam_fast session (ORT) on the NNCF QDQ int8 file",
-        ),
-        ContenderSpec(
-            "openvino_float32",
-            _openvino(CW, "float32"),
-            label="8. session on OpenVINO, float32 (f32 hint), channel weights only",
-        ),
-        ContenderSpec(
-            "openvino_full_float32",
-            _openvino("gradcam_k1", "float32"),
-            label="8. session on OpenVINO, float32, full export (gradients)",
-        ),
-        ContenderSpec(
-            "openvino_bfloat16",
-            _openvino(CW, "bfloat16"),
-            "bfloat16",
-            label="8b. session on OpenVINO, bf16 hint, channel weights only",
-        ),
-        ContenderSpec(
-            "openvino_full_bfloat16",
-            _openvino("gradcam_k1", "bfloat16"),
-            "bfloat16",
-            label="8b. session on OpenVINO, bf16 hint, full export (gradients)",
-        ),
-        ContenderSpec(
-            "openvino_int8",
-            _openvino("gradcam_ov_int8", "int8"),
-            "int8",
-            label="8i. session on OpenVINO, NNCF int8 body, channel weights only",
-        ),
-        ContenderSpec(
-            "openvino_int8_head_int8",
-            _openvino("gradcam_ov_int8_head_int8", "int8"),
-            "int8",
-            label="8i'. session on OpenVINO, NNCF int8 body and head weights, channel weights only",
-        ),
-        ContenderSpec(
-            "openvino_full_int8",
-            _openvino("gradcam_ov_int8_full", "int8"),
-            "int8",
-            label="8i. session on OpenVINO, NNCF int8 body, full export (gradients)",
-        ),
-        ContenderSpec(
-            "openvino_throughput",
-            _openvino(CW, "float32", **THROUGHPUT),
-            label="8t. session on OpenVINO, float32, PERFORMANCE_HINT=THROUGHPUT",
-        ),
-        ContenderSpec(
-            "openvino_bfloat16_throughput",
-            _openvino(CW, "bfloat16", **THROUGHPUT),
-            "bfloat16",
-            label="8t. session on OpenVINO, bf16, PERFORMANCE_HINT=THROUGHPUT",
-        ),
-        ContenderSpec(
-            "openvino_bare",
-            OpenVinoBare,
-            floor=True,
-            label="8'. bare OpenVINO call on the session's compiled model (float32)",
-        ),
-        ContenderSpec(
-            "gradcam_fast_k5", _session("gradcam_k5"), label="6. gradcam_fast session, K=5"
-        ),
-    ]
+    name: ContenderSpec(name, factory, _precision(name), name in FLOORS, label)
+    for name, factory, label in _CPU
 }
 
 
@@ -540,13 +471,11 @@ def open_contender(name: str, setup: Setup) -> _Contender:
 def check_output(
     name: str, got: GradCAMResult, reference: GradCAMResult, precision: str | None = None
 ) -> dict[str, float]:
-    """Compare a contender's output with the eager reference: every output it exposes, with
-    `gradcam_fast.check.compare` (the figures and LIMITS export validation judges with) at the
-    contender's precision (its registry entry's unless given), and at float32 the upsampled
-    maps' max absolute difference (under CAM_ATOL). A floor is judged on its logits alone. Raise
-    AssertionError naming the contender and the figures when it is wrong, or naming the output
-    and the count when one holds NaN or Inf. Returns the judged figures (and the worst map's
-    decorrelation where the precision is judged on the maps' correlation)."""
+    """Compare a contender's output with the eager reference: every output it exposes, judged as
+    export validation judges (`gradcam_fast.check.compare`) at its precision (its registry
+    entry's unless given), at float32 also the upsampled maps (CAM_ATOL); a floor on its logits
+    alone. Raises AssertionError naming the contender and the figures, or the output holding NaN
+    or Inf. Returns the judged figures."""
     for output, tensor in vars(got).items():
         bad = 0 if tensor is None else int((~torch.isfinite(tensor.float())).sum())
         if bad:

@@ -31,15 +31,8 @@ from benchmarks.report_summary import evaluate_targets, render_markdown, splice,
 __all__ = ["main"]
 
 ROOT = Path(__file__).resolve().parent.parent
-MEMORY_CONTENDERS = [
-    "eager_hook",
-    *PEERS,
-    "gradcam_fast",
-    "gradcam_fast_low_memory",
-    "gradcam_fast_low_memory_external",
-    "floor_ort",
-    "torch_no_grad",
-]
+MEMORY_CONTENDERS = ["eager_hook", *PEERS, "gradcam_fast", "gradcam_fast_low_memory",
+                     "gradcam_fast_low_memory_external", "floor_ort", "torch_no_grad"]  # fmt: skip
 
 
 def _run(cmd: list[str], env: dict[str, str]) -> subprocess.CompletedProcess:
@@ -50,19 +43,8 @@ def _run(cmd: list[str], env: dict[str, str]) -> subprocess.CompletedProcess:
 def run_suite(profile: str, models: Path, json_path: Path, pytest_args: list[str]) -> None:
     """Run the pytest-benchmark suite; raise with its output when a test fails."""
     env = {**os.environ, "GRADCAM_BENCH_PROFILE": profile, "GRADCAM_BENCH_MODELS": str(models)}
-    cmd = [
-        sys.executable,
-        "-m",
-        "pytest",
-        "benchmarks",
-        "-q",
-        "-p",
-        "no:cacheprovider",
-        "--benchmark-only",
-        f"--benchmark-json={json_path}",
-        *pytest_args,
-    ]
-    done = _run(cmd, env)
+    cmd = [sys.executable, "-m", "pytest", "benchmarks", "-q", "-p", "no:cacheprovider"]
+    done = _run([*cmd, "--benchmark-only", f"--benchmark-json={json_path}", *pytest_args], env)
     print(done.stdout[-4000:], done.stderr[-2000:], sep="\n")
     if done.returncode != 0:
         raise SystemExit(f"the benchmark suite failed (pytest exit {done.returncode}); see above")
@@ -82,9 +64,9 @@ def _json_line(what: str, module: str, *args: str) -> dict[str, Any] | None:
 def run_memory(profile: str, models: Path, batch: int) -> list[dict[str, Any]]:
     """One process per contender; a contender whose library is missing is left out."""
     options = ("--models", str(models), "--profile", profile, "--batch", str(batch))
-    rows = [
+    rows = (
         _json_line(f"memory probe {n}", "benchmarks.memory", n, *options) for n in MEMORY_CONTENDERS
-    ]
+    )
     return [row for row in rows if row is not None]
 
 
@@ -109,9 +91,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--results", type=Path, help="markdown file to update between the markers")
     parser.add_argument("--from-json", type=Path, help="render a saved pytest-benchmark JSON")
     parser.add_argument("--no-memory", action="store_true", help="skip the peak RSS processes")
-    parser.add_argument(
-        "--no-interleaved", action="store_true", help="skip the interleaved-round ratios"
-    )
+    parser.add_argument("--no-interleaved", action="store_true", help="skip the interleaved ratios")
     parser.add_argument("pytest_args", nargs="*", help="passed to pytest (after --)")
     args = parser.parse_args(argv)
 
@@ -119,21 +99,19 @@ def main(argv: list[str] | None = None) -> int:
 
     profile = get_profile(args.profile)
     machine = machine_info(profile.name)
-    command = shlex.join(
-        ["python", "-m", "benchmarks.report", *(argv if argv is not None else sys.argv[1:])]
-    )
+    given = sys.argv[1:] if argv is None else argv
+    command = shlex.join(["python", "-m", "benchmarks.report", *given])
     args.out.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(prefix="gradcam_bench_") as tmp:
         models = Path(tmp)
         json_path = args.from_json or args.out / f"pytest-benchmark-{profile.name}.json"
         if not args.from_json:
             run_suite(profile.name, models, json_path, args.pytest_args)
-        interleaved = (
-            {} if args.no_interleaved or args.from_json else run_interleaved(profile.name, models)
-        )
+        saved = args.from_json
+        interleaved = {} if args.no_interleaved or saved else run_interleaved(profile.name, models)
         memory = (
             []
-            if args.no_memory or args.from_json
+            if args.no_memory or saved
             else run_memory(profile.name, models, profile.memory_batch)
         )
     bench_json = json.loads(json_path.read_text())
@@ -144,13 +122,8 @@ def main(argv: list[str] | None = None) -> int:
     report = render_markdown(summary, memory, targets, machine, weights_mib, command)
     print(report)
     (args.out / f"report-{profile.name}.md").write_text(report)
-    figures = {
-        "machine": machine,
-        "weights_mib": weights_mib,
-        **summary,
-        "memory": memory,
-        "targets": targets,
-    }
+    figures = {"machine": machine, "weights_mib": weights_mib, **summary, "memory": memory}
+    figures["targets"] = targets
     (args.out / f"report-{profile.name}.json").write_text(
         json.dumps(figures, indent=2, default=str)
     )

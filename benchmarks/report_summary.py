@@ -7,7 +7,8 @@ from __future__ import annotations
 import json
 from typing import Any
 
-from benchmarks.tables import markdown_table
+from benchmarks.contenders import PEERS
+from benchmarks.tables import markdown_table, section
 
 __all__ = ["BEGIN", "END", "evaluate_targets", "render_markdown", "splice", "summarize"]
 
@@ -90,57 +91,28 @@ def evaluate_targets(
         rr = interleaved.get(str(b), {}).get("gradcam_fast", {})
         if b in (1, 8):
             speedup, how = pick("speedup_vs_eager", fast, rr)
-            add(
-                f"speedup over the eager hook, batch {b} (>= 4x){how}",
-                speedup,
-                4.0,
-                True,
-                "{:.2f}x",
-            )
+            what = f"speedup over the eager hook, batch {b} (>= 4x){how}"
+            add(what, speedup, 4.0, True, "{:.2f}x")
         ratio, how = pick("ratio_to_floor", fast, rr)
         add(f"ratio to the ORT floor, batch {b} (<= 1.05x){how}", ratio, 1.05, False, "{:.3f}x")
-        rivals = [
-            by_key[b, n]
-            for n in ("eager_autograd", "pytorch_grad_cam", "captum", "torchcam")
-            if (b, n) in by_key
-        ]
+        rivals = [by_key[b, n] for n in PEERS if (b, n) in by_key]
         if rivals:
             best = min(rivals, key=lambda r: r["median_ms"])
-            add(
-                f"speedup over the fastest of 2 and 3 ({best['contender']}), batch {b} (>= 2x)",
-                best["median_ms"] / fast["median_ms"],
-                2.0,
-                True,
-                "{:.2f}x",
-            )
+            what = f"speedup over the fastest of 2 and 3 ({best['contender']}), batch {b} (>= 2x)"
+            add(what, best["median_ms"] / fast["median_ms"], 2.0, True, "{:.2f}x")
     for r in summary["k"]:
         if r["k"] != 1 and r.get("ratio_to_k1") is not None:
-            add(
-                f"K={r['k']} / K=1, batch {r['batch']} (<= 1.10x)",
-                r["ratio_to_k1"],
-                1.10,
-                False,
-                "{:.3f}x",
-            )
+            what = f"K={r['k']} / K=1, batch {r['batch']} (<= 1.10x)"
+            add(what, r["ratio_to_k1"], 1.10, False, "{:.3f}x")
     post = summary["stages"].get("postprocess")
     fast = by_key.get((post["batch"], "gradcam_fast")) if post else None
     if post and fast:
-        add(
-            f"post-processing / session call, batch {post['batch']} (<= 2%)",
-            100 * post["median_ms"] / fast["median_ms"],
-            2.0,
-            False,
-            "{:.2f}%",
-        )
+        what = f"post-processing / session call, batch {post['batch']} (<= 2%)"
+        add(what, 100 * post["median_ms"] / fast["median_ms"], 2.0, False, "{:.2f}%")
     for m in memory:
         if m["contender"] == "gradcam_fast":
-            add(
-                f"peak RSS of a session process at batch {m['batch']} / weights (<= 1.3x)",
-                m["peak_mib"] / weights_mib,
-                1.3,
-                False,
-                "{:.2f}x",
-            )
+            what = f"peak RSS of a session process at batch {m['batch']} / weights (<= 1.3x)"
+            add(what, m["peak_mib"] / weights_mib, 1.3, False, "{:.2f}x")
     return targets
 
 
@@ -177,24 +149,20 @@ def render_markdown(
             for r in sorted(summary["contenders"], key=lambda r: r["label"])
             if r["batch"] == b
         ]
-        out += [f"### Batch {b}", ""]
-        out += markdown_table(
-            "contender | median ms | spread ms (min-max) | rounds | images/s | speedup vs eager "
-            "hook | ratio to floor | check (max error)",
-            "lrrrrrrl",
+        header = "contender | median ms | spread ms (min-max) | rounds | images/s | speedup vs "
+        header += "eager hook | ratio to floor | check (max error)"
+        row = (
             "{label} | "
             + spread
-            + " | {rounds} | {images_per_s:.2f} | {speedup} | {floor} | {check}",
-            rows,
+            + " | {rounds} | {images_per_s:.2f} | {speedup} | {floor} | {check}"
         )
-        out.append("")
+        out += section(f"Batch {b}", header, "lrrrrrrl", row, rows)
     if summary["k"]:
-        out += ["### K target classes per image (gradcam_fast)", ""]
         rows = sorted(summary["k"], key=lambda r: (r["batch"], r["k"]))
         rows = [{**r, "to_k1": _fmt(r["ratio_to_k1"], ".3f")} for r in rows]
         header = "batch | K | median ms | spread ms (min-max) | ratio to K=1"
-        out += markdown_table(header, "rrrrr", "{batch} | {k} | " + spread + " | {to_k1}", rows)
-        out.append("")
+        row = "{batch} | {k} | " + spread + " | {to_k1}"
+        out += section("K target classes per image (gradcam_fast)", header, "rrrrr", row, rows)
     if summary.get("interleaved"):
         out += [
             "### Interleaved rounds (each round: every contender once, shuffled, an untimed call "
@@ -204,23 +172,14 @@ def render_markdown(
             "",
         ]
         rows = [
-            {
-                "batch": b,
-                "name": name,
-                "floor": _fmt(r.get("ratio_to_floor"), ".3f"),
-                "speedup": _fmt(r.get("speedup_vs_eager"), ".2f"),
-                **r,
-            }
+            {"batch": b, "name": name, **r, "floor": _fmt(r.get("ratio_to_floor"), ".3f"),
+             "speedup": _fmt(r.get("speedup_vs_eager"), ".2f")}
             for b, by_name in sorted(summary["interleaved"].items(), key=lambda kv: int(kv[0]))
             for name, r in by_name.items()
-        ]
-        out += markdown_table(
-            "batch | contender | median ms | rounds | ratio to floor | speedup vs eager hook",
-            "rlrrrr",
-            "{batch} | {name} | {median_ms:.1f} | {rounds} | {floor} | {speedup}",
-            rows,
-        )
-        out.append("")
+        ]  # fmt: skip
+        header = "batch | contender | median ms | rounds | ratio to floor | speedup vs eager hook"
+        row = "{batch} | {name} | {median_ms:.1f} | {rounds} | {floor} | {speedup}"
+        out += [*markdown_table(header, "rlrrrr", row, rows), ""]
     out += ["### Export and post-processing", ""]
     export = summary["stages"].get("export")
     if export:
@@ -241,35 +200,23 @@ def render_markdown(
         )
     out.append("")
     if memory:
-        out += [
-            f"### Peak memory (RSS, MiB), one process per contender, batch {memory[0]['batch']}",
-            "",
-        ]
         rows = [
             {**m, "ratio": m["peak_mib"] / weights_mib, "own": m["peak_mib"] - m["imports_mib"]}
             for m in memory
         ]
-        out += markdown_table(
-            "contender | after imports | after load | peak | peak / weights | peak - imports",
-            "lrrrrr",
-            "{contender} | {imports_mib:.0f} | {loaded_mib:.0f} | {peak_mib:.0f} | {ratio:.2f}x | {own:.0f}",
-            rows,
-        )
-        out.append("")
+        title = f"Peak memory (RSS, MiB), one process per contender, batch {memory[0]['batch']}"
+        header = "contender | after imports | after load | peak | peak / weights | peak - imports"
+        row = "{contender} | {imports_mib:.0f} | {loaded_mib:.0f} | {peak_mib:.0f} | {ratio:.2f}x | {own:.0f}"
+        out += section(title, header, "lrrrrr", row, rows)
     if targets:
-        out += ["### Targets", ""]
         rows = [{**t, "met": "yes" if t["met"] else "**no**"} for t in targets]
-        out += [
-            *markdown_table("target | figure | met", "lrl", "{target} | {figure} | {met}", rows),
-            "",
-        ]
-    if summary["others"]:
-        out += ["### Other benchmarks in the suite", ""]
-        header = "group | benchmark | median ms | spread ms (min-max) | rounds"
-        out += markdown_table(
-            header, "llrrr", "{group} | {name} | " + spread + " | {rounds}", summary["others"]
+        out += section(
+            "Targets", "target | figure | met", "lrl", "{target} | {figure} | {met}", rows
         )
-        out.append("")
+    if summary["others"]:
+        header = "group | benchmark | median ms | spread ms (min-max) | rounds"
+        row = "{group} | {name} | " + spread + " | {rounds}"
+        out += section("Other benchmarks in the suite", header, "llrrr", row, summary["others"])
     out += ["### Machine", "", "```json", json.dumps(machine, indent=2), "```", ""]
     return "\n".join(out)
 

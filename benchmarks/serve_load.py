@@ -1,26 +1,18 @@
-"""Latency and throughput of `gradcam_fast.services.ray_serve` on Ray Serve under a bounded load on loopback,
-with and without batching, next to the bare session call, in one run.
+"""Latency and throughput of `gradcam_fast.services.ray_serve` on Ray Serve under a bounded load on
+loopback, with and without batching, next to the bare session call, in one run.
 
     python -m benchmarks.serve_load                  # VGG19 (random weights) at 224
     python -m benchmarks.serve_load --arch vgg11 --json serve.json
     python -m benchmarks.serve_load --backend openvino --precision bfloat16
 
-The load generator sends a fixed number of requests (JPEG files of 300 to 640 px, as bodies of
-`POST /explain`) at concurrency 1, 8 and 32 from client threads with keep-alive connections to
-127.0.0.1 only, then stops. Per level: p50 and p99 latency, images/s, and the batch sizes the
-replica actually ran (the difference of its `/stats` before and after). Requests go through the
-ingress `gradcam-fast serve` uses (`--ingress`; auto is HAProxy where Ray Serve bundles it, see
-gradcam_fast/services/serve_ingress.py). Two deployments on one replica holding all the CPUs: batching
-(`max_batch_size` 8, `batch_wait_ms` 200) and none (`max_batch_size` 1). The bare session runs
-in this process with as many threads, timed next to each level (this machine's load drifts):
-before concurrency 1 on the decoded tensor and with the decoding at batch 1, then in rounds of
-one bare call and one served request after it, each started after a quiet 0.1 s (`paired_c1`);
-before and after 8 and 32 at batch 8. The client runs on the same CPUs as the server.
-Every served answer is checked against the bare session's result for the same file first.
-
-Under pytest (benchmarks/test_serve_load.py, once, on a tiny model) it runs the same code on a
-small seeded VGG at 32 px with a few requests per level. Weights are random and nothing is
-downloaded.
+A fixed number of requests (JPEGs of 300 to 640 px, `POST /explain`) at concurrency 1, 8 and 32
+from keep-alive client threads on 127.0.0.1, through the ingress `gradcam-fast serve` uses
+(`--ingress`), to one replica holding all the CPUs, with batching (`max_batch_size` 8,
+`batch_wait_ms` 200) and without. Per level: p50 and p99 latency, images/s and the batch sizes
+the replica ran. The bare session runs in this process, timed next to each level (the machine's
+load drifts), and at concurrency 1 also in paired rounds with served requests (`paired_c1`).
+Every served answer is first checked against the bare session's. Under pytest
+(test_serve_load.py) it runs once on a tiny model with a few requests per level.
 """
 
 from __future__ import annotations
@@ -81,17 +73,25 @@ def _post(connection: http.client.HTTPConnection, path: str, body: bytes) -> tup
     return response.status, response.read()
 
 
-def _stats(port: int, prefix: str) -> dict[int, int]:
-    connection = http.client.HTTPConnection("127.0.0.1", port, timeout=60)
+def _once(port: int, path: str, body: bytes | None = None) -> bytes:
+    """One request on a connection of its own (POST with a body, else GET); raises unless 200."""
+    connection = http.client.HTTPConnection("127.0.0.1", port, timeout=300)
     try:
-        connection.request("GET", f"{prefix}/stats")
-        response = connection.getresponse()
-        body = response.read()
+        if body is None:
+            connection.request("GET", path)
+            response = connection.getresponse()
+            status, answer = response.status, response.read()
+        else:
+            status, answer = _post(connection, path, body)
     finally:
         connection.close()
-    if response.status != 200:  # e.g. Ray's memory monitor killed the replica
-        raise RuntimeError(f"{prefix}/stats answered {response.status}: {body[:300]!r}")
-    stats = json.loads(body)
+    if status != 200:  # e.g. Ray's memory monitor killed the replica
+        raise AssertionError(f"{path} answered {status}: {answer[:300]!r}")
+    return answer
+
+
+def _stats(port: int, prefix: str) -> dict[int, int]:
+    stats = json.loads(_once(port, f"{prefix}/stats"))
     return {int(k): v for k, v in stats["batch_sizes"].items()}
 
 
@@ -144,12 +144,10 @@ def run_load(
 
 
 def paired_c1(port: int, prefix: str, bare: Bare, files: list[bytes], pairs: int) -> dict:
-    """At concurrency 1, `pairs` rounds of one bare batch-1 call (decoded tensor) then one
-    served request of the same file: the median of the within-round ratios, which both sides'
-    share of this machine's drifting load cancels out of (as benchmarks/timing.py's interleave does).
-    Each side starts SETTLE_S after the other ended: ONNX Runtime's threads spin for a while
-    after a run, and on 2 cores the bare session's spinning slowed the served request right
-    after it by about 13 ms (170 against 157 ms, 2026-12-01)."""
+    """At concurrency 1, `pairs` rounds of one bare batch-1 call then one served request of the
+    same file: the median of the within-round ratios (the machine's drifting load cancels out).
+    Each side starts SETTLE_S after the other ended: ONNX Runtime's spinning threads slowed the
+    request right after a bare call by about 13 ms on 2 cores (2026-12-01)."""
     connection = http.client.HTTPConnection("127.0.0.1", port, timeout=300)
     served, bare_s = [], []
     try:
@@ -174,9 +172,8 @@ def paired_c1(port: int, prefix: str, bare: Bare, files: list[bytes], pairs: int
 
 
 class Bare:
-    """The bare session in this process, with as many threads as the replica: timed right
-    before each served level, so that each ratio compares figures taken minutes apart at most
-    (this machine's load drifts)."""
+    """The bare session in this process, with as many threads as the replica, timed right
+    before each served level (this machine's load drifts)."""
 
     def __init__(
         self, model: Path, files: list[bytes], threads: int, rounds: int, session_options: dict
@@ -219,37 +216,17 @@ class Bare:
 
 
 def check_answer(port: int, prefix: str, data: bytes, expected: np.ndarray) -> None:
-    """The served maps of `data` equal the bare session's (`relative_error` of
-    gradcam_fast.check.compare under 1e-4, which is infinite for NaN or Inf)."""
+    """The served maps of `data` equal the bare session's (relative error under 1e-4, which is
+    infinite for NaN or Inf)."""
     import torch
 
     from gradcam_fast.check.compare import relative_error
 
-    connection = http.client.HTTPConnection("127.0.0.1", port, timeout=300)
-    try:
-        status, body = _post(connection, f"{prefix}/explain", data)
-    finally:
-        connection.close()
-    if status != 200:
-        raise AssertionError(f"{prefix}/explain answered {status}: {body[:500]!r}")
+    body = _once(port, f"{prefix}/explain", data)
     got = torch.tensor(json.loads(body)["cams_lowres"], dtype=torch.float64)
     error = relative_error(got, torch.from_numpy(expected))
     if got.shape != expected.shape or not error < 1e-4:
         raise AssertionError(f"served maps differ from the session's: relative error {error}")
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def export_model(arch: str, image_size: int, folder: Path) -> Path:
-    from benchmarks.contenders import make_model
-    from gradcam_fast import export_onnx
-
-    model = make_model(arch)
-    return export_onnx(model, folder / "model.onnx", image_size=image_size, validate=False)
 
 
 # what `gradcam-fast serve` gives its replicas: torch's OpenMP threads sleep between ops instead
@@ -273,6 +250,8 @@ def run(
     import ray
     from ray import serve
 
+    from benchmarks.contenders import make_model
+    from gradcam_fast import export_onnx
     from gradcam_fast.runtime.session import cpu_count
     from gradcam_fast.services.ray_serve import app
     from gradcam_fast.services.serve_ingress import use_ingress
@@ -281,10 +260,13 @@ def run(
     files = jpegs(16)
     work = Path(tempfile.mkdtemp(prefix="bench_serve_"))
     served: dict[str, list[tuple[LoadResult, dict[str, float]]]] = {}
-    port = free_port()
+    with socket.socket() as s:  # a free port
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
     environment = dict(os.environ)  # use_ingress sets Ray's variables; restored at the end
     try:
-        model = export_model(setting.model, setting.image_size, work)
+        net, size = make_model(setting.model), setting.image_size
+        model = export_onnx(net, work / "model.onnx", image_size=size, validate=False)
         session_options = session_options or {}
         bare = Bare(model, files, cpus, setting.serve_bare_rounds, session_options)
         expected = bare.expected_maps(files[3])
@@ -311,10 +293,8 @@ def run(
                 if c == 1:
                     reference |= paired_c1(port, prefix, bare, files, setting.serve_requests[1])
                 else:  # the bare batch 8 timed before and after the level, averaged
-                    after = bare.figures(c)["bare_b8_s_per_image"]
-                    reference["bare_b8_s_per_image"] = (
-                        reference["bare_b8_s_per_image"] + after
-                    ) / 2
+                    key = "bare_b8_s_per_image"
+                    reference[key] = (reference[key] + bare.figures(c)[key]) / 2
                 served[name].append((result, reference))
             serve.delete(name)  # one replica at a time holds the model and the CPUs
     finally:
@@ -324,19 +304,14 @@ def run(
         os.environ.clear()
         os.environ.update(environment)
     config = {
-        "arch": setting.model,
-        "image_size": setting.image_size,
-        "cpus": cpus,
-        "requests": setting.serve_requests,
-        "python": platform.python_version(),
-        "ray": ray.__version__,
-        "ingress": ingress,
-        "session": bare.session.describe_choice(),
+        "arch": setting.model, "image_size": setting.image_size, "cpus": cpus,
+        "requests": setting.serve_requests, "python": platform.python_version(),
+        "ray": ray.__version__, "ingress": ingress, "session": bare.session.describe_choice(),
         "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
         "load_average_before_and_after": [round(v, 2) for v in (*load, *os.getloadavg())],
         "ray_and_serve_start_s": round(startup, 1),
         "max_batch_size_and_batch_wait_ms": dict(configs or CONFIGS),
-    }
+    }  # fmt: skip
     return {"config": config, "served": served}
 
 
@@ -351,15 +326,8 @@ def report(figures: dict) -> str:
             else:
                 reference = f"b8 {1 / bare['bare_b8_s_per_image']:.2f} img/s"
             sizes = ", ".join(f"{k}: {v}" for k, v in sorted(r.batch_sizes.items()))
-            rows.append(
-                {
-                    "name": name,
-                    "r": r,
-                    "ms": (r.p50 * 1e3, r.p99 * 1e3),
-                    "bare": reference,
-                    "sizes": sizes,
-                }
-            )
+            ms = (r.p50 * 1e3, r.p99 * 1e3)
+            rows.append({"name": name, "r": r, "ms": ms, "bare": reference, "sizes": sizes})
     lines = [json.dumps(figures["config"])]
     lines += markdown_table(
         "config | conc | reqs | p50 ms | p99 ms | img/s | bare | err | batch sizes run (size: calls)",
@@ -389,23 +357,12 @@ def report(figures: dict) -> str:
 
 
 def _as_json(figures: dict) -> dict:
-    served = {
-        name: [
-            {
-                "concurrency": r.concurrency,
-                "requests": r.requests,
-                "seconds": r.seconds,
-                "p50_s": r.p50,
-                "p99_s": r.p99,
-                "images_per_s": r.throughput,
-                "errors": r.errors,
-                "batch_sizes": r.batch_sizes,
-                "bare": bare,
-            }
-            for r, bare in results
-        ]
-        for name, results in figures["served"].items()
-    }
+    def row(r: LoadResult, bare: dict) -> dict:
+        return {"concurrency": r.concurrency, "requests": r.requests, "seconds": r.seconds,
+                "p50_s": r.p50, "p99_s": r.p99, "images_per_s": r.throughput, "errors": r.errors,
+                "batch_sizes": r.batch_sizes, "bare": bare}  # fmt: skip
+
+    served = {name: [row(*x) for x in results] for name, results in figures["served"].items()}
     return {"config": figures["config"], "served": served}
 
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Mapping, Sequence
 
-__all__ = ["markdown_table"]
+__all__ = ["markdown_table", "section"]
 
 
 def markdown_table(
@@ -16,3 +16,10 @@ def markdown_table(
     rule = " | ".join("---:" if a == "r" else "---" for a in align)
     cells = (row.format(**r) if isinstance(r, Mapping) else row.format(*r) for r in rows)
     return [f"| {header} |", f"| {rule} |", *(f"| {c} |" for c in cells)]
+
+
+def section(
+    title: str, header: str, align: str, row: str, rows: Iterable[Mapping | Sequence]
+) -> list[str]:
+    """A "### `title`" heading, a blank line, the `markdown_table` and a blank line."""
+    return [f"### {title}", "", *markdown_table(header, align, row, rows), ""]
