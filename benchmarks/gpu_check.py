@@ -3,23 +3,16 @@
     python benchmarks/gpu_check.py [--out DIR] [--budget-s S] [--quick] [--skip-tests]
     python benchmarks/gpu_check.py --dry-run --out DIR      (no GPU: fake timings, same files)
 
-1. exports VGG19 at 224 (seeded random weights: weights do not change the cost) once per
-   precision, float32 and float16, each on its own (one failing export costs only its rows), into
-   --exports (reused by a second run on the same machine, and by the tests);
+1. exports VGG19 at 224 (seeded random weights) in float32 and float16, each on its own, into
+   --exports (reused by a later run and by the tests);
 2. runs the `cuda` tests (tests/test_cuda.py) on those exports, within --tests-timeout-s;
-3. times, at batch 1, 8 and 64, most important first: the plain forward (the floor), the eager
-   hook (float32, float16 under autocast), the torch backend and ONNX Runtime's CUDA provider
-   (float32 / float16, with and without CUDA graphs), then the levers that may push the floor
-   down (ONNX Runtime's prefer_nhwc and cuDNN EXHAUSTIVE search, the floor under CUDA graphs and
-   in NCHW), the TF32 rows, and TensorRT where its library loads. Each contender's maps are checked
-   against the float32 eager reference (NaN or Inf anywhere fails) before it is timed; medians
-   over CUDA-event-timed calls after warm-up. Once --budget-s has passed since the start, the
-   remaining contenders are recorded as skipped.
+3. times the contenders of `benchmarks.gpu_contenders.plan` at batch 1, 8 and 64, most important
+   first, each checked against the float32 eager reference (NaN or Inf fails) before it is
+   timed; once --budget-s has passed since the start, the rest are recorded as skipped.
 
-Written under --out as it goes: gpu_check.jsonl (one line per row and per phase, appended as
-measured), gpu_check.md (the table, in the layout of gpu_results_h100.md: copy it to
-gpu_results_<card>.md) and gpu_check.json, both rewritten after every contender, and
-cuda_tests.log. A crash in one contender is recorded in its rows and the run goes on.
+Written under --out as it goes: gpu_check.jsonl (a line per row and per phase), gpu_check.md (the
+table in the layout of gpu_results_h100.md) and gpu_check.json, both rewritten after every
+contender, and cuda_tests.log. A crash in one contender is recorded in its rows and the run goes on.
 """
 
 from __future__ import annotations
@@ -112,6 +105,11 @@ def _replace(path: Path, text: str) -> None:
     os.replace(tmp, path)
 
 
+def _rows_of(c: ContenderSpec, check: str) -> list[Row]:
+    """`c`'s untimed rows, one per batch size, with `check` saying why."""
+    return [Row(c.name, c.precision, b, None, check) for b in BATCHES]
+
+
 def render_markdown(rows: list[Row], header: dict) -> str:
     """The table of gpu_results_h100.md: ratios against the eager hook in float32 and against the
     floor of the same precision and batch, both from the same run."""
@@ -121,16 +119,15 @@ def render_markdown(rows: list[Row], header: dict) -> str:
     for r in rows:
         timed = r.ms is not None and math.isfinite(r.ms) and r.ms > 0
         base = floor.get((r.batch, r.precision))
-        cells.append(
-            (
-                r,
-                f"{r.ms:.2f}" if timed else "-",
-                f"{r.batch * 1000 / r.ms:,.0f}" if timed else "-",
-                f"{eager[r.batch] / r.ms:.2f}x" if timed and r.batch in eager else "-",
-                f"{r.ms / base:.2f}" if timed and base else "-",
-                r.check.replace("|", "/").replace("\n", " "),
-            )
-        )
+        cells.append((
+            r,
+            f"{r.ms:.2f}" if timed else "-",
+            f"{r.batch * 1000 / r.ms:,.0f}" if timed else "-",
+            f"{eager[r.batch] / r.ms:.2f}x" if timed and r.batch in eager else "-",
+            f"{r.ms / base:.2f}" if timed and base else "-",
+            r.check.replace("|", "/").replace("\n", " "),
+        ))  # fmt: skip
+    row = "{0.contender} | {0.precision} | {0.batch} | {1} | {2} | {3} | {4} | {5}"
     lines = [
         f"# gpu_check on {header.get('device', '?')}, torch {header.get('torch', '?')}, "
         f"{header.get('date', '?')}",
@@ -142,12 +139,7 @@ def render_markdown(rows: list[Row], header: dict) -> str:
         "float32 eager reference on the CPU first (column check)._",
         f"cuda tests: {header.get('tests', '?')}",
         "",
-        *markdown_table(
-            COLUMNS,
-            "llrrrrrl",
-            "{0.contender} | {0.precision} | {0.batch} | {1} | {2} | {3} | {4} | {5}",
-            cells,
-        ),
+        *markdown_table(COLUMNS, "llrrrrrl", row, cells),
     ]
     return "\n".join(lines) + "\n"
 
@@ -165,15 +157,14 @@ def run_contenders(
     for c in contenders:
         started = now()
         if started - recorder.started > budget_s:
-            skipped = f"skipped: budget of {budget_s:.0f} s spent"
-            recorder.add([Row(c.name, c.precision, b, None, skipped) for b in BATCHES])
+            recorder.add(_rows_of(c, f"skipped: budget of {budget_s:.0f} s spent"))
             continue
         try:
             rows = measure(c)
         except Exception as exc:  # report and go on: one broken path must not hide the rest
             text = f"{type(exc).__name__}: {exc}".splitlines()[0] if str(exc) else repr(exc)
             print(f"{c.name}: FAILED {text}", flush=True)
-            rows = [Row(c.name, c.precision, b, None, f"error: {text[:160]}") for b in BATCHES]
+            rows = _rows_of(c, f"error: {text[:160]}")
         recorder.add(rows)
         recorder.phase(c.name, now() - started)
 
@@ -197,14 +188,9 @@ def run_cuda_tests(out: Path, timeout_s: float, exports: Path) -> str:
     with log.open("w") as sink:
         try:
             code = subprocess.run(
-                [*command, "-p", "no:cacheprovider"],
-                cwd=ROOT,
-                stdout=sink,
-                stderr=subprocess.STDOUT,
-                env=env,
-                timeout=timeout_s,
-                check=False,
-            ).returncode
+                [*command, "-p", "no:cacheprovider"], cwd=ROOT, stdout=sink,
+                stderr=subprocess.STDOUT, env=env, timeout=timeout_s, check=False,
+            ).returncode  # fmt: skip
         except subprocess.TimeoutExpired:
             code = None
     lines = log.read_text(errors="replace").strip().splitlines()
@@ -226,7 +212,7 @@ def measure_on_gpu(images, reference, quick: bool):
         try:
             run = c.factory(None)
         except Skip as why:
-            return [Row(c.name, c.precision, b, None, f"skipped: {why}") for b in BATCHES]
+            return _rows_of(c, f"skipped: {why}")
         check = "-"
         if not c.floor:
             got = run(images[8], reference.target_classes)
@@ -294,11 +280,9 @@ def dry_run(args) -> int:
             if "TensorRT" in c.name or c.name.startswith("onnxruntime CUDA fp16"):
                 c.factory(None)  # TensorRT: Skip; float16 ONNX Runtime: the export's failure
         except Skip as why:
-            return [Row(c.name, c.precision, b, None, f"skipped: {why}") for b in BATCHES]
-        ms = 2.0 if c.name.startswith("eager") else 1.0
-        return [
-            Row(c.name, c.precision, b, ms * (1 + b / 8), "-" if c.floor else "ok") for b in BATCHES
-        ]
+            return _rows_of(c, f"skipped: {why}")
+        ms, check = 2.0 if c.name.startswith("eager") else 1.0, "-" if c.floor else "ok"
+        return [Row(c.name, c.precision, b, ms * (1 + b / 8), check) for b in BATCHES]
 
     run_contenders(contenders, measure, recorder, args.budget_s)
     recorder.close()
@@ -309,29 +293,18 @@ def dry_run(args) -> int:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", type=Path, default=Path(os.environ.get("OUT", "gpu_check_out")))
-    parser.add_argument(
-        "--budget-s",
-        type=float,
-        default=300.0,
-        help="start no contender after this many seconds from the start (default 300)",
-    )
-    parser.add_argument(
-        "--tests-timeout-s",
-        type=float,
-        default=200.0,
-        help="stop the CUDA tests after this long (default 200; less where the budget is short)",
-    )
-    parser.add_argument(
-        "--exports",
-        type=Path,
-        default=Path(tempfile.gettempdir()) / "gradcam_fast_gpu_check",
-        help="folder of the VGG19 exports (reused when there)",
-    )
-    parser.add_argument("--quick", action="store_true", help="fewer variants and iterations")
-    parser.add_argument("--skip-tests", action="store_true")
-    parser.add_argument(
-        "--dry-run", action="store_true", help="no GPU: fake timings, to check the files"
-    )
+    add = parser.add_argument
+    # fmt: off
+    add("--budget-s", type=float, default=300.0,
+        help="start no contender after this many seconds from the start (default 300)")
+    add("--tests-timeout-s", type=float, default=200.0,
+        help="stop the CUDA tests after this long (default 200; less where the budget is short)")
+    add("--exports", type=Path, default=Path(tempfile.gettempdir()) / "gradcam_fast_gpu_check",
+        help="folder of the VGG19 exports (reused when there)")
+    # fmt: on
+    add("--quick", action="store_true", help="fewer variants and iterations")
+    add("--skip-tests", action="store_true")
+    add("--dry-run", action="store_true", help="no GPU: fake timings, to check the files")
     args = parser.parse_args(argv)
     if args.dry_run:
         return dry_run(args)
@@ -362,17 +335,14 @@ def main(argv: list[str] | None = None) -> int:
     torch.backends.cudnn.benchmark = True  # every contender and the floor get autotuned convs
     gen = torch.Generator().manual_seed(0)
     images = {b: torch.randn(b, 3, SIZE, SIZE, generator=gen).cuda() for b in BATCHES}
-    reference = eager_gradcam(
-        model, images[8].cpu(), None
-    )  # float32 on the CPU: the eager reference
+    reference = eager_gradcam(model, images[8].cpu(), None)  # the eager reference: float32, CPU
     model_cuda = copy.deepcopy(model).cuda()
     recorder.phase("reference and inputs", time.perf_counter() - t0)
     ort_cuda = "cuda" in available_devices()
     trt = provider_load_error("TensorrtExecutionProvider")
     contenders = plan(model_cuda, exports, ort_cuda, trt, args.quick)
-    run_contenders(
-        contenders, measure_on_gpu(images, reference, args.quick), recorder, args.budget_s
-    )
+    measure = measure_on_gpu(images, reference, args.quick)
+    run_contenders(contenders, measure, recorder, args.budget_s)
     recorder.phase("total", time.perf_counter() - started)
     recorder.write_tables()
     recorder.close()
