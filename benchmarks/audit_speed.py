@@ -1,20 +1,14 @@
 """The audit's speed: `python -m benchmarks.audit_speed [--arch resnet50] [--int8] [--tiny]` (VGG19,
-or `--arch`, at 224, random weights).
+or `--arch`, at 224, random weights). Prints a markdown report and one JSON line.
 
-1. Deletion + insertion with S steps (2S - 1 perturbed images per image) through the session,
-   against the plain ONNX Runtime forward of the unmodified model (the floor) on as many images
-   in batches of the same size: image-steps per second each, interleaved rounds
-   (`benchmarks.timing.interleave`), the ratio the median of the per-round ratios. Target >= 0.9.
-2. The whole audit against the same metrics in the peers, on the same images, timed once each
-   (minutes at VGG19 on 2 cores): `audit(..., metrics=[deletion, insertion, drop])` against
-   TorchCAM's DeletionInsertionMetric + ClassificationMetric (its GradCAM extractor on the eager
-   model, the only peer with all three), and ROAD against pytorch-grad-cam's ROADCombined (the
-   only peer with ROAD). Each pair's means are printed beside each other (same metric, maps
-   from each library's own Grad-CAM: close, not equal). Target >= 10x.
-3. With `--int8`: the same two audits of ours through ONNX Runtime's int8 session (made from
-   the float32 file by `precision="int8"`, calibrated on 8 other images of the same kind), each
-   against the float32 session's, timed once each one after the other. Target >= 2.5x.
-Prints a markdown report and one JSON line.
+1. Deletion + insertion with S steps through the session against the floor (the plain model in
+   ONNX Runtime) on as many images: image-steps per second, interleaved rounds. Target >= 0.9.
+2. The whole audit against the same metrics in the peers, timed once each: deletion, insertion
+   and drop against TorchCAM's DeletionInsertionMetric + ClassificationMetric, ROAD against
+   pytorch-grad-cam's ROADCombined, with each pair's means side by side (each library's own
+   maps: close, not equal). Target >= 10x.
+3. With `--int8`: our two audits in ONNX Runtime's int8 session (calibrated on 8 other images)
+   against the float32 session's, timed one after the other. Target >= 2.5x.
 """
 
 from __future__ import annotations
@@ -68,9 +62,8 @@ def own_audits(session, images, steps: int, batch: int) -> tuple[float, float, l
 
 
 def int8_audits(session, images, steps: int, batch: int) -> dict:
-    """Part 3: our two audits in int8 against float32, on the same images (float32 timed again
-    here, right before int8, rather than taken from part 2: the two then share the machine's
-    state)."""
+    """Part 3: our two audits in int8 against float32 (timed again here, right before int8, so
+    that the two share the machine's state)."""
     import torch
 
     from gradcam_fast import GradCAMSession

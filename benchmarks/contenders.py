@@ -40,6 +40,7 @@ __all__ = [
     "Setup",
     "check_output",
     "export_floor",
+    "export_plain",
     "exposed",
     "make_model",
     "open_contender",
@@ -68,6 +69,17 @@ class Setup:
         """The module whose output is the target: what the other libraries hook."""
         return self.model.get_submodule(self.target_layer)
 
+    @classmethod
+    def from_folder(
+        cls, model: nn.Module, folder: Path, image_size: int, target: str | None = None
+    ) -> Setup:
+        """The setup of `model` (its default target layer unless `target`) and every ONNX file
+        in `folder`, each under its stem."""
+        from gradcam_fast.model.loading import default_target_layer
+
+        paths = {p.stem: p for p in folder.glob("*.onnx")}
+        return cls(model, target or default_target_layer(model), image_size, paths)
+
 
 def exposed(cams=None, lowres=None, classes=None, logits=None) -> GradCAMResult:
     """What a contender produced, as a `GradCAMResult` holding only the outputs it exposes."""
@@ -92,26 +104,28 @@ def weights_bytes(model: nn.Module) -> int:
     return sum(t.numel() * t.element_size() for t in tensors)
 
 
-def export_floor(model: nn.Module, path: str | os.PathLike, image_size: int) -> Path:
-    """Export the unmodified model (images -> logits, dynamic batch) to ONNX: the floor."""
+def export_plain(
+    module: nn.Module, inputs: tuple, path: str | os.PathLike, names: list[str], outputs: list[str]
+) -> Path:
+    """Export `module` as it is (dynamo, weights inside, every input's batch dimension dynamic)
+    to ONNX at `path`, its inputs and outputs named `names` and `outputs`."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    example = torch.randn(2, 3, image_size, image_size, generator=torch.Generator().manual_seed(0))
     batch = torch.export.Dim("batch", min=1, max=1 << 16)
     with warnings.catch_warnings(), torch.no_grad():
         warnings.simplefilter("ignore")
         program = torch.onnx.export(
-            model.eval(),
-            (example,),
-            dynamo=True,
-            external_data=False,
-            input_names=["images"],
-            output_names=["logits"],
-            dynamic_shapes=({0: batch},),
-            verbose=False,
-        )
+            module.eval(), inputs, dynamo=True, external_data=False, input_names=names,
+            output_names=outputs, dynamic_shapes=tuple({0: batch} for _ in inputs), verbose=False,
+        )  # fmt: skip
     program.save(str(path))
     return path
+
+
+def export_floor(model: nn.Module, path: str | os.PathLike, image_size: int) -> Path:
+    """Export the unmodified model (images -> logits, dynamic batch) to ONNX: the floor."""
+    example = torch.randn(2, 3, image_size, image_size, generator=torch.Generator().manual_seed(0))
+    return export_plain(model, (example,), path, ["images"], ["logits"])
 
 
 def _minmax(maps: torch.Tensor) -> torch.Tensor:

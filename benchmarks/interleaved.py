@@ -88,14 +88,11 @@ def measure(models: Path, profile_name: str) -> dict[str, Any]:
     """The session, the floor and the eager hook at each batch size of the profile."""
     from benchmarks.config import get_profile
     from benchmarks.contenders import make_model
-    from gradcam_fast.model.loading import default_target_layer
     from gradcam_fast.runtime.session import cpu_count
 
     torch.set_num_threads(cpu_count())
     profile = get_profile(profile_name)
-    model = make_model(profile.model)
-    paths = {p.stem: p for p in models.glob("*.onnx")}
-    setup = Setup(model, default_target_layer(model), profile.image_size, paths)
+    setup = Setup.from_folder(make_model(profile.model), models, profile.image_size)
     full = profile.name == "full"
     rounds = lambda batch: ROUNDS.get(batch, 3) if full else 1  # noqa: E731
     results = rounds_by_batch(setup, [*SESSIONS, FLOOR, EAGER], list(profile.batches), rounds)

@@ -2,26 +2,20 @@
 
     python -m benchmarks.lowp [--out benchmarks/results/lowp.md]
 
-Speed: interleaved rounds (benchmarks/timing.py: every round visits each contender once in
-a shuffled order, one untimed call then the timed one; ratios are medians of within-round ratios)
-of the float32 session, its channel-weights model, the int8 session (channel weights), the float32
-ORT floor, the torch backend in float32 and bfloat16, the eager ways and the peers that are
-installed (the eager hook's ratio is in RESULTS.md), at batch 1, 8 and 32 (the peers at 1
-and 8 only), and the int8 session at K=5
-against K=1. Every contender is checked against the eager reference first (benchmarks/contenders).
+Speed: interleaved rounds (benchmarks.interleaved) of the float32 session, its channel-weights
+model, the int8 session, the ORT floor, the torch backend in float32 and bfloat16, the eager ways
+and the installed peers, at batch 1, 8 and 32 (the peers at 1 and 8), each checked against the
+eager reference first; and K=5 against K=1.
 
-Fidelity, issue 13: the int8 and bfloat16 sessions against the float32 session on the 16 photos of
-examples/images and examples/fidelity_photos, with the float32 session's top-1 class as target:
-per-map Pearson correlation of `cams_lowres` (median, worst), top-1 kept. The int8 model is
-calibrated on one half of the photos and judged on the other (two folds), so every figure is on
-photos its calibration never saw. Prints markdown.
+Fidelity (issue 13): the int8 and bfloat16 sessions against the float32 session on the 16 photos
+of examples/, the float32 top-1 class as target: per-map Pearson correlation of `cams_lowres`
+(median, worst) and top-1 kept. int8 is calibrated on one half of the photos and judged on the
+other (two folds). Prints markdown.
 
-OpenVINO (issue 21, with the `openvino` extra): the session on OpenVINO in float32, bf16 and
-NNCF int8 (channel-weights and full exports), ONNX Runtime on NNCF's QDQ file, a bare OpenVINO
-call on the session's compiled model (the session's overhead), the THROUGHPUT hint; their
-fidelity as above (NNCF int8 in two held-out folds); and the start-up times (export, OpenVINO
-compile with and without its cache, first call). `--contenders` and `--batches` narrow a run,
-`--no-peers` leaves out the other libraries.
+OpenVINO (issue 21, with the `openvino` extra): the session on OpenVINO in float32, bf16 and NNCF
+int8, ONNX Runtime on NNCF's QDQ file, a bare OpenVINO call, the THROUGHPUT hint; their fidelity
+and the start-up times. `--contenders` and `--batches` narrow a run, `--no-peers` leaves out the
+other libraries.
 """
 
 from __future__ import annotations
@@ -46,15 +40,10 @@ from benchmarks.timing import interleave
 ROUNDS = {1: 7, 8: 5, 32: 2}
 # arch -> the module every contender explains (the peers hook modules): the layers their
 # documentation recommends; other archs get their default target.
-BENCH_TARGETS = {
-    "vgg19": "features.35",
-    "resnet50": "layer4",
-    "densenet121": "features",
-    "mobilenet_v3_large": "features",
-    "efficientnet_b0": "features",
-    "convnext_tiny": "features",
-    "regnet_y_800mf": "trunk_output",
-}
+BENCH_TARGETS = {"vgg19": "features.35", "resnet50": "layer4", "regnet_y_800mf": "trunk_output"}
+BENCH_TARGETS |= dict.fromkeys(
+    ("densenet121", "mobilenet_v3_large", "efficientnet_b0", "convnext_tiny"), "features"
+)
 # what refused to be made, and why (the int8 files whose maps are beyond the int8 limits on the
 # calibration photos): reported, and the runs that need them left out
 REFUSED: dict[str, str] = {}
@@ -93,15 +82,19 @@ def fidelity(
     ref = f32(images, -1)
     classes = ref.target_classes
     halves = [torch.arange(len(images))[i::2] for i in (0, 1)]
-    int8_lowres = torch.empty_like(ref.cams_lowres)
-    int8_logits = torch.empty_like(ref.logits)
-    for fold, (calib, judged) in enumerate([(halves[0], halves[1]), (halves[1], halves[0])]):
-        path = folder / ("gradcam_int8.onnx" if fold == 0 else "int8_fold1.onnx")
-        if fold == 1:
-            export_onnx(model, path, channel_weights_only=True, precision="int8", calibration=images[calib],
-                        calibration_method=method, validate=False, target_layer=target)  # fmt: skip
-        got = GradCAMSession(path, device="cpu")(images[judged], classes[judged])
-        int8_lowres[judged], int8_logits[judged] = got.cams_lowres, got.logits
+
+    def folds(first: Path, second: Path, **options) -> tuple[torch.Tensor, torch.Tensor]:
+        """Maps and logits of each half from the int8 file calibrated on the other half."""
+        lowres, logits = torch.empty_like(ref.cams_lowres), torch.empty_like(ref.logits)
+        for path, judged in ((first, halves[1]), (second, halves[0])):
+            got = GradCAMSession(path, device="cpu", **options)(images[judged], classes[judged])
+            lowres[judged], logits[judged] = got.cams_lowres, got.logits
+        return lowres, logits
+
+    fold1 = folder / "int8_fold1.onnx"
+    export_onnx(model, fold1, channel_weights_only=True, precision="int8", calibration=images[halves[1]],
+                calibration_method=method, validate=False, target_layer=target)  # fmt: skip
+    int8_lowres, int8_logits = folds(folder / "gradcam_int8.onnx", fold1)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", RuntimeWarning)
         bf16 = GradCAMSession.from_model(
@@ -116,20 +109,11 @@ def fidelity(
         ov = GradCAMSession(cw, device="cpu", backend="openvino", precision="bfloat16")
         got = ov(images, classes)
         rows.append(("bfloat16 OpenVINO", got.cams_lowres, got.logits))
-        lowres, logits = torch.empty_like(ref.cams_lowres), torch.empty_like(ref.logits)
         fold1 = folder / "extra" / "ov_int8_fold1.onnx"
-        made = (folder / "gradcam_ov_int8.onnx").is_file() and not _refused(
+        if (folder / "gradcam_ov_int8.onnx").is_file() and not _refused(
             "OpenVINO NNCF int8", nncf_int8, cw, fold1, images[halves[1]]
-        )
-        for fold, (_, judged) in enumerate([(halves[0], halves[1]), (halves[1], halves[0])]):
-            if not made:
-                break
-            path = folder / "gradcam_ov_int8.onnx" if fold == 0 else fold1
-            got = GradCAMSession(path, device="cpu", backend="openvino")(
-                images[judged], classes[judged]
-            )
-            lowres[judged], logits[judged] = got.cams_lowres, got.logits
-        if made:
+        ):
+            lowres, logits = folds(folder / "gradcam_ov_int8.onnx", fold1, backend="openvino")
             rows.append(("int8 OpenVINO NNCF (held-out folds)", lowres, logits))
     out = {}
     for name, lowres, logits in rows:
@@ -149,10 +133,8 @@ def speed(
     """Interleaved ratios per batch size (see the module docstring)."""
     from benchmarks.contenders import Setup
     from benchmarks.interleaved import rounds_by_batch
-    from gradcam_fast.model.loading import default_target_layer
 
-    paths = {p.stem: p for p in folder.glob("*.onnx")}
-    setup = Setup(model, target or default_target_layer(model), 224, paths)
+    setup = Setup.from_folder(model, folder, 224, target)
     slow = (*PEERS, "eager_hook")
     results = rounds_by_batch(setup, names, batches, ROUNDS.__getitem__, slow, strict=False)
     # K=5 against K=1 at batch 8, float32 and int8 sessions (the files lowp exported)
@@ -327,18 +309,13 @@ def main(argv: list[str] | None = None) -> int:
         for name, k in (("gradcam_int8", 1), *k5):
             options = dict(channel_weights_only=True, num_targets=k, precision="int8", calibration=calib,
                            calibration_method=args.method, target_layer=target)  # fmt: skip
+            path = folder / f"{name}.onnx"
             if name == "gradcam_int8":  # validated, as export does for a user (refusal reported)
                 clock = time.perf_counter()
-                refused = _refused(
-                    "ONNX Runtime int8 export",
-                    export_onnx,
-                    model,
-                    folder / f"{name}.onnx",
-                    **options,
-                )
+                refused = _refused("ONNX Runtime int8 export", export_onnx, model, path, **options)
                 export_s["int8 (8 calibration photos, validated)"] = time.perf_counter() - clock
             if name != "gradcam_int8" or refused:  # a refused file is still timed and judged
-                export_onnx(model, folder / f"{name}.onnx", validate=False, **options)
+                export_onnx(model, path, validate=False, **options)
         export_floor(model, folder / "floor.onnx", 224)
         print(f"# exported in {time.perf_counter() - started:.0f} s", file=sys.stderr, flush=True)
         startup, fid = {}, {}

@@ -24,13 +24,12 @@ import gc
 import os
 import statistics
 import tempfile
-import warnings
 from pathlib import Path
 
 import torch
 from torch import nn
 
-from benchmarks.contenders import make_model
+from benchmarks.contenders import export_plain, make_model
 from benchmarks.machine import cpu
 from benchmarks.tables import markdown_table
 from benchmarks.timing import time_calls
@@ -60,15 +59,8 @@ def _postprocess(activations, gradients, method, size, rounds, folder: Path) -> 
     """Median seconds of the maps part in ONNX Runtime and in torch, interleaved, same inputs."""
     import onnxruntime as ort
 
-    path = folder / "maps_only.onnx"
-    batch = torch.export.Dim("batch", min=1, max=1 << 16)
-    with warnings.catch_warnings(), torch.no_grad():
-        warnings.simplefilter("ignore")
-        torch.onnx.export(
-            _MapsOnly(method, size), (activations, gradients), path, dynamo=True,
-            input_names=["activations", "gradients"], output_names=["cams", "cams_lowres"],
-            dynamic_shapes=({0: batch}, {0: batch}), external_data=False,
-        )  # fmt: skip
+    path = export_plain(_MapsOnly(method, size), (activations, gradients), folder / "maps_only.onnx",
+                        ["activations", "gradients"], ["cams", "cams_lowres"])  # fmt: skip
     session = ort.InferenceSession(str(path), session_options(), providers=["CPUExecutionProvider"])
     feeds = {"activations": activations.numpy(), "gradients": gradients.numpy()}
     in_graph = torch.from_numpy(session.run(["cams"], feeds)[0])

@@ -45,19 +45,17 @@ def measure(name: str, models: Path, profile_name: str, batch: int) -> dict[str,
 
     from benchmarks.config import get_profile
     from benchmarks.contenders import Setup, make_model, open_contender
-    from gradcam_fast.model.loading import default_target_layer
     from gradcam_fast.runtime.session import cpu_count
 
     torch.set_num_threads(cpu_count())
     profile = get_profile(profile_name)
     figures: dict[str, float | str] = {"contender": name, "batch": batch}
     figures["imports_mib"] = current_rss_mib()
-    paths = {p.stem: p for p in models.glob("*.onnx")}
     if name in TORCH_FREE:
-        setup = Setup(None, "", profile.image_size, paths)  # type: ignore[arg-type]
+        paths = {p.stem: p for p in models.glob("*.onnx")}
+        setup = Setup(None, "", profile.image_size, paths)
     else:
-        model = make_model(profile.model)
-        setup = Setup(model, default_target_layer(model), profile.image_size, paths)
+        setup = Setup.from_folder(make_model(profile.model), models, profile.image_size)
     contender = open_contender(name, setup)
     figures["loaded_mib"] = current_rss_mib()
     k = profile.num_targets if name.endswith(f"_k{profile.num_targets}") else 1
