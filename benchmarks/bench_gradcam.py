@@ -29,26 +29,12 @@ from gradcam_fast.export.validate import validate_onnx
 from gradcam_fast.runtime.ort_backend import session_options
 
 PROFILE = active_profile()
-GROUP = [
-    "eager_hook",
-    *PEERS,
-    *SESSIONS,
-    "floor_ort",
-    "torch_no_grad",
-    "openvino_float32",
-    "openvino_bfloat16",
-    "openvino_int8",
-]
+GROUP = ["eager_hook", *PEERS, *SESSIONS, "floor_ort", "torch_no_grad"]
+GROUP += ["openvino_float32", "openvino_bfloat16", "openvino_int8"]
 POSTPROCESS_ROUNDS = 20
 # SessionOptions that change speed or memory; the floor must match the session on each
-SETTINGS = (
-    "intra_op_num_threads",
-    "inter_op_num_threads",
-    "graph_optimization_level",
-    "execution_mode",
-    "enable_cpu_mem_arena",
-    "enable_mem_pattern",
-)
+SETTINGS = ("intra_op_num_threads", "inter_op_num_threads", "graph_optimization_level",
+            "execution_mode", "enable_cpu_mem_arena", "enable_mem_pattern")  # fmt: skip
 CONFIG_KEYS = ("session.disable_prepacking", "session.intra_op.allow_spinning")
 
 
@@ -89,15 +75,9 @@ def _check_then_time(benchmark, name, setup, images, reference, group, rounds, k
 )
 def test_contender(benchmark, profile, setup, images_for, reference_for, batch, name):
     """One contender at one batch size, K=1, explaining the reference's predicted class."""
-    _check_then_time(
-        benchmark,
-        name,
-        setup,
-        images_for(batch),
-        reference_for(batch, 1),
-        f"batch {batch}",
-        profile.rounds[batch],
-    )
+    images, reference = images_for(batch), reference_for(batch, 1)
+    rounds = profile.rounds[batch]
+    _check_then_time(benchmark, name, setup, images, reference, f"batch {batch}", rounds)
 
 
 @pytest.mark.parametrize(
@@ -108,26 +88,20 @@ def test_contender(benchmark, profile, setup, images_for, reference_for, batch, 
 def test_num_targets(benchmark, profile, setup, images_for, reference_for, batch, k):
     """The session with K maps per image (the top K classes) against K=1, same batch."""
     name = "gradcam_fast" if k == 1 else f"gradcam_fast_k{k}"
-    _check_then_time(
-        benchmark,
-        name,
-        setup,
+    images, reference, rounds = (
         images_for(batch),
         reference_for(batch, k),
-        f"K, batch {batch}",
         profile.rounds.get(batch, 3),
-        k=k,
     )
+    _check_then_time(benchmark, name, setup, images, reference, f"K, batch {batch}", rounds, k=k)
 
 
 def test_postprocess(benchmark, profile, setup, images_for, reference_for):
     """Post-processing alone (channel weights, weighted sum, ReLU, upsample, min-max) on the
     session's own outputs at the profile's post-processing batch."""
     batch = profile.postprocess_batch
-    reference = reference_for(batch, 1)
-    result = GradCAMSession(setup.paths["gradcam_k1"], device="cpu")(
-        images_for(batch), reference.target_classes
-    )
+    session = GradCAMSession(setup.paths["gradcam_k1"], device="cpu")
+    result = session(images_for(batch), reference_for(batch, 1).target_classes)
     activations, gradients = result.activations, result.gradients
 
     def postprocess():
@@ -145,18 +119,14 @@ def test_export(benchmark, profile, setup, images_for, reference_for, tmp_path):
     rule for the gradients) on the suite's own images against the suite's eager reference."""
     path = tmp_path / "timed_export.onnx"
     benchmark.group = "export"
+    options = {"image_size": profile.image_size, "validate": False}
     benchmark.pedantic(
-        export_onnx,
-        args=(setup.model, path),
-        kwargs={"image_size": profile.image_size, "validate": False},
-        rounds=1,
-        iterations=1,
+        export_onnx, args=(setup.model, path), kwargs=options, rounds=1, iterations=1
     )
     started = time.perf_counter()
     validate_onnx(path, setup.model)  # raises ExportValidationError beyond the limits
-    benchmark.extra_info.update(
-        stage="export", validate_s=time.perf_counter() - started, size_bytes=path.stat().st_size
-    )
+    seconds, size = time.perf_counter() - started, path.stat().st_size
+    benchmark.extra_info.update(stage="export", validate_s=seconds, size_bytes=size)
     batch = PROFILE.batches[0]
     reference = reference_for(batch, 1)
     got = GradCAMSession(path, device="cpu")(images_for(batch), reference.target_classes)

@@ -39,47 +39,33 @@ def model_files(folder: Path, num_targets: int) -> dict[str, Path]:
 
 
 def export_all(model: torch.nn.Module, folder: Path, profile: Profile) -> dict[str, Path]:
-    """Export the Grad-CAM graph (K=1 and K=profile.num_targets), its channel-weights-only variant
-    (channel_weights_only=True) and the plain model (the floor).
-
-    Not validated here: every contender is checked against the eager reference before timing."""
-    paths = model_files(folder, profile.num_targets)
-    for k in (1, profile.num_targets):
-        export_onnx(
-            model,
-            paths[f"gradcam_k{k}"],
-            image_size=profile.image_size,
-            num_targets=k,
-            validate=False,
-        )
-    export_onnx(
-        model, paths["gradcam_channel_weights"], image_size=profile.image_size, channel_weights_only=True,
-        validate=False,
-    )  # fmt: skip
-    export_onnx(
-        model, paths["gradcam_external"], image_size=profile.image_size, external_data=True,
-        validate=False,
-    )  # fmt: skip
-    # int8: calibrated on seeded noise images (the cost does not depend on the calibration set;
-    # benchmarks/lowp.py measures fidelity on photos)
-    calibration = torch.randn(8, 3, profile.image_size, profile.image_size,
-                              generator=torch.Generator().manual_seed(99))  # fmt: skip
-    export_onnx(
-        model, paths["gradcam_int8"], image_size=profile.image_size, channel_weights_only=True,
-        precision="int8", calibration=calibration, validate=False,
-    )  # fmt: skip
+    """Export the Grad-CAM graph (K=1 and K=profile.num_targets), its channel-weights, external-data
+    and int8 variants, OpenVINO's NNCF int8 file (where openvino is installed) and the plain model
+    (the floor). Not validated here: every contender is checked before it is timed."""
     from gradcam_fast.runtime.cpu_choice import openvino_installed
 
+    paths = model_files(folder, profile.num_targets)
+    size = profile.image_size
+    for k in (1, profile.num_targets):
+        export_onnx(model, paths[f"gradcam_k{k}"], image_size=size, num_targets=k, validate=False)
+    cw = {"image_size": size, "channel_weights_only": True, "validate": False}
+    export_onnx(model, paths["gradcam_channel_weights"], **cw)
+    export_onnx(
+        model, paths["gradcam_external"], image_size=size, external_data=True, validate=False
+    )
+    # int8 calibrated on seeded noise: the cost does not depend on it (lowp.py judges fidelity)
+    calibration = torch.randn(8, 3, size, size, generator=torch.Generator().manual_seed(99))
+    export_onnx(model, paths["gradcam_int8"], precision="int8", calibration=calibration, **cw)
     if openvino_installed():  # OpenVINO's int8: NNCF on the float32 channel-weights file
         from gradcam_fast.format.onnx_props import file_metadata
         from gradcam_fast.runtime.int8_cache import write_int8
 
         source = paths["gradcam_channel_weights"]
-        write_int8(source, paths["gradcam_ov_int8"], file_metadata(source), "openvino",
-                   calibration)  # fmt: skip
+        meta = file_metadata(source)
+        write_int8(source, paths["gradcam_ov_int8"], meta, "openvino", calibration)
     else:
         del paths["gradcam_ov_int8"]
-    export_floor(model, paths["floor"], profile.image_size)
+    export_floor(model, paths["floor"], size)
     return paths
 
 

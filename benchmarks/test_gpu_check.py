@@ -85,13 +85,11 @@ def test_the_table_has_the_h100_layout_and_ratios_from_the_same_run():
 
 def _result(b=2, k=1, c=4, h=3, s=6):
     g = torch.Generator().manual_seed(0)
+    cams, lowres = torch.rand(b, k, s, s, generator=g), torch.rand(b, k, h, h, generator=g)
+    classes, logits = torch.zeros(b, k, dtype=torch.int64), torch.randn(b, 10, generator=g)
+    activations = torch.rand(b, c, h, h, generator=g)
     return GradCAMResult(
-        cams=torch.rand(b, k, s, s, generator=g),
-        cams_lowres=torch.rand(b, k, h, h, generator=g),
-        target_classes=torch.zeros(b, k, dtype=torch.int64),
-        logits=torch.randn(b, 10, generator=g),
-        activations=torch.rand(b, c, h, h, generator=g),
-        gradients=torch.randn(b, k, c, h, h, generator=g),
+        cams, lowres, classes, logits, activations, torch.randn(b, k, c, h, h, generator=g)
     )
 
 
@@ -111,24 +109,17 @@ def test_dry_run_writes_the_whole_plan(tmp_path):
     by_name = {}
     for row in saved["rows"]:
         by_name.setdefault(row["contender"], []).append(row)
-    required = [
-        gpu_check.FLOOR,
-        gpu_check.EAGER_FP32,
-        "eager hook fp16 (autocast)",
-        "torch backend fp16 + CUDA graphs",
-        "torch backend fp32 + CUDA graphs",
-        "onnxruntime CUDA fp32",
-        "onnxruntime CUDA fp32 + CUDA graphs",
-        "onnxruntime CUDA fp16",
-        "onnxruntime CUDA fp16 + CUDA graphs",
+    required = [gpu_check.FLOOR, gpu_check.EAGER_FP32, "eager hook fp16 (autocast)"]
+    required += [f"torch backend {p} + CUDA graphs" for p in ("fp16", "fp32")]
+    required += [
+        f"onnxruntime CUDA {p}{g}" for p in ("fp32", "fp16") for g in ("", " + CUDA graphs")
     ]
     for name in required:
         assert {r["batch"] for r in by_name[name]} == set(BATCHES), name
     assert all(r["check"] == "ok" for r in by_name["onnxruntime CUDA fp32 + CUDA graphs"])
     # the simulated float16 export failure costs its rows only; TensorRT is skipped, not failed
-    assert by_name["onnxruntime CUDA fp16"][0]["check"].startswith(
-        "error: RuntimeError: the float16"
-    )
+    fp16 = by_name["onnxruntime CUDA fp16"][0]["check"]
+    assert fp16.startswith("error: RuntimeError: the float16")
     assert by_name["onnxruntime TensorRT fp16"][0]["check"].startswith("skipped: TensorRT")
     assert len(_jsonl(tmp_path)) > len(saved["rows"])  # rows and phases
     assert "| onnxruntime CUDA fp32 | float32 | 1 |" in (tmp_path / "gpu_check.md").read_text()

@@ -26,16 +26,8 @@ def _bench(name, group, median_s, **extra):
 
 def _suite_json():
     def contender(name, batch, ms, k=1, group=None):
-        return _bench(
-            f"test_contender[b{batch}-{name}]",
-            group or f"batch {batch}",
-            ms / 1e3,
-            contender=name,
-            label=name,
-            batch=batch,
-            k=k,
-            errors={"cams": 1e-6},
-        )
+        return _bench(f"test_contender[b{batch}-{name}]", group or f"batch {batch}", ms / 1e3,
+                      contender=name, label=name, batch=batch, k=k, errors={"cams": 1e-6})  # fmt: skip
 
     return {
         "benchmarks": [
@@ -183,11 +175,8 @@ def test_interleave_visits_each_once_a_round_in_shuffled_orders():
 
 def test_round_robin_ratios_are_medians_of_ratios_within_rounds():
     # the machine slows down 3x in round 2: ratios within rounds do not see it
-    times = {
-        "gradcam_fast": [1.05, 3.15, 1.05],
-        "floor_ort": [1.0, 3.0, 1.0],
-        "eager_hook": [4.2, 12.6, 4.2],
-    }
+    times = {"gradcam_fast": [1.05, 3.15, 1.05], "floor_ort": [1.0, 3.0, 1.0]}
+    times["eager_hook"] = [4.2, 12.6, 4.2]
     rows = round_robin_ratios(times)
     assert rows["gradcam_fast"]["ratio_to_floor"] == pytest.approx(1.05)
     assert rows["gradcam_fast"]["speedup_vs_eager"] == pytest.approx(4.0)
@@ -212,20 +201,12 @@ def test_targets_take_the_interleaved_ratios_when_there():
 def test_interleaved_rounds_run_checked_contenders(profile, setup):
     models = setup.paths["gradcam_k1"].parent
     cmd = [sys.executable, "-m", "benchmarks.interleaved", "--models", str(models)]
-    done = subprocess.run(
-        [*cmd, "--profile", profile.name], cwd=ROOT, capture_output=True, text=True, check=True
-    )
+    cmd += ["--profile", profile.name]
+    done = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, check=True)
     batches = json.loads(done.stdout.strip().splitlines()[-1])["batches"]
     assert set(batches) == {str(b) for b in profile.batches}
     for rows in batches.values():
-        assert set(rows) == {
-            "gradcam_fast",
-            "gradcam_fast_cw",
-            "gradcam_fast_int8",
-            "torch_float32",
-            "torch_bfloat16",
-            "floor_ort",
-            "eager_hook",
-        }
+        assert set(rows) == {"gradcam_fast", "gradcam_fast_cw", "gradcam_fast_int8", "torch_float32",
+                             "torch_bfloat16", "floor_ort", "eager_hook"}  # fmt: skip
         assert rows["floor_ort"]["ratio_to_floor"] == 1.0
         assert all(r["median_ms"] > 0 and r["speedup_vs_eager"] > 0 for r in rows.values())
