@@ -92,7 +92,7 @@ def throughput(session, floor_path, images, steps: int, batch: int, rounds: int)
     import onnxruntime as ort
     import torch
 
-    from benchmarks.timing import interleave
+    from benchmarks.timing import interleave, median_ratio
     from gradcam_fast.audit.api import decode_image
     from gradcam_fast.audit.core import session_scorer
     from gradcam_fast.audit.faithfulness import deletion_insertion
@@ -119,12 +119,11 @@ def throughput(session, floor_path, images, steps: int, batch: int, rounds: int)
 
     times = interleave({"deletion_insertion": ours, "floor_ort": floor_run}, rounds, warm=0)
     work = len(images) * per_image
-    ratios = [f / o for o, f in zip(times["deletion_insertion"], times["floor_ort"], strict=True)]
     return {
         "image_steps": work,
         "ours_image_steps_per_s": work / statistics.median(times["deletion_insertion"]),
         "floor_images_per_s": work / statistics.median(times["floor_ort"]),
-        "ratio": statistics.median(ratios),
+        "ratio": median_ratio(times["floor_ort"], times["deletion_insertion"]),
         "rounds": rounds,
     }
 

@@ -4,14 +4,12 @@ figures (benchmarks/RESULTS.md):
     python -m benchmarks.bf16_probe [--batch 8] [--rounds 3]
 
 1. The GEMM rate: a 2048 x 2048 matrix product in float32 and in bfloat16 (GFLOP/s).
-2. VGG19's body (features up to the last conv's ReLU, seeded random weights, 224 px) in
-   float32 (NCHW and channels-last) and in bfloat16 three ways: bfloat16 weights channels-last
-   (what `GradCAMSession.from_model(..., precision="bfloat16")` runs), `torch.autocast`, and
-   with the weights reordered once into oneDNN's blocked layout (`torch.utils.mkldnn`), which
-   rules out per-call weight reorders as the cause.
+2. VGG19's body (seeded random weights, 224 px) in float32 (NCHW and channels-last) and in
+   bfloat16 three ways: bfloat16 weights channels-last (what the torch backend runs),
+   `torch.autocast`, and weights reordered once into oneDNN's blocked layout (which rules out
+   per-call weight reorders as the cause).
 
-Medians of `--rounds` timed calls after two untimed ones, all in one process with the threads
-set to the cores this process may use. Prints one line per variant.
+Medians of `--rounds` timed calls after two untimed ones. Prints one line per variant.
 """
 
 from __future__ import annotations
@@ -51,6 +49,9 @@ def body_variants(batch: int) -> dict[str, Callable[[], torch.Tensor]]:
     x_bf16 = x_cl.to(torch.bfloat16)
     bf16_packed = mkldnn.to_mkldnn(copy.deepcopy(body), torch.bfloat16)
 
+    def packed(x: torch.Tensor) -> torch.Tensor:
+        return bf16_packed(x.to_mkldnn(torch.bfloat16))
+
     def autocast() -> torch.Tensor:
         with torch.autocast("cpu", dtype=torch.bfloat16):
             return f32_cl(x_cl)
@@ -60,9 +61,7 @@ def body_variants(batch: int) -> dict[str, Callable[[], torch.Tensor]]:
         "float32 channels-last": lambda: f32_cl(x_cl),
         "bfloat16 weights, channels-last": lambda: bf16_cl(x_bf16),
         "bfloat16 autocast, channels-last": autocast,
-        "bfloat16 oneDNN-packed weights": lambda: bf16_packed(x.to_mkldnn(torch.bfloat16)).to_dense(
-            torch.float32
-        ),
+        "bfloat16 oneDNN-packed weights": lambda: packed(x).to_dense(torch.float32),
     }
 
 
@@ -77,9 +76,8 @@ def main(argv: list[str] | None = None) -> int:
     torch.set_num_threads(cpu_count())
     print(f"torch {torch.__version__}, {cpu_count()} threads, native bfloat16: {native_bfloat16()}")
     for dtype in (torch.float32, torch.bfloat16):
-        print(
-            f"GEMM 2048^3 {str(dtype).removeprefix('torch.'):9s} {gemm_gflops(dtype):7.0f} GFLOP/s"
-        )
+        name = str(dtype).removeprefix("torch.")
+        print(f"GEMM 2048^3 {name:9s} {gemm_gflops(dtype):7.0f} GFLOP/s")
     with torch.inference_mode():
         reference = None
         for name, fn in body_variants(args.batch).items():
@@ -87,9 +85,8 @@ def main(argv: list[str] | None = None) -> int:
             out = fn().float()
             reference = out if reference is None else reference
             error = ((out - reference).abs().max() / reference.abs().max()).item()
-            print(
-                f"VGG19 body, batch {args.batch}, {name:34s} {ms:8.1f} ms  (max rel. diff {error:.1e})"
-            )
+            line = f"VGG19 body, batch {args.batch}, {name:34s} {ms:8.1f} ms"
+            print(f"{line}  (max rel. diff {error:.1e})")
     return 0
 
 

@@ -491,11 +491,9 @@ def check_output(
     alone. Raises AssertionError naming the contender and the figures, or the output holding NaN
     or Inf. Returns the judged figures."""
     for output, tensor in vars(got).items():
-        bad = 0 if tensor is None else int((~torch.isfinite(tensor.float())).sum())
-        if bad:
-            raise AssertionError(
-                f"{name}: {output} holds {bad} non-finite values (NaN or Inf) of {tensor.numel()}"
-            )
+        if bad := 0 if tensor is None else int((~torch.isfinite(tensor.float())).sum()):
+            what = f"{bad} non-finite values (NaN or Inf) of {tensor.numel()}"
+            raise AssertionError(f"{name}: {output} holds {what}")
     spec = CONTENDERS.get(name, ContenderSpec(name, None))
     precision = precision or spec.precision
     limits = {**LIMITS[precision], **({"cams": CAM_ATOL} if precision == "float32" else {})}
@@ -506,26 +504,20 @@ def check_output(
     elif got.target_classes is not None and not torch.equal(
         got.target_classes.cpu(), reference.target_classes.cpu()
     ):
-        raise AssertionError(
-            f"{name}: explained classes {got.target_classes} != {reference.target_classes}"
-        )
+        classes = f"{got.target_classes} != {reference.target_classes}"
+        raise AssertionError(f"{name}: explained classes {classes}")
     errors = compare_with_reference(got, reference)
     if got.cams is not None:
         if got.cams.shape != reference.cams.shape:
-            raise AssertionError(
-                f"{name}: maps of shape {list(got.cams.shape)}, reference "
-                f"{list(reference.cams.shape)}"
-            )
+            shapes = f"{list(got.cams.shape)}, reference {list(reference.cams.shape)}"
+            raise AssertionError(f"{name}: maps of shape {shapes}")
         diff = got.cams.detach().double().cpu() - reference.cams.double().cpu()
         errors["cams"] = diff.abs().max().item()
     failed = failing_figures(errors, precision)
     if "cams" in limits and not errors.get("cams", 0.0) <= limits["cams"]:
         failed.append("cams")
-    shown = (
-        {*limits, "cams_lowres_worst_decorrelation"}
-        if precision in ("int8", "bfloat16")
-        else limits
-    )
+    correlated = precision in ("int8", "bfloat16")  # judged on the maps' correlation
+    shown = {*limits, "cams_lowres_worst_decorrelation"} if correlated else limits
     errors = {k: float(v) for k, v in errors.items() if k in shown}  # the judged figures
     if failed and spec.floor:
         raise AssertionError(

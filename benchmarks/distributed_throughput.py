@@ -1,16 +1,11 @@
 """Images/s of `explain-dataset` on Ray Data with 1 and 2 actors against the single-process
 `explain`, on the same folder, the same model and the same CPUs, in one run.
 
-A script (no pytest test: a run takes minutes and needs Ray):
-
     python -m benchmarks.distributed_throughput                # VGG19 at 224, 64 images
     python -m benchmarks.distributed_throughput --arch vgg11 --images 96 --json out.json
 
-Each Ray run is timed end to end (`write_parquet` returns when every row is written), so it
-includes starting the actors (a process each, importing torch and ONNX Runtime, opening the
-model); that fixed cost is measured apart on a one-image folder. Both sides write one overlay
-PNG per image, so they do the same work. Weights are random (seeded): they do not change the
-cost, and nothing is downloaded.
+Each Ray run is timed end to end, starting the actors included; that fixed cost is measured
+apart on a one-image folder. Both sides write one overlay PNG per image. Weights are random.
 """
 
 from __future__ import annotations
@@ -61,15 +56,9 @@ def time_ray(model: Path, files: list[str], out: Path, actors: int, batch: int, 
 
     dest = out / f"ray-{actors}-{len(files)}"
     start = time.perf_counter()
-    explain_dataset(
-        files,
-        model,
-        actors=actors,
-        batch_size=batch,
-        cpus_per_actor=cpus / actors,
-        overlays_dir=dest / "overlays",
-        extensions=None,
-    ).write_parquet(str(dest / "parquet"), ray_remote_args={"num_cpus": 0})
+    dataset = explain_dataset(files, model, actors=actors, batch_size=batch, cpus_per_actor=cpus / actors,
+                              overlays_dir=dest / "overlays", extensions=None)  # fmt: skip
+    dataset.write_parquet(str(dest / "parquet"), ray_remote_args={"num_cpus": 0})
     seconds = time.perf_counter() - start
     table = pq.read_table(dest / "parquet", columns=["error"])
     assert table.num_rows == len(files) and table.column("error").null_count == len(files)
@@ -95,10 +84,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         paths = make_folder(work / "images", args.images)
         files = [str(p) for p in paths]
-        model = export_onnx(
-            args.arch, work / "model.onnx", image_size=args.image_size, weights="random",
-            validate=False,
-        )  # fmt: skip
+        options = {"image_size": args.image_size, "weights": "random", "validate": False}
+        model = export_onnx(args.arch, work / "model.onnx", **options)
         figures: dict[str, float] = {}
         seconds = time_single_process(model, paths, work, args.batch_size, cpus)
         figures["single_process_images_per_s"] = args.images / seconds
@@ -118,15 +105,8 @@ def main(argv: list[str] | None = None) -> int:
     finally:
         shutil.rmtree(work, ignore_errors=True)
 
-    config = {
-        "arch": args.arch,
-        "image_size": args.image_size,
-        "images": args.images,
-        "batch_size": args.batch_size,
-        "cpus": cpus,
-        "python": platform.python_version(),
-        "ray": ray.__version__,
-    }
+    config = {k: getattr(args, k) for k in ("arch", "image_size", "images", "batch_size")}
+    config |= {"cpus": cpus, "python": platform.python_version(), "ray": ray.__version__}
     print(json.dumps(config))
     base = figures["single_process_images_per_s"]
     rows = [("single-process explain", base, 1.0, "")]

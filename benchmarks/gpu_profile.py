@@ -43,13 +43,8 @@ def main() -> None:
             }
             figures = {k: 1e3 * median_s(f, 15, 3, cuda=True) for k, f in parts.items()}
         figures["session"] = 1e3 * median_s(lambda s=session: s(x, t), 15, 3, cuda=True)
-        print(
-            precision,
-            {k: round(v, 2) for k, v in figures.items()},
-            "body dtype",
-            runner.graph.body_dtype,
-            flush=True,
-        )
+        rounded = {k: round(v, 2) for k, v in figures.items()}
+        print(precision, rounded, "body dtype", runner.graph.body_dtype, flush=True)
         with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CUDA]) as prof:
             session(x, t)
             torch.cuda.synchronize()

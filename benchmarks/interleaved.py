@@ -1,15 +1,9 @@
 """Ratios from interleaved calls: `python -m benchmarks.interleaved --models DIR [--profile full]`.
 
-Every round visits each contender once, in a shuffled order, an untimed call and then the timed
-one, and a ratio is the median over rounds of the ratio within the round (benchmarks.timing):
-a slow spell of the machine raises both sides of a ratio together.
-
-Contenders: the session (full and channel-weights models), the ORT floor and the eager hook
-(the ratios the targets name), at every batch size of the profile; the eager hook is left out
-at batch sizes above 8, where one call takes tens of seconds and its ratio is already known from
-the pytest-benchmark groups. Every contender is checked against the eager reference first, as in
-the suite. Prints one JSON object. `rounds_by_batch` is the same measurement for any contenders
-(benchmarks.lowp uses it).
+Rounds of `benchmarks.timing.interleave` of the sessions, the ORT floor and the eager hook (the
+ratios the targets name) at every batch size of the profile, the eager hook only up to batch 8
+(above, one call takes tens of seconds). Every contender is checked against the eager reference
+first. Prints one JSON object. `rounds_by_batch` measures any contenders (benchmarks.lowp).
 """
 
 from __future__ import annotations
@@ -47,10 +41,9 @@ def rounds_by_batch(
     slow: tuple[str, ...] = (EAGER,),
     strict: bool = True,
 ) -> dict[int, dict[str, dict[str, float]]]:
-    """Open the contenders `names` (those whose library is missing are left out, said on
-    stderr), then at each batch size check each against the eager reference on seeded images
-    (the check call doubles as the warm-up; a failed check raises, or with `strict=False` is
-    reported and the contender still timed) and interleave `rounds(batch)` rounds; the `slow`
+    """Open the contenders `names` (those whose library is missing left out), then at each batch
+    size check each against the eager reference (a failure raises, or with `strict=False` is
+    reported and the contender still timed) and interleave `rounds(batch)` rounds, the `slow`
     ones only up to batch EAGER_MAX_BATCH. Ratios by batch size and contender."""
     from gradcam_fast.check.reference import eager_gradcam
 

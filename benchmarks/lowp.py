@@ -23,7 +23,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import statistics
 import sys
 import tempfile
 import time
@@ -35,7 +34,7 @@ import torch
 from benchmarks.contenders import ALIASES, PEERS, SESSIONS
 from benchmarks.photos import fidelity_photos
 from benchmarks.tables import markdown_table
-from benchmarks.timing import interleave
+from benchmarks.timing import interleave, median_ratio
 
 ROUNDS = {1: 7, 8: 5, 32: 2}
 # arch -> the module every contender explains (the peers hook modules): the layers their
@@ -148,9 +147,7 @@ def speed(
         k1 = GradCAMSession(folder / f"{k1_file}.onnx", device="cpu")
         k5 = GradCAMSession(folder / f"{k5_file}.onnx", device="cpu")
         times = interleave({"k1": lambda s=k1: s(x), "k5": lambda s=k5: s(x)}, 3)
-        results[f"k5_over_k1_batch8_{label}"] = statistics.median(
-            a / b for a, b in zip(times["k5"], times["k1"], strict=True)
-        )
+        results[f"k5_over_k1_batch8_{label}"] = median_ratio(times["k5"], times["k1"])
     return results
 
 

@@ -13,16 +13,8 @@ from typing import Any
 
 __all__ = ["cpu", "gpu_info", "machine_info", "versions"]
 
-LIBRARIES = (
-    "torch",
-    "torchvision",
-    "onnxruntime",
-    "onnx",
-    "numpy",
-    "grad-cam",
-    "captum",
-    "torchcam",
-)
+LIBRARIES = ("torch", "torchvision", "onnxruntime", "onnx", "numpy", "grad-cam", "captum",
+             "torchcam")  # fmt: skip
 
 
 def cpu() -> dict[str, Any]:

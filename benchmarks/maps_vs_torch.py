@@ -1,18 +1,13 @@
 """In-graph maps (export_onnx(..., maps=True)) against the session's torch post-processing.
 
-Two measurements in one process, on the CPU:
-
-1. `postprocess`: the only work that differs between the two ways, alone. The maps part of the
-   graph (the method's low-resolution maps, bilinear upsampling, per-map min-max) exported as an
-   ONNX graph of its own and run in ONNX Runtime with the session's options, against the same
-   functions in torch (`methods.cam_lowres` + `postprocess.upsample_normalize`), on the target
-   layer's activations and gradients of real session runs. Many rounds, interleaved.
-2. `session`: whole `GradCAMSession` calls of the model exported with maps (returns the in-graph
-   maps) and of the model exported without (computes them with torch). To hold one network in
-   memory at a time, the two sessions are opened in turn, `--blocks` times each, alternating.
-
     python -m benchmarks.maps_vs_torch                   # VGG19 random weights, 224, batch 1 and 8
     python -m benchmarks.maps_vs_torch --tiny            # a small VGG at 32: checks the script
+
+1. `postprocess`: the maps part alone (low-resolution maps, bilinear upsampling, min-max) as an
+   ONNX graph of its own in ONNX Runtime, against the same functions in torch, on activations
+   and gradients of real session runs; many rounds, interleaved.
+2. `session`: whole session calls of the model exported with maps and without (torch computes
+   them), each session opened `--blocks` times in turn (one network in memory at a time).
 
 Both ways' maps are compared in the same run (relative error under 1e-4, or the run fails).
 """
@@ -128,10 +123,11 @@ def main(argv: list[str] | None = None) -> dict:
         paths = {}
         for kind in ("torch", "maps"):
             maps = kind == "maps"
+            method = args.method if maps else None
+            path = folder / f"{kind}.onnx"
             paths[kind] = export_onnx(
-                model, folder / f"{kind}.onnx", image_size=size, maps=maps, validate=False,
-                method=args.method if maps else None,
-            )  # fmt: skip
+                model, path, image_size=size, maps=maps, validate=False, method=method
+            )
         del model
         gc.collect()
         post = {}
@@ -147,10 +143,8 @@ def main(argv: list[str] | None = None) -> dict:
     load_after = os.getloadavg()
 
     print(f"# In-graph maps vs torch post-processing ({name}, {size}x{size}, {args.method}, K=1)")
-    print(
-        f"\n{cpu()['model']}, {cpu_count()} cores, torch {torch.__version__}, load average "
-        f"{load_before[0]:.2f} before, {load_after[0]:.2f} after\n"
-    )
+    print(f"\n{cpu()['model']}, {cpu_count()} cores, torch {torch.__version__}, load average "
+          f"{load_before[0]:.2f} before, {load_after[0]:.2f} after\n")  # fmt: skip
     rows = []
     for b in inputs:
         ort_ms, torch_ms = post[b]["onnxruntime"] * 1e3, post[b]["torch"] * 1e3

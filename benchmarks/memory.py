@@ -18,13 +18,8 @@ from pathlib import Path
 __all__ = ["TORCH_FREE", "current_rss_mib", "main", "peak_rss_mib"]
 
 # Contenders that run from their ONNX file alone (no torch model in the process).
-TORCH_FREE = {
-    "gradcam_fast",
-    "gradcam_fast_low_memory",
-    "gradcam_fast_low_memory_external",
-    "gradcam_fast_k5",
-    "floor_ort",
-}
+TORCH_FREE = {"gradcam_fast", "gradcam_fast_low_memory", "gradcam_fast_low_memory_external",
+              "gradcam_fast_k5", "floor_ort"}  # fmt: skip
 
 
 def peak_rss_mib() -> float:

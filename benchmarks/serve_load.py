@@ -37,7 +37,7 @@ import numpy as np
 from benchmarks.config import Profile, get_profile
 from benchmarks.photos import jpegs
 from benchmarks.tables import markdown_table
-from benchmarks.timing import median_s
+from benchmarks.timing import median_ratio, median_s
 
 __all__ = ["CONFIGS", "LoadResult", "main", "report", "run", "run_load"]
 
@@ -165,7 +165,7 @@ def paired_c1(port: int, prefix: str, bare: Bare, files: list[bytes], pairs: int
     finally:
         connection.close()
     return {
-        "paired_ratio": statistics.median(a / b for a, b in zip(served, bare_s, strict=True)),
+        "paired_ratio": median_ratio(served, bare_s),
         "paired_served_s": statistics.median(served),
         "paired_bare_s": statistics.median(bare_s),
     }

@@ -1,12 +1,10 @@
 """The one timer of the benchmarks: seconds of each call after untimed warm-up calls (CUDA events
 on a GPU), and interleaved rounds, whose ratios are medians of the ratios within a round.
 
-The pytest-benchmark groups time each contender's rounds back to back, so a burst of another job
-during one contender's rounds skews that contender alone. `interleave` visits every contender
-once a round, in a shuffled order (seeded), so a slow spell of the machine raises both sides of a
-ratio together. A visit is an untimed call and then the timed one: right after another model ran,
-the first call of a model is slower (its weights and buffers are no longer in the caches; 20% at
-batch 1 here), which is not the steady state of a service that calls one model again and again.
+`interleave` visits every contender once a round in a shuffled order, so a slow spell of the
+machine raises both sides of a ratio together (back-to-back rounds skew one contender alone). A
+visit is an untimed call, then the timed one: right after another model ran, a model's first call
+is slower (its weights left the caches: 20% at batch 1 here), unlike a service's steady state.
 """
 
 from __future__ import annotations
@@ -17,7 +15,15 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-__all__ = ["EAGER", "FLOOR", "interleave", "median_s", "round_robin_ratios", "time_calls"]
+__all__ = [
+    "EAGER",
+    "FLOOR",
+    "interleave",
+    "median_ratio",
+    "median_s",
+    "round_robin_ratios",
+    "time_calls",
+]
 
 FLOOR = "floor_ort"
 EAGER = "eager_hook"
@@ -71,6 +77,11 @@ def interleave(
     return times
 
 
+def median_ratio(numerators: list[float], denominators: list[float]) -> float:
+    """The median of the ratios within each round: a slow spell hits both sides of a round."""
+    return statistics.median(a / b for a, b in zip(numerators, denominators, strict=True))
+
+
 def round_robin_ratios(times: dict[str, list[float]]) -> dict[str, dict[str, float]]:
     """Per contender: median ms, the median over rounds of (contender / floor) and of
     (eager hook / contender), where those contenders were timed."""
@@ -78,12 +89,8 @@ def round_robin_ratios(times: dict[str, list[float]]) -> dict[str, dict[str, flo
     for name, ts in times.items():
         row = {"median_ms": statistics.median(ts) * 1e3, "rounds": len(ts)}
         if FLOOR in times:
-            row["ratio_to_floor"] = statistics.median(
-                t / f for t, f in zip(ts, times[FLOOR], strict=True)
-            )
+            row["ratio_to_floor"] = median_ratio(ts, times[FLOOR])
         if EAGER in times:
-            row["speedup_vs_eager"] = statistics.median(
-                e / t for e, t in zip(times[EAGER], ts, strict=True)
-            )
+            row["speedup_vs_eager"] = median_ratio(times[EAGER], ts)
         out[name] = row
     return out
