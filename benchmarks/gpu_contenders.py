@@ -2,8 +2,7 @@
 (float32, float16 under autocast), the torch backend and ONNX Runtime's CUDA provider (float32 /
 float16, with and without CUDA graphs), the levers that may push the floor down (prefer_nhwc,
 cuDNN EXHAUSTIVE search, CUDA graphs, NCHW), the TF32 rows and TensorRT. Each is a
-`benchmarks.contenders.ContenderSpec` whose factory returns `run(images, targets)` (a floor's
-ignores the targets); `benchmarks/gpu_check.py` checks and times them."""
+`ContenderSpec` whose factory returns `run(images, targets)`; benchmarks/gpu_check.py times them."""
 
 from __future__ import annotations
 
@@ -121,7 +120,7 @@ def plan(
         )
 
     both = (True,) if quick else (False, True)
-    nhwc = {"cuda_options": {"prefer_nhwc": "1"}}
+    nhwc, exhaustive = {"cuda_options": {"prefer_nhwc": "1"}}, {"cudnn_search": "EXHAUSTIVE"}
     contenders = [
         floor("float32"),
         floor("float16"),
@@ -133,10 +132,8 @@ def plan(
         *(() if quick else (torch_backend("float16", False), torch_backend("float32", False))),
         # levers on the floor: NHWC kernels, cuDNN's exhaustive search, graphs, channels-last
         onnxruntime("float16", True, " + prefer_nhwc", **nhwc),
-        onnxruntime("float16", True, " + EXHAUSTIVE", cudnn_search="EXHAUSTIVE"),
-        onnxruntime(
-            "float16", True, " + prefer_nhwc + EXHAUSTIVE", cudnn_search="EXHAUSTIVE", **nhwc
-        ),
+        onnxruntime("float16", True, " + EXHAUSTIVE", **exhaustive),
+        onnxruntime("float16", True, " + prefer_nhwc + EXHAUSTIVE", **exhaustive, **nhwc),
         floor("float16", " + CUDA graphs", graphs=True),
         floor("float16", " NCHW", channels_last=False),
         floor("tf32"),
