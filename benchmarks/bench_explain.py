@@ -56,9 +56,8 @@ def photo_folder(tmp_path_factory) -> Path:
 @pytest.fixture(scope="module")
 def model_file(tmp_path_factory) -> Path:
     path = tmp_path_factory.mktemp("model") / "model.onnx"
-    return export_onnx(
-        make_model(PROFILE.model), path, image_size=PROFILE.image_size, validate=False
-    )
+    model = make_model(PROFILE.model)
+    return export_onnx(model, path, image_size=PROFILE.image_size, validate=False)
 
 
 def _record(benchmark, seconds: float, mode: str) -> None:
@@ -66,15 +65,10 @@ def _record(benchmark, seconds: float, mode: str) -> None:
     stats = getattr(benchmark, "stats", None)
     median = stats.stats.median if stats else seconds
     benchmark.extra_info.update(
-        mode=mode,
-        images=RUN.images,
-        side=RUN.side,
-        model=PROFILE.model,
-        image_size=PROFILE.image_size,
-        batch_size=RUN.batch_size,
-        cpu_threads=torch.get_num_threads(),
-        images_per_s=round(RUN.images / median, 2),
-    )
+        mode=mode, images=RUN.images, side=RUN.side, model=PROFILE.model,
+        image_size=PROFILE.image_size, batch_size=RUN.batch_size,
+        cpu_threads=torch.get_num_threads(), images_per_s=round(RUN.images / median, 2),
+    )  # fmt: skip
 
 
 @pytest.mark.parametrize("mode", ["overlapped", "serial"])
@@ -118,14 +112,8 @@ def test_decode_alone_throughput(benchmark, photo_folder):
     benchmark.pedantic(decode_all, rounds=RUN.rounds, iterations=1, warmup_rounds=0)
     _record(benchmark, min(seconds), "decode-only")
     size = PROFILE.image_size
-    transform = T.Compose(
-        [
-            T.Resize(round(size * 256 / 224)),
-            T.CenterCrop(size),
-            T.ToTensor(),
-            T.Normalize(IMAGENET_MEAN, IMAGENET_STD),
-        ]
-    )
+    resize, normalize = T.Resize(round(size * 256 / 224)), T.Normalize(IMAGENET_MEAN, IMAGENET_STD)
+    transform = T.Compose([resize, T.CenterCrop(size), T.ToTensor(), normalize])
     assert len(decoded) == len(files) == RUN.images
     for path, tensor in zip(files, decoded, strict=True):
         with Image.open(path) as image:

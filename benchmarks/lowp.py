@@ -211,20 +211,16 @@ def _refused(what: str, make, *args, **kwargs) -> bool:
 
 
 def render(fid: dict, spd: dict, files: list[str], seconds: float, arch: str = "vgg19") -> str:
+    """The markdown report: fidelity, speed, export and start-up times, what was refused."""
     lines: list[str] = []
     if fid:
-        lines += [
-            f"## Fidelity (16 photos, {arch} random weights, against the float32 session)",
-            "",
-        ]
+        title = f"## Fidelity (16 photos, {arch} random weights, against the float32 session)"
+        header = "variant | median Pearson | worst | top-1 kept"
         row = "{0} | {1[median]:.4f} | {1[worst]:.4f} | {1[top1_kept]}/16"
-        lines += markdown_table(
-            "variant | median Pearson | worst | top-1 kept", "lrrr", row, fid.items()
-        )
-        lines += ["", f"Per photo ({', '.join(fid)}): " + ", ".join(
-            f"{n} " + "/".join(f"{c:.3f}" for c in cs) for n, *cs in zip(
-                files, *(f["per_photo"] for f in fid.values()), strict=True)
-        ), ""]  # fmt: skip
+        per_photo = zip(files, *(f["per_photo"] for f in fid.values()), strict=True)
+        photos = ", ".join(f"{n} " + "/".join(f"{c:.3f}" for c in cs) for n, *cs in per_photo)
+        table = markdown_table(header, "lrrr", row, fid.items())
+        lines += [title, "", *table, "", f"Per photo ({', '.join(fid)}): {photos}", ""]
     lines += ["## Speed (interleaved; ratio = median over rounds of time / floor_ort)", ""]
     batches = [b for b in ROUNDS if b in spd]
     rows = [
@@ -232,28 +228,23 @@ def render(fid: dict, spd: dict, files: list[str], seconds: float, arch: str = "
         for b in batches
         for n, r in spd[b].items()
     ]
+    header = "batch | contender | median ms | x floor | floor / it"
     row = "{batch} | {name} | {median_ms:.1f} | {ratio_to_floor:.3f} | {r:.2f}x"
-    lines += markdown_table(
-        "batch | contender | median ms | x floor | floor / it", "rlrrr", row, rows
-    )
+    lines += markdown_table(header, "rlrrr", row, rows)
     if all({"torch_float32", "torch_bfloat16"} <= set(spd[b]) for b in batches):
-        lines += ["", "bfloat16 vs float32 torch backend (median ms ratio): " + ", ".join(
-            f"batch {b}: {spd[b]['torch_float32']['median_ms'] / spd[b]['torch_bfloat16']['median_ms']:.2f}x"
+        ms = {
+            b: (spd[b]["torch_float32"]["median_ms"], spd[b]["torch_bfloat16"]["median_ms"])
             for b in batches
-        )]  # fmt: skip
+        }
+        ratios = ", ".join(f"batch {b}: {f32 / bf16:.2f}x" for b, (f32, bf16) in ms.items())
+        lines += ["", f"bfloat16 vs float32 torch backend (median ms ratio): {ratios}"]
     for label in ("float32", "int8"):
         if (ratio := spd.get(f"k5_over_k1_batch8_{label}")) is not None:
             lines.append(f"{label} session K=5 / K=1 at batch 8: {ratio:.3f}")
-    if "export_s" in spd:
-        lines += [
-            "",
-            "Export (s): " + ", ".join(f"{k} {v:.1f}" for k, v in spd["export_s"].items()),
-        ]
-    if "startup" in spd:
-        lines += [
-            "",
-            "Start-up (s): " + ", ".join(f"{k} {v:.2f}" for k, v in spd["startup"].items()),
-        ]
+    for key, title, digits in (("export_s", "Export", 1), ("startup", "Start-up", 2)):
+        if key in spd:
+            times = ", ".join(f"{k} {v:.{digits}f}" for k, v in spd[key].items())
+            lines += ["", f"{title} (s): {times}"]
     for what, why in REFUSED.items():
         lines += ["", f"Refused: {what} (beyond the int8 limits on the calibration photos): {why}"]
     lines.append(f"\nRun took {seconds / 60:.1f} min.")

@@ -18,15 +18,9 @@ END = "<!-- report:end -->"
 
 def _stats(bench: dict[str, Any]) -> dict[str, Any]:
     s = bench["stats"]
-    return {
-        "name": bench["name"],
-        "group": bench.get("group"),
-        "median_ms": s["median"] * 1e3,
-        "min_ms": s["min"] * 1e3,
-        "max_ms": s["max"] * 1e3,
-        "rounds": s["rounds"],
-        **bench.get("extra_info", {}),
-    }
+    ms = {f"{k}_ms": s[k] * 1e3 for k in ("median", "min", "max")}
+    row = {"name": bench["name"], "group": bench.get("group"), **ms, "rounds": s["rounds"]}
+    return {**row, **bench.get("extra_info", {})}
 
 
 def summarize(
