@@ -35,6 +35,15 @@ def _pictures(n: int, size: int, seed: int) -> list:
     return [Image.fromarray(p.to(torch.uint8).numpy()) for p in pixels]
 
 
+def _decoded(session, pictures: list):
+    """`pictures` decoded and preprocessed as the audit does for `session`, stacked."""
+    import torch
+
+    from gradcam_fast.audit.api import decode_image
+
+    return torch.stack([decode_image(im, session.metadata).tensor for im in pictures])
+
+
 def _setup(arch: str, folder: Path, n: int, seed: int = 0):
     from benchmarks.contenders import export_floor, make_model
     from gradcam_fast import GradCAMSession, export_onnx
@@ -64,16 +73,10 @@ def own_audits(session, images, steps: int, batch: int) -> tuple[float, float, l
 def int8_audits(session, images, steps: int, batch: int) -> dict:
     """Part 3: our two audits in int8 against float32 (timed again here, right before int8, so
     that the two share the machine's state)."""
-    import torch
-
     from gradcam_fast import GradCAMSession
-    from gradcam_fast.audit.api import decode_image
 
-    size = session.metadata.image_size
-    calibration = [decode_image(im, session.metadata).tensor for im in _pictures(8, size, 99)]
-    int8 = GradCAMSession(
-        session.path, device="cpu", precision="int8", calibration=torch.stack(calibration)
-    )
+    calibration = _decoded(session, _pictures(8, session.metadata.image_size, 99))
+    int8 = GradCAMSession(session.path, device="cpu", precision="int8", calibration=calibration)
     f32_dir, f32_road, *_ = own_audits(session, images, steps, batch)
     i8_dir, i8_road, *_ = own_audits(int8, images, steps, batch)
     return {
@@ -93,13 +96,11 @@ def throughput(session, floor_path, images, steps: int, batch: int, rounds: int)
     import torch
 
     from benchmarks.timing import interleave, median_ratio
-    from gradcam_fast.audit.api import decode_image
     from gradcam_fast.audit.core import session_scorer
     from gradcam_fast.audit.faithfulness import deletion_insertion
     from gradcam_fast.runtime.ort_backend import session_options
 
-    meta = session.metadata
-    x = torch.stack([decode_image(im, meta).tensor for im in images])
+    x = _decoded(session, images)
     result = session(x, None)
     cams, classes = result.cams[:, 0], result.target_classes[:, 0]
     p0 = torch.softmax(result.logits, 1).gather(1, classes[:, None])[:, 0]
@@ -134,12 +135,11 @@ def peers(model, session, images, steps: int, batch: int) -> dict:
     from torchcam.methods import GradCAM
     from torchcam.metrics import ClassificationMetric, DeletionInsertionMetric
 
-    from gradcam_fast.audit.api import decode_image
     from gradcam_fast.audit.faithfulness import baseline_images
     from gradcam_fast.model.layer_names import default_target_layer
 
     layer = default_target_layer(model)
-    x = torch.stack([decode_image(im, session.metadata).tensor for im in images])
+    x = _decoded(session, images)
     out: dict = {}
     out["ours_del_ins_drop_s"], out["ours_road_s"], rows, road_rows = own_audits(
         session, images, steps, batch

@@ -133,12 +133,16 @@ def test_check_fails_non_finite_outputs_naming_them(value):
         check_output("floor_ort", Output(logits=torch.full_like(ref.logits, value)), ref)
 
 
-def test_memory_probe_reports_rss_in_its_own_process(profile, setup):
-    models = setup.paths["gradcam_k1"].parent
-    cmd = [sys.executable, "-m", "benchmarks.memory", "gradcam_fast", "--models", str(models)]
-    cmd += ["--profile", profile.name]
+def _last_json_line(module, profile, setup, *args):
+    """The last stdout line of `python -m module *args` on the suite's exports, as JSON."""
+    models = str(setup.paths["gradcam_k1"].parent)
+    cmd = [sys.executable, "-m", module, *args, "--models", models, "--profile", profile.name]
     done = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, check=True)
-    figures = json.loads(done.stdout.strip().splitlines()[-1])
+    return json.loads(done.stdout.strip().splitlines()[-1])
+
+
+def test_memory_probe_reports_rss_in_its_own_process(profile, setup):
+    figures = _last_json_line("benchmarks.memory", profile, setup, "gradcam_fast")
     assert figures["contender"] == "gradcam_fast" and figures["batch"] == 8
     assert 0 < figures["imports_mib"] <= figures["peak_mib"]
     assert figures["after_run_mib"] <= figures["peak_mib"]
@@ -199,11 +203,7 @@ def test_targets_take_the_interleaved_ratios_when_there():
 
 @pytest.mark.slow
 def test_interleaved_rounds_run_checked_contenders(profile, setup):
-    models = setup.paths["gradcam_k1"].parent
-    cmd = [sys.executable, "-m", "benchmarks.interleaved", "--models", str(models)]
-    cmd += ["--profile", profile.name]
-    done = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, check=True)
-    batches = json.loads(done.stdout.strip().splitlines()[-1])["batches"]
+    batches = _last_json_line("benchmarks.interleaved", profile, setup)["batches"]
     assert set(batches) == {str(b) for b in profile.batches}
     for rows in batches.values():
         assert set(rows) == {"gradcam_fast", "gradcam_fast_cw", "gradcam_fast_int8", "torch_float32",
