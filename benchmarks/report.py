@@ -1,15 +1,11 @@
 """Run the benchmark suite and write its report: `python -m benchmarks.report [--profile full]`.
 
-1. runs `pytest benchmarks --benchmark-only --benchmark-json=...` with the profile (every
-   contender is checked against the eager reference before it is timed);
-2. times the session, the floor and the eager hook in interleaved rounds for the ratios the
-   targets name (benchmarks.interleaved: a slow spell of the machine hits both sides of a ratio);
+1. runs `pytest benchmarks --benchmark-only` with the profile (every contender checked first);
+2. times the session, the floor and the eager hook in interleaved rounds (benchmarks.interleaved);
 3. runs each contender once more in a process of its own for its peak RSS (benchmarks.memory);
-4. prints and writes a markdown report (tables by batch size, export and post-processing lines,
-   memory, the issue's targets) and a JSON file with the figures and the machine.
+4. prints and writes a markdown report (benchmarks.report_summary) and a JSON file of the figures.
 
-With --results FILE the markdown replaces the part of FILE between the report markers (the rest,
-e.g. the analysis in benchmarks/RESULTS.md, is kept).
+With --results FILE the markdown replaces the part of FILE between the report markers.
 """
 
 from __future__ import annotations
