@@ -31,21 +31,10 @@ from gradcam_fast.runtime.ort_backend import session_options
 from gradcam_fast.runtime.session import GradCAMSession
 
 __all__ = [
-    "CAM_ATOL",
-    "CONTENDERS",
-    "PEERS",
-    "SESSIONS",
-    "ContenderSpec",
-    "ContenderUnavailable",
-    "Setup",
-    "check_output",
-    "export_floor",
-    "export_plain",
-    "exposed",
-    "make_model",
-    "open_contender",
+    "CAM_ATOL", "CONTENDERS", "PEERS", "SESSIONS", "ContenderSpec", "ContenderUnavailable", "Setup",
+    "check_output", "export_floor", "export_plain", "exposed", "make_model", "open_contender",
     "weights_bytes",
-]
+]  # fmt: skip
 
 CAM_ATOL = 1e-3  # upsampled maps in [0, 1]; other libraries resize/normalize in other orders
 TINY_CFG = [16, "M", 32, "M", 64, 64, "M"]  # features of the CI-sized VGG (32 px images)

@@ -15,15 +15,8 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-__all__ = [
-    "EAGER",
-    "FLOOR",
-    "interleave",
-    "median_ratio",
-    "median_s",
-    "round_robin_ratios",
-    "time_calls",
-]
+__all__ = ["EAGER", "FLOOR", "interleave", "median_ratio", "median_s", "round_robin_ratios",
+           "time_calls"]  # fmt: skip
 
 FLOOR = "floor_ort"
 EAGER = "eager_hook"
