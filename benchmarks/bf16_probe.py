@@ -39,10 +39,10 @@ def body_variants(batch: int) -> dict[str, Callable[[], torch.Tensor]]:
     """VGG19's body in float32 and bfloat16 layouts, each a call on the same images."""
     from torch.utils import mkldnn
 
-    from benchmarks.contenders import make_model
+    from benchmarks.contenders import make_model, seeded_images
 
     body = make_model("vgg19").features[:36].eval()
-    x = torch.randn(batch, 3, 224, 224, generator=torch.Generator().manual_seed(batch))
+    x = seeded_images(batch, 224)
     x_cl = x.contiguous(memory_format=torch.channels_last)
     f32_cl = copy.deepcopy(body).to(memory_format=torch.channels_last)
     bf16_cl = copy.deepcopy(body).to(torch.bfloat16).to(memory_format=torch.channels_last)

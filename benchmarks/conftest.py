@@ -16,7 +16,7 @@ import pytest
 import torch
 
 from benchmarks.config import Profile, active_profile
-from benchmarks.contenders import Setup, export_floor, make_model
+from benchmarks.contenders import Setup, export_floor, make_model, seeded_images
 from gradcam_fast import eager_gradcam, export_onnx
 from gradcam_fast.format.result import GradCAMResult
 from gradcam_fast.model.loading import default_target_layer
@@ -90,9 +90,7 @@ def images_for(profile: Profile) -> Callable[[int], torch.Tensor]:
 
     def get(batch: int) -> torch.Tensor:
         if batch not in cache:
-            gen = torch.Generator().manual_seed(batch)
-            size = profile.image_size
-            cache[batch] = torch.randn(batch, 3, size, size, generator=gen)
+            cache[batch] = seeded_images(batch, profile.image_size)
         return cache[batch]
 
     return get

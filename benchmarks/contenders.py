@@ -33,7 +33,7 @@ from gradcam_fast.runtime.session import GradCAMSession
 __all__ = [
     "CAM_ATOL", "CONTENDERS", "PEERS", "SESSIONS", "ContenderSpec", "ContenderUnavailable", "Setup",
     "check_output", "export_floor", "export_plain", "exposed", "make_model", "open_contender",
-    "weights_bytes",
+    "seeded_images", "weights_bytes",
 ]  # fmt: skip
 
 CAM_ATOL = 1e-3  # upsampled maps in [0, 1]; other libraries resize/normalize in other orders
@@ -85,6 +85,12 @@ def make_model(kind: str, seed: int = 0) -> nn.Module:
     from gradcam_fast.testing import make_tiny_vgg
 
     return make_tiny_vgg(TINY_CFG, num_classes=10, pool=7, seed=seed)
+
+
+def seeded_images(batch: int, size: int) -> torch.Tensor:
+    """Normal noise images [batch, 3, size, size] seeded by the batch size: every contender and
+    every process of a run gets the same tensor."""
+    return torch.randn(batch, 3, size, size, generator=torch.Generator().manual_seed(batch))
 
 
 def weights_bytes(model: nn.Module) -> int:

@@ -23,6 +23,7 @@ from benchmarks.contenders import (
     Setup,
     check_output,
     open_contender,
+    seeded_images,
 )
 from benchmarks.timing import EAGER, FLOOR, interleave, round_robin_ratios
 
@@ -55,9 +56,7 @@ def rounds_by_batch(
             print(f"# {name} left out: {exc}", file=sys.stderr)
     results = {}
     for batch in batches:
-        gen = torch.Generator().manual_seed(batch)
-        size = setup.image_size
-        images = torch.randn(batch, 3, size, size, generator=gen)
+        images = seeded_images(batch, setup.image_size)
         reference = eager_gradcam(setup.model, images, None, setup.target_layer)
         classes = reference.target_classes
         here = [n for n in contenders if n not in slow or batch <= EAGER_MAX_BATCH]

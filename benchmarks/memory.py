@@ -39,7 +39,7 @@ def measure(name: str, models: Path, profile_name: str, batch: int) -> dict[str,
     import torch
 
     from benchmarks.config import get_profile
-    from benchmarks.contenders import Setup, make_model, open_contender
+    from benchmarks.contenders import Setup, make_model, open_contender, seeded_images
     from gradcam_fast.runtime.session import cpu_count
 
     torch.set_num_threads(cpu_count())
@@ -54,9 +54,7 @@ def measure(name: str, models: Path, profile_name: str, batch: int) -> dict[str,
     contender = open_contender(name, setup)
     figures["loaded_mib"] = current_rss_mib()
     k = profile.num_targets if name.endswith(f"_k{profile.num_targets}") else 1
-    gen = torch.Generator().manual_seed(batch)
-    size = profile.image_size
-    images = torch.randn(batch, 3, size, size, generator=gen)
+    images = seeded_images(batch, profile.image_size)
     classes = torch.arange(k).expand(batch, k).contiguous()
     for _ in range(2):
         contender.run(images, classes)
