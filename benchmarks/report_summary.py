@@ -8,7 +8,7 @@ import json
 from typing import Any
 
 from benchmarks.contenders import PEERS
-from benchmarks.tables import markdown_table, section
+from benchmarks.tables import section
 
 __all__ = ["BEGIN", "END", "evaluate_targets", "render_markdown", "splice", "summarize"]
 
@@ -158,13 +158,6 @@ def render_markdown(
         row = "{batch} | {k} | " + spread + " | {to_k1}"
         out += section("K target classes per image (gradcam_fast)", header, "rrrrr", row, rows)
     if summary.get("interleaved"):
-        out += [
-            "### Interleaved rounds (each round: every contender once, shuffled, an untimed call "
-            "then a timed one)",
-            "",
-            "Ratios are medians over rounds of the ratio within a round.",
-            "",
-        ]
         rows = [
             {"batch": b, "name": name, **r, "floor": _fmt(r.get("ratio_to_floor"), ".3f"),
              "speedup": _fmt(r.get("speedup_vs_eager"), ".2f")}
@@ -173,7 +166,10 @@ def render_markdown(
         ]  # fmt: skip
         header = "batch | contender | median ms | rounds | ratio to floor | speedup vs eager hook"
         row = "{batch} | {name} | {median_ms:.1f} | {rounds} | {floor} | {speedup}"
-        out += [*markdown_table(header, "rlrrrr", row, rows), ""]
+        title = "Interleaved rounds (each round: every contender once, shuffled, an untimed call "
+        title += "then a timed one)"
+        note = "Ratios are medians over rounds of the ratio within a round."
+        out += section(title, header, "rlrrrr", row, rows, note)
     out += ["### Export and post-processing", ""]
     export = summary["stages"].get("export")
     if export:

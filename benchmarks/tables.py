@@ -19,7 +19,14 @@ def markdown_table(
 
 
 def section(
-    title: str, header: str, align: str, row: str, rows: Iterable[Mapping | Sequence]
+    title: str,
+    header: str,
+    align: str,
+    row: str,
+    rows: Iterable[Mapping | Sequence],
+    note: str = "",
 ) -> list[str]:
-    """A "### `title`" heading, a blank line, the `markdown_table` and a blank line."""
-    return [f"### {title}", "", *markdown_table(header, align, row, rows), ""]
+    """A "### `title`" heading, the `note` paragraph if any, the `markdown_table`, each followed by
+    a blank line."""
+    heading = [f"### {title}", "", *([note, ""] if note else [])]
+    return [*heading, *markdown_table(header, align, row, rows), ""]
