@@ -342,12 +342,9 @@ class TorchBackend(_Contender):
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", RuntimeWarning)  # no native bfloat16: timed anyway
             self.session = GradCAMSession.from_model(
-                setup.model,
-                target_layer=setup.target_layer,
-                image_size=setup.image_size,
-                device="cpu",
-                precision=precision,
-            )
+                setup.model, target_layer=setup.target_layer, image_size=setup.image_size,
+                device="cpu", precision=precision,
+            )  # fmt: skip
 
     def run(self, images, classes):
         return self.session(images, classes)
@@ -396,13 +393,8 @@ def _torch(precision: str) -> Callable[[Setup], TorchBackend]:
 
 # the groups the commands time together
 PEERS = ("eager_autograd", "pytorch_grad_cam", "captum", "torchcam")  # 2 and 3
-SESSIONS = (
-    "gradcam_fast",
-    "gradcam_fast_cw",
-    "gradcam_fast_int8",
-    "torch_float32",
-    "torch_bfloat16",
-)
+SESSIONS = ("gradcam_fast", "gradcam_fast_cw", "gradcam_fast_int8", "torch_float32",
+            "torch_bfloat16")  # fmt: skip
 THROUGHPUT = {"performance_hint": "THROUGHPUT"}
 FLOORS = ("floor_ort", "torch_no_grad", "openvino_bare")  # checked on their logits alone
 # name, factory, label in the CPU report's tables; a name holding "int8" or "bfloat16" is checked
