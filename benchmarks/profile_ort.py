@@ -37,6 +37,7 @@ def main(argv: list[str] | None = None) -> int:
     import onnxruntime as ort
 
     from benchmarks.memory import current_rss_mib, peak_rss_mib
+    from benchmarks.timing import time_calls
     from gradcam_fast.runtime.ort_backend import session_options
 
     parser = argparse.ArgumentParser(prog="python -m benchmarks.profile_ort", description=__doc__)
@@ -63,10 +64,8 @@ def main(argv: list[str] | None = None) -> int:
         k = session.get_inputs()[1].shape[1]
         feeds["targets"] = np.tile(-np.arange(1, k + 1, dtype=np.int64), (args.batch, 1))
     session.run(None, feeds)  # warm-up (counted in the profile, divided out below)
-    for _ in range(args.runs):
-        started = time.perf_counter()
-        session.run(None, feeds)
-        print(f"run {1e3 * (time.perf_counter() - started):.1f} ms")
+    for seconds in time_calls(lambda: session.run(None, feeds), args.runs):
+        print(f"run {1e3 * seconds:.1f} ms")
     print(f"RSS {current_rss_mib():.0f} MiB, peak {peak_rss_mib():.0f} MiB")
     totals = kernel_times(Path(session.end_profiling()))
     calls = args.runs + 1
