@@ -35,6 +35,7 @@ from benchmarks.contenders import ALIASES, PEERS, SESSIONS
 from benchmarks.photos import fidelity_photos
 from benchmarks.tables import markdown_table
 from benchmarks.timing import interleave, median_ratio
+from gradcam_fast.runtime.cpu_choice import openvino_installed
 
 ROUNDS = {1: 7, 8: 5, 32: 2}
 # arch -> the module every contender explains (the peers hook modules): the layers their
@@ -49,12 +50,6 @@ REFUSED: dict[str, str] = {}
 OPENVINO = ("openvino_float32", "openvino_full_float32", "openvino_bfloat16",
             "openvino_full_bfloat16", "openvino_int8", "openvino_full_int8", "ort_qdq_int8",
             "openvino_bare", "openvino_throughput")  # fmt: skip
-
-
-def has_openvino() -> bool:
-    from gradcam_fast.runtime.cpu_choice import openvino_installed
-
-    return openvino_installed()
 
 
 def nncf_int8(source: Path, out: Path, calibration: torch.Tensor) -> Path:
@@ -103,7 +98,7 @@ def fidelity(
         ("int8 (held-out folds)", int8_lowres, int8_logits),
         ("bfloat16 torch", bf16.cams_lowres, bf16.logits),
     ]
-    if has_openvino():  # the NNCF int8 rows only where NNCF's file was not refused
+    if openvino_installed():  # the NNCF int8 rows only where NNCF's file was not refused
         cw = folder / "gradcam_channel_weights.onnx"
         ov = GradCAMSession(cw, device="cpu", backend="openvino", precision="bfloat16")
         got = ov(images, classes)
@@ -268,7 +263,7 @@ def main(argv: list[str] | None = None) -> int:
     batches = [int(b) for b in args.batches.split(",")]
     if args.rounds:
         ROUNDS.update(dict.fromkeys(batches, args.rounds))
-    names = [*SESSIONS, "floor_ort", *(OPENVINO if has_openvino() else ())]
+    names = [*SESSIONS, "floor_ort", *(OPENVINO if openvino_installed() else ())]
     names += [] if args.no_peers else list(PEERS)
     if args.contenders:
         names = [ALIASES.get(n, n) for n in args.contenders.split(",")] + ["floor_ort"]
@@ -307,7 +302,7 @@ def main(argv: list[str] | None = None) -> int:
         export_floor(model, folder / "floor.onnx", 224)
         print(f"# exported in {time.perf_counter() - started:.0f} s", file=sys.stderr, flush=True)
         startup, fid = {}, {}
-        if has_openvino():
+        if openvino_installed():
             os.environ["GRADCAM_FAST_CACHE"] = str(folder / "cache")  # compiled models, int8
             if not args.speed_only:
                 startup = start_times(folder, calib)
