@@ -44,6 +44,15 @@ def _decoded(session, pictures: list):
     return torch.stack([decode_image(im, session.metadata).tensor for im in pictures])
 
 
+def _target(model, arch: str) -> str:
+    """The target layer: the module the peers' documentation recommends (`lowp.BENCH_TARGETS`,
+    a module they can hook), else our default."""
+    from benchmarks.lowp import BENCH_TARGETS
+    from gradcam_fast.model.layer_names import default_target_layer
+
+    return BENCH_TARGETS.get(arch) or default_target_layer(model)
+
+
 def _setup(arch: str, folder: Path, n: int, seed: int = 0):
     from benchmarks.contenders import export_floor, make_model
     from gradcam_fast import GradCAMSession, export_onnx
@@ -51,7 +60,12 @@ def _setup(arch: str, folder: Path, n: int, seed: int = 0):
     model = make_model(arch)
     size = 32 if arch == "tiny" else 224
     path = export_onnx(
-        model, folder / "gc.onnx", image_size=size, channel_weights_only=True, validate=False
+        model,
+        folder / "gc.onnx",
+        target_layer=_target(model, arch),
+        image_size=size,
+        channel_weights_only=True,
+        validate=False,
     )
     floor = export_floor(model, folder / "floor.onnx", size)
     return model, size, GradCAMSession(path, device="cpu"), floor, _pictures(n, size, seed)
@@ -129,16 +143,15 @@ def throughput(session, floor_path, images, steps: int, batch: int, rounds: int)
     }
 
 
-def peers(model, session, images, steps: int, batch: int) -> dict:
-    """Part 2: the audit against TorchCAM and pytorch-grad-cam, once each, with their means."""
+def peers(model, layer: str, session, images, steps: int, batch: int) -> dict:
+    """Part 2: the audit against TorchCAM and pytorch-grad-cam (hooking the module `layer`),
+    once each, with their means."""
     import torch
     from torchcam.methods import GradCAM
     from torchcam.metrics import ClassificationMetric, DeletionInsertionMetric
 
     from gradcam_fast.audit.faithfulness import baseline_images
-    from gradcam_fast.model.layer_names import default_target_layer
 
-    layer = default_target_layer(model)
     x = _decoded(session, images)
     out: dict = {}
     out["ours_del_ins_drop_s"], out["ours_road_s"], rows, road_rows = own_audits(
@@ -205,7 +218,8 @@ def main(argv: list[str] | None = None) -> dict:
             session, floor, images, args.steps, args.batch, args.rounds
         )
         if not args.no_peers:
-            figures["peers"] = peers(model, session, images, args.steps, args.batch)
+            layer = _target(model, arch)
+            figures["peers"] = peers(model, layer, session, images, args.steps, args.batch)
         if args.int8:
             figures["int8"] = int8_audits(session, images, args.steps, args.batch)
     t = figures["throughput"]

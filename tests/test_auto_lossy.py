@@ -46,7 +46,7 @@ def _photos(seed: int = 3) -> torch.Tensor:
 
 
 def _speed_of(monkeypatch, speedup: float) -> None:
-    monkeypatch.setattr(int8_cache, "measured_speedup", lambda path: speedup)
+    monkeypatch.setattr(int8_cache, "measured_speedups", lambda path: {"1": speedup, "8": speedup})
 
 
 def test_the_int8_model_is_timed_when_made_and_the_figure_kept_beside_it(float32_file, own_cache):
@@ -60,16 +60,18 @@ def test_the_int8_model_is_timed_when_made_and_the_figure_kept_beside_it(float32
     )
     assert math.isfinite(record["speedup"]) and record["speedup"] > 0
     assert record["speedup"] == min(record["by_batch"].values())  # the slower batch decides
-    assert int8_cache.measured_speedup(made) == record["speedup"]
+    assert int8_cache.measured_speedups(made) == record["by_batch"]
     assert record["cpu"]  # the machine the figure belongs to
     assert not list((own_cache / "int8").glob(".int8-*"))  # nothing staged is left
 
 
 def test_a_missing_or_broken_speed_record_reads_as_not_measured(tmp_path):
     model = tmp_path / "m.onnx"
-    assert int8_cache.measured_speedup(model) is None
+    assert int8_cache.measured_speedups(model) is None
     (tmp_path / ("m.onnx" + int8_cache.SPEED_SUFFIX)).write_text("{not json")
-    assert int8_cache.measured_speedup(model) is None
+    assert int8_cache.measured_speedups(model) is None
+    (tmp_path / ("m.onnx" + int8_cache.SPEED_SUFFIX)).write_text('{"speedup": 1.5}')  # older
+    assert int8_cache.measured_speedups(model) == {"?": 1.5}
 
 
 def test_auto_passes_over_an_int8_model_that_is_not_faster(float32_file, monkeypatch):
@@ -137,6 +139,21 @@ def test_the_speedup_is_the_slower_of_batch_1_and_the_whole_batch(monkeypatch, s
     assert record["speedup"] == pytest.approx(0.5)
     assert record["rounds"] == {1: rounds, 8: rounds}
     assert rounds in (speed_trial.SPEED_ROUNDS, speed_trial.MAX_ROUNDS)
+
+
+@pytest.mark.parametrize(
+    ("by_batch", "kept"),
+    [
+        ({1: 1.04, 8: 1.75}, True),  # ResNet-50's bf16 on a Zen 4: as fast at 1, faster at 8
+        ({1: 0.81, 8: 0.92}, False),  # MobileNet-V3-L's: slower at both
+        ({1: 0.85, 8: 1.14}, False),  # EfficientNet-B0's int8: faster at 8, slower at 1
+        ({1: 1.05, 8: 1.08}, False),  # within the noise at both: not worth a lossy precision
+    ],
+)
+def test_a_lossy_precision_pays_where_faster_at_one_batch_and_not_slower_at_the_other(
+    by_batch, kept
+):
+    assert speed_trial.pays(by_batch) is kept
 
 
 def test_probe_images_are_seeded_and_in_the_models_input_format(float32_file, tmp_path):

@@ -117,12 +117,12 @@ def test_actors_get_auto_settled_once_with_the_int8_model_made(tmp_path, monkeyp
     model = export_onnx(make_tiny_vgg(), tmp_path / "m.onnx", image_size=SIZE, validate=False)
     photos = torch.randn(8, 3, SIZE, SIZE, generator=torch.Generator().manual_seed(1))
     args = _args(calibration=photos)
-    monkeypatch.setattr(int8_cache, "measured_speedup", lambda path: 2.0)
+    monkeypatch.setattr(int8_cache, "measured_speedups", lambda path: {"1": 2.0, "8": 2.0})
     settled, line = settled_session_kwargs(args, model)
     assert settled == {"backend": "onnxruntime", "precision": "int8", "calibration": photos,
                        "calibration_method": "minmax"}  # fmt: skip
     assert "backend onnxruntime, precision int8" in line and "lossy" in line
-    monkeypatch.setattr(int8_cache, "measured_speedup", lambda path: 0.5)
+    monkeypatch.setattr(int8_cache, "measured_speedups", lambda path: {"1": 0.5, "8": 0.5})
     with pytest.warns(RuntimeWarning, match="auto passes over onnxruntime int8"):
         settled, line = settled_session_kwargs(args, model)
     assert settled == {"backend": "onnxruntime", "precision": "float32"}

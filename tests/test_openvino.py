@@ -304,7 +304,9 @@ def test_auto_takes_the_next_int8_where_the_first_is_not_faster(files, monkeypat
 
     monkeypatch.setenv("GRADCAM_FAST_CPU_FLAGS", "avx512_bf16 avx512_vnni")
     monkeypatch.setattr(
-        int8_cache, "measured_speedup", lambda path: 0.7 if "-onnxruntime-" in str(path) else 1.5
+        int8_cache,
+        "measured_speedups",
+        lambda path: {"8": 0.7 if "-onnxruntime-" in str(path) else 1.5},
     )
     calibration = torch.randn(8, 3, SIZE, SIZE, generator=torch.Generator().manual_seed(5))
     with pytest.warns(RuntimeWarning, match=r"auto passes over onnxruntime int8.*0\.70x"):

@@ -9,11 +9,12 @@ the fallbacks, each with a warning that says why.
   always did); "float32" and "bfloat16" are inference precisions of a float32 file; "int8" of a
   float32 file needs `calibration=` and makes the backend's int8 model (`int8_cache`).
 - `precision="auto"` (or `backend="auto"`) tries the CPU row's candidates in order: an int8
-  model refused by its validation, or measured when it was made at less than
-  `AUTO_MIN_SPEEDUP` times the float32 file's speed (at batch 1 or 8), is passed over with a
-  warning that says why, for the next candidate (the last is float32); so is OpenVINO's
-  bfloat16 where its trial on this model and CPU (`speed_trial.bfloat16_trial`, once, cached)
-  found it not that much faster or its maps beyond the bfloat16 limits. An explicit
+  model refused by its validation, or that does not pay on this CPU as measured when it was
+  made (`speed_trial.pays`: `AUTO_MIN_SPEEDUP` times the float32 file's speed at batch 1 or
+  8, and not slower at the other), is passed over with a warning that says why, for the next
+  candidate (the last is float32); so is OpenVINO's bfloat16 where its trial on this model and
+  CPU (`speed_trial.bfloat16_trial`, once, cached) found that it does not pay or that its
+  maps are beyond the bfloat16 limits. An explicit
   `precision="int8"` runs anyway, and warns where int8 was measured slower than float32; an
   explicit "bfloat16" is not tried first.
 - A precision the CPU does not compute natively warns: bfloat16 without AVX512-BF16 or AMX
@@ -32,11 +33,12 @@ import torch
 from ..format.metadata import ModelMetadata
 from ..format.onnx_props import file_metadata
 from .cpu_choice import Choice, candidates, cpu_flags, openvino_installed
-from .speed_trial import AUTO_MIN_SPEEDUP
+from .speed_trial import AUTO_MIN_SPEEDUP, pays, speeds_line
 
 __all__ = ["AUTO_INT8_MIN_SPEEDUP", "AUTO_MIN_SPEEDUP", "open_runner"]
 
 AUTO_INT8_MIN_SPEEDUP = AUTO_MIN_SPEEDUP  # its earlier name, from when only int8 was timed
+_RULE = f"auto keeps it from {AUTO_MIN_SPEEDUP}x at batch 1 or 8 and not slower at the other"
 
 # precision -> (the CPU flags that compute it natively, the warning without any of them)
 _NATIVE = {
@@ -150,7 +152,7 @@ def _int8_file(
 ) -> Path | None:
     """The cached int8 model of the float32 file for `choice`'s backend; under auto, None (and a
     warning that says why) where it was refused or measured not faster than float32."""
-    from .int8_cache import Int8ValidationError, int8_model, measured_speedup
+    from .int8_cache import Int8ValidationError, int8_model, measured_speedups
 
     try:
         made = int8_model(
@@ -163,37 +165,33 @@ def _int8_file(
             f"auto passes over {choice.backend} int8: {exc}", RuntimeWarning, stacklevel=4
         )
         return None
-    speedup = measured_speedup(made)
-    if speedup is not None and speedup < (AUTO_MIN_SPEEDUP if auto else 1.0):
-        said = (
-            f"{choice.backend} int8 of {path.name}: {speedup:.2f}x the speed of float32 in ONNX "
-            "Runtime, as measured on this CPU when it was made"
-        )
-        if auto:
-            warnings.warn(
-                f"auto passes over {said} (auto keeps int8 from {AUTO_MIN_SPEEDUP}x)",
-                RuntimeWarning,
-                stacklevel=4,
-            )
-            return None
-        warnings.warn(f"{said}: precision='float32' is faster here", RuntimeWarning, stacklevel=4)
+    speeds = measured_speedups(made)
+    if speeds is None or (pays(speeds) if auto else min(speeds.values()) >= 1.0):
+        return made
+    said = (
+        f"{choice.backend} int8 of {path.name}: {speeds_line(speeds)} the speed of float32 in "
+        "ONNX Runtime, as measured on this CPU when it was made"
+    )
+    if auto:
+        warnings.warn(f"auto passes over {said} ({_RULE})", RuntimeWarning, stacklevel=4)
+        return None
+    warnings.warn(f"{said}: precision='float32' is faster here", RuntimeWarning, stacklevel=4)
     return made
 
 
 def _bfloat16_pays(path: Path, meta: ModelMetadata, calibration: Any, open_session) -> bool:
     """Whether auto keeps OpenVINO's bfloat16 for this file: its trial on this CPU (made once,
-    cached) kept the maps and ran at least AUTO_MIN_SPEEDUP times float32's speed at batch 1
-    and 8; else a warning says why not."""
+    cached) kept the maps and found that it pays (`speed_trial.pays`); else a warning says
+    why not."""
     from .speed_trial import bfloat16_trial
 
     trial = bfloat16_trial(path, meta, open_session, calibration)
     if trial["failed"]:
         why = f"its maps are beyond the bfloat16 limits against float32 ({trial['failed']})"
-    elif trial["speedup"] < AUTO_MIN_SPEEDUP:
-        by_batch = ", ".join(f"{v:.2f}x at batch {b}" for b, v in trial["by_batch"].items())
+    elif not pays(trial["by_batch"]):
         why = (
-            f"it ran {by_batch} the speed of float32 in ONNX Runtime on this CPU (auto keeps "
-            f"it from {AUTO_MIN_SPEEDUP}x)"
+            f"it ran {speeds_line(trial['by_batch'])} the speed of float32 in ONNX Runtime on "
+            f"this CPU ({_RULE})"
         )
     else:
         return True

@@ -11,7 +11,7 @@ the backend, the calibration method and a hash of the calibration set.
 
 When it is made, the int8 model is also timed against the float32 file in ONNX Runtime on the
 same images at batch 1 and 8 (`speed_trial.speedup`), and the speed-up is kept beside it
-(`<file>.speed.json`, read by `measured_speedup`): int8 pays on heavy convolutions and costs
+(`<file>.speed.json`, read by `measured_speedups`): int8 pays on heavy convolutions and costs
 more than it saves on small depthwise models (MobileNet-V3: 0.7x in benchmarks/RESULTS.md), so
 `precision="auto"` passes over an int8 model that is not faster on this CPU.
 """
@@ -32,7 +32,7 @@ from ..format.metadata import ModelMetadata
 from .cachedir import cache_dir, file_key
 from .speed_trial import speedup
 
-__all__ = ["Int8ValidationError", "int8_model", "measured_speedup", "write_int8"]
+__all__ = ["Int8ValidationError", "int8_model", "measured_speedups", "write_int8"]
 
 SPEED_SUFFIX = ".speed.json"
 
@@ -108,13 +108,15 @@ def _make(
         os.replace(staged, out)  # last: the model's presence means everything is there
 
 
-def measured_speedup(path: str | os.PathLike) -> float | None:
-    """The speed-up of the cached int8 model `path` over its float32 file in ONNX Runtime, as
-    measured on this machine when it was made (None where it was not measured)."""
+def measured_speedups(path: str | os.PathLike) -> dict[str, float] | None:
+    """The speed-ups of the cached int8 model `path` over its float32 file in ONNX Runtime by
+    batch size ("1", "8"), as measured on this machine when it was made (None where it was not
+    measured; a record without batch sizes gives its one figure under "?")."""
     try:
         record = json.loads(Path(str(path) + SPEED_SUFFIX).read_text())
-        return float(record["speedup"])
-    except (OSError, ValueError, KeyError, TypeError):
+        by_batch = record.get("by_batch") or {"?": record["speedup"]}
+        return {str(b): float(v) for b, v in by_batch.items()}
+    except (OSError, ValueError, KeyError, TypeError, AttributeError):
         return None
 
 

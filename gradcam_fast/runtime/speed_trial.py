@@ -5,8 +5,8 @@ the row was measured on VGG19: on small depthwise models the lower precision can
 than it saves (MobileNet-V3-L at batch 1 on a Zen 4: OpenVINO bf16 1.2x slower than ONNX
 Runtime float32, int8 1.3x slower; benchmarks/RESULTS.md). So before auto keeps one, it is
 timed against the float32 file in ONNX Runtime (what auto runs otherwise) at batch 1 and at
-batch 8, interleaved, both sessions warm, and kept only where the slower of the two ratios is
-at least `AUTO_MIN_SPEEDUP`. The int8 model is timed when it is made (`int8_cache`);
+batch 8, interleaved, both sessions warm, and kept only where it `pays`: at least
+`AUTO_MIN_SPEEDUP` times float32's speed at one of them and not slower at the other. The int8 model is timed when it is made (`int8_cache`);
 bfloat16, which has no file of its own, by `bfloat16_trial`, which also judges its maps
 against float32's (`compare.LIMITS["bfloat16"]`) and keeps the verdict in
 `cache_dir()/trials/` (one JSON file per model file and CPU model).
@@ -34,12 +34,15 @@ __all__ = [
     "MAX_ROUNDS",
     "SPEED_ROUNDS",
     "bfloat16_trial",
+    "pays",
     "probe_images",
+    "speeds_line",
     "speedup",
 ]
 
 # auto keeps a lossy precision only where it was measured at least this much faster than
-# float32 (a margin over the noise of the few rounds timed)
+# float32 at one batch size (a margin over the noise of the few rounds timed), and not slower
+# at the other
 AUTO_MIN_SPEEDUP = 1.1
 SPEED_ROUNDS = 3
 MAX_ROUNDS = 15
@@ -75,6 +78,18 @@ def speedup(reference: Callable, candidate: Callable, images: torch.Tensor) -> d
         "cpu": cpu_model(),
         "measured": time.strftime("%Y-%m-%d %H:%M:%S"),
     }
+
+
+def pays(by_batch: dict) -> bool:
+    """Whether speed-ups by batch size (`speedup`'s "by_batch") are worth a lossy precision:
+    at least AUTO_MIN_SPEEDUP at one batch size and at least 1 (not slower) at every one."""
+    speeds = list(by_batch.values())
+    return min(speeds) >= 1.0 and max(speeds) >= AUTO_MIN_SPEEDUP
+
+
+def speeds_line(by_batch: dict) -> str:
+    """ "1.04x at batch 1, 1.75x at batch 8": speed-ups by batch size, for warnings."""
+    return ", ".join(f"{v:.2f}x at batch {b}" for b, v in by_batch.items())
 
 
 def probe_images(meta: ModelMetadata, calibration=None) -> torch.Tensor:
