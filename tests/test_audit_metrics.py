@@ -334,6 +334,35 @@ def test_road_matches_pytorch_grad_cam(tiny_setup):
     assert np.allclose(lerf.numpy(), theirs_lerf, atol=1e-4, rtol=0), (lerf, theirs_lerf)
 
 
+def test_benchmark_peers_map_the_logit_and_score_the_probability(tiny_setup):
+    """benchmarks.audit_speed gives TorchCAM `softmax_scores`: its extractor backpropagates the
+    scores its metrics read, so they must be the softmax's values with the logit's gradient, for
+    its Grad-CAM to be ours (the logit's); a plain softmax gives the probability's map."""
+    methods = pytest.importorskip("torchcam.methods")
+    from torchcam.metrics import _resize_cam
+
+    from benchmarks.audit_speed import softmax_scores
+
+    model, _, x, cams, classes, _ = tiny_setup
+    logits = model(x)
+    assert torch.equal(softmax_scores(logits), torch.softmax(logits, -1))
+    extractor = methods.GradCAM(model, "features.7")
+    try:
+
+        def peer_maps(logits_fn):
+            scores = logits_fn(model(x))
+            maps = extractor([int(c) for c in classes], scores)
+            up = _resize_cam(extractor.fuse_cams(maps), (SIZE, SIZE)).detach().flatten(1)
+            low, high = up.min(1, keepdim=True).values, up.max(1, keepdim=True).values
+            # min-max after upsampling, as ours (TorchCAM's is before: an affine difference)
+            return ((up - low) / (high - low)).view_as(cams)
+
+        assert torch.allclose(peer_maps(softmax_scores), cams, atol=1e-4)
+        assert not torch.allclose(peer_maps(lambda z: torch.softmax(z, -1)), cams, atol=1e-2)
+    finally:
+        extractor.remove_hooks()
+
+
 def test_a_raw_pixel_model_audits_like_the_float_one(tmp_path):
     """Models that take uint8 pixels get the perturbed images as pixels (rounded, clipped): the
     same metrics as the float model of the same network, to within that rounding."""

@@ -9,8 +9,14 @@ probability of each row's class for the unperturbed image (already known: never 
 - Deletion / insertion (Petsiuk et al., "RISE", 2018): pixels ranked by the map (highest first,
   ties in row-major order), n_t = t x ceil(N / S) of them (t = 0..S, last N) replaced by the
   baseline (deletion) or taken from the image on top of the baseline (insertion); the score is
-  the area under p(fraction) by the trapezoid rule, with fractions n_t / N. Deletion: lower is
-  better; insertion: higher. The same points as TorchCAM's DeletionInsertionMetric.
+  the area under p(fraction) by the trapezoid rule, with fractions n_t / N, p not divided by
+  p0. Deletion: lower is better; insertion: higher. The same points as TorchCAM's
+  DeletionInsertionMetric. One baseline serves both curves (default "blur"); RISE's code fills
+  deletion with zeros ("constant" here) and insertion with the blur, and steps 224 pixels.
+- The maps are the session's, Grad-CAM of the class logit; p is the softmax probability. A peer
+  that backpropagates the probability (TorchCAM's extractor with a softmax `logits_fn`,
+  pytorch-grad-cam's ClassifierOutputSoftmaxTarget) maps p's gradient instead, a different map
+  once p is peaked: see `benchmarks.audit_speed.softmax_scores`.
 - Average drop and increase in confidence (Chattopadhyay et al., "Grad-CAM++", 2018): the image
   times the map, E = m * x; drop = max(0, p0 - p(E)) / p0, increase = 1[p(E) > p0].
 - ROAD (Rong et al., 2022): remove a fraction q of the pixels, the most relevant first (MoRF)
@@ -18,7 +24,9 @@ probability of each row's class for the unperturbed image (already known: never 
   (`imputation.impute`), and record p - p0; averaged over q in 0.1..0.9 as pytorch-grad-cam's
   ROADMostRelevantFirstAverage / ROADLeastRelevantFirstAverage do (a pixel is kept when m, resp.
   1 - m, is below its (1 - q) quantile: its percentile 100 (1 - q)). MoRF: lower is better;
-  LeRF: higher. `road` = (LeRF - MoRF) / 2, pytorch-grad-cam's ROADCombined.
+  LeRF: higher. `road` = (LeRF - MoRF) / 2, pytorch-grad-cam's ROADCombined. The paper
+  reports accuracy over a data set at each fraction; per image, the probability change stands
+  in for it, as in pytorch-grad-cam (whose imputation noise is unseeded; ours is seeded).
 """
 
 from __future__ import annotations
