@@ -5,6 +5,7 @@ and fallbacks (QLinearConv, not installed, no native bfloat16). Skipped without 
 from __future__ import annotations
 
 import builtins
+import os
 import threading
 import warnings
 
@@ -17,12 +18,25 @@ from tiny_models import make_tiny_vgg
 from gradcam_fast import GradCAMSession, eager_gradcam, export_onnx
 from gradcam_fast.check.compare import compare_with_reference, failing_figures
 from gradcam_fast.runtime import openvino_backend
-from gradcam_fast.runtime.cpu_choice import cpu_flags
+from gradcam_fast.runtime.cpu_choice import FLAGS_ENV, cpu_flags
 
 pytest.importorskip("openvino")
 
 SIZE = 40
-_REAL_FLAGS = cpu_flags()  # read at collection, before conftest pins the flags
+
+
+def _own_cpu_flags() -> frozenset[str]:
+    """This CPU's flags, not conftest's pin (GRADCAM_FAST_CPU_FLAGS="", set when it is imported,
+    before this module is collected)."""
+    pinned = os.environ.pop(FLAGS_ENV, None)
+    try:
+        return cpu_flags()
+    finally:
+        if pinned is not None:
+            os.environ[FLAGS_ENV] = pinned
+
+
+_REAL_FLAGS = _own_cpu_flags()
 
 
 @pytest.fixture(autouse=True)
