@@ -239,3 +239,20 @@ def test_auto_keeps_bfloat16_that_pays_and_explicit_bfloat16_is_not_tried(
     assert calls == [float32_file] and not [w for w in recwarn if "passes over" in str(w.message)]
     GradCAMSession(float32_file, device="cpu", precision="bfloat16", backend="openvino")
     assert len(calls) == 1
+
+
+def test_the_bfloat16_trial_runs_a_raw_pixels_maps_model(tmp_path):
+    """The model that takes uint8 pixels and returns its maps (what Node.js embeds) is
+    trialled on seeded uint8 images, its maps judged like the others'."""
+    pytest.importorskip("openvino")
+    tiny = make_tiny_vgg([8, "M", 16, "M", 32, "M"], pool=3)
+    path = export_onnx(
+        tiny, tmp_path / "maps.onnx", image_size=SIZE, maps=True, raw_pixels=True, validate=False
+    )
+    meta = file_metadata(path)
+    assert meta.input_format == "uint8_nhwc"
+    record = speed_trial.bfloat16_trial(
+        path, meta, lambda p, **kw: GradCAMSession(p, device="cpu", **kw)
+    )
+    assert record["failed"] == [] and "cams_lowres" in record["errors"]
+    assert all(math.isfinite(v) for v in record["errors"].values())
