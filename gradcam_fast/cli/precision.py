@@ -111,12 +111,8 @@ _NEEDS_CALIBRATION = (
 )
 
 
-def _int8(args: argparse.Namespace) -> dict:
-    return {
-        "precision": "int8",
-        "calibration": args.calibration,
-        "calibration_method": args.calibration_method,
-    }
+def _calibration(args: argparse.Namespace) -> dict:
+    return {"calibration": args.calibration, "calibration_method": args.calibration_method}
 
 
 def precision_kwargs(args: argparse.Namespace) -> dict:
@@ -132,7 +128,7 @@ def precision_kwargs(args: argparse.Namespace) -> dict:
             return {"precision": precision}
         if args.calibration is None:
             raise ValueError(_NEEDS_CALIBRATION)
-        return _int8(args)
+        return {"precision": "int8", **_calibration(args)}
     if args.calibration is None and args.precision == "int8":
         raise ValueError(_NEEDS_CALIBRATION)
     if args.calibration is not None and args.precision not in ("int8", "auto"):
@@ -160,7 +156,7 @@ def session_kwargs(args: argparse.Namespace) -> dict:
     backend, precision = choice[:2] if choice is not None else (args.backend, args.precision)
     kwargs = {"backend": backend, "precision": precision}
     if args.calibration is not None and precision in ("int8", "auto"):
-        kwargs |= _int8(args) | {"precision": precision}
+        kwargs |= _calibration(args)
     return kwargs
 
 
@@ -172,14 +168,13 @@ def settled_session_kwargs(args: argparse.Namespace, model: str | Path) -> tuple
     kwargs = session_kwargs(args)
     if "auto" not in (kwargs["backend"], kwargs["precision"]):
         return kwargs, choice_line(args)
-    from ..format.onnx_props import file_metadata
     from ..runtime.session import GradCAMSession
 
     session = GradCAMSession(model, device="cpu", **kwargs)
     line, (backend, precision) = choice_line(args, session), session.choice[:2]
     settled = {"backend": backend, "precision": precision}
-    if precision == "int8" and file_metadata(model).precision == "float32":
-        settled |= _int8(args)  # the int8 model made from it, found in the cache
+    if precision == "int8" and args.calibration is not None:
+        settled |= _calibration(args)  # finds the int8 model made from a float32 file
     return settled, line
 
 

@@ -14,9 +14,8 @@ the fallbacks, each with a warning that says why.
   8, and not slower at the other), is passed over with a warning that says why, for the next
   candidate (the last is float32); so is OpenVINO's bfloat16 where its trial on this model and
   CPU (`speed_trial.bfloat16_trial`, once, cached) found that it does not pay or that its
-  maps are beyond the bfloat16 limits. An explicit
-  `precision="int8"` runs anyway, and warns where int8 was measured slower than float32; an
-  explicit "bfloat16" is not tried first.
+  maps are beyond the bfloat16 limits. An explicit `precision="int8"` runs anyway, and warns
+  where int8 was measured slower than float32; an explicit "bfloat16" is not tried first.
 - A precision the CPU does not compute natively warns: bfloat16 without AVX512-BF16 or AMX
   (OpenVINO then runs float32, and says so in `inference_precision`), int8 without VNNI.
 """
