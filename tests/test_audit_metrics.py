@@ -21,7 +21,7 @@ from gradcam_fast.audit.faithfulness import (
     deletion_insertion,
     road,
 )
-from gradcam_fast.audit.imputation import impute
+from gradcam_fast.audit.imputation import _dissection_rank, impute
 from gradcam_fast.audit.localization import (
     box_iou,
     box_localization,
@@ -223,6 +223,27 @@ def test_imputation_solves_the_neighbor_average_system():
         (nb / total)[miss], out[miss], atol=1e-6
     )  # each the mean of its neighbors
     assert torch.equal(out[~miss], x.double()[~miss])  # known pixels untouched
+
+
+def test_imputation_per_image_whatever_the_batch_and_with_nothing_known():
+    gen = torch.Generator().manual_seed(1)
+    x = torch.rand(4, 3, 30, 23, generator=gen)
+    removed = torch.rand(4, 30, 23, generator=gen) > 0.3
+    removed[2] = True  # nothing known: zeros plus the noise
+    removed[3] = False  # nothing removed: the image as it is
+    batch = impute(x, removed, noise=0.01, seeds=[5, 6, 7, 8])
+    for i, seed in enumerate([5, 6, 7, 8]):  # the threads change nothing
+        assert torch.equal(batch[i], impute(x[i : i + 1], removed[i : i + 1], 0.01, [seed])[0])
+    assert batch[2].abs().max() < 0.1 and batch[2].std() > 0.005
+    assert torch.equal(batch[3], x[3])
+
+
+def test_dissection_ranks_every_pixel_and_separates_by_lines():
+    rank = _dissection_rank(9, 14)
+    assert sorted(rank.tolist()) == list(range(9 * 14))
+    # the last pixels numbered are the first cut: a whole column (the box is wider than tall)
+    last = np.sort(np.argsort(rank)[-9:])
+    assert np.array_equal(last % 14, np.full(9, 7)) and np.array_equal(last // 14, np.arange(9))
 
 
 def test_bootstrap_interval_and_refusal_of_nan():
