@@ -17,7 +17,6 @@ Then `noise` x N(0, 1) is added to the imputed pixels.
 from __future__ import annotations
 
 import functools
-import os
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 
@@ -149,7 +148,8 @@ def impute(
     pixels = out.flatten(2).numpy()  # a view: _fill writes into `out`
     missing = removed.cpu().numpy().astype(bool)
     todo = [i for i in range(len(out)) if missing[i].any()]
-    with ThreadPoolExecutor(max_workers=max(1, min(len(todo), os.cpu_count() or 1))) as pool:
+    # as many threads as torch may use: a Ray actor or a pinned process keeps to its CPUs
+    with ThreadPoolExecutor(max_workers=max(1, min(len(todo), torch.get_num_threads()))) as pool:
         for done in [pool.submit(_fill, pixels[i], missing[i], noise, seeds[i]) for i in todo]:
             done.result()
     return out.to(images.dtype)
