@@ -8,6 +8,7 @@ hand them to its memory probes); otherwise a pytest temporary folder.
 
 from __future__ import annotations
 
+import functools
 import os
 from collections.abc import Callable
 from pathlib import Path
@@ -19,7 +20,6 @@ from benchmarks.config import Profile, active_profile
 from benchmarks.contenders import Setup, export_floor, make_model, seeded_images
 from gradcam_fast import eager_gradcam, export_onnx
 from gradcam_fast.format.result import GradCAMResult
-from gradcam_fast.model.loading import default_target_layer
 from gradcam_fast.runtime.session import cpu_count
 
 MODELS_ENV = "GRADCAM_BENCH_MODELS"
@@ -79,21 +79,14 @@ def profile() -> Profile:
 def setup(profile: Profile, tmp_path_factory: pytest.TempPathFactory) -> Setup:
     model = make_model(profile.model)
     folder = Path(os.environ.get(MODELS_ENV) or tmp_path_factory.mktemp("models"))
-    paths = export_all(model, folder, profile)
-    return Setup(model, default_target_layer(model), profile.image_size, paths)
+    export_all(model, folder, profile)
+    return Setup.from_folder(model, folder, profile.image_size)
 
 
 @pytest.fixture(scope="session")
 def images_for(profile: Profile) -> Callable[[int], torch.Tensor]:
     """Seeded normalized-like images [B,3,S,S], the same tensor for every contender."""
-    cache: dict[int, torch.Tensor] = {}
-
-    def get(batch: int) -> torch.Tensor:
-        if batch not in cache:
-            cache[batch] = seeded_images(batch, profile.image_size)
-        return cache[batch]
-
-    return get
+    return functools.cache(lambda batch: seeded_images(batch, profile.image_size))
 
 
 @pytest.fixture(scope="session")
@@ -102,14 +95,10 @@ def reference_for(
 ) -> Callable[[int, int], GradCAMResult]:
     """`eager_gradcam` of the batch for its top K classes: the eager reference, and the classes every
     contender is asked to explain (explicit indices, so no contender re-ranks logits)."""
-    cache: dict[tuple[int, int], GradCAMResult] = {}
 
+    @functools.cache
     def get(batch: int, k: int = 1) -> GradCAMResult:
-        if (batch, k) not in cache:
-            ranks = torch.arange(-1, -k - 1, -1).expand(batch, k)
-            cache[batch, k] = eager_gradcam(
-                setup.model, images_for(batch), ranks, setup.target_layer
-            )
-        return cache[batch, k]
+        ranks = torch.arange(-1, -k - 1, -1).expand(batch, k)
+        return eager_gradcam(setup.model, images_for(batch), ranks, setup.target_layer)
 
     return get

@@ -25,7 +25,12 @@ import torch.nn.functional as F
 from torch import nn
 
 from gradcam_fast.cams.postprocess import gradcam_lowres, upsample_normalize
-from gradcam_fast.check.compare import LIMITS, compare_with_reference, failing_figures
+from gradcam_fast.check.compare import (
+    LIMITS,
+    compare_with_reference,
+    failing_figures,
+    relative_error,
+)
 from gradcam_fast.check.reference import eager_gradcam
 from gradcam_fast.format.result import GradCAMResult
 from gradcam_fast.model.loading import load_model
@@ -34,7 +39,7 @@ from gradcam_fast.runtime.session import GradCAMSession
 
 __all__ = [
     "CAM_ATOL", "CONTENDERS", "EAGER_FP32", "GPU_CONTENDERS", "GPU_FLOOR", "PEERS", "SESSIONS",
-    "ContenderSpec", "ContenderUnavailable", "Setup", "check_output", "export_floor", "export_plain",
+    "ContenderSpec", "ContenderUnavailable", "Setup", "check_agreement", "check_output", "export_floor", "export_plain",
     "exposed", "gpu_plan", "make_model", "open_contender", "seeded_images", "weights_bytes",
 ]  # fmt: skip
 
@@ -67,14 +72,14 @@ class Setup:
 
     @classmethod
     def from_folder(
-        cls, model: nn.Module, folder: Path, image_size: int, target: str | None = None
+        cls, model: nn.Module | None, folder: Path, image_size: int, target: str | None = None
     ) -> Setup:
-        """The setup of `model` (its default target layer unless `target`) and every ONNX file
-        in `folder`, each under its stem."""
+        """The setup of `model` (its default target layer unless `target`; None for contenders
+        that run from their ONNX file alone) and every ONNX file in `folder`, each under its stem."""
         from gradcam_fast.model.loading import default_target_layer
 
-        paths = {p.stem: p for p in folder.glob("*.onnx")}
-        return cls(model, target or default_target_layer(model), image_size, paths)
+        target = target or (default_target_layer(model) if model is not None else "")
+        return cls(model, target, image_size, {p.stem: p for p in folder.glob("*.onnx")})
 
 
 def exposed(cams=None, lowres=None, classes=None, logits=None) -> GradCAMResult:
@@ -626,6 +631,18 @@ def open_contender(name: str, setup: Setup) -> _Contender:
 
 
 # --- the check ------------------------------------------------------------------------------
+
+
+def check_agreement(
+    what: str, got: torch.Tensor, expected: torch.Tensor, limit: float = 1e-4
+) -> float:
+    """The relative error of `got` against `expected` (`gradcam_fast.check.compare`'s), for two
+    ways of computing the same maps; raises AssertionError saying `what` disagree when the shapes
+    differ or the error is not under `limit` (NaN and Inf never are)."""
+    error = relative_error(got, expected)
+    if got.shape != expected.shape or not error < limit:
+        raise AssertionError(f"{what} disagree: relative error {error:.2e}")
+    return error
 
 
 def check_output(

@@ -4,19 +4,15 @@ probe. Cheap (tiny model), no timing."""
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
-from pathlib import Path
 
 import pytest
 import torch
 
 from benchmarks.contenders import check_output
 from benchmarks.contenders import exposed as Output
+from benchmarks.report import last_json_line
 from benchmarks.report_summary import evaluate_targets, render_markdown, splice, summarize
 from benchmarks.timing import interleave, round_robin_ratios
-
-ROOT = Path(__file__).resolve().parent.parent
 
 
 def _bench(name, group, median_s, **extra):
@@ -133,16 +129,16 @@ def test_check_fails_non_finite_outputs_naming_them(value):
         check_output("floor_ort", Output(logits=torch.full_like(ref.logits, value)), ref)
 
 
-def _last_json_line(module, profile, setup, *args):
+def _probe(module, profile, setup, *args):
     """The last stdout line of `python -m module *args` on the suite's exports, as JSON."""
     models = str(setup.paths["gradcam_k1"].parent)
-    cmd = [sys.executable, "-m", module, *args, "--models", models, "--profile", profile.name]
-    done = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, check=True)
-    return json.loads(done.stdout.strip().splitlines()[-1])
+    figures = last_json_line(module, module, *args, "--models", models, "--profile", profile.name)
+    assert figures is not None, f"{module} failed (its last line is above)"
+    return figures
 
 
 def test_memory_probe_reports_rss_in_its_own_process(profile, setup):
-    figures = _last_json_line("benchmarks.memory", profile, setup, "gradcam_fast")
+    figures = _probe("benchmarks.memory", profile, setup, "gradcam_fast")
     assert figures["contender"] == "gradcam_fast" and figures["batch"] == 8
     assert 0 < figures["imports_mib"] <= figures["peak_mib"]
     assert figures["after_run_mib"] <= figures["peak_mib"]
@@ -203,7 +199,7 @@ def test_targets_take_the_interleaved_ratios_when_there():
 
 @pytest.mark.slow
 def test_interleaved_rounds_run_checked_contenders(profile, setup):
-    batches = _last_json_line("benchmarks.interleaved", profile, setup)["batches"]
+    batches = _probe("benchmarks.interleaved", profile, setup)["batches"]
     assert set(batches) == {str(b) for b in profile.batches}
     for rows in batches.values():
         assert set(rows) == {"gradcam_fast", "gradcam_fast_cw", "gradcam_fast_int8", "torch_float32",
