@@ -1,7 +1,7 @@
 """The contenders: every way of getting Grad-CAM maps (or plain logits, for the floors) that the
 benchmarks time, each run as its own documentation says; their one registry (`ContenderSpec`: the
-CPU rows by name, `GPU_CONTENDERS` in the order gpu_check times them); and the check against the
-eager reference that every contender passes before it is timed.
+CPU rows by name in `CONTENDERS`, the GPU rows in `GPU_CONTENDERS` in the order gpu_check times
+them); and the check against the eager reference that every contender passes before it is timed.
 
 A contender is opened on a `Setup` (on its device), called as `run(images, classes)` (the timed
 call; classes [B,K] chosen by the reference), and converted by `output(raw)` to a `GradCAMResult`
@@ -538,84 +538,69 @@ def _precision(name: str) -> str:
     return next((p for p in ("int8", "bfloat16") if p in name), "float32")
 
 
-# the GPU rows, most important first (a spent budget skips the tail): the plain forward (the
-# floor), the eager hook (float32, float16 under autocast), the torch backend and ONNX Runtime's
-# CUDA provider (float32 / float16, with and without CUDA graphs), the levers that may push the
-# floor down (prefer_nhwc, cuDNN EXHAUSTIVE search, CUDA graphs, NCHW), the TF32 rows and
-# TensorRT. Setup.paths holds the float32 and float16 exports by precision.
-SHORT = {"float32": "fp32", "tf32": "tf32", "float16": "fp16"}
-EAGER_FP32 = "eager hook fp32"
-GPU_FLOOR = "plain forward (floor)"
-NHWC, EXHAUSTIVE = {"cuda_options": {"prefer_nhwc": "1"}}, {"cudnn_search": "EXHAUSTIVE"}
-
-
-def _graphs(graphs: bool) -> str:
-    return " + CUDA graphs" if graphs else ""
-
-
-def _gpu_torch(precision: str, graphs: bool) -> ContenderSpec:
-    name = f"torch backend {SHORT[precision]}{_graphs(graphs)}"
-    return ContenderSpec(name, _torch(precision, cuda_graphs=graphs), precision)
-
-
-def _ort_cuda(precision: str, graphs: bool, label: str = "", **options: Any) -> ContenderSpec:
-    name = f"onnxruntime CUDA {SHORT[precision]}{_graphs(graphs)}{label}"
-    return ContenderSpec(name, _session(precision, cuda_graphs=graphs, **options), precision)
-
-
-def _gpu_floor(precision: str, label: str = "", **options: Any) -> ContenderSpec:
-    factory = lambda setup: PlainForward(setup, precision, **options)  # noqa: E731
-    return ContenderSpec(GPU_FLOOR + label, factory, precision, floor=True)
-
-
-def _gpu_eager(name: str, precision: str) -> ContenderSpec:
-    return ContenderSpec(name, lambda setup: EagerHook(setup, precision), precision)
-
-
-def _tensorrt(precision: str) -> ContenderSpec:
-    checked_as = "tf32" if precision == "float32" else precision  # TensorRT may use TF32
-    factory = _session(precision, tensorrt=True)
-    return ContenderSpec(f"onnxruntime TensorRT {SHORT[precision]}", factory, checked_as)
-
-
-GPU_CONTENDERS = [
-    _gpu_floor("float32"),
-    _gpu_floor("float16"),
-    _gpu_eager(EAGER_FP32, "float32"),
-    _gpu_eager("eager hook fp16 (autocast)", "float16"),
-    _gpu_torch("float16", True),
-    _gpu_torch("float32", True),
-    *(_ort_cuda(p, g) for p in ("float16", "float32") for g in (False, True)),
-    _gpu_torch("float16", False),
-    _gpu_torch("float32", False),
-    # levers on the floor: NHWC kernels, cuDNN's exhaustive search, graphs, channels-last
-    _ort_cuda("float16", True, " + prefer_nhwc", **NHWC),
-    _ort_cuda("float16", True, " + EXHAUSTIVE", **EXHAUSTIVE),
-    _ort_cuda("float16", True, " + prefer_nhwc + EXHAUSTIVE", **EXHAUSTIVE, **NHWC),
-    _gpu_floor("float16", " + CUDA graphs", graphs=True),
-    _gpu_floor("float16", " NCHW", channels_last=False),
-    _gpu_floor("tf32"),
-    _gpu_eager("eager hook (torch defaults: TF32 convs)", "tf32"),
-    _gpu_torch("tf32", True),
-    _tensorrt("float32"),
-    _tensorrt("float16"),
-]
-# what --quick leaves out: the runs without CUDA graphs
-FULL_ONLY = {
-    f"{kind} {p}" for kind in ("onnxruntime CUDA", "torch backend") for p in ("fp16", "fp32")
+CONTENDERS: dict[str, ContenderSpec] = {
+    name: ContenderSpec(name, factory, _precision(name), name in FLOORS, label)
+    for name, factory, label in _CPU
 }
+
+
+def _plain(precision: str, **options: Any) -> Callable[[Setup], PlainForward]:
+    return lambda setup: PlainForward(setup, precision, **options)
+
+
+def _eager(precision: str) -> Callable[[Setup], EagerHook]:
+    return lambda setup: EagerHook(setup, precision)
+
+
+# The GPU rows (Setup.paths holds the float32 and float16 exports by precision), in the order
+# gpu_check times them, most important first (a spent budget skips the tail): the plain forward
+# (the floor), the eager hook, the torch backend and ONNX Runtime's CUDA provider (with and
+# without CUDA graphs), the levers that may push the floor down (prefer_nhwc, cuDNN EXHAUSTIVE
+# search, CUDA graphs, NCHW), the TF32 rows and TensorRT. A name with its precision is one row.
+GPU_FLOOR = "plain forward (floor)"
+EAGER_FP32 = "eager hook fp32"
+GRAPHS = {"cuda_graphs": True}
+NHWC, EXHAUSTIVE = {"cuda_options": {"prefer_nhwc": "1"}}, {"cudnn_search": "EXHAUSTIVE"}
+_GPU = [  # name, factory, the precision it is checked at (TensorRT's float32 may use TF32)
+    (GPU_FLOOR, _plain("float32"), "float32"),
+    (GPU_FLOOR, _plain("float16"), "float16"),
+    (EAGER_FP32, _eager("float32"), "float32"),
+    ("eager hook fp16 (autocast)", _eager("float16"), "float16"),
+    ("torch backend fp16 + CUDA graphs", _torch("float16", **GRAPHS), "float16"),
+    ("torch backend fp32 + CUDA graphs", _torch("float32", **GRAPHS), "float32"),
+    ("onnxruntime CUDA fp16", _session("float16"), "float16"),
+    ("onnxruntime CUDA fp16 + CUDA graphs", _session("float16", **GRAPHS), "float16"),
+    ("onnxruntime CUDA fp32", _session("float32"), "float32"),
+    ("onnxruntime CUDA fp32 + CUDA graphs", _session("float32", **GRAPHS), "float32"),
+    ("torch backend fp16", _torch("float16"), "float16"),
+    ("torch backend fp32", _torch("float32"), "float32"),
+    # levers on the floor: NHWC kernels, cuDNN's exhaustive search, graphs, channels-last
+    ("onnxruntime CUDA fp16 + CUDA graphs + prefer_nhwc",
+     _session("float16", **GRAPHS, **NHWC), "float16"),
+    ("onnxruntime CUDA fp16 + CUDA graphs + EXHAUSTIVE",
+     _session("float16", **GRAPHS, **EXHAUSTIVE), "float16"),
+    ("onnxruntime CUDA fp16 + CUDA graphs + prefer_nhwc + EXHAUSTIVE",
+     _session("float16", **GRAPHS, **EXHAUSTIVE, **NHWC), "float16"),
+    (GPU_FLOOR + " + CUDA graphs", _plain("float16", graphs=True), "float16"),
+    (GPU_FLOOR + " NCHW", _plain("float16", channels_last=False), "float16"),
+    (GPU_FLOOR, _plain("tf32"), "tf32"),
+    ("eager hook (torch defaults: TF32 convs)", _eager("tf32"), "tf32"),
+    ("torch backend tf32 + CUDA graphs", _torch("tf32", **GRAPHS), "tf32"),
+    ("onnxruntime TensorRT fp32", _session("float32", tensorrt=True), "tf32"),
+    ("onnxruntime TensorRT fp16", _session("float16", tensorrt=True), "float16"),
+]  # fmt: skip
+GPU_CONTENDERS = [
+    ContenderSpec(name, factory, precision, name.startswith(GPU_FLOOR))
+    for name, factory, precision in _GPU
+]
+# what gpu_check --quick leaves out: the runs without CUDA graphs
+FULL_ONLY = {"onnxruntime CUDA fp16", "onnxruntime CUDA fp32", "torch backend fp16",
+             "torch backend fp32"}  # fmt: skip
 
 
 def gpu_plan(quick: bool) -> list[ContenderSpec]:
     """The GPU contenders gpu_check times, in order; `quick`: fewer variants."""
     return [c for c in GPU_CONTENDERS if not (quick and c.name in FULL_ONLY)]
-
-
-CONTENDERS: dict[str, ContenderSpec] = {
-    **{name: ContenderSpec(name, factory, _precision(name), name in FLOORS, label)
-       for name, factory, label in _CPU},
-    **{c.name: c for c in GPU_CONTENDERS},
-}  # fmt: skip
 
 
 # earlier names, so that the command lines in RESULTS.md still run
