@@ -25,48 +25,33 @@ from gradcam_fast.runtime.session import cpu_count
 MODELS_ENV = "GRADCAM_BENCH_MODELS"
 
 
-def model_files(folder: Path, num_targets: int) -> dict[str, Path]:
-    """Where the exports of one run live (the memory probes find them by the same names)."""
-    return {
-        "gradcam_k1": folder / "gradcam_k1.onnx",
-        f"gradcam_k{num_targets}": folder / f"gradcam_k{num_targets}.onnx",
-        "floor": folder / "floor.onnx",
-        "gradcam_channel_weights": folder / "gradcam_channel_weights.onnx",
-        "gradcam_external": folder / "gradcam_external.onnx",  # weights in .onnx.data beside it
-        "gradcam_int8": folder / "gradcam_int8.onnx",  # int8 body, channel weights only
-        "gradcam_ov_int8": folder / "gradcam_ov_int8.onnx",  # NNCF int8 (with openvino)
-    }
-
-
-def export_all(model: torch.nn.Module, folder: Path, profile: Profile) -> dict[str, Path]:
-    """Export the Grad-CAM graph (K=1 and K=profile.num_targets), its channel-weights, external-data
-    and int8 variants, OpenVINO's NNCF int8 file (where openvino is installed) and the plain model
-    (the floor). Not validated here: every contender is checked before it is timed."""
+def export_all(model: torch.nn.Module, folder: Path, profile: Profile) -> None:
+    """Export into `folder`, each file under the name its contenders look for in Setup.paths
+    (its stem): the Grad-CAM graph (gradcam_k1 and gradcam_k{profile.num_targets}), its
+    channel-weights, external-data (weights in .onnx.data beside it) and int8 (int8 body, channel
+    weights only) variants, OpenVINO's NNCF int8 file (where openvino is installed) and the plain
+    model (the floor). Not validated here: every contender is checked before it is timed."""
     from gradcam_fast.runtime.cpu_choice import openvino_installed
 
-    paths = model_files(folder, profile.num_targets)
     size = profile.image_size
     for k in (1, profile.num_targets):
-        export_onnx(model, paths[f"gradcam_k{k}"], image_size=size, num_targets=k, validate=False)
+        path = folder / f"gradcam_k{k}.onnx"
+        export_onnx(model, path, image_size=size, num_targets=k, validate=False)
     cw = {"image_size": size, "channel_weights_only": True, "validate": False}
-    export_onnx(model, paths["gradcam_channel_weights"], **cw)
-    export_onnx(
-        model, paths["gradcam_external"], image_size=size, external_data=True, validate=False
-    )
+    channel_weights = export_onnx(model, folder / "gradcam_channel_weights.onnx", **cw)
+    external = folder / "gradcam_external.onnx"
+    export_onnx(model, external, image_size=size, external_data=True, validate=False)
     # int8 calibrated on seeded noise: the cost does not depend on it (lowp.py judges fidelity)
     calibration = torch.randn(8, 3, size, size, generator=torch.Generator().manual_seed(99))
-    export_onnx(model, paths["gradcam_int8"], precision="int8", calibration=calibration, **cw)
+    int8 = folder / "gradcam_int8.onnx"
+    export_onnx(model, int8, precision="int8", calibration=calibration, **cw)
     if openvino_installed():  # OpenVINO's int8: NNCF on the float32 channel-weights file
         from gradcam_fast.format.onnx_props import file_metadata
         from gradcam_fast.runtime.int8_cache import write_int8
 
-        source = paths["gradcam_channel_weights"]
-        meta = file_metadata(source)
-        write_int8(source, paths["gradcam_ov_int8"], meta, "openvino", calibration)
-    else:
-        del paths["gradcam_ov_int8"]
-    export_floor(model, paths["floor"], size)
-    return paths
+        meta = file_metadata(channel_weights)
+        write_int8(channel_weights, folder / "gradcam_ov_int8.onnx", meta, "openvino", calibration)
+    export_floor(model, folder / "floor.onnx", size)
 
 
 @pytest.fixture(scope="session")
