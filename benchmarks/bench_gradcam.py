@@ -134,24 +134,10 @@ def test_export(benchmark, profile, setup, images_for, reference_for, tmp_path):
     assert failing_figures(errors) == [], errors
 
 
-def _inference_session(obj, depth=2):
-    """The ort.InferenceSession held by a GradCAMSession (or by one of its attributes)."""
-    values = [v for v in vars(obj).values() if not isinstance(v, (torch.Tensor, type))]
-    for value in values:
-        if isinstance(value, ort.InferenceSession):
-            return value
-    for value in values:
-        if depth and hasattr(value, "__dict__"):
-            found = _inference_session(value, depth - 1)
-            if found is not None:
-                return found
-    return None
-
-
 def test_floor_uses_the_session_settings(setup):
     """The floor's ONNX Runtime settings are the session's: same threads, level and mode."""
-    session = _inference_session(GradCAMSession(setup.paths["gradcam_k1"], device="cpu"))
-    assert session is not None, "found no ort.InferenceSession inside GradCAMSession"
+    session = GradCAMSession(setup.paths["gradcam_k1"], device="cpu")._runner.session
+    assert isinstance(session, ort.InferenceSession), type(session)
     ours = session.get_session_options()
     floor = session_options()
     for attr in SETTINGS:

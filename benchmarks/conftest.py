@@ -8,6 +8,7 @@ hand them to its memory probes); otherwise a pytest temporary folder.
 
 from __future__ import annotations
 
+import functools
 import os
 from collections.abc import Callable
 from pathlib import Path
@@ -19,54 +20,38 @@ from benchmarks.config import Profile, active_profile
 from benchmarks.contenders import Setup, export_floor, make_model, seeded_images
 from gradcam_fast import eager_gradcam, export_onnx
 from gradcam_fast.format.result import GradCAMResult
-from gradcam_fast.model.loading import default_target_layer
 from gradcam_fast.runtime.session import cpu_count
 
 MODELS_ENV = "GRADCAM_BENCH_MODELS"
 
 
-def model_files(folder: Path, num_targets: int) -> dict[str, Path]:
-    """Where the exports of one run live (the memory probes find them by the same names)."""
-    return {
-        "gradcam_k1": folder / "gradcam_k1.onnx",
-        f"gradcam_k{num_targets}": folder / f"gradcam_k{num_targets}.onnx",
-        "floor": folder / "floor.onnx",
-        "gradcam_channel_weights": folder / "gradcam_channel_weights.onnx",
-        "gradcam_external": folder / "gradcam_external.onnx",  # weights in .onnx.data beside it
-        "gradcam_int8": folder / "gradcam_int8.onnx",  # int8 body, channel weights only
-        "gradcam_ov_int8": folder / "gradcam_ov_int8.onnx",  # NNCF int8 (with openvino)
-    }
-
-
-def export_all(model: torch.nn.Module, folder: Path, profile: Profile) -> dict[str, Path]:
-    """Export the Grad-CAM graph (K=1 and K=profile.num_targets), its channel-weights, external-data
-    and int8 variants, OpenVINO's NNCF int8 file (where openvino is installed) and the plain model
-    (the floor). Not validated here: every contender is checked before it is timed."""
+def export_all(model: torch.nn.Module, folder: Path, profile: Profile) -> None:
+    """Export into `folder`, each file under the name its contenders look for in Setup.paths
+    (its stem): the Grad-CAM graph (gradcam_k1 and gradcam_k{profile.num_targets}), its
+    channel-weights, external-data (weights in .onnx.data beside it) and int8 (int8 body, channel
+    weights only) variants, OpenVINO's NNCF int8 file (where openvino is installed) and the plain
+    model (the floor). Not validated here: every contender is checked before it is timed."""
     from gradcam_fast.runtime.cpu_choice import openvino_installed
 
-    paths = model_files(folder, profile.num_targets)
     size = profile.image_size
     for k in (1, profile.num_targets):
-        export_onnx(model, paths[f"gradcam_k{k}"], image_size=size, num_targets=k, validate=False)
+        path = folder / f"gradcam_k{k}.onnx"
+        export_onnx(model, path, image_size=size, num_targets=k, validate=False)
     cw = {"image_size": size, "channel_weights_only": True, "validate": False}
-    export_onnx(model, paths["gradcam_channel_weights"], **cw)
-    export_onnx(
-        model, paths["gradcam_external"], image_size=size, external_data=True, validate=False
-    )
+    channel_weights = export_onnx(model, folder / "gradcam_channel_weights.onnx", **cw)
+    external = folder / "gradcam_external.onnx"
+    export_onnx(model, external, image_size=size, external_data=True, validate=False)
     # int8 calibrated on seeded noise: the cost does not depend on it (lowp.py judges fidelity)
     calibration = torch.randn(8, 3, size, size, generator=torch.Generator().manual_seed(99))
-    export_onnx(model, paths["gradcam_int8"], precision="int8", calibration=calibration, **cw)
+    int8 = folder / "gradcam_int8.onnx"
+    export_onnx(model, int8, precision="int8", calibration=calibration, **cw)
     if openvino_installed():  # OpenVINO's int8: NNCF on the float32 channel-weights file
         from gradcam_fast.format.onnx_props import file_metadata
         from gradcam_fast.runtime.int8_cache import write_int8
 
-        source = paths["gradcam_channel_weights"]
-        meta = file_metadata(source)
-        write_int8(source, paths["gradcam_ov_int8"], meta, "openvino", calibration)
-    else:
-        del paths["gradcam_ov_int8"]
-    export_floor(model, paths["floor"], size)
-    return paths
+        meta = file_metadata(channel_weights)
+        write_int8(channel_weights, folder / "gradcam_ov_int8.onnx", meta, "openvino", calibration)
+    export_floor(model, folder / "floor.onnx", size)
 
 
 @pytest.fixture(scope="session")
@@ -79,21 +64,14 @@ def profile() -> Profile:
 def setup(profile: Profile, tmp_path_factory: pytest.TempPathFactory) -> Setup:
     model = make_model(profile.model)
     folder = Path(os.environ.get(MODELS_ENV) or tmp_path_factory.mktemp("models"))
-    paths = export_all(model, folder, profile)
-    return Setup(model, default_target_layer(model), profile.image_size, paths)
+    export_all(model, folder, profile)
+    return Setup.from_folder(model, folder, profile.image_size)
 
 
 @pytest.fixture(scope="session")
 def images_for(profile: Profile) -> Callable[[int], torch.Tensor]:
     """Seeded normalized-like images [B,3,S,S], the same tensor for every contender."""
-    cache: dict[int, torch.Tensor] = {}
-
-    def get(batch: int) -> torch.Tensor:
-        if batch not in cache:
-            cache[batch] = seeded_images(batch, profile.image_size)
-        return cache[batch]
-
-    return get
+    return functools.cache(lambda batch: seeded_images(batch, profile.image_size))
 
 
 @pytest.fixture(scope="session")
@@ -102,14 +80,10 @@ def reference_for(
 ) -> Callable[[int, int], GradCAMResult]:
     """`eager_gradcam` of the batch for its top K classes: the eager reference, and the classes every
     contender is asked to explain (explicit indices, so no contender re-ranks logits)."""
-    cache: dict[tuple[int, int], GradCAMResult] = {}
 
+    @functools.cache
     def get(batch: int, k: int = 1) -> GradCAMResult:
-        if (batch, k) not in cache:
-            ranks = torch.arange(-1, -k - 1, -1).expand(batch, k)
-            cache[batch, k] = eager_gradcam(
-                setup.model, images_for(batch), ranks, setup.target_layer
-            )
-        return cache[batch, k]
+        ranks = torch.arange(-1, -k - 1, -1).expand(batch, k)
+        return eager_gradcam(setup.model, images_for(batch), ranks, setup.target_layer)
 
     return get

@@ -1,15 +1,17 @@
 """The contenders: every way of getting Grad-CAM maps (or plain logits, for the floors) that the
-benchmarks time, each run as its own documentation says; their registry (`ContenderSpec`; the GPU
-ones are in `benchmarks.gpu_contenders`); and the check against the eager reference that every
-contender passes before it is timed.
+benchmarks time, each run as its own documentation says; their one registry (`ContenderSpec`: the
+CPU rows by name in `CONTENDERS`, the GPU rows in `GPU_CONTENDERS` in the order gpu_check times
+them); and the check against the eager reference that every contender passes before it is timed.
 
-A contender is opened on a `Setup`, called as `run(images, classes)` (the timed call; classes
-[B,K] chosen by the reference), and converted by `output(raw)` to a `GradCAMResult` holding the
-outputs it exposes, outside the timing.
+A contender is opened on a `Setup` (on its device), called as `run(images, classes)` (the timed
+call; classes [B,K] chosen by the reference), and converted by `output(raw)` to a `GradCAMResult`
+holding the outputs it exposes, outside the timing.
 """
 
 from __future__ import annotations
 
+import contextlib
+import copy
 import os
 import warnings
 from collections.abc import Callable
@@ -23,7 +25,12 @@ import torch.nn.functional as F
 from torch import nn
 
 from gradcam_fast.cams.postprocess import gradcam_lowres, upsample_normalize
-from gradcam_fast.check.compare import LIMITS, compare_with_reference, failing_figures
+from gradcam_fast.check.compare import (
+    LIMITS,
+    compare_with_reference,
+    failing_figures,
+    relative_error,
+)
 from gradcam_fast.check.reference import eager_gradcam
 from gradcam_fast.format.result import GradCAMResult
 from gradcam_fast.model.loading import load_model
@@ -31,9 +38,9 @@ from gradcam_fast.runtime.ort_backend import session_options
 from gradcam_fast.runtime.session import GradCAMSession
 
 __all__ = [
-    "CAM_ATOL", "CONTENDERS", "PEERS", "SESSIONS", "ContenderSpec", "ContenderUnavailable", "Setup",
-    "check_output", "export_floor", "export_plain", "exposed", "make_model", "open_contender",
-    "seeded_images", "weights_bytes",
+    "CAM_ATOL", "CONTENDERS", "EAGER_FP32", "GPU_CONTENDERS", "GPU_FLOOR", "PEERS", "SESSIONS",
+    "ContenderSpec", "ContenderUnavailable", "Setup", "check_agreement", "check_output", "export_floor", "export_plain",
+    "exposed", "gpu_plan", "make_model", "open_contender", "seeded_images", "weights_bytes",
 ]  # fmt: skip
 
 CAM_ATOL = 1e-3  # upsampled maps in [0, 1]; other libraries resize/normalize in other orders
@@ -41,7 +48,8 @@ TINY_CFG = [16, "M", 32, "M", 64, 64, "M"]  # features of the CI-sized VGG (32 p
 
 
 class ContenderUnavailable(RuntimeError):
-    """An optional contender's library is not installed (install the `bench` extra)."""
+    """A contender cannot run here for a known reason (an optional library is not installed:
+    install the `bench` extra; TensorRT does not load): skipped, not failed."""
 
 
 @dataclass
@@ -51,7 +59,11 @@ class Setup:
     model: nn.Module | None  # None for contenders that run from their ONNX file alone
     target_layer: str  # a module's name (the peers hook modules): features.35, layer4, ...
     image_size: int
-    paths: dict[str, Path] = field(default_factory=dict)  # "gradcam_k1", "gradcam_k5", "floor"
+    # "gradcam_k1", "gradcam_k5", "floor", ...; on a GPU "float32" and "float16", or the error
+    # their export raised
+    paths: dict[str, Path | Exception] = field(default_factory=dict)
+    device: str = "cpu"
+    unavailable: dict[str, str] = field(default_factory=dict)  # "cuda", "tensorrt" -> why not
 
     @property
     def target_module(self) -> nn.Module:
@@ -60,14 +72,14 @@ class Setup:
 
     @classmethod
     def from_folder(
-        cls, model: nn.Module, folder: Path, image_size: int, target: str | None = None
+        cls, model: nn.Module | None, folder: Path, image_size: int, target: str | None = None
     ) -> Setup:
-        """The setup of `model` (its default target layer unless `target`) and every ONNX file
-        in `folder`, each under its stem."""
+        """The setup of `model` (its default target layer unless `target`; None for contenders
+        that run from their ONNX file alone) and every ONNX file in `folder`, each under its stem."""
         from gradcam_fast.model.loading import default_target_layer
 
-        paths = {p.stem: p for p in folder.glob("*.onnx")}
-        return cls(model, target or default_target_layer(model), image_size, paths)
+        target = target or (default_target_layer(model) if model is not None else "")
+        return cls(model, target, image_size, {p.stem: p for p in folder.glob("*.onnx")})
 
 
 def exposed(cams=None, lowres=None, classes=None, logits=None) -> GradCAMResult:
@@ -123,6 +135,28 @@ def export_floor(model: nn.Module, path: str | os.PathLike, image_size: int) -> 
     return export_plain(model, (example,), path, ["images"], ["logits"])
 
 
+@contextlib.contextmanager
+def _no_tf32():
+    """float32 convolutions and matrix products in full float32 (no TF32) within the block."""
+    cudnn, matmul = torch.backends.cudnn, torch.backends.cuda.matmul
+    saved = cudnn.allow_tf32, matmul.allow_tf32
+    cudnn.allow_tf32 = matmul.allow_tf32 = False
+    try:
+        yield
+    finally:
+        cudnn.allow_tf32, matmul.allow_tf32 = saved
+
+
+def _on_gpu_at(device: str, precision: str) -> contextlib.AbstractContextManager:
+    """How an eager torch call runs at `precision` on a GPU: float32 without TF32, float16 under
+    autocast, tf32 with torch's defaults (TF32 convolutions); on the CPU as it is."""
+    if device != "cuda" or precision == "tf32":
+        return contextlib.nullcontext()
+    if precision == "float16":
+        return torch.autocast("cuda", dtype=torch.float16)
+    return _no_tf32()
+
+
 def _minmax(maps: torch.Tensor) -> torch.Tensor:
     """Per-map min-max into [0, 1] (flat maps become zeros), as visualizations do."""
     flat = maps.flatten(2)
@@ -160,13 +194,15 @@ class _Contender:
 
 
 class EagerHook(_Contender):
-    """1. `eager_gradcam`: forward hook, parameters requiring grad, a full `backward()`."""
+    """1. `eager_gradcam`: forward hook, parameters requiring grad, a full `backward()`; on a GPU
+    at `precision` (`_on_gpu_at`)."""
 
-    def __init__(self, setup: Setup):
-        self.setup = setup
+    def __init__(self, setup: Setup, precision: str = "float32"):
+        self.setup, self.precision = setup, precision
 
     def run(self, images, classes):
-        return eager_gradcam(self.setup.model, images, classes, self.setup.target_layer)
+        with _on_gpu_at(self.setup.device, self.precision):
+            return eager_gradcam(self.setup.model, images, classes, self.setup.target_layer)
 
 
 class EagerAutograd(_Contender):
@@ -273,16 +309,24 @@ class TorchCamGradCAM(_Contender):
 
 class FastSession(_Contender):
     """4. the gradcam_fast session (ONNX Runtime, CPU), post-processing included; with
-    `backend="openvino"`, 8. the session on OpenVINO."""
+    `backend="openvino"`, 8. the session on OpenVINO; on a GPU, ONNX Runtime's CUDA provider
+    (or with `tensorrt=True`, TensorRT's)."""
 
     def __init__(self, setup: Setup, key: str = "gradcam_k1", **options: Any):
+        if options.get("tensorrt") and (why := setup.unavailable.get("tensorrt")):
+            raise ContenderUnavailable(f"TensorRT does not load here: {why}")
         if options.get("backend") == "openvino":
             _library("openvino", "openvino")
             if key not in setup.paths:
                 raise ContenderUnavailable(
                     f"no {key} model in this run (OpenVINO's int8 needs nncf)"
                 )
-        self.session = GradCAMSession(setup.paths[key], device="cpu", **options)
+        path = setup.paths[key]
+        if isinstance(path, Exception):
+            raise RuntimeError(f"the {key} export failed: {path}")
+        if setup.device in setup.unavailable:
+            raise RuntimeError(setup.unavailable[setup.device])
+        self.session = GradCAMSession(path, device=setup.device, **options)
 
     def run(self, images, classes):
         return self.session(images, classes)
@@ -336,14 +380,15 @@ class OpenVinoBare(_Contender):
 
 
 class TorchBackend(_Contender):
-    """7. the torch backend, `GradCAMSession.from_model(model, device="cpu", precision=...)`."""
+    """7. the torch backend, `GradCAMSession.from_model(model, device=..., precision=...)` (on a
+    GPU also with `cuda_graphs`)."""
 
-    def __init__(self, setup: Setup, precision: str):
+    def __init__(self, setup: Setup, precision: str, **options: Any):
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", RuntimeWarning)  # no native bfloat16: timed anyway
             self.session = GradCAMSession.from_model(
                 setup.model, target_layer=setup.target_layer, image_size=setup.image_size,
-                device="cpu", precision=precision,
+                device=setup.device, precision=precision, **options,
             )  # fmt: skip
 
     def run(self, images, classes):
@@ -359,6 +404,51 @@ class TorchNoGrad(_Contender):
     def run(self, images, classes):
         with torch.no_grad():
             return exposed(logits=self.model(images))
+
+
+class PlainForward(_Contender):
+    """The GPU floor: the plain forward of a copy of the model (no Grad-CAM) at `precision`,
+    channels-last unless not, under inference_mode; with `graphs`, replayed from a CUDA graph
+    captured once per batch size. Its output is the logits tensor, unchecked."""
+
+    def __init__(
+        self, setup: Setup, precision: str, channels_last: bool = True, graphs: bool = False
+    ):
+        self.half, self.precision = precision == "float16", precision
+        self.format = torch.channels_last if channels_last else torch.contiguous_format
+        dtype = torch.float16 if self.half else torch.float32
+        self.net = copy.deepcopy(setup.model).to(dtype=dtype, memory_format=self.format)
+        self.graphs = {} if graphs else None  # batch -> (graph, static input, static output)
+
+    def _forward(self, x):
+        exact = _no_tf32() if self.precision == "float32" else contextlib.nullcontext()
+        with torch.inference_mode(), exact:
+            return self.net(x)
+
+    def _prepare(self, images):
+        return (images.half() if self.half else images).contiguous(memory_format=self.format)
+
+    def run(self, images, classes):
+        if self.graphs is None:
+            return self._forward(self._prepare(images))
+        if images.shape[0] not in self.graphs:
+            self.graphs[images.shape[0]] = self._capture(self._prepare(images).clone())
+        graph, static, out = self.graphs[images.shape[0]]
+        static.copy_(self._prepare(images))
+        graph.replay()
+        return out
+
+    def _capture(self, static):
+        side = torch.cuda.Stream()
+        side.wait_stream(torch.cuda.current_stream())
+        with torch.cuda.stream(side):
+            for _ in range(3):
+                self._forward(static)
+        torch.cuda.current_stream().wait_stream(side)
+        graph = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(graph):
+            out = self._forward(static)
+        return graph, static, out
 
 
 # --- the registry ---------------------------------------------------------------------------
@@ -387,8 +477,8 @@ def _openvino(key: str, precision: str, **options: Any) -> Callable[[Setup], Fas
     return _session(key, backend="openvino", precision=precision, **options)
 
 
-def _torch(precision: str) -> Callable[[Setup], TorchBackend]:
-    return lambda setup: TorchBackend(setup, precision)
+def _torch(precision: str, **options: Any) -> Callable[[Setup], TorchBackend]:
+    return lambda setup: TorchBackend(setup, precision, **options)
 
 
 # the groups the commands time together
@@ -454,6 +544,65 @@ CONTENDERS: dict[str, ContenderSpec] = {
 }
 
 
+def _plain(precision: str, **options: Any) -> Callable[[Setup], PlainForward]:
+    return lambda setup: PlainForward(setup, precision, **options)
+
+
+def _eager(precision: str) -> Callable[[Setup], EagerHook]:
+    return lambda setup: EagerHook(setup, precision)
+
+
+# The GPU rows (Setup.paths holds the float32 and float16 exports by precision), in the order
+# gpu_check times them, most important first (a spent budget skips the tail): the plain forward
+# (the floor), the eager hook, the torch backend and ONNX Runtime's CUDA provider (with and
+# without CUDA graphs), the levers that may push the floor down (prefer_nhwc, cuDNN EXHAUSTIVE
+# search, CUDA graphs, NCHW), the TF32 rows and TensorRT. A name with its precision is one row.
+GPU_FLOOR = "plain forward (floor)"
+EAGER_FP32 = "eager hook fp32"
+GRAPHS = {"cuda_graphs": True}
+NHWC, EXHAUSTIVE = {"cuda_options": {"prefer_nhwc": "1"}}, {"cudnn_search": "EXHAUSTIVE"}
+_GPU = [  # name, factory, the precision it is checked at (TensorRT's float32 may use TF32)
+    (GPU_FLOOR, _plain("float32"), "float32"),
+    (GPU_FLOOR, _plain("float16"), "float16"),
+    (EAGER_FP32, _eager("float32"), "float32"),
+    ("eager hook fp16 (autocast)", _eager("float16"), "float16"),
+    ("torch backend fp16 + CUDA graphs", _torch("float16", **GRAPHS), "float16"),
+    ("torch backend fp32 + CUDA graphs", _torch("float32", **GRAPHS), "float32"),
+    ("onnxruntime CUDA fp16", _session("float16"), "float16"),
+    ("onnxruntime CUDA fp16 + CUDA graphs", _session("float16", **GRAPHS), "float16"),
+    ("onnxruntime CUDA fp32", _session("float32"), "float32"),
+    ("onnxruntime CUDA fp32 + CUDA graphs", _session("float32", **GRAPHS), "float32"),
+    ("torch backend fp16", _torch("float16"), "float16"),
+    ("torch backend fp32", _torch("float32"), "float32"),
+    # levers on the floor: NHWC kernels, cuDNN's exhaustive search, graphs, channels-last
+    ("onnxruntime CUDA fp16 + CUDA graphs + prefer_nhwc",
+     _session("float16", **GRAPHS, **NHWC), "float16"),
+    ("onnxruntime CUDA fp16 + CUDA graphs + EXHAUSTIVE",
+     _session("float16", **GRAPHS, **EXHAUSTIVE), "float16"),
+    ("onnxruntime CUDA fp16 + CUDA graphs + prefer_nhwc + EXHAUSTIVE",
+     _session("float16", **GRAPHS, **EXHAUSTIVE, **NHWC), "float16"),
+    (GPU_FLOOR + " + CUDA graphs", _plain("float16", graphs=True), "float16"),
+    (GPU_FLOOR + " NCHW", _plain("float16", channels_last=False), "float16"),
+    (GPU_FLOOR, _plain("tf32"), "tf32"),
+    ("eager hook (torch defaults: TF32 convs)", _eager("tf32"), "tf32"),
+    ("torch backend tf32 + CUDA graphs", _torch("tf32", **GRAPHS), "tf32"),
+    ("onnxruntime TensorRT fp32", _session("float32", tensorrt=True), "tf32"),
+    ("onnxruntime TensorRT fp16", _session("float16", tensorrt=True), "float16"),
+]  # fmt: skip
+GPU_CONTENDERS = [
+    ContenderSpec(name, factory, precision, name.startswith(GPU_FLOOR))
+    for name, factory, precision in _GPU
+]
+# what gpu_check --quick leaves out: the runs without CUDA graphs
+FULL_ONLY = {"onnxruntime CUDA fp16", "onnxruntime CUDA fp32", "torch backend fp16",
+             "torch backend fp32"}  # fmt: skip
+
+
+def gpu_plan(quick: bool) -> list[ContenderSpec]:
+    """The GPU contenders gpu_check times, in order; `quick`: fewer variants."""
+    return [c for c in GPU_CONTENDERS if not (quick and c.name in FULL_ONLY)]
+
+
 # earlier names, so that the command lines in RESULTS.md still run
 ALIASES = {"gradcam_fast_lean": "gradcam_fast_cw"}
 
@@ -467,6 +616,18 @@ def open_contender(name: str, setup: Setup) -> _Contender:
 
 
 # --- the check ------------------------------------------------------------------------------
+
+
+def check_agreement(
+    what: str, got: torch.Tensor, expected: torch.Tensor, limit: float = 1e-4
+) -> float:
+    """The relative error of `got` against `expected` (`gradcam_fast.check.compare`'s), for two
+    ways of computing the same maps; raises AssertionError saying `what` disagree when the shapes
+    differ or the error is not under `limit` (NaN and Inf never are)."""
+    error = relative_error(got, expected)
+    if got.shape != expected.shape or not error < limit:
+        raise AssertionError(f"{what} disagree: relative error {error:.2e}")
+    return error
 
 
 def check_output(

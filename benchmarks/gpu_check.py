@@ -6,7 +6,7 @@
 1. exports VGG19 at 224 (seeded random weights) in float32 and float16, each on its own, into
    --exports (reused by a later run and by the tests);
 2. runs the `cuda` tests (tests/test_cuda.py) on those exports, within --tests-timeout-s;
-3. times the contenders of `benchmarks.gpu_contenders.plan` at batch 1, 8 and 64, most important
+3. times the GPU contenders of `benchmarks.contenders` at batch 1, 8 and 64, most important
    first, each checked against the float32 eager reference (NaN or Inf fails) before it is
    timed; once --budget-s has passed since the start, the rest are recorded as skipped.
 
@@ -36,13 +36,21 @@ sys.path.insert(0, str(ROOT))
 
 import torch  # noqa: E402
 
-from benchmarks.contenders import ContenderSpec, check_output  # noqa: E402
-from benchmarks.gpu_contenders import EAGER_FP32, FLOOR, SIZE, Skip, plan  # noqa: E402
+from benchmarks.contenders import (  # noqa: E402
+    EAGER_FP32,
+    ContenderSpec,
+    ContenderUnavailable,
+    Setup,
+    check_output,
+    gpu_plan,
+)
+from benchmarks.contenders import GPU_FLOOR as FLOOR  # noqa: E402
 from benchmarks.machine import gpu_info  # noqa: E402
 from benchmarks.tables import markdown_table  # noqa: E402
 from benchmarks.timing import median_s  # noqa: E402
 
 BATCHES = (1, 8, 64)
+SIZE = 224
 LIMITS_OF = {"float32": "float32", "tf32": "float16", "float16": "float16"}  # tf32: 10-bit mantissa
 EXPORTS_ENV = "GRADCAM_FAST_CUDA_EXPORTS"  # tests/test_cuda.py reads the exports from there
 COLUMNS = "contender | precision | batch | median ms | images/s | vs eager fp32 | vs floor | check"
@@ -205,17 +213,17 @@ def run_cuda_tests(out: Path, timeout_s: float, exports: Path) -> str:
     return f"{summary} ({seconds:.0f} s, exit {code})"
 
 
-def measure_on_gpu(images, reference, quick: bool):
+def measure_on_gpu(setup: Setup, images, reference, quick: bool):
     """The real measurement: check at batch 8, then time at each batch size."""
 
     def measure(c: ContenderSpec) -> list[Row]:
         try:
-            run = c.factory(None)
-        except Skip as why:
+            contender = c.factory(setup)
+        except ContenderUnavailable as why:
             return _rows_of(c, f"skipped: {why}")
-        check = "-"
+        run, check = contender.run, "-"
         if not c.floor:
-            got = run(images[8], reference.target_classes)
+            got = contender.output(run(images[8], reference.target_classes))
             check, errors = verdict(got, reference, c.precision)
             print(f"{c.name}: check {check}, errors {errors}", flush=True)
         rows = []
@@ -272,19 +280,19 @@ def dry_run(args) -> int:
     header = header_info("skipped (dry run)", dry)
     recorder = Recorder(args.out, header)
     exports = {"float32": Path("float32.onnx"), "float16": RuntimeError("simulated failure")}
-    missing = "simulated: libnvinfer.so.10: cannot open shared object file"
-    contenders = plan(None, exports, ort_cuda=True, tensorrt=missing, quick=args.quick)
+    missing = {"tensorrt": "simulated: libnvinfer.so.10: cannot open shared object file"}
+    setup = Setup(None, "", SIZE, exports, "cuda", missing)
 
     def measure(c: ContenderSpec) -> list[Row]:
         try:
             if "TensorRT" in c.name or c.name.startswith("onnxruntime CUDA fp16"):
-                c.factory(None)  # TensorRT: Skip; float16 ONNX Runtime: the export's failure
-        except Skip as why:
+                c.factory(setup)  # TensorRT: skipped; float16 ONNX Runtime: the export's failure
+        except ContenderUnavailable as why:
             return _rows_of(c, f"skipped: {why}")
         ms, check = 2.0 if c.name.startswith("eager") else 1.0, "-" if c.floor else "ok"
         return [Row(c.name, c.precision, b, ms * (1 + b / 8), check) for b in BATCHES]
 
-    run_contenders(contenders, measure, recorder, args.budget_s)
+    run_contenders(gpu_plan(args.quick), measure, recorder, args.budget_s)
     recorder.close()
     print(render_markdown(recorder.rows, header))
     return 0
@@ -313,7 +321,10 @@ def main(argv: list[str] | None = None) -> int:
         return 1
     warnings.simplefilter("ignore")
     started = time.perf_counter()
+    import onnxruntime as ort
+
     from gradcam_fast import eager_gradcam, load_vgg
+    from gradcam_fast.model.loading import default_target_layer
     from gradcam_fast.runtime.ort_backend import available_devices, provider_load_error
 
     recorder = Recorder(args.out, header_info("not run yet"), started)
@@ -338,11 +349,14 @@ def main(argv: list[str] | None = None) -> int:
     reference = eager_gradcam(model, images[8].cpu(), None)  # the eager reference: float32, CPU
     model_cuda = copy.deepcopy(model).cuda()
     recorder.phase("reference and inputs", time.perf_counter() - t0)
-    ort_cuda = "cuda" in available_devices()
-    trt = provider_load_error("TensorrtExecutionProvider")
-    contenders = plan(model_cuda, exports, ort_cuda, trt, args.quick)
-    measure = measure_on_gpu(images, reference, args.quick)
-    run_contenders(contenders, measure, recorder, args.budget_s)
+    unavailable = {"tensorrt": provider_load_error("TensorrtExecutionProvider")}
+    if "cuda" not in available_devices():
+        unavailable["cuda"] = f"onnxruntime {ort.__version__} has no usable CUDA provider"
+    unavailable = {k: why for k, why in unavailable.items() if why is not None}
+    layer = default_target_layer(model_cuda)
+    setup = Setup(model_cuda, layer, SIZE, exports, "cuda", unavailable)
+    measure = measure_on_gpu(setup, images, reference, args.quick)
+    run_contenders(gpu_plan(args.quick), measure, recorder, args.budget_s)
     recorder.phase("total", time.perf_counter() - started)
     recorder.write_tables()
     recorder.close()

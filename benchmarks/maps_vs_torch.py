@@ -24,14 +24,13 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from benchmarks.contenders import export_plain, make_model
+from benchmarks.contenders import check_agreement, export_plain, make_model
 from benchmarks.machine import cpu
 from benchmarks.tables import markdown_table
 from benchmarks.timing import time_calls
 from gradcam_fast import GradCAMSession, export_onnx
 from gradcam_fast.cams.methods import cam_lowres
 from gradcam_fast.cams.postprocess import upsample_normalize
-from gradcam_fast.check.compare import relative_error
 from gradcam_fast.runtime.cpu_choice import cpu_count
 from gradcam_fast.runtime.ort_backend import session_options
 
@@ -61,9 +60,7 @@ def _postprocess(activations, gradients, method, size, rounds, folder: Path) -> 
     in_graph = torch.from_numpy(session.run(["cams"], feeds)[0])
     with torch.no_grad():
         in_torch = _MapsOnly(method, size)(activations, gradients)[0]
-    error = relative_error(in_graph, in_torch)
-    if not error < 1e-4:
-        raise AssertionError(f"maps-only graph and torch disagree: relative error {error:.2e}")
+    error = check_agreement("the maps-only graph and torch", in_graph, in_torch)
     ort_times, torch_times = [], []
     with torch.no_grad():
         for _ in range(rounds):
@@ -95,11 +92,8 @@ def _session_blocks(
             gc.collect()
     errors = {}
     for batch in inputs:
-        errors[batch] = relative_error(reference[("maps", batch)], reference[("torch", batch)])
-        if not errors[batch] < 1e-4:
-            raise AssertionError(
-                f"in-graph and torch maps disagree at batch {batch}: {errors[batch]:.2e}"
-            )
+        what = f"in-graph and torch maps at batch {batch}"
+        errors[batch] = check_agreement(what, reference["maps", batch], reference["torch", batch])
     return {key: statistics.median(values) for key, values in times.items()}, errors
 
 

@@ -46,11 +46,8 @@ def measure(name: str, models: Path, profile_name: str, batch: int) -> dict[str,
     profile = get_profile(profile_name)
     figures: dict[str, float | str] = {"contender": name, "batch": batch}
     figures["imports_mib"] = current_rss_mib()
-    if name in TORCH_FREE:
-        paths = {p.stem: p for p in models.glob("*.onnx")}
-        setup = Setup(None, "", profile.image_size, paths)
-    else:
-        setup = Setup.from_folder(make_model(profile.model), models, profile.image_size)
+    model = None if name in TORCH_FREE else make_model(profile.model)
+    setup = Setup.from_folder(model, models, profile.image_size)
     contender = open_contender(name, setup)
     figures["loaded_mib"] = current_rss_mib()
     k = profile.num_targets if name.endswith(f"_k{profile.num_targets}") else 1

@@ -24,7 +24,7 @@ from benchmarks.contenders import PEERS
 from benchmarks.machine import machine_info
 from benchmarks.report_summary import evaluate_targets, render_markdown, splice, summarize
 
-__all__ = ["main"]
+__all__ = ["last_json_line", "main"]
 
 ROOT = Path(__file__).resolve().parent.parent
 MEMORY_CONTENDERS = ["eager_hook", *PEERS, "gradcam_fast", "gradcam_fast_low_memory",
@@ -46,7 +46,7 @@ def run_suite(profile: str, models: Path, json_path: Path, pytest_args: list[str
         raise SystemExit(f"the benchmark suite failed (pytest exit {done.returncode}); see above")
 
 
-def _json_line(what: str, module: str, *args: str) -> dict[str, Any] | None:
+def last_json_line(what: str, module: str, *args: str) -> dict[str, Any] | None:
     """The last stdout line of `python -m module args` as JSON; None (said on stderr) when the
     process fails."""
     done = _run([sys.executable, "-m", module, *args], dict(os.environ))
@@ -61,7 +61,8 @@ def run_memory(profile: str, models: Path, batch: int) -> list[dict[str, Any]]:
     """One process per contender; a contender whose library is missing is left out."""
     options = ("--models", str(models), "--profile", profile, "--batch", str(batch))
     rows = (
-        _json_line(f"memory probe {n}", "benchmarks.memory", n, *options) for n in MEMORY_CONTENDERS
+        last_json_line(f"memory probe {n}", "benchmarks.memory", n, *options)
+        for n in MEMORY_CONTENDERS
     )
     return [row for row in rows if row is not None]
 
@@ -69,7 +70,7 @@ def run_memory(profile: str, models: Path, batch: int) -> list[dict[str, Any]]:
 def run_interleaved(profile: str, models: Path) -> dict[str, Any]:
     """Interleaved-round ratios by batch size (str) and contender; {} when the step fails."""
     options = ("--models", str(models), "--profile", profile)
-    figures = _json_line("interleaved rounds", "benchmarks.interleaved", *options)
+    figures = last_json_line("interleaved rounds", "benchmarks.interleaved", *options)
     return figures["batches"] if figures else {}
 
 

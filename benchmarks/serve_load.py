@@ -220,13 +220,11 @@ def check_answer(port: int, prefix: str, data: bytes, expected: np.ndarray) -> N
     infinite for NaN or Inf)."""
     import torch
 
-    from gradcam_fast.check.compare import relative_error
+    from benchmarks.contenders import check_agreement
 
     body = _once(port, f"{prefix}/explain", data)
     got = torch.tensor(json.loads(body)["cams_lowres"], dtype=torch.float64)
-    error = relative_error(got, torch.from_numpy(expected))
-    if got.shape != expected.shape or not error < 1e-4:
-        raise AssertionError(f"served maps differ from the session's: relative error {error}")
+    check_agreement("the served maps and the session's", got, torch.from_numpy(expected))
 
 
 # what `gradcam-fast serve` gives its replicas: torch's OpenMP threads sleep between ops instead

@@ -4,19 +4,18 @@ probe. Cheap (tiny model), no timing."""
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
-from pathlib import Path
 
 import pytest
 import torch
 
 from benchmarks.contenders import check_output
 from benchmarks.contenders import exposed as Output
+from benchmarks.gpu_check import verdict
+from benchmarks.report import last_json_line
 from benchmarks.report_summary import evaluate_targets, render_markdown, splice, summarize
 from benchmarks.timing import interleave, round_robin_ratios
-
-ROOT = Path(__file__).resolve().parent.parent
+from gradcam_fast.cams.postprocess import upsample_normalize
+from gradcam_fast.format.result import GradCAMResult
 
 
 def _bench(name, group, median_s, **extra):
@@ -95,18 +94,18 @@ def test_splice_keeps_the_text_around_the_markers():
 def _reference(batch=2, size=8):
     gen = torch.Generator().manual_seed(0)
     lowres = torch.rand(batch, 1, 2, 2, generator=gen)
-    from gradcam_fast.cams.postprocess import upsample_normalize
-    from gradcam_fast.format.result import GradCAMResult
-
     cams = upsample_normalize(lowres, size)
     classes = torch.tensor([[3], [1]])
     logits = torch.randn(batch, 5, generator=gen)
-    return GradCAMResult(cams, lowres, classes, logits, torch.zeros(0), torch.zeros(0))
+    activations = torch.rand(batch, 3, 2, 2, generator=gen)
+    gradients = torch.randn(batch, 1, 3, 2, 2, generator=gen)
+    return GradCAMResult(cams, lowres, classes, logits, activations, gradients)
 
 
 def test_check_passes_the_right_answer_and_fails_a_wrong_one():
     ref = _reference()
     assert check_output("gradcam_fast", Output(ref.cams, ref.cams_lowres, ref.target_classes), ref)
+    assert verdict(ref, ref, "float32")[0] == "ok"  # gpu_check's: the same check
     with pytest.raises(AssertionError, match="gradcam_fast: maps differ"):
         check_output("gradcam_fast", Output(ref.cams, ref.cams_lowres * 1.01), ref)
     with pytest.raises(AssertionError, match="maps differ"):
@@ -118,31 +117,31 @@ def test_check_passes_the_right_answer_and_fails_a_wrong_one():
 
 
 @pytest.mark.parametrize("value", [float("nan"), float("inf")])
-def test_check_fails_non_finite_outputs_naming_them(value):
+@pytest.mark.parametrize("field", ["cams", "cams_lowres", "logits", "gradients"])
+def test_check_fails_non_finite_outputs_naming_them(field, value):
     """NaN compares False with every tolerance: a NaN or Inf anywhere must still fail, with the
-    output named and the count of such values, even when everything else is right."""
+    output named and the count of such values, even when everything else is right, for a map
+    contender, one exposing some outputs, a floor, and gpu_check at every precision."""
     ref = _reference()
-    cams = ref.cams.clone()
-    cams[1, 0, 2:4, 0] = value
-    with pytest.raises(AssertionError, match=r"gradcam_fast: cams holds 2 non-finite values"):
-        check_output("gradcam_fast", Output(cams, ref.cams_lowres, ref.target_classes), ref)
-    nan = torch.full_like(ref.cams_lowres, value)
-    with pytest.raises(AssertionError, match=r"lowres holds 8 non-finite values \(NaN or Inf\)"):
-        check_output("captum", Output(lowres=nan, classes=ref.target_classes), ref)
-    with pytest.raises(AssertionError, match="floor_ort: logits holds 10 non-finite"):
-        check_output("floor_ort", Output(logits=torch.full_like(ref.logits, value)), ref)
+    got = GradCAMResult(**{k: v if v is None else v.clone() for k, v in vars(ref).items()})
+    getattr(got, field).view(-1)[1:3] = value
+    for name in ("gradcam_fast", "captum", "floor_ort"):
+        with pytest.raises(AssertionError, match=rf"{name}: {field} holds 2 non-finite values"):
+            check_output(name, got, ref)
+    for precision in ("float32", "tf32", "float16"):
+        assert verdict(got, ref, precision)[0].startswith("WRONG"), precision
 
 
-def _last_json_line(module, profile, setup, *args):
+def _probe(module, profile, setup, *args):
     """The last stdout line of `python -m module *args` on the suite's exports, as JSON."""
     models = str(setup.paths["gradcam_k1"].parent)
-    cmd = [sys.executable, "-m", module, *args, "--models", models, "--profile", profile.name]
-    done = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, check=True)
-    return json.loads(done.stdout.strip().splitlines()[-1])
+    figures = last_json_line(module, module, *args, "--models", models, "--profile", profile.name)
+    assert figures is not None, f"{module} failed (its last line is above)"
+    return figures
 
 
 def test_memory_probe_reports_rss_in_its_own_process(profile, setup):
-    figures = _last_json_line("benchmarks.memory", profile, setup, "gradcam_fast")
+    figures = _probe("benchmarks.memory", profile, setup, "gradcam_fast")
     assert figures["contender"] == "gradcam_fast" and figures["batch"] == 8
     assert 0 < figures["imports_mib"] <= figures["peak_mib"]
     assert figures["after_run_mib"] <= figures["peak_mib"]
@@ -203,7 +202,7 @@ def test_targets_take_the_interleaved_ratios_when_there():
 
 @pytest.mark.slow
 def test_interleaved_rounds_run_checked_contenders(profile, setup):
-    batches = _last_json_line("benchmarks.interleaved", profile, setup)["batches"]
+    batches = _probe("benchmarks.interleaved", profile, setup)["batches"]
     assert set(batches) == {str(b) for b in profile.batches}
     for rows in batches.values():
         assert set(rows) == {"gradcam_fast", "gradcam_fast_cw", "gradcam_fast_int8", "torch_float32",
