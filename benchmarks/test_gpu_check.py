@@ -1,7 +1,7 @@
-"""The GPU check's machinery, run without a GPU in about a second: rows on disk as soon as they
-are measured, a crashing contender recorded and passed, the time budget, the table's ratios, and
-a whole dry run of the real plan (its check, `verdict`, is tested with check_output's in
-test_report.py)."""
+"""The GPU check's machinery, run without a GPU in a few seconds: rows on disk as soon as they
+are measured, a crashing contender recorded and passed, the time budget, the table's ratios, a
+whole dry run of the real plan, and the float32 rows' own factories run on the CPU (their check,
+`verdict`, is tested with check_output's in test_report.py)."""
 
 from __future__ import annotations
 
@@ -129,3 +129,39 @@ def test_a_cuda_test_run_past_its_time_is_stopped_and_reported(tmp_path):
     summary = gpu_check.run_cuda_tests(tmp_path, timeout_s=0.2, exports=tmp_path)
     assert summary.startswith("TIMEOUT: stopped after 0 s")
     assert (tmp_path / "cuda_tests.log").exists()
+
+
+def test_the_float32_gpu_rows_run_and_pass_their_check_on_the_cpu(tmp_path):
+    """The GPU registry's own factories, on a CPU `Setup` with a tiny VGG: each float32 row
+    without CUDA graphs builds, runs, and passes `verdict` against the eager reference (the
+    floor: the model's logits). What the GPU machine runs first is then known to be wired."""
+    import torch
+
+    from benchmarks.contenders import Setup, gpu_plan
+    from gradcam_fast import eager_gradcam, export_onnx
+    from gradcam_fast.model.loading import default_target_layer
+    from gradcam_fast.testing import make_tiny_vgg
+
+    model = make_tiny_vgg(seed=0).eval()
+    path = export_onnx(model, tmp_path / "m.onnx", image_size=32, validate=False)
+    failed = RuntimeError("no float16 export in this test")
+    paths = {"float32": path, "float16": failed}
+    setup = Setup(model, default_target_layer(model), 32, paths, "cpu", {"tensorrt": "none"})
+    x = torch.randn(4, 3, 32, 32, generator=torch.Generator().manual_seed(0))
+    reference = eager_gradcam(model, x, None)
+    rows = [c for c in gpu_plan(quick=False) if c.precision == "float32"]
+    rows = [c for c in rows if "graphs" not in c.name]
+    assert {c.name for c in rows} >= {
+        gpu_check.FLOOR,
+        gpu_check.EAGER_FP32,
+        "onnxruntime CUDA fp32",
+        "torch backend fp32",
+    }
+    for c in rows:
+        contender = c.factory(setup)
+        out = contender.run(x, reference.target_classes)
+        if c.floor:
+            assert torch.allclose(out.float(), reference.logits, rtol=1e-4, atol=1e-5), c.name
+        else:
+            check, errors = gpu_check.verdict(contender.output(out), reference, c.precision)
+            assert check == "ok", (c.name, errors)
