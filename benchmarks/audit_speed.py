@@ -29,6 +29,8 @@ from benchmarks.timing import interleave, median_ratio
 
 __all__ = ["main", "softmax_scores"]
 
+PERTURBATION = ["deletion", "insertion", "drop"]  # the metrics timed against TorchCAM's
+
 
 def softmax_scores(logits):
     """Softmax probabilities whose gradient is the logits' (straight-through): TorchCAM's
@@ -91,9 +93,7 @@ def own_audits(session, images, steps: int, batch: int) -> tuple[float, float, l
     from gradcam_fast.audit import audit
 
     start = time.perf_counter()
-    rows = audit(
-        session, images, metrics=["deletion", "insertion", "drop"], steps=steps, batch_size=batch
-    )
+    rows = audit(session, images, metrics=PERTURBATION, steps=steps, batch_size=batch)
     middle = time.perf_counter()
     road_rows = audit(session, images, metrics=["road"], batch_size=batch)
     return middle - start, time.perf_counter() - middle, rows, road_rows
@@ -107,15 +107,14 @@ def int8_audits(session, images, steps: int, batch: int, rounds: int) -> dict:
 
     calibration = _decoded(session, _pictures(8, session.metadata.image_size, 99))
     int8 = GradCAMSession(session.path, device="cpu", precision="int8", calibration=calibration)
-    perturbation = ["deletion", "insertion", "drop"]
 
     def run(s, metrics, **kw):
         return lambda: audit(s, images, metrics=metrics, batch_size=batch, **kw)
 
     times = interleave(
         {
-            "float32_del_ins_drop": run(session, perturbation, steps=steps),
-            "int8_del_ins_drop": run(int8, perturbation, steps=steps),
+            "float32_del_ins_drop": run(session, PERTURBATION, steps=steps),
+            "int8_del_ins_drop": run(int8, PERTURBATION, steps=steps),
             "float32_road": run(session, ["road"]),
             "int8_road": run(int8, ["road"]),
         },

@@ -39,8 +39,9 @@ from gradcam_fast.runtime.session import GradCAMSession
 
 __all__ = [
     "CAM_ATOL", "CONTENDERS", "EAGER_FP32", "GPU_CONTENDERS", "GPU_FLOOR", "PEERS", "SESSIONS",
-    "ContenderSpec", "ContenderUnavailable", "Setup", "check_agreement", "check_output", "export_floor", "export_plain",
-    "exposed", "gpu_plan", "make_model", "open_contender", "seeded_images", "weights_bytes",
+    "ContenderSpec", "ContenderUnavailable", "Setup", "check_agreement", "check_output",
+    "export_floor", "export_plain", "exposed", "gpu_plan", "make_model", "open_contender",
+    "seeded_images", "weights_bytes",
 ]  # fmt: skip
 
 CAM_ATOL = 1e-3  # upsampled maps in [0, 1]; other libraries resize/normalize in other orders
@@ -74,8 +75,9 @@ class Setup:
     def from_folder(
         cls, model: nn.Module | None, folder: Path, image_size: int, target: str | None = None
     ) -> Setup:
-        """The setup of `model` (its default target layer unless `target`; None for contenders
-        that run from their ONNX file alone) and every ONNX file in `folder`, each under its stem."""
+        """The setup of `model` (its default target layer unless `target`; None for
+        contenders that run from their ONNX file alone) and every ONNX file in `folder`, each
+        under its stem."""
         from gradcam_fast.model.loading import default_target_layer
 
         target = target or (default_target_layer(model) if model is not None else "")

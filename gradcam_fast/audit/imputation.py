@@ -8,10 +8,11 @@ symmetric positive definite and solved directly (scipy's SuperLU), all channels 
 images of a batch on parallel threads (SuperLU releases the GIL). The system is built with
 whole-array numpy operations (the authors' code, which pytorch-grad-cam copies, fills a scipy
 lil_matrix element by element), its unknowns numbered by nested dissection: with SuperLU's own
-orderings (COLAMD, MMD) the factorization took 1.6-2.5x longer on ROAD's masks at 224 x 224. Conjugate gradients in torch were tried first:
-the large holes of ROAD's high fractions need hundreds of iterations, 10x slower than the direct
-solve at 224 x 224 on this CPU; algebraic multigrid (pyamg) was no faster than the direct solve.
-Then `noise` x N(0, 1) is added to the imputed pixels.
+orderings (COLAMD, MMD) the factorization took 1.6-2.5x longer on ROAD's masks at 224 x 224.
+Conjugate gradients in torch were tried first: the large holes of ROAD's high fractions need
+hundreds of iterations, 10x slower than the direct solve at 224 x 224 on this CPU; algebraic
+multigrid (pyamg) was no faster than the direct solve. Then `noise` x N(0, 1) is added to the
+imputed pixels.
 """
 
 from __future__ import annotations

@@ -6,8 +6,9 @@ than it saves (MobileNet-V3-L at batch 1 on a Zen 4: OpenVINO bf16 1.2x slower t
 Runtime float32, int8 1.3x slower; benchmarks/RESULTS.md). So before auto keeps one, it is
 timed against the float32 file in ONNX Runtime (what auto runs otherwise) at batch 1 and at
 batch 8, interleaved, both sessions warm, and kept only where it `pays`: at least
-`AUTO_MIN_SPEEDUP` times float32's speed at one of them and not slower at the other. The int8 model is timed when it is made (`int8_cache`);
-bfloat16, which has no file of its own, by `bfloat16_trial`, which also judges its maps
+`AUTO_MIN_SPEEDUP` times float32's speed at one of them and not slower at the other. The int8
+model is timed when it is made (`int8_cache`); bfloat16, which has no file of its own, by
+`bfloat16_trial`, which also judges its maps
 against float32's (`compare.LIMITS["bfloat16"]`) and keeps the verdict in
 `cache_dir()/trials/` (one JSON file per model file and CPU model).
 """
