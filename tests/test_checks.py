@@ -22,6 +22,7 @@ from gradcam_fast.app.model_cache import cached_model
 from gradcam_fast.check.compare import compare_with_reference, failing_figures, relative_error
 from gradcam_fast.check.finite import NonFiniteMapsError
 from gradcam_fast.export.validate import ExportValidationError
+from gradcam_fast.format.inputs import nonfinite_rows
 
 SIZE = 32
 ROOT = Path(__file__).resolve().parents[1]
@@ -321,6 +322,28 @@ def test_nonfinite_outputs_raise_naming_the_images(session, images, index, value
     assert torch.isnan(err.result.cams_lowres[[1, 3]]).all()
     torch.testing.assert_close(err.result.cams[[0, 2]], clean.cams[[0, 2]])
     assert torch.isfinite(session(images).cams).all()  # the clean images alone: no error
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16, torch.float32, torch.float64])
+def test_nonfinite_rows_finds_every_nonfinite_row_and_no_finite_one(dtype):
+    """The fast check sums rows: a NaN, +inf, -inf, or +inf and -inf in one row are all
+    found, in any of the tensors; rows of the dtype's largest finite values, whose sum
+    overflows (except float16's, summed in float32), are tested element by element and not
+    flagged."""
+    big = torch.finfo(dtype).max
+    a = torch.ones(6, 3, 4, 4, dtype=dtype)
+    b = torch.ones(6, 10, dtype=dtype)
+    a[0, 1, 2, 3] = math.nan
+    a[1, 0, 0, 0] = math.inf
+    b[2, 5] = -math.inf
+    a[3, 0, 0, 0], a[3, 2, 1, 1] = math.inf, -math.inf  # their sum is NaN: found too
+    a[4] = big  # finite; 48 of the largest values overflow a float32 (or float64) sum
+    b[5] = big
+    found = nonfinite_rows(a, b)
+    assert found.dtype == torch.bool
+    assert found.tolist() == [True, True, True, True, False, False]
+    assert not nonfinite_rows(a[4:], b[4:]).any()  # only overflowing rows: the exact check
+    assert not nonfinite_rows(torch.zeros(2, 0)).any()  # empty rows are finite
 
 
 def test_aug_smooth_names_the_original_image(session, images):

@@ -33,12 +33,12 @@ def upsample_normalize(cams_lowres: torch.Tensor, size: int | tuple[int, int]) -
     one-ulp ripples that min-max would blow up into noise.
     """
     b, k = cams_lowres.shape[:2]
-    low_flat = cams_lowres.reshape(b, k, -1)
-    is_flat = (low_flat.amax(dim=-1, keepdim=True) - low_flat.amin(dim=-1, keepdim=True)) <= 0
+    low_min, low_max = cams_lowres.reshape(b, k, -1).aminmax(dim=-1, keepdim=True)
+    is_flat = (low_max - low_min) <= 0
     up = F.interpolate(cams_lowres, size=size, mode="bilinear", align_corners=False)
     flat = up.reshape(b, k, -1)
-    low = flat.amin(dim=-1, keepdim=True)
-    span = flat.amax(dim=-1, keepdim=True) - low
+    low, high = flat.aminmax(dim=-1, keepdim=True)
+    span = high - low
     span = torch.where(is_flat | (span <= 0), torch.full_like(span, float("inf")), span)
     flat.sub_(low).div_(span)
     return up

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import torch
 
+from ..format.inputs import nonfinite_rows
 from ..format.result import GradCAMResult
 
 __all__ = ["NONFINITE", "NonFiniteMapsError", "check_finite", "nonfinite_images"]
@@ -38,17 +39,14 @@ class NonFiniteMapsError(FloatingPointError):
 def nonfinite_images(result: GradCAMResult) -> torch.Tensor:
     """Bool [B]: images whose logits, activations, gradients, channel weights or low-resolution
     maps hold a NaN or an infinity."""
-    bad = torch.zeros(result.logits.shape[0], dtype=torch.bool, device=result.logits.device)
-    for tensor in (
+    tensors = (
         result.logits,
         result.activations,
         result.gradients,
         result.channel_weights,
         result.cams_lowres,
-    ):
-        if tensor is not None:
-            bad |= ~torch.isfinite(tensor).flatten(1).all(dim=1)
-    return bad
+    )
+    return nonfinite_rows(*(t for t in tensors if t is not None))
 
 
 def check_finite(result: GradCAMResult) -> GradCAMResult:

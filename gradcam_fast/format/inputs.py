@@ -8,7 +8,7 @@ from collections.abc import Sequence
 import numpy as np
 import torch
 
-__all__ = ["as_image_batch", "as_pixel_batch", "as_targets"]
+__all__ = ["as_image_batch", "as_pixel_batch", "as_targets", "nonfinite_rows"]
 
 
 def _from_numpy(array: np.ndarray, what: str) -> torch.Tensor:
@@ -42,6 +42,30 @@ def _check_dense(tensor: torch.Tensor, what: str) -> None:
             else ("meta" if tensor.device.type == "meta" else str(tensor.layout))
         )
         raise TypeError(f"{what} must be a dense tensor with data, got a {kind} tensor")
+
+
+def nonfinite_rows(*tensors: torch.Tensor) -> torch.Tensor:
+    """Bool [B]: the rows (first axis) where any of `tensors` (each [B, ...], floating point,
+    on one device) holds a NaN or an infinity.
+
+    A row's sum (in float32 at least) is not finite whenever one of its elements is not, and
+    summing is many times faster than testing every element; only when a sum is not finite
+    (a NaN or an infinity, or finite values whose sum overflows) are the elements tested. One
+    device synchronization when all is finite.
+    """
+    sums = torch.stack(
+        [
+            t.reshape(t.shape[0], -1).sum(dim=1, dtype=torch.promote_types(t.dtype, torch.float32))
+            for t in tensors
+        ]
+    )
+    suspect = ~torch.isfinite(sums).all(dim=0)
+    if not bool(suspect.any()):
+        return suspect
+    exact = torch.zeros_like(suspect)
+    for t in tensors:
+        exact |= ~torch.isfinite(t.reshape(t.shape[0], -1)).all(dim=1)
+    return exact
 
 
 def _check_size(
@@ -97,9 +121,8 @@ def as_image_batch(
         raise ValueError(f"expected images of shape {expected}, got {list(images.shape)}{hint}")
     _check_size(images, tuple(images.shape[-2:]), image_size, f"images of shape {expected}")
     images = images.to(device=device, dtype=torch.float32).contiguous()
-    finite = torch.isfinite(images)
-    if not bool(finite.all()):
-        bad = int((~finite).sum())
+    if bool(nonfinite_rows(images).any()):
+        bad = int((~torch.isfinite(images)).sum())
         raise ValueError(
             f"images contain {bad} NaN or infinite values (after conversion to float32); "
             "Grad-CAM of such input is undefined"
