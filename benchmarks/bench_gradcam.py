@@ -13,13 +13,13 @@ import onnxruntime as ort
 import pytest
 import torch
 
+from benchmarks.checks import check_output
 from benchmarks.config import active_profile
 from benchmarks.contenders import (
     CONTENDERS,
     PEERS,
     SESSIONS,
     ContenderUnavailable,
-    check_output,
     open_contender,
 )
 from gradcam_fast import GradCAMSession, export_onnx

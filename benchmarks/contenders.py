@@ -1,7 +1,7 @@
 """The contenders: every way of getting Grad-CAM maps (or plain logits, for the floors) that the
-benchmarks time, each run as its own documentation says; their one registry (`ContenderSpec`: the
-CPU rows by name in `CONTENDERS`, the GPU rows in `GPU_CONTENDERS` in the order gpu_check times
-them); and the check against the eager reference that every contender passes before it is timed.
+benchmarks time, each run as its own documentation says, and their one registry (`ContenderSpec`:
+the CPU rows by name in `CONTENDERS`, the GPU rows in `GPU_CONTENDERS` in the order gpu_check
+times them). `benchmarks.checks` holds the check every contender passes before it is timed.
 
 A contender is opened on a `Setup` (on its device), called as `run(images, classes)` (the timed
 call; classes [B,K] chosen by the reference), and converted by `output(raw)` to a `GradCAMResult`
@@ -25,12 +25,6 @@ import torch.nn.functional as F
 from torch import nn
 
 from gradcam_fast.cams.postprocess import gradcam_lowres, upsample_normalize
-from gradcam_fast.check.compare import (
-    LIMITS,
-    compare_with_reference,
-    failing_figures,
-    relative_error,
-)
 from gradcam_fast.check.reference import eager_gradcam
 from gradcam_fast.format.result import GradCAMResult
 from gradcam_fast.model.loading import load_model
@@ -38,13 +32,11 @@ from gradcam_fast.runtime.ort_backend import session_options
 from gradcam_fast.runtime.session import GradCAMSession
 
 __all__ = [
-    "CAM_ATOL", "CONTENDERS", "EAGER_FP32", "GPU_CONTENDERS", "GPU_FLOOR", "PEERS", "SESSIONS",
-    "ContenderSpec", "ContenderUnavailable", "Setup", "check_agreement", "check_output",
-    "export_floor", "export_plain", "exposed", "gpu_plan", "make_model", "open_contender",
-    "seeded_images", "weights_bytes",
+    "CONTENDERS", "EAGER_FP32", "GPU_CONTENDERS", "GPU_FLOOR", "PEERS", "SESSIONS",
+    "ContenderSpec", "ContenderUnavailable", "Setup", "export_floor", "export_plain", "exposed",
+    "gpu_plan", "make_model", "open_contender", "seeded_images", "weights_bytes",
 ]  # fmt: skip
 
-CAM_ATOL = 1e-3  # upsampled maps in [0, 1]; other libraries resize/normalize in other orders
 TINY_CFG = [16, "M", 32, "M", 64, 64, "M"]  # features of the CI-sized VGG (32 px images)
 
 
@@ -615,68 +607,3 @@ def open_contender(name: str, setup: Setup) -> _Contender:
     if name not in CONTENDERS:
         raise ValueError(f"unknown contender {name!r}; choose one of {sorted(CONTENDERS)}")
     return CONTENDERS[name].factory(setup)
-
-
-# --- the check ------------------------------------------------------------------------------
-
-
-def check_agreement(
-    what: str, got: torch.Tensor, expected: torch.Tensor, limit: float = 1e-4
-) -> float:
-    """The relative error of `got` against `expected` (`gradcam_fast.check.compare`'s), for two
-    ways of computing the same maps; raises AssertionError saying `what` disagree when the shapes
-    differ or the error is not under `limit` (NaN and Inf never are)."""
-    error = relative_error(got, expected)
-    if got.shape != expected.shape or not error < limit:
-        raise AssertionError(f"{what} disagree: relative error {error:.2e}")
-    return error
-
-
-def check_output(
-    name: str, got: GradCAMResult, reference: GradCAMResult, precision: str | None = None
-) -> dict[str, float]:
-    """Compare a contender's output with the eager reference: every output it exposes, judged as
-    export validation judges (`gradcam_fast.check.compare`) at its precision (its registry
-    entry's unless given), at float32 also the upsampled maps (CAM_ATOL); a floor on its logits
-    alone. Raises AssertionError naming the contender and the figures, or the output holding NaN
-    or Inf. Returns the judged figures."""
-    for output, tensor in vars(got).items():
-        if bad := 0 if tensor is None else int((~torch.isfinite(tensor.float())).sum()):
-            what = f"{bad} non-finite values (NaN or Inf) of {tensor.numel()}"
-            raise AssertionError(f"{name}: {output} holds {what}")
-    spec = CONTENDERS.get(name, ContenderSpec(name, None))
-    precision = precision or spec.precision
-    limits = {**LIMITS[precision], **({"cams": CAM_ATOL} if precision == "float32" else {})}
-    if spec.floor:
-        got = exposed(logits=got.logits)
-    elif got.cams is None and got.cams_lowres is None:
-        raise AssertionError(f"{name}: produced neither maps nor low-resolution maps to check")
-    elif got.target_classes is not None and not torch.equal(
-        got.target_classes.cpu(), reference.target_classes.cpu()
-    ):
-        classes = f"{got.target_classes} != {reference.target_classes}"
-        raise AssertionError(f"{name}: explained classes {classes}")
-    errors = compare_with_reference(got, reference)
-    if got.cams is not None:
-        if got.cams.shape != reference.cams.shape:
-            shapes = f"{list(got.cams.shape)}, reference {list(reference.cams.shape)}"
-            raise AssertionError(f"{name}: maps of shape {shapes}")
-        diff = got.cams.detach().double().cpu() - reference.cams.double().cpu()
-        errors["cams"] = diff.abs().max().item()
-    failed = failing_figures(errors, precision)
-    if "cams" in limits and not errors.get("cams", 0.0) <= limits["cams"]:
-        failed.append("cams")
-    correlated = precision in ("int8", "bfloat16")  # judged on the maps' correlation
-    shown = {*limits, "cams_lowres_worst_decorrelation"} if correlated else limits
-    errors = {k: float(v) for k, v in errors.items() if k in shown}  # the judged figures
-    if failed and spec.floor:
-        raise AssertionError(
-            f"{name}: logits differ from the eager model's by {errors['logits']:.2e} "
-            f"(relative, tolerance {limits['logits']:.0e})"
-        )
-    if failed:
-        raise AssertionError(
-            f"{name}: maps differ from the eager reference ({failed} beyond the {precision} "
-            f"limits): {errors}"
-        )
-    return errors

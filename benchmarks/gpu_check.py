@@ -36,12 +36,12 @@ sys.path.insert(0, str(ROOT))
 
 import torch  # noqa: E402
 
+from benchmarks.checks import check_output  # noqa: E402
 from benchmarks.contenders import (  # noqa: E402
     EAGER_FP32,
     ContenderSpec,
     ContenderUnavailable,
     Setup,
-    check_output,
     gpu_plan,
 )
 from benchmarks.contenders import GPU_FLOOR as FLOOR  # noqa: E402
@@ -178,7 +178,7 @@ def run_contenders(
 
 
 def verdict(got, reference, precision: str) -> tuple[str, dict]:
-    """ "ok", or "WRONG" and why (`benchmarks.contenders.check_output`, at the limits of the
+    """ "ok", or "WRONG" and why (`benchmarks.checks.check_output`, at the limits of the
     precision's class), with the judged figures."""
     try:
         return "ok", check_output("", got.to("cpu"), reference, LIMITS_OF[precision])

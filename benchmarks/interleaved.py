@@ -17,11 +17,11 @@ from typing import Any
 
 import torch
 
+from benchmarks.checks import check_output
 from benchmarks.contenders import (
     SESSIONS,
     ContenderUnavailable,
     Setup,
-    check_output,
     open_contender,
     seeded_images,
 )

@@ -24,7 +24,8 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from benchmarks.contenders import check_agreement, export_plain, make_model
+from benchmarks.checks import check_agreement
+from benchmarks.contenders import export_plain, make_model
 from benchmarks.machine import cpu
 from benchmarks.tables import markdown_table
 from benchmarks.timing import time_calls

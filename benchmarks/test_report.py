@@ -8,7 +8,7 @@ import json
 import pytest
 import torch
 
-from benchmarks.contenders import check_output
+from benchmarks.checks import check_output
 from benchmarks.contenders import exposed as Output
 from benchmarks.gpu_check import verdict
 from benchmarks.report import last_json_line
