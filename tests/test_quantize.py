@@ -180,6 +180,77 @@ def test_int8_model_on_cuda_is_refused_naming_the_alternative(tmp_path, tiny, mo
     assert runner.metadata.precision == "float32"
 
 
+def _kernels(path) -> dict[str, np.ndarray]:
+    model = onnx.load(path)
+    return {
+        i.name: onnx.numpy_helper.to_array(i)
+        for i in model.graph.initializer
+        if i.data_type == onnx.TensorProto.INT8 and len(i.dims) == 4
+    }
+
+
+@pytest.mark.parametrize(("flags", "bound"), [("avx2 fma", 64), ("avx2 avx512_vnni", 127)])
+def test_int8_kernels_in_seven_bits_where_int16_pair_sums_saturate(
+    tmp_path, tiny, monkeypatch, flags, bound
+):
+    """On an x86 CPU without VNNI every int8 convolution kernel keeps within +-64 (ONNX
+    Runtime's uint8 x int8 pair sums then fit in int16); with VNNI the full 8 bits. Per output
+    channel the whole range is used."""
+    import platform
+
+    from gradcam_fast.runtime.cpu_choice import FLAGS_ENV
+    from gradcam_fast.runtime.ort_quantize import saturating_convs
+
+    monkeypatch.setattr(platform, "machine", lambda: "x86_64")
+    monkeypatch.setenv(FLAGS_ENV, flags)
+    path = export_onnx(
+        tiny, tmp_path / "q.onnx", image_size=SIZE, precision="int8", calibration=_noise(8, 0)
+    )
+    kernels = _kernels(path)
+    assert len(kernels) == 3  # the tiny VGG's three body convs
+    for name, kernel in kernels.items():
+        per_channel = np.abs(kernel.astype(np.int16)).reshape(len(kernel), -1).max(axis=1)
+        assert (per_channel == bound).all(), (name, per_channel)
+    assert (saturating_convs(path) == []) == (bound == 64)
+
+
+def test_int8_file_with_eight_bit_kernels_is_refused_on_x86_without_vnni(
+    tmp_path, tiny, monkeypatch
+):
+    """A file with full-range int8 kernels (made before 7-bit kernels, or by another tool) would
+    give wrong maps without an error on an x86 CPU without VNNI: refused there, naming the fix;
+    opened where the sums are exact (VNNI, or not x86)."""
+    import platform
+
+    from gradcam_fast.runtime.cpu_choice import FLAGS_ENV
+    from gradcam_fast.runtime.ort_quantize import saturating_convs
+
+    path = export_onnx(
+        tiny, tmp_path / "q.onnx", image_size=SIZE, precision="int8", calibration=_noise(8, 0)
+    )
+    model = onnx.load(path)
+    init = next(i for i in model.graph.initializer if i.name in _kernels(path))
+    kernel = onnx.numpy_helper.to_array(init).copy()
+    kernel.flat[0] = 127
+    init.CopyFrom(onnx.numpy_helper.from_array(kernel, init.name))
+    eight_bit = tmp_path / "eight_bit.onnx"
+    onnx.save(model, eight_bit)
+    assert saturating_convs(eight_bit) == [init.name]
+
+    monkeypatch.setattr(platform, "machine", lambda: "x86_64")
+    monkeypatch.setenv(FLAGS_ENV, "avx2 fma")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)  # int8 without VNNI
+        GradCAMSession(path, device="cpu")  # 7-bit kernels: fine here
+        with pytest.raises(ValueError, match=r"full 8-bit range.*no VNNI.*Export the int8"):
+            GradCAMSession(eight_bit, device="cpu")
+        monkeypatch.setenv(FLAGS_ENV, "avx2 avx512_vnni")
+        assert GradCAMSession(eight_bit, device="cpu").metadata.precision == "int8"
+        monkeypatch.setenv(FLAGS_ENV, "")
+        monkeypatch.setattr(platform, "machine", lambda: "aarch64")
+        assert GradCAMSession(eight_bit, device="cpu").metadata.precision == "int8"
+
+
 def test_too_few_calibration_images_says_how_many(tmp_path, tiny):
     with pytest.raises(ValueError, match=f"at least {MIN_CALIBRATION_IMAGES} images, got 3"):
         export_onnx(

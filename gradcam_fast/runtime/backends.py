@@ -31,7 +31,14 @@ import torch
 
 from ..format.metadata import ModelMetadata
 from ..format.onnx_props import file_metadata
-from .cpu_choice import Choice, candidates, cpu_flags, openvino_installed
+from .cpu_choice import (
+    VNNI_FLAGS,
+    Choice,
+    candidates,
+    cpu_flags,
+    int8_pair_sums_saturate,
+    openvino_installed,
+)
 from .speed_trial import AUTO_MIN_SPEEDUP, pays, speeds_line
 
 __all__ = ["AUTO_INT8_MIN_SPEEDUP", "AUTO_MIN_SPEEDUP", "open_runner"]
@@ -47,7 +54,7 @@ _NATIVE = {
         "OpenVINO runs float32 instead (see session.inference_precision); use 'float32'",
     ),
     "int8": (
-        {"avx512_vnni", "avx_vnni", "amx_int8"},
+        VNNI_FLAGS,
         "precision='int8' on a CPU without VNNI (AVX512-VNNI, AVX-VNNI or AMX-INT8): int8 "
         "convolutions are emulated and may run slower than float32",
     ),
@@ -136,8 +143,29 @@ def open_runner(
             run = path
         if device.type == "cpu":
             _warn_native(choice.precision)
+            if choice[:2] == ("onnxruntime", "int8"):
+                _refuse_saturating(run)
         return _open(run, meta, choice, backend, ort, openvino)
     raise AssertionError("candidates() always ends with float32")  # pragma: no cover
+
+
+def _refuse_saturating(path: Path) -> None:
+    """An int8 file with 8-bit convolution kernels (made on a CPU with VNNI, or by another
+    tool) on an x86 CPU without VNNI: ONNX Runtime's int8 convolutions saturate
+    there and the maps would be wrong without an error, so the file is refused (`ort_quantize`
+    makes 7-bit kernels on such a CPU)."""
+    if not int8_pair_sums_saturate():
+        return
+    from .ort_quantize import saturating_convs
+
+    if saturating := saturating_convs(path):
+        raise ValueError(
+            f"{path.name}: {len(saturating)} int8 convolution kernels use the full 8-bit range "
+            f"({saturating[0]}, ...), and this CPU has no VNNI (AVX512-VNNI, AVX-VNNI or "
+            "AMX-INT8): ONNX Runtime's int8 convolutions saturate on such kernels here and the "
+            "maps would be wrong. Export the int8 file again on a CPU like this one (gradcam_fast "
+            "then stores 7-bit kernels), or run the float32 file"
+        )
 
 
 def _int8_file(

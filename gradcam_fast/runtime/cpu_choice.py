@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import importlib.util
 import os
+import platform
 import sys
 from collections.abc import Iterable
 from typing import NamedTuple
@@ -33,6 +34,7 @@ __all__ = [
     "FLAGS_ENV",
     "ROWS",
     "SESSION_PRECISIONS",
+    "VNNI_FLAGS",
     "Choice",
     "Row",
     "candidates",
@@ -40,6 +42,7 @@ __all__ = [
     "cpu_count",
     "cpu_flags",
     "cpu_model",
+    "int8_pair_sums_saturate",
     "openvino_installed",
     "resolve",
 ]
@@ -47,6 +50,8 @@ __all__ = [
 BACKENDS = ("onnxruntime", "openvino", "auto")
 FLAGS_ENV = "GRADCAM_FAST_CPU_FLAGS"
 SESSION_PRECISIONS = ("float32", "bfloat16", "int8", "auto")
+VNNI_FLAGS = frozenset({"avx512_vnni", "avx_vnni", "amx_int8"})  # exact int8 dot products
+_X86 = {"x86_64", "amd64", "i386", "i686", "x86"}
 
 
 class Row(NamedTuple):
@@ -117,6 +122,14 @@ def cpu_flags() -> frozenset[str]:
     except OSError:
         return frozenset()
     return frozenset(line.partition(":")[2].split())
+
+
+def int8_pair_sums_saturate(flags: Iterable[str] | None = None) -> bool:
+    """Whether ONNX Runtime's uint8 x int8 convolutions add pairs of products in saturating
+    int16 on this CPU (an x86 CPU without VNNI: AVX2 alone, or AVX-512 without VNNI), so that
+    int8 kernels must keep within 7 bits (`ort_quantize`). `flags` default to `cpu_flags()`."""
+    flags = cpu_flags() if flags is None else frozenset(flags)
+    return platform.machine().lower() in _X86 and not flags & VNNI_FLAGS
 
 
 def cpu_model() -> str:

@@ -14,6 +14,17 @@ each block of the float activations or gradients is quantized on the fly). Calib
 part there, so unlike a static QGemm (which kept VGG19's top-1 class for 14 of 16 photos) it
 moves the logits by about as much as the int8 body does (benchmarks/RESULTS.md).
 
+On an x86 CPU without VNNI (AVX2 alone, or AVX-512 without VNNI) the convolution weights are
+stored in 7 bits ([-64, 64], ONNX Runtime's `reduce_range`): there its uint8 x int8 kernels add
+each pair of products in int16 (VPMADDUBSW), 2 x 255 x 127 overflows it and the sums saturate,
+while 2 x 255 x 64 fits. Measured on an AVX2-only AMD EPYC (2026-12-07): with 8-bit weights a
+trained tiny VGG's logits moved by 24% and a one-conv body's activations by 34% (validation
+refused both files), within the int8 limits in 7 bits; VGG19 (random weights, 8 photos) kept
+its maps better in 7 bits than in saturating 8 bits (held-out r 0.982 against 0.977). With VNNI
+the sums are exact and 8 bits keep more (VGG19 r 0.990 on a Zen 4), so the CPU that makes the
+file decides (`cpu_choice.int8_pair_sums_saturate`), and a session refuses a file with 8-bit
+kernels on a CPU that would saturate them (`saturating_convs`).
+
 Two callers: `export_onnx(..., precision="int8")` (`export.quantize`) and a session's int8 model
 of a float32 file (`int8_cache`). The calibration images come from `io.calibration`.
 """
@@ -33,12 +44,31 @@ import torch
 from ..format.onnx_body import body_nodes
 from ..format.options import check_calibration_method
 from ..io.calibration import calibration_batches
+from .cpu_choice import int8_pair_sums_saturate
 
-__all__ = ["HEAD_BLOCK_SIZE", "quantize_body", "quantize_head_weights"]
+__all__ = ["HEAD_BLOCK_SIZE", "SATURATION_FREE", "quantize_body", "quantize_head_weights",
+           "saturating_convs"]  # fmt: skip
 
 log = logging.getLogger(__name__)
 
 HEAD_BLOCK_SIZE = 128  # head weights per float scale (MatMulNBits block size)
+SATURATION_FREE = 64  # |int8 kernel weight| at most this: int16 pair sums of uint8 x int8 fit
+
+
+def saturating_convs(path: str | Path) -> list[str]:
+    """The int8 convolution kernels (int8 initializers of rank 4) of the ONNX file at `path`
+    with a weight beyond +-SATURATION_FREE: ONNX Runtime's int8 convolutions saturate on them
+    on an x86 CPU without VNNI (the module note)."""
+    from onnx import numpy_helper
+
+    model = onnx.load(str(path))
+    return [
+        init.name
+        for init in model.graph.initializer
+        if init.data_type == onnx.TensorProto.INT8
+        and len(init.dims) == 4
+        and np.abs(numpy_helper.to_array(init).astype(np.int16)).max() > SATURATION_FREE
+    ]
 
 
 def _gemms_as_matmuls(proto: onnx.ModelProto, body: set[str]) -> set[str]:
@@ -182,6 +212,7 @@ def quantize_body(
                 reader,
                 quant_format=QuantFormat.QOperator,
                 per_channel=True,
+                reduce_range=int8_pair_sums_saturate(),  # 7-bit kernels there (module note)
                 activation_type=QuantType.QUInt8,
                 weight_type=QuantType.QInt8,
                 nodes_to_quantize=sorted(body),
