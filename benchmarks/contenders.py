@@ -28,6 +28,7 @@ from gradcam_fast.cams.postprocess import gradcam_lowres, upsample_normalize
 from gradcam_fast.check.reference import eager_gradcam
 from gradcam_fast.format.result import GradCAMResult
 from gradcam_fast.model.loading import load_model
+from gradcam_fast.runtime.backends import Int8SaturationError
 from gradcam_fast.runtime.ort_backend import session_options
 from gradcam_fast.runtime.session import GradCAMSession
 
@@ -320,7 +321,10 @@ class FastSession(_Contender):
             raise RuntimeError(f"the {key} export failed: {path}")
         if setup.device in setup.unavailable:
             raise RuntimeError(setup.unavailable[setup.device])
-        self.session = GradCAMSession(path, device=setup.device, **options)
+        try:
+            self.session = GradCAMSession(path, device=setup.device, **options)
+        except Int8SaturationError as exc:  # ONNX Runtime on NNCF's 8-bit kernels, no VNNI
+            raise ContenderUnavailable(str(exc)) from None
 
     def run(self, images, classes):
         return self.session(images, classes)

@@ -41,8 +41,16 @@ def test_avx_vnni_row_picks_onnx_runtime_int8():
     assert choose(ALDER_LAKE, calibration=True)[:2] == ("onnxruntime", "int8")
 
 
+def test_avx2_row_picks_openvino_int8_then_onnx_runtime_int8_with_calibration_else_float32():
+    assert choose(HASWELL, calibration=True)[:2] == ("openvino", "int8")
+    assert choose(HASWELL, calibration=True, openvino=False)[:2] == ("onnxruntime", "int8")
+    backend, precision, reason = choose(HASWELL)
+    assert (backend, precision) == ("onnxruntime", "float32")
+    assert "AVX2, no VNNI" in reason and "no calibration" in reason
+
+
 def test_other_cpus_keep_exact_float32_onnx_runtime():
-    assert choose(HASWELL, calibration=True)[:2] == ("onnxruntime", "float32")
+    assert choose({"sse4_2", "avx"}, calibration=True)[:2] == ("onnxruntime", "float32")
     assert choose(set())[:2] == ("onnxruntime", "float32")
 
 

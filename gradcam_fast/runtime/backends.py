@@ -17,7 +17,9 @@ the fallbacks, each with a warning that says why.
   maps are beyond the bfloat16 limits. An explicit `precision="int8"` runs anyway, and warns
   where int8 was measured slower than float32; an explicit "bfloat16" is not tried first.
 - A precision the CPU does not compute natively warns: bfloat16 without AVX512-BF16 or AMX
-  (OpenVINO then runs float32, and says so in `inference_precision`), int8 without VNNI.
+  (OpenVINO then runs float32, and says so in `inference_precision`), ONNX Runtime's int8 on
+  an x86 CPU without VNNI (7-bit weights there, `ort_quantize`); an int8 file whose 8-bit kernels would
+  saturate on such a CPU is refused (`Int8SaturationError`).
 """
 
 from __future__ import annotations
@@ -32,7 +34,6 @@ import torch
 from ..format.metadata import ModelMetadata
 from ..format.onnx_props import file_metadata
 from .cpu_choice import (
-    VNNI_FLAGS,
     Choice,
     candidates,
     cpu_flags,
@@ -41,22 +42,24 @@ from .cpu_choice import (
 )
 from .speed_trial import AUTO_MIN_SPEEDUP, pays, speeds_line
 
-__all__ = ["AUTO_INT8_MIN_SPEEDUP", "AUTO_MIN_SPEEDUP", "open_runner"]
+__all__ = ["AUTO_INT8_MIN_SPEEDUP", "AUTO_MIN_SPEEDUP", "Int8SaturationError", "open_runner"]
 
 AUTO_INT8_MIN_SPEEDUP = AUTO_MIN_SPEEDUP  # its earlier name, from when only int8 was timed
 _RULE = f"auto keeps it from {AUTO_MIN_SPEEDUP}x at batch 1 or 8 and not slower at the other"
 
-# precision -> (the CPU flags that compute it natively, the warning without any of them)
+# precision -> (whether this CPU lacks it natively, the warning then)
 _NATIVE = {
     "bfloat16": (
-        {"avx512_bf16", "amx_bf16"},
+        lambda: not cpu_flags() & {"avx512_bf16", "amx_bf16"},
         "precision='bfloat16' on a CPU without native bfloat16 (no AVX512-BF16 or AMX): "
         "OpenVINO runs float32 instead (see session.inference_precision); use 'float32'",
     ),
     "int8": (
-        VNNI_FLAGS,
-        "precision='int8' on a CPU without VNNI (AVX512-VNNI, AVX-VNNI or AMX-INT8): int8 "
-        "convolutions are emulated and may run slower than float32",
+        int8_pair_sums_saturate,
+        "precision='int8' on an x86 CPU without VNNI (AVX512-VNNI, AVX-VNNI or AMX-INT8): its "
+        "int8 dot products add pairs in saturating int16, so ONNX Runtime's int8 keeps 7-bit "
+        "weights here and its maps are further from float32's than with VNNI (VGG19: r 0.985 "
+        "against 0.990, benchmarks/RESULTS.md)",
     ),
 }
 
@@ -97,9 +100,11 @@ def _choices(
     )
 
 
-def _warn_native(precision: str) -> None:
-    flags, warning = _NATIVE.get(precision, (None, ""))
-    if flags is not None and not cpu_flags() & flags:
+def _warn_native(choice: Choice) -> None:
+    if choice[:2] == ("openvino", "int8"):
+        return  # NNCF's int8 kept its maps on an AVX2-only CPU as with VNNI (r 0.990 / 0.992)
+    lacking, warning = _NATIVE.get(choice.precision, (None, ""))
+    if lacking is not None and lacking():
         warnings.warn(warning, RuntimeWarning, stacklevel=4)
 
 
@@ -142,11 +147,15 @@ def open_runner(
         else:
             run = path
         if device.type == "cpu":
-            _warn_native(choice.precision)
+            _warn_native(choice)
             if choice[:2] == ("onnxruntime", "int8"):
                 _refuse_saturating(run)
         return _open(run, meta, choice, backend, ort, openvino)
     raise AssertionError("candidates() always ends with float32")  # pragma: no cover
+
+
+class Int8SaturationError(ValueError):
+    """An int8 file whose convolutions would saturate on this CPU (8-bit kernels, no VNNI)."""
 
 
 def _refuse_saturating(path: Path) -> None:
@@ -159,7 +168,7 @@ def _refuse_saturating(path: Path) -> None:
     from .ort_quantize import saturating_convs
 
     if saturating := saturating_convs(path):
-        raise ValueError(
+        raise Int8SaturationError(
             f"{path.name}: {len(saturating)} int8 convolution kernels use the full 8-bit range "
             f"({saturating[0]}, ...), and this CPU has no VNNI (AVX512-VNNI, AVX-VNNI or "
             "AMX-INT8): ONNX Runtime's int8 convolutions saturate on such kernels here and the "

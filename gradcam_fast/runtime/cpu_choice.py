@@ -15,6 +15,7 @@ ONNX Runtime, batch 1 / batch 8; benchmarks/RESULTS.md has the runs.
 | amx_bf16 + amx_int8 (Intel Xeon 4th gen+) | OpenVINO int8, OpenVINO bf16, ONNX Runtime int8 | ONNX Runtime | by the issue's author on a 2-core AMX Xeon, 2026-12-02: int8 5.8x / 11.4x, bf16 4.2x / 6.9x |
 | avx512_bf16 + avx512_vnni, no AMX (AMD Zen 4) | ONNX Runtime int8, OpenVINO int8, OpenVINO bf16 | ONNX Runtime | here, 2-core AMD EPYC Zen 4, 2026-12-03 (quiet rerun): ORT int8 3.35x / 3.72x, OpenVINO int8 2.46x / 3.63x, bf16 1.78x / 2.00x |
 | avx512_vnni or avx_vnni | ONNX Runtime int8 | ONNX Runtime | ONNX Runtime's QOperator int8 (issue 13); OpenVINO not measured on such a CPU |
+| avx2, no VNNI (e.g. AMD Zen 3) | OpenVINO int8, ONNX Runtime int8 | ONNX Runtime | here, 2-core AVX2-only AMD EPYC, 2026-12-07: OpenVINO int8 1.87x / 2.00x (r 0.990, 16/16 top-1), ONNX Runtime int8 (7-bit kernels) 1.93x / 1.96x (r 0.985, 15/16; VGG19's validation refused it), OpenVINO float32 0.98x / 0.96x |
 | anything else | (none) | ONNX Runtime | today's default |
 
 Pure functions, no imports from the package: the CLI's parser and the session both use them.
@@ -82,6 +83,12 @@ _ZEN4_RUN = (
     "2026-12-03): ONNX Runtime int8 3.35x/3.72x, OpenVINO int8 2.46x/3.63x, OpenVINO "
     "bf16 1.78x/2.00x over ONNX Runtime float32 at batch 1/8"
 )
+_AVX2_RUN = (
+    "measured on a 2-core AVX2-only AMD EPYC (no AVX-512, VNNI or AMX; benchmarks/RESULTS.md, "
+    "2026-12-07): OpenVINO int8 1.87x/2.00x with maps r 0.990, ONNX Runtime int8 (7-bit "
+    "kernels there) 1.93x/1.96x with r 0.985, OpenVINO float32 0.98x/0.96x over ONNX Runtime "
+    "float32 at batch 1/8"
+)
 _VNNI = "ONNX Runtime's int8 (VNNI dot products)"
 _ORT_INT8, _OV_INT8, _OV_BF16 = "onnxruntime int8", "openvino int8", "openvino bfloat16"
 
@@ -95,6 +102,7 @@ ROWS = (
     ),
     _row("VNNI", "avx512_vnni", _ORT_INT8, f"{_VNNI}, issue 13; OpenVINO unmeasured on such CPUs"),
     _row("AVX-VNNI", "avx_vnni", _ORT_INT8, f"{_VNNI}; OpenVINO unmeasured on such CPUs"),
+    _row("AVX2, no VNNI", "avx2", f"{_OV_INT8}, {_ORT_INT8}", _AVX2_RUN),
     _row("other", "", "", "today's default, exact float32"),
 )
 
