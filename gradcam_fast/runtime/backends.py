@@ -18,8 +18,8 @@ the fallbacks, each with a warning that says why.
   where int8 was measured slower than float32; an explicit "bfloat16" is not tried first.
 - A precision the CPU does not compute natively warns: bfloat16 without AVX512-BF16 or AMX
   (OpenVINO then runs float32, and says so in `inference_precision`), ONNX Runtime's int8 on
-  an x86 CPU without VNNI (7-bit weights there, `ort_quantize`); an int8 file whose 8-bit kernels would
-  saturate on such a CPU is refused (`Int8SaturationError`).
+  an x86 CPU without VNNI (7-bit weights there, `ort_quantize`). An int8 file whose 8-bit
+  kernels would saturate on such a CPU is refused (`Int8SaturationError`).
 """
 
 from __future__ import annotations
@@ -160,9 +160,9 @@ class Int8SaturationError(ValueError):
 
 def _refuse_saturating(path: Path) -> None:
     """An int8 file with 8-bit convolution kernels (made on a CPU with VNNI, or by another
-    tool) on an x86 CPU without VNNI: ONNX Runtime's int8 convolutions saturate
-    there and the maps would be wrong without an error, so the file is refused (`ort_quantize`
-    makes 7-bit kernels on such a CPU)."""
+    tool) on an x86 CPU without VNNI: ONNX Runtime's int8 convolutions saturate there and the
+    maps would be wrong without an error, so the file is refused (`ort_quantize` makes 7-bit
+    kernels on such a CPU)."""
     if not int8_pair_sums_saturate():
         return
     from .ort_quantize import saturating_convs
