@@ -65,6 +65,32 @@ def test_the_int8_model_is_timed_when_made_and_the_figure_kept_beside_it(float32
     assert not list((own_cache / "int8").glob(".int8-*"))  # nothing staged is left
 
 
+def test_seven_and_eight_bit_int8_models_are_cached_apart(float32_file, own_cache, monkeypatch):
+    """A cache shared by an x86 CPU without VNNI (7-bit kernels) and one with VNNI (8-bit) keeps
+    one ONNX Runtime model for each, so neither is refused (or rebuilt) for the other's;
+    OpenVINO's NNCF file is one for both."""
+    import platform
+    import shutil
+
+    from gradcam_fast.format.onnx_props import file_metadata
+    from gradcam_fast.runtime.cpu_choice import FLAGS_ENV
+
+    monkeypatch.setattr(platform, "machine", lambda: "x86_64")
+    monkeypatch.setattr(int8_cache, "_make", lambda path, out, *a: shutil.copy(path, out))
+    meta = file_metadata(float32_file)
+    made = {}
+    for flags in ("avx2", "avx2 avx512_vnni"):
+        monkeypatch.setenv(FLAGS_ENV, flags)
+        for backend in ("onnxruntime", "openvino"):
+            made[flags, backend] = int8_cache.int8_model(
+                float32_file, meta, backend, _photos(), open_session=None
+            ).name
+    assert "-onnxruntime-minmax-7bit-" in made["avx2", "onnxruntime"]
+    assert "7bit" not in made["avx2 avx512_vnni", "onnxruntime"]
+    assert made["avx2", "openvino"] == made["avx2 avx512_vnni", "openvino"]
+    assert len(set(made.values())) == 3
+
+
 def test_a_missing_or_broken_speed_record_reads_as_not_measured(tmp_path):
     model = tmp_path / "m.onnx"
     assert int8_cache.measured_speedups(model) is None

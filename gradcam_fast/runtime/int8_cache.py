@@ -7,7 +7,9 @@ file NNCF makes (`ov_quantize.py`), since OpenVINO cannot read QLinearConv. Befo
 the int8 model is judged against the float32 file on (up to 8 of) the calibration images with
 `compare.LIMITS["int8"]`: a quantization that broke the maps is refused, never cached.
 Files live in `cache_dir()/int8/`, named by the source file (path, size, modification time),
-the backend, the calibration method and a hash of the calibration set.
+the backend, the calibration method, "7bit" where ONNX Runtime's kernels are 7-bit on this CPU
+(an x86 CPU without VNNI, `ort_quantize`: a cache shared with a VNNI machine keeps both) and a
+hash of the calibration set.
 
 When it is made, the int8 model is also timed against the float32 file in ONNX Runtime on the
 same images at batch 1 and 8 (`speed_trial.speedup`), and the speed-up is kept beside it
@@ -30,6 +32,7 @@ from filelock import FileLock
 
 from ..format.metadata import ModelMetadata
 from .cachedir import cache_dir, file_key
+from .cpu_choice import int8_pair_sums_saturate
 from .speed_trial import speedup
 
 __all__ = ["Int8ValidationError", "int8_model", "measured_speedups", "write_int8"]
@@ -70,7 +73,8 @@ def int8_model(
     else:
         check_calibration_method(calibration_method)
     key = file_key(path)
-    name = f"{Path(path).stem}-{key}-{backend}-{calibration_method}"
+    bits = "-7bit" if backend == "onnxruntime" and int8_pair_sums_saturate() else ""
+    name = f"{Path(path).stem}-{key}-{backend}-{calibration_method}{bits}"
     out = cache_dir() / "int8" / f"{name}-{calibration_fingerprint(calibration)}.onnx"
     if out.is_file():
         return out
