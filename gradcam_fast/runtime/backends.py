@@ -148,8 +148,8 @@ def open_runner(
             run = path
         if device.type == "cpu":
             _warn_native(choice)
-            if choice[:2] == ("onnxruntime", "int8"):
-                _refuse_saturating(run)
+            if choice[:2] == ("onnxruntime", "int8") and run == path:
+                _refuse_saturating(path)  # a model int8_cache made here is 7-bit (its name)
         return _open(run, meta, choice, backend, ort, openvino)
     raise AssertionError("candidates() always ends with float32")  # pragma: no cover
 
