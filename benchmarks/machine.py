@@ -17,8 +17,24 @@ LIBRARIES = ("torch", "torchvision", "onnxruntime", "onnx", "numpy", "grad-cam",
              "torchcam")  # fmt: skip
 
 
+# the flags that pick a row of gradcam_fast.runtime.cpu_choice's table (AMX, bf16, VNNI, AVX2)
+RELEVANT_FLAGS = frozenset(
+    {
+        "amx_bf16",
+        "amx_int8",
+        "amx_tile",
+        "avx512_bf16",
+        "avx512_vnni",
+        "avx_vnni",
+        "avx512f",
+        "avx2",
+    }
+)
+
+
 def cpu() -> dict[str, Any]:
-    """The CPU's architecture, model name and the flags of its bfloat16 and int8 instructions."""
+    """The CPU's architecture, model name and the flags of its bfloat16 and int8 instructions
+    (`RELEVANT_FLAGS`)."""
     info: dict[str, Any] = {"machine": platform.machine(), "model": platform.processor()}
     try:
         lines: dict[str, str] = {}
@@ -30,7 +46,7 @@ def cpu() -> dict[str, Any]:
         return info
     info["model"] = lines.get("model name", info["model"])
     flags = set(lines.get("flags", "").split())
-    info["flags"] = sorted(f for f in ("avx512_bf16", "avx512_vnni", "amx_tile") if f in flags)
+    info["flags"] = sorted(flags & RELEVANT_FLAGS)
     return info
 
 

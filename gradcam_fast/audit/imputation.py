@@ -11,8 +11,14 @@ lil_matrix element by element), its unknowns numbered by nested dissection: with
 orderings (COLAMD, MMD) the factorization took 1.6-2.5x longer on ROAD's masks at 224 x 224.
 Conjugate gradients in torch were tried first: the large holes of ROAD's high fractions need
 hundreds of iterations, 10x slower than the direct solve at 224 x 224 on this CPU; algebraic
-multigrid (pyamg) was no faster than the direct solve. Then `noise` x N(0, 1) is added to the
-imputed pixels.
+multigrid (pyamg) was no faster than the direct solve. Measured on an AVX2-only EPYC
+(2026-12-08, one image's 18 ROAD masks, one thread, 1.4-1.6 s in all): SuperLU's time follows
+the nonzeros of L + U (about 75 ns each), not the flops, and nothing tried gained 1.3x: solving
+each 8-connected hole on its own (1.0x: one hole dominates), float32 factors (1e-4 off; with
+float64 refinement 1.1x), SuperLU's relax and panel sizes and other dissection leaves (within
+noise), qdldl (1.0-1.2x), CHOLMOD through cholespy (slower) or cvxopt (1.5x, but GPL-3), and
+one factorization shared by an order's nested masks (9x the fill). Then `noise` x N(0, 1) is
+added to the imputed pixels.
 """
 
 from __future__ import annotations
