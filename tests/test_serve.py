@@ -348,6 +348,18 @@ def test_the_gate_lets_through_the_next_batch_in_order_of_arrival(monkeypatch):
         assert len(passed) == 25
         await asyncio.wait_for(late, 1.0)
         assert passed[-1] == 25
+        # the order of arrival, not of waking: a newcomer that runs before the waiter wakes
+        replica.expected_batch_size = 1
+        await batch_starts()
+        older = asyncio.create_task(request(26))
+        await asyncio.sleep(0.05)
+        newer = asyncio.create_task(request(27))  # its first step runs after the gate opens
+        await batch_ends()
+        assert passed[-1] == 26, passed[-3:]
+        await batch_starts()
+        await batch_ends()
+        await asyncio.gather(older, newer)
+        assert passed[-2:] == [26, 27]
 
     asyncio.run(scenario())
 
