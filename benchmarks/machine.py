@@ -19,17 +19,8 @@ LIBRARIES = ("torch", "torchvision", "onnxruntime", "onnx", "numpy", "grad-cam",
 
 # the flags that pick a row of gradcam_fast.runtime.cpu_choice's table (AMX, bf16, VNNI, AVX2)
 RELEVANT_FLAGS = frozenset(
-    {
-        "amx_bf16",
-        "amx_int8",
-        "amx_tile",
-        "avx512_bf16",
-        "avx512_vnni",
-        "avx_vnni",
-        "avx512f",
-        "avx2",
-    }
-)
+    {"amx_bf16", "amx_int8", "amx_tile", "avx512_bf16", "avx512_vnni", "avx_vnni", "avx512f", "avx2"}
+)  # fmt: skip
 
 
 def cpu() -> dict[str, Any]:

@@ -288,78 +288,59 @@ def test_batches_expect_the_last_batch_plus_the_requests_that_came_meanwhile():
 
 
 def test_the_gate_lets_through_the_next_batch_in_order_of_arrival(monkeypatch):
-    """The gate before Ray Serve's batch queue (GradCAMDeployment._enter_next_batch) on its own:
-    nobody passes while a batch runs; once it has run, exactly the expected batch size passes,
-    oldest first (the rest wait for the next batch, so no leftover becomes a batch of its own,
-    and nobody waits behind newcomers); a full gate is passed after GATE_FULL_TIMEOUT_S only if
-    no batch has started meanwhile."""
+    """The gate before Ray Serve's batch queue (services.batch_gate) on its own: nobody passes
+    while a batch runs; once it has run, exactly the expected batch size passes, oldest first
+    (the rest wait for the batch after, so no leftover becomes a batch of its own, and nobody
+    waits behind newcomers); a full gate is passed after FULL_TIMEOUT_S only if no batch has
+    started meanwhile."""
     import asyncio
-    from types import SimpleNamespace
 
-    from gradcam_fast.services import ray_serve
+    from gradcam_fast.services import batch_gate
 
-    monkeypatch.setattr(ray_serve, "GATE_FULL_TIMEOUT_S", 0.2)
-    deployment = ray_serve.GradCAMDeployment.func_or_class
+    monkeypatch.setattr(batch_gate, "FULL_TIMEOUT_S", 0.2)
 
     async def scenario() -> None:
-        replica = SimpleNamespace(
-            _gate=asyncio.Condition(), _running=False, _tickets=0, _passed=0, _bound=1,
-            expected_batch_size=8,
-        )  # fmt: skip
+        gate = batch_gate.BatchGate()
         passed: list[int] = []
 
         async def request(i: int) -> None:
-            await deployment._enter_next_batch(replica)
+            await gate.enter()
             passed.append(i)
 
-        async def batch_starts() -> None:
-            await deployment._close_gate(replica)
-
-        async def batch_ends() -> None:
-            await deployment._open_gate(replica)
+        async def batch_ends(size: int) -> None:
+            await gate.open(size)
             await asyncio.sleep(0.05)
 
-        await request(0)  # a lone client passes at once (the first batch expects one)
-        await batch_starts()
-        tasks = [asyncio.create_task(request(i)) for i in range(1, 21)]
+        await request(0)  # a lone request passes at once
+        await gate.close()
+        waiting = [asyncio.create_task(request(i)) for i in range(1, 21)]
         await asyncio.sleep(0.05)
         assert passed == [0]  # a batch runs: the 20 wait
-        await batch_ends()
+        await batch_ends(8)
         assert sorted(passed) == list(range(9))  # the next batch: the 8 oldest
-        await batch_starts()
+        await gate.close()
         newcomers = [asyncio.create_task(request(i)) for i in range(21, 25)]
-        await batch_ends()
+        await batch_ends(8)
         assert sorted(passed) == list(range(17))  # the older ones before the newcomers
-        replica.expected_batch_size = 3  # the load dropped
-        await batch_starts()
-        await batch_ends()
+        await gate.close()
+        await batch_ends(3)  # the load dropped
         assert sorted(passed) == list(range(20))
-        await batch_starts()
+        await gate.close()
         await asyncio.sleep(0.3)  # past the full gate's timeout, but a batch runs
         assert len(passed) == 20
-        replica.expected_batch_size = 8
-        await batch_ends()
+        await batch_ends(8)
         assert sorted(passed) == list(range(25))  # places left: the newcomers too
-        await asyncio.gather(*tasks, *newcomers)
-        # open and full (no batch started after its places were taken): wait, then pass
-        replica._bound = replica._passed
-        late = asyncio.create_task(request(25))
-        await asyncio.sleep(0.1)
-        assert len(passed) == 25
-        await asyncio.wait_for(late, 1.0)
-        assert passed[-1] == 25
+        await asyncio.gather(*waiting, *newcomers)
         # the order of arrival, not of waking: a newcomer that runs before the waiter wakes
-        replica.expected_batch_size = 1
-        await batch_starts()
-        older = asyncio.create_task(request(26))
+        await gate.close()
+        older = asyncio.create_task(request(25))
         await asyncio.sleep(0.05)
-        newer = asyncio.create_task(request(27))  # its first step runs after the gate opens
-        await batch_ends()
-        assert passed[-1] == 26, passed[-3:]
-        await batch_starts()
-        await batch_ends()
-        await asyncio.gather(older, newer)
-        assert passed[-2:] == [26, 27]
+        newer = asyncio.create_task(request(26))  # its first step runs after the gate opens
+        await batch_ends(1)
+        assert passed[-1] == 25 and 26 not in passed
+        # open and full, and no batch starts: the newer one passes after the timeout
+        await asyncio.wait_for(asyncio.gather(older, newer), 1.0)
+        assert passed[-1] == 26
 
     asyncio.run(scenario())
 

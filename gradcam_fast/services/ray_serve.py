@@ -12,7 +12,7 @@ and waits for the rest at most `batch_wait_ms` or a quarter of its estimated run
 (whichever is shorter: a dropping load costs a quarter of a batch, once). A lone client never
 waits; the clients of a full batch, sending again as their answers come back, find the next
 batch waiting for all of them instead of starting with the first to return. A gate before the
-batch queue lets the expected requests in, oldest first, only once the last batch has run.
+batch queue (batch_gate.py) lets the expected requests in, oldest first, once the last has run.
 
 Bad input gets a 4xx with `{"error": ...}` naming the problem; anything else a 500, logged with
 its traceback in the replica's log.
@@ -52,6 +52,7 @@ import torch
 
 from ..app.steps import Decoded, decode, model_input, preprocessing_of
 from ..check.finite import NONFINITE, NonFiniteMapsError
+from .batch_gate import BatchGate
 from .serve_query import ExplainQuery, HTTPError, answer_predictions, parse_query, require_method
 
 __all__ = [
@@ -68,7 +69,6 @@ log = logging.getLogger("ray.serve")
 DEFAULT_MAX_BATCH_SIZE = 8
 DEFAULT_BATCH_WAIT_MS = 200.0  # the most a batch waits for the requests it expects
 WAIT_SHARE = 0.25  # ... and at most this share of the expected batch's estimated run time
-GATE_FULL_TIMEOUT_S = 1.0  # the most a request waits at a full gate for its batch to start
 DEFAULT_MAX_BODY_BYTES = 32 << 20  # 32 MiB: a large photo; decoding is bounded by PIL's limit
 SessionFactory = Callable[[], Any]  # a zero-argument callable returning a GradCAMSession
 
@@ -172,13 +172,7 @@ class GradCAMDeployment:
         # One inference thread: batches run one after another while the loop decodes the next.
         self._infer_pool = ThreadPoolExecutor(1, thread_name_prefix="gradcam-infer")
         self._lock = threading.Lock()
-        # The gate before the batch queue (_enter_next_batch): closed while a batch runs; once
-        # open, it lets through the next batch's requests in their order of arrival.
-        self._gate = asyncio.Condition()
-        self._running = False  # a batch is running
-        self._tickets = 0  # the next arriving request's number
-        self._passed = 0  # one more than the highest number let through so far
-        self._bound = 1  # numbers below it may pass while no batch runs
+        self._gate = BatchGate()  # closed while a batch runs, then open to the next one's
         self._counts: Counter[str] = Counter()
         self._batch_sizes: Counter[int] = Counter()
         self.replica = _replica_id()
@@ -246,7 +240,7 @@ class GradCAMDeployment:
         self._pending += 1
         try:
             decoded = await loop.run_in_executor(self._decode_pool, self._decode, data)
-            await self._enter_next_batch()
+            await self._gate.enter()  # while a batch runs, requests gather for the next one
         finally:
             self._pending -= 1
         outcome: _Outcome = await self._explain_batch(_Job(decoded, query))
@@ -308,7 +302,7 @@ class GradCAMDeployment:
 
     @serve.batch(max_batch_size=DEFAULT_MAX_BATCH_SIZE, batch_wait_timeout_s=0.005)
     async def _explain_batch(self, jobs: list[_Job]) -> list[_Outcome]:
-        await self._close_gate()
+        await self._gate.close()
         started = time.perf_counter()
         try:
             self._count("batches", batch_size=len(jobs))
@@ -317,44 +311,7 @@ class GradCAMDeployment:
             return await loop.run_in_executor(self._infer_pool, self._infer, jobs)
         finally:
             self._expect_next(len(jobs), time.perf_counter() - started)
-            await self._open_gate()
-
-    async def _close_gate(self) -> None:
-        """A batch starts: requests arriving now wait for the next one."""
-        async with self._gate:
-            self._running = True
-
-    async def _open_gate(self) -> None:
-        """A batch has run: the next `expected_batch_size` requests may pass."""
-        async with self._gate:
-            self._running = False
-            self._bound = self._passed + self.expected_batch_size
-            self._gate.notify_all()
-
-    async def _enter_next_batch(self) -> None:
-        """Wait at the gate until this request belongs to the next batch. Requests are numbered
-        as they arrive; while no batch runs, those numbered below `_bound` pass: when a batch
-        has run, the next `expected_batch_size` in order of arrival, then newcomers while
-        places remain. Ray Serve forms the next batch as soon as the previous one is launched,
-        not when it has run: without the gate, the requests arriving during a run would become
-        a batch of whatever came within the wait; with an open gate alone, a crowd larger than
-        a batch leaves a leftover that Ray Serve closes into a batch of its own, an offset that
-        then recurs with the clients' cycle (batches of 7 and 1 instead of 8: see
-        benchmarks/RESULTS.md). A full gate is passed anyway after GATE_FULL_TIMEOUT_S if no
-        batch has started: one whose requests were all cancelled never starts."""
-        async with self._gate:
-            ticket = self._tickets
-            self._tickets += 1
-            while self._running or ticket >= self._bound:
-                if self._running:
-                    await self._gate.wait()
-                    continue
-                try:
-                    await asyncio.wait_for(self._gate.wait(), GATE_FULL_TIMEOUT_S)
-                except asyncio.TimeoutError:
-                    if not self._running:  # full, and still no batch has started
-                        break
-            self._passed = max(self._passed, ticket + 1)
+            await self._gate.open(self.expected_batch_size)
 
     def _expect_next(self, last_batch: int, seconds: float) -> None:
         """The next batch's size: the requests of the batch that just ran (their clients are
