@@ -47,14 +47,15 @@ __all__ = ["AUTO_INT8_MIN_SPEEDUP", "AUTO_MIN_SPEEDUP", "Int8SaturationError", "
 AUTO_INT8_MIN_SPEEDUP = AUTO_MIN_SPEEDUP  # its earlier name, from when only int8 was timed
 _RULE = f"auto keeps it from {AUTO_MIN_SPEEDUP}x at batch 1 or 8 and not slower at the other"
 
-# precision -> (whether this CPU lacks it natively, the warning then)
+# (backend, precision) -> (whether this CPU lacks it natively, the warning then); OpenVINO's
+# int8 has none: NNCF's file kept its maps on an AVX2-only CPU as with VNNI (r 0.990 / 0.992)
 _NATIVE = {
-    "bfloat16": (
+    ("openvino", "bfloat16"): (
         lambda: not cpu_flags() & {"avx512_bf16", "amx_bf16"},
         "precision='bfloat16' on a CPU without native bfloat16 (no AVX512-BF16 or AMX): "
         "OpenVINO runs float32 instead (see session.inference_precision); use 'float32'",
     ),
-    "int8": (
+    ("onnxruntime", "int8"): (
         int8_pair_sums_saturate,
         "precision='int8' on an x86 CPU without VNNI (AVX512-VNNI, AVX-VNNI or AMX-INT8): its "
         "int8 dot products add pairs in saturating int16, so ONNX Runtime's int8 keeps 7-bit "
@@ -101,9 +102,7 @@ def _choices(
 
 
 def _warn_native(choice: Choice) -> None:
-    if choice[:2] == ("openvino", "int8"):
-        return  # NNCF's int8 kept its maps on an AVX2-only CPU as with VNNI (r 0.990 / 0.992)
-    lacking, warning = _NATIVE.get(choice.precision, (None, ""))
+    lacking, warning = _NATIVE.get(choice[:2], (None, ""))
     if lacking is not None and lacking():
         warnings.warn(warning, RuntimeWarning, stacklevel=4)
 
