@@ -97,6 +97,68 @@ def test_largest_segment_takes_the_biggest_eight_connected_blob():
     assert box_iou((0, 0, 2, 2), (1, 1, 3, 3)) == pytest.approx(1 / 7)
 
 
+def test_pointing_default_tolerance_is_a_15_pixel_disc_on_every_side():
+    """The paper's 15 px (the default) around a one-pixel object at (50, 50), Euclidean: a peak
+    exactly 15 px away in each of the four directions or at (dy, dx) = (9, 12) (9^2 + 12^2 =
+    15^2) is a hit; 16 px away, at (10, 12) (15.6 px) or at (11, 11) (15.56 px, inside the
+    15 px square but outside the disc) a miss."""
+    mask = np.zeros((101, 101), bool)
+    mask[50, 50] = True
+    for dy, dx, hit in [
+        (-15, 0, 1.0),
+        (15, 0, 1.0),
+        (0, -15, 1.0),
+        (0, 15, 1.0),
+        (-9, 12, 1.0),
+        (12, -9, 1.0),
+        (-16, 0, 0.0),
+        (16, 0, 0.0),
+        (0, -16, 0.0),
+        (0, 16, 0.0),
+        (10, 12, 0.0),
+        (-11, -11, 0.0),
+        (11, 11, 0.0),
+    ]:
+        cam = np.zeros((101, 101), np.float32)
+        cam[50 + dy, 50 + dx] = 1.0
+        assert pointing_game(cam, mask) == hit, (dy, dx)
+
+
+def test_box_localization_thresholds_at_15_percent_of_the_peak():
+    """Nested plateaus of a map whose peak is 4 (not 1): 0.4 (10% of the peak), 0.8 (20%) and
+    the peak. The default threshold, 0.15 x 4 = 0.6, keeps the 0.8 plateau and the peak, so the
+    map's box is the 0.8 plateau's: columns 20..79, rows 30..69."""
+    cam = np.zeros((100, 100), np.float32)
+    cam[20:80, 10:90] = 0.4
+    cam[30:70, 20:80] = 0.8
+    cam[40:60, 40:60] = 4.0
+    iou, found = box_localization(cam, [(20.0, 30.0, 80.0, 70.0)])
+    assert found == (20.0, 30.0, 80.0, 70.0) and iou == 1.0
+    # threshold 0.5 x 4 = 2: the peak's plateau alone
+    assert box_localization(cam, [(40.0, 40.0, 60.0, 60.0)], threshold=0.5) == (
+        1.0,
+        (40.0, 40.0, 60.0, 60.0),
+    )
+
+
+def test_box_localization_takes_the_best_of_the_class_boxes():
+    """Two instances of the class: a hit when the map's box matches either (the ILSVRC
+    protocol takes the best match), whichever comes first."""
+    cam = _inside()  # the map's box is BOX exactly
+    elsewhere = (100.0, 80.0, 150.0, 120.0)  # disjoint from BOX: IoU 0
+    assert box_localization(cam, [elsewhere, BOX]) == (1.0, BOX)
+    assert box_localization(cam, [BOX, elsewhere]) == (1.0, BOX)
+    assert box_localization(cam, [elsewhere]) == (0.0, BOX)
+
+
+def test_box_iou_of_boxes_apart_or_touching_is_zero():
+    # apart on both axes: the overlaps in x and y are both negative, their product is not
+    assert box_iou((0, 0, 1, 1), (2, 2, 3, 3)) == 0.0
+    assert box_iou((2, 2, 3, 3), (0, 0, 1, 1)) == 0.0
+    assert box_iou((0, 0, 2, 2), (2, 0, 4, 2)) == 0.0  # sharing an edge only
+    assert box_iou((0, 0, 4, 2), (1, 0, 3, 2)) == pytest.approx(0.5)  # inter 4, union 8
+
+
 # masks against pycocotools ------------------------------------------------------------------
 
 
