@@ -272,6 +272,113 @@ def test_confidence_change_formula():
     assert inc.tolist() == [0.0, 1.0, 1.0]
 
 
+def test_blur_baseline_is_rises_gaussian_reflected_at_the_border():
+    """kernel 11, sigma 5, normalized, separable: an impulse far from the border spreads as
+    g(dy) g(dx) with g(t) = exp(-t^2 / 50) / sum_t exp(-t^2 / 50) (t = -5..5); a constant image
+    stays constant up to the border (reflection, no zeros padded in, weights summing to 1)."""
+    t = torch.arange(-5, 6, dtype=torch.float64)
+    g = torch.exp(-(t**2) / (2 * 5.0**2))
+    g = g / g.sum()
+    impulse = torch.zeros(1, 3, 31, 31)
+    impulse[0, :, 15, 15] = 1.0
+    blurred = baseline_images(impulse, "blur")
+    want = torch.zeros(31, 31, dtype=torch.float64)
+    want[10:21, 10:21] = g[:, None] * g[None, :]
+    for c in range(3):
+        torch.testing.assert_close(blurred[0, c].double(), want, rtol=0, atol=1e-7)
+    flat = torch.full((2, 3, 20, 17), 0.7)
+    torch.testing.assert_close(baseline_images(flat, "blur"), flat, rtol=0, atol=1e-6)
+    torch.testing.assert_close(baseline_images(flat, "constant"), torch.zeros_like(flat))
+
+
+def test_blur_baseline_matches_torchvision_gaussian_blur():
+    """torchvision's gaussian_blur (kernel 11, sigma 5, reflect padding) is an independent
+    implementation of the same filter."""
+    tf = pytest.importorskip("torchvision.transforms.functional")
+    x = torch.rand(2, 3, 24, 19, generator=torch.Generator().manual_seed(3))
+    want = tf.gaussian_blur(x, kernel_size=[11, 11], sigma=[5.0, 5.0])
+    torch.testing.assert_close(baseline_images(x, "blur"), want, rtol=0, atol=1e-5)
+
+
+def test_deletion_auc_is_the_trapezoid_rule():
+    """Curve [1, 0, ..., 0] at fractions 0, 1/8, ..., 1: one trapezoid, (1 + 0) / 2 x 1/8."""
+    fractions = torch.linspace(0, 1, 9)
+    curve = torch.tensor([[1.0] + [0.0] * 8, [0.0] * 8 + [1.0]])
+    torch.testing.assert_close(auc(curve, fractions), torch.tensor([1 / 16, 1 / 16]))
+    uneven = torch.tensor([0.0, 0.1, 1.0])  # widths 0.1 and 0.9
+    torch.testing.assert_close(
+        auc(torch.tensor([[2.0, 4.0, 0.0]]), uneven), torch.tensor([0.1 * 3 + 0.9 * 2])
+    )
+
+
+def test_a_map_of_ones_neither_drops_nor_increases_confidence():
+    """E = 1 x image = the image: p(E) = p0, so drop = 0 and, increase being 1[p(E) > p0]
+    (strictly greater, Grad-CAM++), no increase either."""
+    x = torch.rand(2, 3, 4, 4, generator=torch.Generator().manual_seed(4))
+    p0 = _mean_scorer(x, None)
+    drop, inc = confidence_change(
+        _mean_scorer, x, torch.ones(2, 4, 4), torch.zeros(2, dtype=torch.long), p0
+    )
+    assert drop.tolist() == [0.0, 0.0] and inc.tolist() == [0.0, 0.0]
+
+
+def _zero_fill(calls):
+    """An `impute` stand-in that records the removed masks and fills them with 0 (no noise)."""
+
+    def fake(images, removed, noise, seeds):
+        calls.append(removed.clone())
+        return images.masked_fill(removed[:, None], 0.0)
+
+    return fake
+
+
+def test_road_removes_the_most_resp_least_relevant_fraction(monkeypatch):
+    """Images proportional to their map, m = 0, 1/99, ..., 1 in raster order (row 0: x = m,
+    row 1: x = 2 m), scored by their mean, with the removed pixels set to 0: removing fraction
+    q most-relevant first leaves the 100 (1 - q) smallest values, least-relevant first the
+    100 (1 - q) largest; MoRF and LeRF are the means over q = 0.1..0.9 of p - p0, p0 each row's
+    mean."""
+    import gradcam_fast.audit.faithfulness as faith
+
+    calls = []
+    monkeypatch.setattr(faith, "impute", _zero_fill(calls))
+    m = torch.arange(100, dtype=torch.float32).div(99).view(1, 10, 10)
+    x = torch.cat([m, 2 * m])[:, None].expand(2, 3, 10, 10).contiguous()
+    p0 = x.mean(dim=(1, 2, 3))
+    classes = torch.zeros(2, dtype=torch.long)
+    morf, lerf = road(_mean_scorer, x, m.expand(2, 10, 10), classes, p0, batch_size=5)
+    values = sorted(m.flatten().tolist())
+    fractions = [0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9]
+    kept = [round(100 * (1 - q)) for q in fractions]
+    want_morf = np.mean([sum(values[:k]) / 100 - 0.5 for k in kept])
+    want_lerf = np.mean([sum(values[100 - k :]) / 100 - 0.5 for k in kept])
+    np.testing.assert_allclose(morf.numpy(), [want_morf, 2 * want_morf], rtol=1e-5)
+    np.testing.assert_allclose(lerf.numpy(), [want_lerf, 2 * want_lerf], rtol=1e-5)
+    assert lerf[0].item() > morf[0].item()
+    removed = torch.cat(calls)  # per row: MoRF at each q, then LeRF
+    assert [int(r.sum()) for r in removed] == [100 - k for k in kept] * 4
+
+
+def test_road_removes_every_pixel_tied_at_the_quantile(monkeypatch):
+    """A map that is zero on half the image: a pixel is kept only when strictly below the
+    (1 - q) quantile (pytorch-grad-cam's `mask < np.percentile(mask, 100 (1 - q))`). MoRF at
+    q = 0.9: the 10th percentile is 0, nothing is below it, every pixel goes. LeRF at q = 0.1:
+    1 - m is 1 on the zeros, its 90th percentile 1, so all 50 zeros go, not 10."""
+    import gradcam_fast.audit.faithfulness as faith
+
+    calls = []
+    monkeypatch.setattr(faith, "impute", _zero_fill(calls))
+    m = torch.zeros(1, 10, 10)
+    m[0, 5:] = torch.arange(1, 51, dtype=torch.float32).div(50).view(5, 10)
+    x = torch.ones(1, 3, 10, 10)
+    road(_mean_scorer, x, m, torch.zeros(1, dtype=torch.long), torch.ones(1), fractions=[0.1, 0.9])
+    morf_01, morf_09, lerf_01, lerf_09 = torch.cat(calls)
+    assert int(morf_01.sum()) == 10 and morf_01[9].all()  # the top 10: the last row
+    assert bool(morf_09.all())
+    assert int(lerf_01.sum()) == 50 and bool(lerf_01[:5].all())
+    assert int(lerf_09.sum()) == 90 and not lerf_09[9].any()  # the 10 largest stay
+
+
 def test_imputation_solves_the_neighbor_average_system():
     gen = torch.Generator().manual_seed(0)
     x = torch.rand(2, 3, 12, 10, generator=gen)
