@@ -432,6 +432,68 @@ def test_bootstrap_interval_and_refusal_of_nan():
     assert s["overall"]["energy"]["mean"] == pytest.approx(0.5)
 
 
+def test_bootstrap_interval_of_two_values_by_hand():
+    """Resampling [0, 1] twice with replacement gives the means 0, 1/2, 1 with probabilities
+    1/4, 1/2, 1/4: the 40% and 60% quantiles (level 0.2) are both 1/2."""
+    assert bootstrap_mean([0.0, 1.0], level=0.2) == {"mean": 0.5, "low": 0.5, "high": 0.5, "n": 2}
+
+
+def test_bootstrap_interval_follows_the_normal_approximation():
+    """The bootstrap distribution of the mean of n values has variance s^2 / n (s the values'
+    standard deviation, ddof=0), and is close to normal for n = 100 symmetric values: its
+    (1 - level) / 2 and (1 + level) / 2 quantiles are mean -/+ z s / sqrt(n) (z = 1.960 at 95%,
+    0.674 at 50%), to within 0.1 s / sqrt(n) (the Monte Carlo error with 20000 resamples is
+    about 0.02 s / sqrt(n))."""
+    v = np.linspace(0.0, 1.0, 100)
+    se = v.std() / np.sqrt(v.size)
+    for level, z in [(0.95, 1.959964), (0.5, 0.674490)]:
+        ci = bootstrap_mean(v, resamples=20000, level=level)
+        np.testing.assert_allclose(
+            [ci["low"], ci["high"]], [0.5 - z * se, 0.5 + z * se], rtol=0, atol=0.1 * se
+        )
+
+
+def test_summary_means_are_means_and_skip_undefined_rows():
+    """An undefined value (None: a map with no mass) is left out of its metric's mean, not
+    counted as 0; a metric no row has is not reported; one image may give several rows."""
+    assert bootstrap_mean([0.0, 0.0, 3.0])["mean"] == 1.0  # the mean, not the median (0)
+    rows = [
+        {"path": "a", "class": 0, "energy": 1.0, "pointing": 1.0},
+        {"path": "a", "class": 1, "energy": None, "pointing": 0.0},
+        {"path": "b", "class": 1, "energy": 0.5, "pointing": 1.0},
+        {"path": "c", "error": "bad"},
+    ]
+    s = summarize(rows, resamples=10)
+    assert (s["images"], s["rows"], s["errors"]) == (2, 3, 1)
+    assert s["overall"]["energy"]["mean"] == 0.75 and s["overall"]["energy"]["n"] == 2
+    assert s["overall"]["pointing"]["n"] == 3
+    assert "deletion" not in s["overall"]
+    by_class = {c["class"]: c for c in s["classes"]}
+    assert by_class[1]["metrics"]["energy"] == {"mean": 0.5, "low": 0.5, "high": 0.5, "n": 1}
+
+
+def test_classes_are_ranked_worst_first_by_each_fallback_score():
+    """`rank_value`: energy where annotated, else insertion - deletion (higher is better for
+    the first, lower for the second), else -drop; a class ranks by the mean over its rows, and
+    classes with no score come last."""
+    faithful = {"insertion": 0.8, "deletion": 0.1}  # rank 0.7
+    unfaithful = {"insertion": 0.3, "deletion": 0.6}  # rank -0.3
+    rows = [
+        {"path": "a", "class": 0, **faithful},
+        {"path": "b", "class": 1, **unfaithful},
+        {"path": "c", "class": 2},  # no score at all
+        {"path": "d", "class": 3, "drop": 0.9},  # rank -0.9
+        {"path": "e", "class": 4, "drop": 0.05},  # rank -0.05
+        {"path": "f", "class": 5, "energy": 0.0},  # energy 0 and 1: mean 0.5 ...
+        {"path": "g", "class": 5, "energy": 1.0},
+        {"path": "h", "class": 6, "energy": 0.4},  # ... above 0.4, though its minimum is below
+    ]
+    s = summarize(rows, resamples=10)
+    assert [c["class"] for c in s["classes"]] == [3, 1, 4, 6, 5, 0, 2]
+    ranks = [c["rank"] for c in s["classes"]]
+    assert ranks[:-1] == pytest.approx([-0.9, -0.3, -0.05, 0.4, 0.5, 0.7]) and ranks[-1] is None
+
+
 # faithfulness against TorchCAM and pytorch-grad-cam on a real model --------------------------
 
 
