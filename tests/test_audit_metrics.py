@@ -262,6 +262,23 @@ def test_deletion_removes_the_pixels_the_map_ranks_first():
     assert auc(dele_rev, fractions).item() > auc(dele, fractions).item() + 0.5
 
 
+def test_deletion_steps_by_ceil_n_over_s_and_starts_from_the_given_p0():
+    """9 pixels in S = 4 steps: n_t = t x ceil(9 / 4) = 0, 3, 6, then all 9 (the module's
+    definition, TorchCAM's points), so 4 points, not 5. The unperturbed image's probability is
+    the given p0 (never recomputed): deletion's first point and insertion's last."""
+    x = torch.ones(2, 3, 3, 3)
+    cams = torch.rand(2, 3, 3, generator=torch.Generator().manual_seed(5))
+    p0 = torch.tensor([0.3, 0.7])  # not the scorer's 1.0 on x
+    fractions, dele, ins = deletion_insertion(
+        _mean_scorer, x, cams, torch.zeros(2, dtype=torch.long), p0, steps=4, baseline="constant"
+    )
+    torch.testing.assert_close(fractions, torch.tensor([0.0, 1 / 3, 2 / 3, 1.0]))
+    torch.testing.assert_close(dele[:, 0], p0)
+    torch.testing.assert_close(ins[:, -1], p0)
+    torch.testing.assert_close(dele[:, 1:], (1 - fractions[1:]).expand(2, -1))
+    torch.testing.assert_close(ins[:, :-1], fractions[:-1].expand(2, -1))
+
+
 def test_confidence_change_formula():
     x = torch.ones(3, 3, 4, 4)
     cams = torch.stack([torch.full((4, 4), v) for v in (0.5, 1.0, 0.25)])
