@@ -94,3 +94,22 @@ def test_the_part_of_a_box_the_crop_cut_off_gets_no_map():
     """A box over the left edge, which the center crop removes: no mass there (NaN -> 0)."""
     rows = audit(BrightnessSession(), [_picture()], boxes=[[(0, 0, 0, 40, H)]], metrics=["energy"])
     assert rows[0]["energy"] == 0.0
+
+
+def test_localization_counts_an_iou_of_exactly_one_half_as_a_hit():
+    """On a 224 x 224 picture (crop=False: no resampling) the map's box is the bright square
+    (60, 60)-(120, 120), area 3600. A box twice as tall over it has IoU 3600 / 7200 = 0.5
+    exactly: a hit (IoU >= 0.5, the ILSVRC rule); one pixel taller, 3600 / 7260: a miss."""
+    a = np.full((S, S, 3), 20, np.uint8)
+    a[60:120, 60:120] = 250
+    picture = Image.fromarray(a)
+    for box, iou, hit in [((60, 60, 120, 180), 0.5, 1.0), ((60, 60, 120, 181), 3600 / 7260, 0.0)]:
+        (row,) = audit(
+            BrightnessSession(),
+            [picture],
+            boxes=[[("bright", *box)]],
+            metrics=["localization"],
+            crop=False,
+        )
+        assert row["map_box"] == [60.0, 60.0, 120.0, 120.0], row
+        assert row["box_iou"] == pytest.approx(iou, abs=1e-6) and row["localization"] == hit, row

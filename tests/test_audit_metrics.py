@@ -97,6 +97,68 @@ def test_largest_segment_takes_the_biggest_eight_connected_blob():
     assert box_iou((0, 0, 2, 2), (1, 1, 3, 3)) == pytest.approx(1 / 7)
 
 
+def test_pointing_default_tolerance_is_a_15_pixel_disc_on_every_side():
+    """The paper's 15 px (the default) around a one-pixel object at (50, 50), Euclidean: a peak
+    exactly 15 px away in each of the four directions or at (dy, dx) = (9, 12) (9^2 + 12^2 =
+    15^2) is a hit; 16 px away, at (10, 12) (15.6 px) or at (11, 11) (15.56 px, inside the
+    15 px square but outside the disc) a miss."""
+    mask = np.zeros((101, 101), bool)
+    mask[50, 50] = True
+    for dy, dx, hit in [
+        (-15, 0, 1.0),
+        (15, 0, 1.0),
+        (0, -15, 1.0),
+        (0, 15, 1.0),
+        (-9, 12, 1.0),
+        (12, -9, 1.0),
+        (-16, 0, 0.0),
+        (16, 0, 0.0),
+        (0, -16, 0.0),
+        (0, 16, 0.0),
+        (10, 12, 0.0),
+        (-11, -11, 0.0),
+        (11, 11, 0.0),
+    ]:
+        cam = np.zeros((101, 101), np.float32)
+        cam[50 + dy, 50 + dx] = 1.0
+        assert pointing_game(cam, mask) == hit, (dy, dx)
+
+
+def test_box_localization_thresholds_at_15_percent_of_the_peak():
+    """Nested plateaus of a map whose peak is 4 (not 1): 0.4 (10% of the peak), 0.8 (20%) and
+    the peak. The default threshold, 0.15 x 4 = 0.6, keeps the 0.8 plateau and the peak, so the
+    map's box is the 0.8 plateau's: columns 20..79, rows 30..69."""
+    cam = np.zeros((100, 100), np.float32)
+    cam[20:80, 10:90] = 0.4
+    cam[30:70, 20:80] = 0.8
+    cam[40:60, 40:60] = 4.0
+    iou, found = box_localization(cam, [(20.0, 30.0, 80.0, 70.0)])
+    assert found == (20.0, 30.0, 80.0, 70.0) and iou == 1.0
+    # threshold 0.5 x 4 = 2: the peak's plateau alone
+    assert box_localization(cam, [(40.0, 40.0, 60.0, 60.0)], threshold=0.5) == (
+        1.0,
+        (40.0, 40.0, 60.0, 60.0),
+    )
+
+
+def test_box_localization_takes_the_best_of_the_class_boxes():
+    """Two instances of the class: a hit when the map's box matches either (the ILSVRC
+    protocol takes the best match), whichever comes first."""
+    cam = _inside()  # the map's box is BOX exactly
+    elsewhere = (100.0, 80.0, 150.0, 120.0)  # disjoint from BOX: IoU 0
+    assert box_localization(cam, [elsewhere, BOX]) == (1.0, BOX)
+    assert box_localization(cam, [BOX, elsewhere]) == (1.0, BOX)
+    assert box_localization(cam, [elsewhere]) == (0.0, BOX)
+
+
+def test_box_iou_of_boxes_apart_or_touching_is_zero():
+    # apart on both axes: the overlaps in x and y are both negative, their product is not
+    assert box_iou((0, 0, 1, 1), (2, 2, 3, 3)) == 0.0
+    assert box_iou((2, 2, 3, 3), (0, 0, 1, 1)) == 0.0
+    assert box_iou((0, 0, 2, 2), (2, 0, 4, 2)) == 0.0  # sharing an edge only
+    assert box_iou((0, 0, 4, 2), (1, 0, 3, 2)) == pytest.approx(0.5)  # inter 4, union 8
+
+
 # masks against pycocotools ------------------------------------------------------------------
 
 
@@ -200,6 +262,23 @@ def test_deletion_removes_the_pixels_the_map_ranks_first():
     assert auc(dele_rev, fractions).item() > auc(dele, fractions).item() + 0.5
 
 
+def test_deletion_steps_by_ceil_n_over_s_and_starts_from_the_given_p0():
+    """9 pixels in S = 4 steps: n_t = t x ceil(9 / 4) = 0, 3, 6, then all 9 (the module's
+    definition, TorchCAM's points), so 4 points, not 5. The unperturbed image's probability is
+    the given p0 (never recomputed): deletion's first point and insertion's last."""
+    x = torch.ones(2, 3, 3, 3)
+    cams = torch.rand(2, 3, 3, generator=torch.Generator().manual_seed(5))
+    p0 = torch.tensor([0.3, 0.7])  # not the scorer's 1.0 on x
+    fractions, dele, ins = deletion_insertion(
+        _mean_scorer, x, cams, torch.zeros(2, dtype=torch.long), p0, steps=4, baseline="constant"
+    )
+    torch.testing.assert_close(fractions, torch.tensor([0.0, 1 / 3, 2 / 3, 1.0]))
+    torch.testing.assert_close(dele[:, 0], p0)
+    torch.testing.assert_close(ins[:, -1], p0)
+    torch.testing.assert_close(dele[:, 1:], (1 - fractions[1:]).expand(2, -1))
+    torch.testing.assert_close(ins[:, :-1], fractions[:-1].expand(2, -1))
+
+
 def test_confidence_change_formula():
     x = torch.ones(3, 3, 4, 4)
     cams = torch.stack([torch.full((4, 4), v) for v in (0.5, 1.0, 0.25)])
@@ -208,6 +287,113 @@ def test_confidence_change_formula():
     # p(E) = mean(x * m) = 0.5, 1.0, 0.25
     assert np.allclose(drop.numpy(), [(0.8 - 0.5) / 0.8, 0.0, 0.0])
     assert inc.tolist() == [0.0, 1.0, 1.0]
+
+
+def test_blur_baseline_is_rises_gaussian_reflected_at_the_border():
+    """kernel 11, sigma 5, normalized, separable: an impulse far from the border spreads as
+    g(dy) g(dx) with g(t) = exp(-t^2 / 50) / sum_t exp(-t^2 / 50) (t = -5..5); a constant image
+    stays constant up to the border (reflection, no zeros padded in, weights summing to 1)."""
+    t = torch.arange(-5, 6, dtype=torch.float64)
+    g = torch.exp(-(t**2) / (2 * 5.0**2))
+    g = g / g.sum()
+    impulse = torch.zeros(1, 3, 31, 31)
+    impulse[0, :, 15, 15] = 1.0
+    blurred = baseline_images(impulse, "blur")
+    want = torch.zeros(31, 31, dtype=torch.float64)
+    want[10:21, 10:21] = g[:, None] * g[None, :]
+    for c in range(3):
+        torch.testing.assert_close(blurred[0, c].double(), want, rtol=0, atol=1e-7)
+    flat = torch.full((2, 3, 20, 17), 0.7)
+    torch.testing.assert_close(baseline_images(flat, "blur"), flat, rtol=0, atol=1e-6)
+    torch.testing.assert_close(baseline_images(flat, "constant"), torch.zeros_like(flat))
+
+
+def test_blur_baseline_matches_torchvision_gaussian_blur():
+    """torchvision's gaussian_blur (kernel 11, sigma 5, reflect padding) is an independent
+    implementation of the same filter."""
+    tf = pytest.importorskip("torchvision.transforms.functional")
+    x = torch.rand(2, 3, 24, 19, generator=torch.Generator().manual_seed(3))
+    want = tf.gaussian_blur(x, kernel_size=[11, 11], sigma=[5.0, 5.0])
+    torch.testing.assert_close(baseline_images(x, "blur"), want, rtol=0, atol=1e-5)
+
+
+def test_deletion_auc_is_the_trapezoid_rule():
+    """Curve [1, 0, ..., 0] at fractions 0, 1/8, ..., 1: one trapezoid, (1 + 0) / 2 x 1/8."""
+    fractions = torch.linspace(0, 1, 9)
+    curve = torch.tensor([[1.0] + [0.0] * 8, [0.0] * 8 + [1.0]])
+    torch.testing.assert_close(auc(curve, fractions), torch.tensor([1 / 16, 1 / 16]))
+    uneven = torch.tensor([0.0, 0.1, 1.0])  # widths 0.1 and 0.9
+    torch.testing.assert_close(
+        auc(torch.tensor([[2.0, 4.0, 0.0]]), uneven), torch.tensor([0.1 * 3 + 0.9 * 2])
+    )
+
+
+def test_a_map_of_ones_neither_drops_nor_increases_confidence():
+    """E = 1 x image = the image: p(E) = p0, so drop = 0 and, increase being 1[p(E) > p0]
+    (strictly greater, Grad-CAM++), no increase either."""
+    x = torch.rand(2, 3, 4, 4, generator=torch.Generator().manual_seed(4))
+    p0 = _mean_scorer(x, None)
+    drop, inc = confidence_change(
+        _mean_scorer, x, torch.ones(2, 4, 4), torch.zeros(2, dtype=torch.long), p0
+    )
+    assert drop.tolist() == [0.0, 0.0] and inc.tolist() == [0.0, 0.0]
+
+
+def _zero_fill(calls):
+    """An `impute` stand-in that records the removed masks and fills them with 0 (no noise)."""
+
+    def fake(images, removed, noise, seeds):
+        calls.append(removed.clone())
+        return images.masked_fill(removed[:, None], 0.0)
+
+    return fake
+
+
+def test_road_removes_the_most_resp_least_relevant_fraction(monkeypatch):
+    """Images proportional to their map, m = 0, 1/99, ..., 1 in raster order (row 0: x = m,
+    row 1: x = 2 m), scored by their mean, with the removed pixels set to 0: removing fraction
+    q most-relevant first leaves the 100 (1 - q) smallest values, least-relevant first the
+    100 (1 - q) largest; MoRF and LeRF are the means over q = 0.1..0.9 of p - p0, p0 each row's
+    mean."""
+    import gradcam_fast.audit.faithfulness as faith
+
+    calls = []
+    monkeypatch.setattr(faith, "impute", _zero_fill(calls))
+    m = torch.arange(100, dtype=torch.float32).div(99).view(1, 10, 10)
+    x = torch.cat([m, 2 * m])[:, None].expand(2, 3, 10, 10).contiguous()
+    p0 = x.mean(dim=(1, 2, 3))
+    classes = torch.zeros(2, dtype=torch.long)
+    morf, lerf = road(_mean_scorer, x, m.expand(2, 10, 10), classes, p0, batch_size=5)
+    values = sorted(m.flatten().tolist())
+    fractions = [0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9]
+    kept = [round(100 * (1 - q)) for q in fractions]
+    want_morf = np.mean([sum(values[:k]) / 100 - 0.5 for k in kept])
+    want_lerf = np.mean([sum(values[100 - k :]) / 100 - 0.5 for k in kept])
+    np.testing.assert_allclose(morf.numpy(), [want_morf, 2 * want_morf], rtol=1e-5)
+    np.testing.assert_allclose(lerf.numpy(), [want_lerf, 2 * want_lerf], rtol=1e-5)
+    assert lerf[0].item() > morf[0].item()
+    removed = torch.cat(calls)  # per row: MoRF at each q, then LeRF
+    assert [int(r.sum()) for r in removed] == [100 - k for k in kept] * 4
+
+
+def test_road_removes_every_pixel_tied_at_the_quantile(monkeypatch):
+    """A map that is zero on half the image: a pixel is kept only when strictly below the
+    (1 - q) quantile (pytorch-grad-cam's `mask < np.percentile(mask, 100 (1 - q))`). MoRF at
+    q = 0.9: the 10th percentile is 0, nothing is below it, every pixel goes. LeRF at q = 0.1:
+    1 - m is 1 on the zeros, its 90th percentile 1, so all 50 zeros go, not 10."""
+    import gradcam_fast.audit.faithfulness as faith
+
+    calls = []
+    monkeypatch.setattr(faith, "impute", _zero_fill(calls))
+    m = torch.zeros(1, 10, 10)
+    m[0, 5:] = torch.arange(1, 51, dtype=torch.float32).div(50).view(5, 10)
+    x = torch.ones(1, 3, 10, 10)
+    road(_mean_scorer, x, m, torch.zeros(1, dtype=torch.long), torch.ones(1), fractions=[0.1, 0.9])
+    morf_01, morf_09, lerf_01, lerf_09 = torch.cat(calls)
+    assert int(morf_01.sum()) == 10 and morf_01[9].all()  # the top 10: the last row
+    assert bool(morf_09.all())
+    assert int(lerf_01.sum()) == 50 and bool(lerf_01[:5].all())
+    assert int(lerf_09.sum()) == 90 and not lerf_09[9].any()  # the 10 largest stay
 
 
 def test_imputation_solves_the_neighbor_average_system():
@@ -261,6 +447,68 @@ def test_bootstrap_interval_and_refusal_of_nan():
     assert [c["name"] for c in s["classes"]] == ["z", "y"]  # worst first
     assert (s["images"], s["rows"], s["errors"]) == (2, 2, 1)
     assert s["overall"]["energy"]["mean"] == pytest.approx(0.5)
+
+
+def test_bootstrap_interval_of_two_values_by_hand():
+    """Resampling [0, 1] twice with replacement gives the means 0, 1/2, 1 with probabilities
+    1/4, 1/2, 1/4: the 40% and 60% quantiles (level 0.2) are both 1/2."""
+    assert bootstrap_mean([0.0, 1.0], level=0.2) == {"mean": 0.5, "low": 0.5, "high": 0.5, "n": 2}
+
+
+def test_bootstrap_interval_follows_the_normal_approximation():
+    """The bootstrap distribution of the mean of n values has variance s^2 / n (s the values'
+    standard deviation, ddof=0), and is close to normal for n = 100 symmetric values: its
+    (1 - level) / 2 and (1 + level) / 2 quantiles are mean -/+ z s / sqrt(n) (z = 1.960 at 95%,
+    0.674 at 50%), to within 0.1 s / sqrt(n) (the Monte Carlo error with 20000 resamples is
+    about 0.02 s / sqrt(n))."""
+    v = np.linspace(0.0, 1.0, 100)
+    se = v.std() / np.sqrt(v.size)
+    for level, z in [(0.95, 1.959964), (0.5, 0.674490)]:
+        ci = bootstrap_mean(v, resamples=20000, level=level)
+        np.testing.assert_allclose(
+            [ci["low"], ci["high"]], [0.5 - z * se, 0.5 + z * se], rtol=0, atol=0.1 * se
+        )
+
+
+def test_summary_means_are_means_and_skip_undefined_rows():
+    """An undefined value (None: a map with no mass) is left out of its metric's mean, not
+    counted as 0; a metric no row has is not reported; one image may give several rows."""
+    assert bootstrap_mean([0.0, 0.0, 3.0])["mean"] == 1.0  # the mean, not the median (0)
+    rows = [
+        {"path": "a", "class": 0, "energy": 1.0, "pointing": 1.0},
+        {"path": "a", "class": 1, "energy": None, "pointing": 0.0},
+        {"path": "b", "class": 1, "energy": 0.5, "pointing": 1.0},
+        {"path": "c", "error": "bad"},
+    ]
+    s = summarize(rows, resamples=10)
+    assert (s["images"], s["rows"], s["errors"]) == (2, 3, 1)
+    assert s["overall"]["energy"]["mean"] == 0.75 and s["overall"]["energy"]["n"] == 2
+    assert s["overall"]["pointing"]["n"] == 3
+    assert "deletion" not in s["overall"]
+    by_class = {c["class"]: c for c in s["classes"]}
+    assert by_class[1]["metrics"]["energy"] == {"mean": 0.5, "low": 0.5, "high": 0.5, "n": 1}
+
+
+def test_classes_are_ranked_worst_first_by_each_fallback_score():
+    """`rank_value`: energy where annotated, else insertion - deletion (higher is better for
+    the first, lower for the second), else -drop; a class ranks by the mean over its rows, and
+    classes with no score come last."""
+    faithful = {"insertion": 0.8, "deletion": 0.1}  # rank 0.7
+    unfaithful = {"insertion": 0.3, "deletion": 0.6}  # rank -0.3
+    rows = [
+        {"path": "a", "class": 0, **faithful},
+        {"path": "b", "class": 1, **unfaithful},
+        {"path": "c", "class": 2},  # no score at all
+        {"path": "d", "class": 3, "drop": 0.9},  # rank -0.9
+        {"path": "e", "class": 4, "drop": 0.05},  # rank -0.05
+        {"path": "f", "class": 5, "energy": 0.0},  # energy 0 and 1: mean 0.5 ...
+        {"path": "g", "class": 5, "energy": 1.0},
+        {"path": "h", "class": 6, "energy": 0.4},  # ... above 0.4, though its minimum is below
+    ]
+    s = summarize(rows, resamples=10)
+    assert [c["class"] for c in s["classes"]] == [3, 1, 4, 6, 5, 0, 2]
+    ranks = [c["rank"] for c in s["classes"]]
+    assert ranks[:-1] == pytest.approx([-0.9, -0.3, -0.05, 0.4, 0.5, 0.7]) and ranks[-1] is None
 
 
 # faithfulness against TorchCAM and pytorch-grad-cam on a real model --------------------------

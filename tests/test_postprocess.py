@@ -49,3 +49,11 @@ def test_lowres_input_is_not_modified():
     before = lowres.clone()
     upsample_normalize(lowres, 9)
     assert torch.equal(lowres, before)
+
+
+def test_a_map_upsampled_to_one_pixel_is_zero_not_nan():
+    """A non-flat map whose upsampled copy is flat (one output pixel: its max equals its min)
+    has nothing to normalize: 0, not 0 / 0."""
+    lowres = torch.tensor([[[[0.0, 1.0], [2.0, 3.0]]]])
+    got = upsample_normalize(lowres, 1)
+    assert got.shape == (1, 1, 1, 1) and torch.equal(got, torch.zeros(1, 1, 1, 1))
