@@ -25,7 +25,14 @@ from ..format.protocols import Session
 from ..io.images import cam_to_image, to_tensor
 from .annotations import ObjectAnnotation
 from .faithfulness import auc, confidence_change, deletion_insertion, road
-from .localization import BOX_THRESHOLD, POINTING_TOLERANCE, box_localization, energy, pointing_game
+from .localization import (
+    BOX_THRESHOLD,
+    IOU_HIT,
+    POINTING_TOLERANCE,
+    box_localization,
+    energy,
+    pointing_game,
+)
 from .regions import class_regions
 
 __all__ = [
@@ -123,7 +130,7 @@ def _localize(
     if "localization" in settings.metrics:
         iou, found = box_localization(placed, region.boxes, settings.threshold)
         row["box_iou"] = _r(iou)
-        row["localization"] = None if iou is None else float(iou >= 0.5)
+        row["localization"] = None if iou is None else float(iou >= IOU_HIT)
         row["map_box"] = None if found is None else [round(v, 2) for v in found]
 
 

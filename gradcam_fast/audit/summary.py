@@ -48,8 +48,9 @@ def bootstrap_mean(
 
 
 def rank_value(row: dict) -> float | None:
-    """How good a row is, for sorting worst first: energy where annotated, else insertion minus
-    deletion, else minus the drop in confidence, else minus ROAD's MoRF."""
+    """How good a row is, for sorting worst first: the energy share where annotated, else the
+    pointing game, else insertion minus deletion, else minus the drop in confidence, else ROAD
+    ((LeRF - MoRF) / 2: higher is better)."""
     if row.get("energy") is not None:
         return row["energy"]
     if row.get("pointing") is not None:
