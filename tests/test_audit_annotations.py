@@ -113,3 +113,24 @@ def test_a_csv_header_after_comment_lines_is_skipped(tmp_path):
     path.write_text("# made by hand\n\nfile,class,x0,y0,x1,y1\na.png,1,0,0,5,5\n")
     loaded = load_annotations(path)
     assert not loaded.issues and [o.where for o in loaded.objects] == [f"{path}:4"]
+
+
+def _objects(*files: str) -> Annotations:
+    return Annotations([ObjectAnnotation(f, "1", (0, 0, 5, 5), f"ann:{f}") for f in files], [])
+
+
+def test_file_names_without_extension_and_in_another_unicode_form_match():
+    nfd = unicodedata.normalize("NFD", "images/café.jpg")
+    keys = ["images/ILSVRC2012_val_00000001.JPEG", nfd]
+    found, issues = match_annotations(keys, _objects("ILSVRC2012_val_00000001", "café.jpg"))
+    assert not issues
+    assert [o.file for o in found[keys[0]]] == ["ILSVRC2012_val_00000001"]
+    assert [o.file for o in found[nfd]] == ["café.jpg"]
+
+
+def test_a_base_name_that_several_files_share_is_reported_as_ambiguous():
+    keys = ["data/x/a.png", "data/y/a.png"]
+    found, issues = match_annotations(keys, _objects("a.png", "x/a.png"), roots=["data"])
+    assert list(found) == ["data/x/a.png"]
+    (issue,) = issues
+    assert "a.png could be any of 2 files (data/x/a.png, data/y/a.png)" in issue.message
