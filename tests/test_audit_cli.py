@@ -237,3 +237,49 @@ def test_ray_gives_the_rows_of_the_single_process_run(data, model, tmp_path):
                 assert np.isclose(value, b[name], atol=1e-4, rtol=0), (name, a, b)
             elif not isinstance(value, list) or not value or not isinstance(value[0], float):
                 assert value == b[name], (name, a, b)
+
+
+def test_a_malformed_rle_fails_its_object_and_the_rest_is_audited(data, model, tmp_path, capsys):
+    folder, _ = data
+    bad_rle = {"size": [40, 56], "counts": "P"}  # ends inside a count
+    coco = {
+        "images": [{"id": 1, "file_name": "a.png"}, {"id": 2, "file_name": "b.png"}],
+        "annotations": [
+            {"id": 1, "image_id": 1, "category_id": 1, "segmentation": bad_rle},
+            {"id": 2, "image_id": 2, "category_id": 2, "bbox": [5, 5, 20, 15]},
+        ],
+    }
+    path = tmp_path / "coco.json"
+    path.write_text(json.dumps(coco))
+    out = tmp_path / "out"
+    assert _run(folder, path, out, model, "--metrics", "energy") == EXIT_SOME_FAILED
+    assert f"{path}: annotation id 1: compressed RLE" in capsys.readouterr().err
+    rows = read_lines(out / "images.jsonl")
+    (good,) = [r for r in rows if "error" not in r]
+    assert good["path"].endswith("b.png") and 0.0 <= good["energy"] <= 1.0
+    assert [r["where"] for r in rows if "error" in r] == [f"{path}: annotation id 1"]
+
+
+def test_a_folder_with_another_commands_images_jsonl_is_refused(data, model, tmp_path, capsys):
+    folder, ann = data
+    out = tmp_path / "out"
+    out.mkdir()
+    foreign = json.dumps({"path": str(folder / "a.png"), "class": 1, "image_rows": 1}) + "\n"
+    (out / "images.jsonl").write_text(foreign)
+    assert _run(folder, ann, out, model) == EXIT_ERROR
+    assert "without the settings.json of an audit" in capsys.readouterr().err
+    assert (out / "images.jsonl").read_text() == foreign  # left as it was
+
+
+def test_temporary_files_of_a_killed_run_are_removed_by_the_rerun(data, model, tmp_path):
+    folder, ann = data
+    out = tmp_path / "out"
+    _run(folder, ann, out, model, "--metrics", "energy")
+    # what SIGKILL leaves while io.files.atomic_file writes: a .part file beside its target
+    stale = [out / ".images.jsonl.x1.part", out / ".summary.json.x2.part"]
+    stale.append(out / "worst" / ".a-0_1.png.x3.part")
+    mine = out / ".notes.part"  # not one of the audit's: left alone
+    for p in [*stale, mine]:
+        p.write_text("half")
+    _run(folder, ann, out, model, "--metrics", "energy")
+    assert not [p for p in stale if p.exists()] and mine.exists()

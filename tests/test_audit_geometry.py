@@ -113,3 +113,22 @@ def test_localization_counts_an_iou_of_exactly_one_half_as_a_hit():
         )
         assert row["map_box"] == [60.0, 60.0, 120.0, 120.0], row
         assert row["box_iou"] == pytest.approx(iou, abs=1e-6) and row["localization"] == hit, row
+
+
+def test_boxes_are_in_the_pixels_as_displayed_after_the_exif_orientation(tmp_path):
+    """A JPEG stored landscape with EXIF orientation 6 is read (io.images.load_image) as the
+    portrait picture a viewer shows, so boxes are in those pixels; the stored pixels' box misses."""
+    shown = np.full((W, H, 3), 20, np.uint8)  # displayed portrait: H wide, W high
+    box = (110, 100, 160, 150)  # displayed x0, y0, x1, y1: inside the crop, off its center
+    shown[box[1] : box[3], box[0] : box[2]] = 250
+    exif = Image.Exif()
+    exif[0x0112] = 6  # rotate 90 degrees clockwise to display
+    path = tmp_path / "rotated.jpg"
+    Image.fromarray(np.rot90(shown).copy()).save(path, exif=exif.tobytes(), quality=95)
+    stored = (box[1], H - box[2], box[3], H - box[0])  # the same rectangle in the stored pixels
+    assert Image.open(path).size == (W, H)
+    metrics = ["pointing", "energy"]
+    (row,) = audit(BrightnessSession(), [path], boxes=[[("bright", *box)]], metrics=metrics)
+    assert row["pointing"] == 1.0 and row["energy"] > 0.7, row  # JPEG ringing: not 0.9
+    (row,) = audit(BrightnessSession(), [path], boxes=[[("bright", *stored)]], metrics=metrics)
+    assert row["energy"] < 0.1, row

@@ -74,6 +74,11 @@ class Annotations:
         return list(dict.fromkeys(o.file for o in self.objects))
 
 
+# What a malformed value in an annotation raises while it is read (1e400 is inf in JSON, and
+# int(inf) raises OverflowError): that object is an issue, the file is still read.
+_BAD_VALUE = (AttributeError, TypeError, ValueError, OverflowError, KeyError, IndexError)
+
+
 def _box(values: Sequence, where: str) -> tuple[float, float, float, float]:
     try:
         box = tuple(float(v) for v in values)
@@ -84,15 +89,21 @@ def _box(values: Sequence, where: str) -> tuple[float, float, float, float]:
     return box  # type: ignore[return-value]
 
 
+_HEADER = ("file", "filename", "file_name", "path", "image")
+
+
 def _read_csv(path: Path) -> Annotations:
-    """CSV rows `file,class,x0,y0,x1,y1` (a header row naming `file` is skipped)."""
+    """CSV rows `file,class,x0,y0,x1,y1` (a header row naming `file` is skipped when it is the
+    first row, after any blank or `#` comment lines)."""
     objects, issues = [], []
+    first = True
     with open(path, newline="", encoding="utf-8-sig") as f:
         for line, row in enumerate(csv.reader(f), start=1):
             where = f"{path}:{line}"
             if not row or all(not c.strip() for c in row) or row[0].lstrip().startswith("#"):
                 continue
-            if line == 1 and row[0].strip().lower() in ("file", "filename", "path", "image"):
+            header, first = first and row[0].strip().lower() in _HEADER, False
+            if header:
                 continue
             if len(row) != 6:
                 issues.append(
@@ -110,30 +121,45 @@ def _read_csv(path: Path) -> Annotations:
     return Annotations(objects, issues)
 
 
-def _read_voc_file(path: Path) -> list[ObjectAnnotation]:
+def _voc_size(root: ET.Element) -> tuple[int, int] | None:
+    """<size>'s (width, height); None when absent, not numbers, or not positive (some tools
+    write 0 there for "unknown")."""
+    values = [root.findtext(f"size/{k}") for k in ("width", "height")]
+    try:
+        width, height = (int(float(v)) for v in values)  # type: ignore[arg-type]
+    except _BAD_VALUE:
+        return None
+    return (width, height) if width > 0 and height > 0 else None
+
+
+def _read_voc_file(path: Path) -> tuple[list[ObjectAnnotation], list[AnnotationIssue]]:
     """One Pascal VOC XML file. VOC boxes are 1-based and inclusive: pixel columns xmin..xmax
-    are the edges [xmin - 1, xmax) here."""
+    are the edges [xmin - 1, xmax) here. An object without a usable <bndbox> is an issue of its
+    own ("file: object N"); the file's other objects are kept."""
     root = ET.parse(path).getroot()
     name = (root.findtext("filename") or "").strip()
     if not name:
         raise ValueError("no <filename>")
-    folder_size = root.find("size")
-    size = None
-    if folder_size is not None:
-        with_text = [folder_size.findtext(k) for k in ("width", "height")]
-        if all(with_text):
-            size = (int(float(with_text[0])), int(float(with_text[1])))
-    objects = []
+    size = _voc_size(root)
+    objects, issues = [], []
     for n, obj in enumerate(root.iter("object"), start=1):
         where = f"{path}: object {n}"
         label = (obj.findtext("name") or "").strip()
         bnd = obj.find("bndbox")
-        if bnd is None:
-            raise ValueError(f"object {n} has no <bndbox>")
-        values = [bnd.findtext(k) for k in ("xmin", "ymin", "xmax", "ymax")]
-        x0, y0, x1, y1 = _box(values, where)
+        try:
+            if bnd is None:
+                raise ValueError("no <bndbox>")
+            keys = ("xmin", "ymin", "xmax", "ymax")
+            values = [bnd.findtext(k) for k in keys]
+            missing = [k for k, v in zip(keys, values, strict=True) if v is None]
+            if missing:
+                raise ValueError(f"<bndbox> has no <{'>, <'.join(missing)}>")
+            x0, y0, x1, y1 = _box(values, where)
+        except ValueError as exc:
+            issues.append(AnnotationIssue(where, str(exc), name))
+            continue
         objects.append(ObjectAnnotation(name, label, (x0 - 1, y0 - 1, x1, y1), where, size=size))
-    return objects
+    return objects, issues
 
 
 def _read_voc(folder: Path) -> Annotations:
@@ -143,22 +169,31 @@ def _read_voc(folder: Path) -> Annotations:
         raise AnnotationError(f"{folder}: no .xml files (expected Pascal VOC annotations)")
     for path in files:
         try:
-            objects.extend(_read_voc_file(path))
+            found, problems = _read_voc_file(path)
         except (ET.ParseError, ValueError) as exc:
             issues.append(AnnotationIssue(str(path), f"cannot read this VOC file: {exc}"))
+            continue
+        objects.extend(found)
+        issues.extend(problems)
     return Annotations(objects, issues)
 
 
 def _read_coco(path: Path) -> Annotations:
+    """A COCO file: its `annotations` and `images` lists are required (without `images` no
+    annotation can name its file), `categories` is optional (category ids are then labels)."""
     try:
-        data = json.loads(path.read_text(encoding="utf-8"))
+        data = json.loads(path.read_text(encoding="utf-8-sig"))  # a BOM, as editors may write
     except json.JSONDecodeError as exc:
         raise AnnotationError(
             f"{path}:{exc.lineno}:{exc.colno}: not valid JSON ({exc.msg})"
         ) from None
     if not isinstance(data, dict) or not isinstance(data.get("annotations"), list):
         raise AnnotationError(f"{path}: not a COCO file (no 'annotations' list)")
-    images = {im.get("id"): im for im in data.get("images", []) if isinstance(im, dict)}
+    if not isinstance(data.get("images"), list):
+        raise AnnotationError(f"{path}: not a COCO file (no 'images' list)")
+    if not isinstance(data.get("categories", []), list):
+        raise AnnotationError(f"{path}: not a COCO file ('categories' is not a list)")
+    images = {im.get("id"): im for im in data["images"] if isinstance(im, dict)}
     names = {c.get("id"): c.get("name") for c in data.get("categories", []) if isinstance(c, dict)}
     objects, issues = [], []
     for n, ann in enumerate(data["annotations"]):
@@ -189,7 +224,7 @@ def _read_coco(path: Path) -> Annotations:
                 size = (int(image["width"]), int(image["height"]))
             file = str(image.get("file_name", ""))
             objects.append(ObjectAnnotation(file, label, box, where, polygons, rle, size))
-        except (AttributeError, TypeError, ValueError) as exc:
+        except _BAD_VALUE as exc:
             issues.append(AnnotationIssue(where, str(exc)))
     return Annotations(objects, issues)
 

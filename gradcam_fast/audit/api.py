@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import io
 import os
+import unicodedata
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import replace
 from pathlib import Path
@@ -44,30 +45,46 @@ def _key(source: Source, index: int) -> str:
     return f"image {index}"
 
 
+def _nfc(text: str) -> str:
+    """Unicode NFC: the same name typed on one system and stored as NFD on another (macOS)."""
+    return unicodedata.normalize("NFC", text)
+
+
 def match_annotations(
     keys: Sequence[str], annotations: Annotations, roots: Sequence[str | os.PathLike] = ()
 ) -> tuple[dict[str, list[ObjectAnnotation]], list[AnnotationIssue]]:
     """Objects per image key: an annotation's file matches a key by its path relative to one of
-    `roots`, its path as given, or (when unique) its base name. Annotations naming a file not
-    among `keys` become issues."""
+    `roots`, its path as given, or (when unique) its base name; a name without an extension
+    (ImageNet's LOC XML files write `ILSVRC2012_val_00000001`) by the base name without one.
+    Names are compared in Unicode NFC. Annotations naming a file not among `keys`, or a base
+    name that several files share, become issues."""
     index: dict[str, str] = {}
     names: dict[str, list[str]] = {}
+    stems: dict[str, list[str]] = {}
     for key in keys:
-        p = Path(key)
+        p = Path(_nfc(key))
         index[p.as_posix()] = key
         for root in roots:
-            if p.is_relative_to(root):
-                index[p.relative_to(root).as_posix()] = key
+            if p.is_relative_to(_nfc(os.fspath(root))):
+                index[p.relative_to(_nfc(os.fspath(root))).as_posix()] = key
         names.setdefault(p.name, []).append(key)
+        stems.setdefault(p.stem, []).append(key)
     found: dict[str, list[ObjectAnnotation]] = {}
     issues: list[AnnotationIssue] = []
     for obj in annotations.objects:
-        wanted = Path(obj.file.removeprefix("./")).as_posix()
-        key = index.get(wanted)
-        if key is None and len(names.get(Path(wanted).name, ())) == 1:
-            key = names[Path(wanted).name][0]
+        wanted = Path(_nfc(obj.file).removeprefix("./"))
+        key = index.get(wanted.as_posix())
+        same = names.get(wanted.name, []) if wanted.suffix else stems.get(wanted.name, [])
+        if key is None and len(same) == 1:
+            key = same[0]
         if key is None:
-            issues.append(AnnotationIssue(obj.where, f"no such image file: {obj.file}", obj.file))
+            message = f"no such image file: {obj.file}"
+            if len(same) > 1:
+                message = (
+                    f"{obj.file} could be any of {len(same)} files ({', '.join(same[:3])}"
+                    f"{', ...' if len(same) > 3 else ''}): give its path relative to SOURCE"
+                )
+            issues.append(AnnotationIssue(obj.where, message, obj.file))
             continue
         found.setdefault(key, []).append(obj)
     return found, issues

@@ -49,13 +49,18 @@ def polygon_mask(polygons: Sequence[Sequence[float]], height: int, width: int) -
 def _counts_from_string(text: str) -> list[int]:
     """pycocotools' compressed counts: 5 bits per character (offset 48), a continuation bit,
     sign extension, and each count after the second stored as a difference from the one two
-    before it."""
+    before it. Raises ValueError for a character outside that alphabet or a string that ends
+    inside a count (a run that never ends)."""
     counts: list[int] = []
     p = 0
     while p < len(text):
         x, k, more = 0, 0, True
         while more:
+            if p == len(text):
+                raise ValueError("compressed RLE counts end inside a count (truncated string)")
             c = ord(text[p]) - 48
+            if not 0 <= c < 64:
+                raise ValueError(f"compressed RLE counts hold {text[p]!r}, not one of '0'..'o'")
             x |= (c & 0x1F) << (5 * k)
             more = bool(c & 0x20)
             p += 1

@@ -31,13 +31,13 @@ class Region:
 
 
 def _segment(obj: ObjectAnnotation, height: int, width: int) -> np.ndarray:
+    """The object's mask; the RLE's stated size is checked before decoding (a wrong or hostile
+    size would otherwise allocate its h x w pixels first)."""
     if obj.rle is not None:
-        mask = decode_rle(obj.rle)
-        if mask.shape != (height, width):
-            raise ValueError(
-                f"its RLE is {mask.shape[1]}x{mask.shape[0]}, the image is {width}x{height}"
-            )
-        return mask
+        h, w = (int(v) for v in obj.rle["size"])
+        if (h, w) != (height, width):
+            raise ValueError(f"its RLE is {w}x{h}, the image is {width}x{height}")
+        return decode_rle(obj.rle)
     return polygon_mask(obj.polygons, height, width)
 
 
@@ -81,8 +81,14 @@ def class_regions(
                 mask = box_mask(box, height, width)
             if box is None or not mask.any():
                 raise ValueError("the object covers no pixel of the image")
-        except (ValueError, KeyError, TypeError) as exc:
+        except KeyError as exc:  # an RLE without "size" or "counts"
+            issues.append(AnnotationIssue(obj.where, f"no {exc} in its segmentation", obj.file))
+            continue
+        except (ValueError, TypeError) as exc:
             issues.append(AnnotationIssue(obj.where, str(exc), obj.file))
+            continue
+        except Exception as exc:  # any other malformed value: this object fails, not the run
+            issues.append(AnnotationIssue(obj.where, f"{type(exc).__name__}: {exc}", obj.file))
             continue
         region = regions.get(obj.cls)
         if region is None:

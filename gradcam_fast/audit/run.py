@@ -36,6 +36,7 @@ from .summary import summarize
 __all__ = ["audit_folder", "read_lines"]
 
 WORST_PER_CLASS = 3
+OUTPUTS = ("images.jsonl", "settings.json", "summary.json", "index.html")
 
 
 def read_lines(path: Path) -> list[dict]:
@@ -59,8 +60,16 @@ def _complete(rows: list[dict]) -> list[dict]:
 
 
 def _check_settings(out: Path, settings: dict) -> None:
+    """Refuse a DIR audited with other settings, or holding an images.jsonl that no audit wrote
+    (settings.json is written before images.jsonl, so an audit's DIR always has both): its
+    lines would be taken for audited images and skipped."""
     path = out / "settings.json"
     settings = json.loads(json.dumps(settings))  # tuples as lists, as read back
+    if not path.is_file() and (out / "images.jsonl").exists():
+        raise ValueError(
+            f"{out} holds an images.jsonl without the settings.json of an audit (another "
+            "command's output?): choose another --out"
+        )
     if path.is_file():
         before = json.loads(path.read_text(encoding="utf-8"))
         if before != settings:
@@ -73,6 +82,18 @@ def _check_settings(out: Path, settings: dict) -> None:
             )
     with atomic_file(path, "w") as f:
         json.dump(settings, f, indent=1)
+
+
+def _remove_partial_files(out: Path) -> None:
+    """Delete the temporary files (`io.files.atomic_file`'s `.NAME.*.part`) of the audit's own
+    outputs that a run killed while writing one left in `out` and `out/worst`, so that nothing
+    half-written stays in DIR; other files are left alone."""
+    patterns = [f".{name}.*.part" for name in OUTPUTS]
+    parts = [p for pattern in patterns for p in out.glob(pattern)]
+    parts += (out / "worst").glob(".*.png.*.part") if (out / "worst").is_dir() else []
+    for part in parts:
+        if part.is_file():
+            part.unlink(missing_ok=True)
 
 
 def _pictures(
@@ -155,6 +176,7 @@ def audit_folder(
         "size": meta.image_size,
     }
     _check_settings(out, {**dataclasses.asdict(settings), "model": model})
+    _remove_partial_files(out)
     keys = [str(p) for p in paths]
     objects: dict[str, list[ObjectAnnotation]] = {}
     errors = []
