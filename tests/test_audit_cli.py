@@ -6,6 +6,7 @@ status 1), fatal annotation errors (exit 2), resuming, the three annotation form
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -107,8 +108,9 @@ def test_a_rerun_resumes_and_redoes_only_what_is_missing(data, model, tmp_path):
     out = tmp_path / "out"
     _run(folder, ann, out, model)
     first = read_lines(out / "images.jsonl")
+    key = lambda r: json.dumps(r, sort_keys=True)  # noqa: E731
     assert _run(folder, ann, out, model) == EXIT_SOME_FAILED  # nothing new, same errors
-    assert read_lines(out / "images.jsonl") == first
+    assert sorted(map(key, read_lines(out / "images.jsonl"))) == sorted(map(key, first))
     # a crash after two audited rows, in the middle of the third line
     text = (out / "images.jsonl").read_text().splitlines(keepends=True)
     audited = [i for i, line in enumerate(text) if '"class"' in line]
@@ -116,7 +118,6 @@ def test_a_rerun_resumes_and_redoes_only_what_is_missing(data, model, tmp_path):
     (out / "images.jsonl").write_text("".join(cut))
     _run(folder, ann, out, model)
     again = read_lines(out / "images.jsonl")
-    key = lambda r: json.dumps(r, sort_keys=True)  # noqa: E731
     assert sorted(map(key, again)) == sorted(map(key, first))  # same rows, none twice
 
 
@@ -283,3 +284,50 @@ def test_temporary_files_of_a_killed_run_are_removed_by_the_rerun(data, model, t
         p.write_text("half")
     _run(folder, ann, out, model, "--metrics", "energy")
     assert not [p for p in stale if p.exists()] and mine.exists()
+
+
+def test_a_rerun_follows_the_annotations_and_retries_failed_images(data, model, tmp_path, capsys):
+    """Fixed annotations: the images whose objects changed are audited again and the annotation
+    file's old errors go; an image that failed is tried again; an image given by another spelling
+    of its path is not audited twice."""
+    folder, ann = data
+    out = tmp_path / "out"
+    _run(folder, ann, out, model)
+    first = read_lines(out / "images.jsonl")
+    a_rows = [r for r in first if str(r.get("path")).endswith("a.png") and "class" in r]
+    assert a_rows and all(r["annotation_digest"] for r in a_rows)
+    # fix: a.png's box moved, the zebra and short lines gone, broken.png now a real picture
+    fixed = CSV.replace("a.png,1,10,8,40,30", "a.png,1,0,0,20,20")
+    fixed = fixed.replace("a.png,zebra,0,0,5,5\n", "").replace("a.png,1,2\n", "")
+    ann.write_text(fixed)
+    Image.fromarray(np.full((40, 56, 3), 90, np.uint8)).save(folder / "broken.png", format="PNG")
+    capsys.readouterr()
+    _run(folder.resolve(), ann, out, model)  # the folder now given by its absolute path
+    err = capsys.readouterr().err
+    rows = read_lines(out / "images.jsonl")
+    errors = " ".join(r["error"] for r in rows if "error" in r)
+    assert "zebra" not in errors and "got 3" not in errors and "zebra" not in err
+    assert "missing.png" in errors and "missing.png" in err  # still there: said again
+    (a_row,) = [r for r in rows if str(r.get("path")).endswith("a.png") and "class" in r]
+    assert a_row["annotation_digest"] != a_rows[0]["annotation_digest"]
+    assert a_row["energy"] != a_rows[0]["energy"]  # scored against the new box
+    broken = [r for r in rows if str(r.get("path")).endswith("broken.png")]
+    assert broken and all("error" not in r for r in broken), broken
+    audited = [(Path(r["path"]).resolve(), r["class"]) for r in rows if "energy" in r]
+    assert len(audited) == len(set(audited)) == 5  # a, b (two classes), e, broken: once each
+
+
+def test_a_class_map_with_a_blank_line_or_more_labels_than_classes_is_refused(tmp_path):
+    """Line i labels class i - 1: a blank line inside would shift every later class silently."""
+    from gradcam_fast.audit import AnnotationError, Annotations, read_class_map
+    from gradcam_fast.audit.annotations import resolve_labels
+
+    holed = tmp_path / "holed.txt"
+    holed.write_text("n0 zero\n\nn2 two\n")
+    with pytest.raises(AnnotationError, match=r"holed.txt:2: a blank line"):
+        read_class_map(holed)
+    trailing = tmp_path / "trailing.txt"
+    trailing.write_text("\ufeffn0 zero\nn1 one\n\n\n")  # a BOM and blank lines at the end: fine
+    assert read_class_map(trailing) == ["n0", "n1"]
+    with pytest.raises(AnnotationError, match="3 labels, the model only 2 classes"):
+        resolve_labels(Annotations([], []), ["a", "b"], 2, ["x", "y", "z"])

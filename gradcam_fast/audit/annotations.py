@@ -253,8 +253,16 @@ def load_annotations(path: str | os.PathLike) -> Annotations:
 def read_class_map(path: str | os.PathLike) -> list[str]:
     """Annotation labels by model class index: line i's first word labels class i (the format
     of ImageNet's LOC_synset_mapping.txt: `n01440764 tench, Tinca tinca`)."""
-    lines = Path(path).read_text(encoding="utf-8").splitlines()
-    return [line.split()[0] for line in lines if line.strip()]
+    lines = Path(path).read_text(encoding="utf-8-sig").splitlines()
+    while lines and not lines[-1].strip():
+        lines.pop()
+    for number, line in enumerate(lines, start=1):
+        if not line.strip():
+            raise AnnotationError(
+                f"{path}:{number}: a blank line: line i labels class i - 1, so it would shift "
+                "every later class; remove it (or write a label there)"
+            )
+    return [line.split()[0] for line in lines]
 
 
 def _normalize(name: str) -> str:
@@ -271,6 +279,11 @@ def resolve_labels(
     (case, underscores and spaces ignored), else by index. Objects whose label matches nothing
     become issues; the second value lists the unmatched labels with their counts (for one clear
     message). Raises AnnotationError when no label matches at all."""
+    if class_map is not None and len(class_map) > num_classes:
+        raise AnnotationError(
+            f"the class map has {len(class_map)} labels, the model only {num_classes} classes: "
+            "is it another model's? It needs one line per class index, in the model's order"
+        )
     table: dict[str, int] = {}
     for index, name in enumerate(categories):
         table.setdefault(_normalize(name), index)

@@ -4,7 +4,9 @@ DIR/summary.json and DIR/index.html out.
 images.jsonl gets one line per image and class (or per error), appended a batch at a time and
 flushed, so a run that stops keeps what it finished; a rerun into the same DIR with the same
 settings skips the images already there (a last line cut short by a crash is dropped and its
-image audited again; the file is rewritten atomically first). DIR/settings.json records the
+image audited again; the file is rewritten atomically first), by absolute path. Images that
+failed, and images whose annotations changed (each row keeps a digest of its image's
+annotations), are audited again; the annotation file's errors are those of this run. DIR/settings.json records the
 settings and the model; a rerun with others is refused. summary.json, index.html and the
 overlays are written atomically, at the end, from every line.
 """
@@ -12,7 +14,9 @@ overlays are written atomically, at the end, from every line.
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import json
+import os
 import sys
 import zlib
 from collections import Counter
@@ -33,7 +37,7 @@ from .regions import class_regions
 from .report import draw_overlay, worst_rows, write_report, write_summary
 from .summary import summarize
 
-__all__ = ["audit_folder", "read_lines"]
+__all__ = ["annotation_digest", "audit_folder", "read_lines"]
 
 WORST_PER_CLASS = 3
 OUTPUTS = ("images.jsonl", "settings.json", "summary.json", "index.html")
@@ -57,6 +61,30 @@ def _complete(rows: list[dict]) -> list[dict]:
     `image_rows`), and the annotation-file errors."""
     count = Counter(r.get("path") for r in rows if "stage" not in r)
     return [r for r in rows if "stage" in r or r.get("image_rows") == count[r.get("path")]]
+
+
+def annotation_digest(objects: Sequence[ObjectAnnotation]) -> str:
+    """A short digest of what an image's annotations say (classes, boxes, masks, stated size;
+    not where they were read), so that a rerun redoes an image whose annotations changed."""
+    said = sorted(
+        json.dumps([o.cls, o.box, o.polygons, o.rle, o.size], default=str) for o in objects
+    )
+    return hashlib.sha1("\n".join(said).encode()).hexdigest()[:16]
+
+
+def _kept(rows: list[dict], digests: dict[str, str]) -> list[dict]:
+    """The complete rows of a previous run worth keeping: not the annotation file's errors (this
+    run reports its own), not the rows of an image that failed (unreadable, non-finite maps: it
+    is tried again) or whose annotations changed since (`digests` by absolute path; `{}`
+    without annotations)."""
+    rows = [r for r in _complete(rows) if "stage" not in r]
+    failed = {r.get("path") for r in rows if "error" in r and "where" not in r}  # not a box's
+    return [
+        r
+        for r in rows
+        if r.get("path") not in failed
+        and r.get("annotation_digest") == digests.get(os.path.abspath(r.get("path", "")))
+    ]
 
 
 def _check_settings(out: Path, settings: dict) -> None:
@@ -187,25 +215,26 @@ def audit_folder(
             for i in [*annotations.issues, *missing]
         ]
         keys = [k for k in keys if k in objects]
+    digests = {os.path.abspath(k): annotation_digest(v) for k, v in objects.items()}
     lines_path = out / "images.jsonl"
-    done_rows = _complete(read_lines(lines_path))
+    done_rows = _kept(read_lines(lines_path), digests)
     with atomic_file(lines_path, "w") as f:  # without lines cut short or images half written
         f.writelines(json.dumps(r, ensure_ascii=False) + "\n" for r in done_rows)
-    seen_paths = {r.get("path") for r in done_rows if "stage" not in r}
-    seen_where = {r.get("where") for r in done_rows if "stage" in r}
-    new = [e for e in errors if e["where"] not in seen_where]
-    todo = [k for k in keys if k not in seen_paths]
+    seen = {os.path.abspath(r["path"]) for r in done_rows if "path" in r}
+    todo = [k for k in keys if os.path.abspath(k) not in seen]
     runner = runner or _local_runner(session, settings, workers)
     bar = tqdm(total=len(todo), unit="img", desc="audit", file=sys.stderr, disable=not progress)
     with open(lines_path, "a", encoding="utf-8") as f:
-        for e in new:
+        for e in errors:
             on_error(e["error"])
-        f.writelines(json.dumps(e, ensure_ascii=False) + "\n" for e in new)
+        f.writelines(json.dumps(e, ensure_ascii=False) + "\n" for e in errors)
         f.flush()
         for done, rows in runner(todo, objects):
             counts = Counter(r.get("path") for r in rows)
             for r in rows:
                 r["image_rows"] = counts[r.get("path")]
+                if annotations is not None:
+                    r["annotation_digest"] = digests.get(os.path.abspath(r.get("path", "")))
                 if "error" in r:
                     on_error(r["error"])
             f.write("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows))
