@@ -11,16 +11,19 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any
 
+from gradcam_fast.runtime.cpu_choice import ROWS, VNNI_FLAGS
+
 __all__ = ["cpu", "gpu_info", "machine_info", "versions"]
 
 LIBRARIES = ("torch", "torchvision", "onnxruntime", "onnx", "numpy", "grad-cam", "captum",
              "torchcam")  # fmt: skip
 
 
-# the flags that pick a row of gradcam_fast.runtime.cpu_choice's table (AMX, bf16, VNNI, AVX2)
-RELEVANT_FLAGS = frozenset(
-    {"amx_bf16", "amx_int8", "amx_tile", "avx512_bf16", "avx512_vnni", "avx_vnni", "avx512f", "avx2"}
-)  # fmt: skip
+# the flags that pick a row of cpu_choice's table or its int8 rule (AMX, bf16, VNNI, AVX2),
+# and AVX-512 itself
+RELEVANT_FLAGS = frozenset().union(
+    *(row.flags for row in ROWS), VNNI_FLAGS, {"amx_tile", "avx512f"}
+)
 
 
 def cpu() -> dict[str, Any]:

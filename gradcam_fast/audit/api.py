@@ -61,12 +61,13 @@ def match_annotations(
     index: dict[str, str] = {}
     names: dict[str, list[str]] = {}
     stems: dict[str, list[str]] = {}
+    roots = [Path(_nfc(os.fspath(root))) for root in roots]
     for key in keys:
         p = Path(_nfc(key))
         index[p.as_posix()] = key
         for root in roots:
-            if p.is_relative_to(_nfc(os.fspath(root))):
-                index[p.relative_to(_nfc(os.fspath(root))).as_posix()] = key
+            if p.is_relative_to(root):
+                index[p.relative_to(root).as_posix()] = key
         names.setdefault(p.name, []).append(key)
         stems.setdefault(p.stem, []).append(key)
     found: dict[str, list[ObjectAnnotation]] = {}

@@ -30,6 +30,15 @@ class Region:
     clipped: int = 0  # boxes that reached outside the image and were clipped
 
 
+def _why(exc: Exception) -> str:
+    """What an object's failure says: the message of a check, the missing key of an RLE."""
+    if isinstance(exc, KeyError):  # an RLE without "size" or "counts"
+        return f"no {exc} in its segmentation"
+    if isinstance(exc, (ValueError, TypeError)):
+        return str(exc)
+    return f"{type(exc).__name__}: {exc}"
+
+
 def _segment(obj: ObjectAnnotation, height: int, width: int) -> np.ndarray:
     """The object's mask; the RLE's stated size is checked before decoding (a wrong or hostile
     size would otherwise allocate its h x w pixels first)."""
@@ -81,14 +90,8 @@ def class_regions(
                 mask = box_mask(box, height, width)
             if box is None or not mask.any():
                 raise ValueError("the object covers no pixel of the image")
-        except KeyError as exc:  # an RLE without "size" or "counts"
-            issues.append(AnnotationIssue(obj.where, f"no {exc} in its segmentation", obj.file))
-            continue
-        except (ValueError, TypeError) as exc:
-            issues.append(AnnotationIssue(obj.where, str(exc), obj.file))
-            continue
-        except Exception as exc:  # any other malformed value: this object fails, not the run
-            issues.append(AnnotationIssue(obj.where, f"{type(exc).__name__}: {exc}", obj.file))
+        except Exception as exc:  # a malformed value: this object fails, not the run
+            issues.append(AnnotationIssue(obj.where, _why(exc), obj.file))
             continue
         region = regions.get(obj.cls)
         if region is None:

@@ -37,7 +37,7 @@ from .regions import class_regions
 from .report import draw_overlay, worst_rows, write_report, write_summary
 from .summary import summarize
 
-__all__ = ["annotation_digest", "audit_folder", "read_lines"]
+__all__ = ["audit_folder", "read_lines"]
 
 WORST_PER_CLASS = 3
 OUTPUTS = ("images.jsonl", "settings.json", "summary.json", "index.html")
@@ -63,7 +63,7 @@ def _complete(rows: list[dict]) -> list[dict]:
     return [r for r in rows if "stage" in r or r.get("image_rows") == count[r.get("path")]]
 
 
-def annotation_digest(objects: Sequence[ObjectAnnotation]) -> str:
+def _annotation_digest(objects: Sequence[ObjectAnnotation]) -> str:
     """A short digest of what an image's annotations say (classes, boxes, masks, stated size;
     not where they were read), so that a rerun redoes an image whose annotations changed."""
     said = sorted(
@@ -215,7 +215,7 @@ def audit_folder(
             for i in [*annotations.issues, *missing]
         ]
         keys = [k for k in keys if k in objects]
-    digests = {os.path.abspath(k): annotation_digest(v) for k, v in objects.items()}
+    digests = {os.path.abspath(k): _annotation_digest(v) for k, v in objects.items()}
     lines_path = out / "images.jsonl"
     done_rows = _kept(read_lines(lines_path), digests)
     with atomic_file(lines_path, "w") as f:  # without lines cut short or images half written
